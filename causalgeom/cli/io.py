@@ -1,0 +1,133 @@
+"""``causalgeom info | validate | import``: look at, check and bring in dumps."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+__all__ = ["register"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="dims, sizes, attributes and optional parts of a run or a study",
+                       description="Show a run's dims, sizes, attrs and which optional parts are present, "
+                                   "or a study's run table.",
+                       epilog="example: causalgeom info demo_out/study/ce-s0.zarr")
+    p.add_argument("path", help="a run store (RUN.zarr) or a study folder")
+    p.set_defaults(func=_info)
+
+    p = sub.add_parser("validate", help="check a run (or every run of a study) against schema v1",
+                       description="Open the store, verify every chunk's checksum and check all values "
+                                   "(NaN/Inf, label range, logits vs head).",
+                       epilog="example: causalgeom validate demo_out/study")
+    p.add_argument("path", help="a run store or a study folder")
+    p.set_defaults(func=_validate)
+
+    p = sub.add_parser("import", help="import third-party dumps (.npz/.pt/.safetensors/.nc)",
+                       description="Import one dump as a run store, or several into a study folder with "
+                                   "a run table (CSV with a 'file' column plus run_id, regularizer, "
+                                   "strength, seed, ...).",
+                       epilog="examples:\n  causalgeom import dump.npz runs/mine.zarr --attr regularizer=ce\n"
+                              "  causalgeom import a.npz b.pt c.safetensors my_study --run-table runs.csv",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("src", nargs="+", help="dump file(s)")
+    p.add_argument("dst", help="RUN.zarr for one dump, or a study folder")
+    p.add_argument("--run-table", help="CSV giving each dump's run_id, regularizer, strength, seed, ...")
+    p.add_argument("--head", help="state-dict prefix of the final linear layer (e.g. 'fc', 'classifier.1')")
+    p.add_argument("--features-key"), p.add_argument("--logits-key"), p.add_argument("--labels-key")
+    p.add_argument("--attr", action="append", default=[], metavar="KEY=VALUE",
+                   help="attribute for a single imported run (value parsed as JSON when it can be)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing runs")
+    p.set_defaults(func=_import)
+
+
+def _describe(ds) -> dict:
+    from ..schema import VARIABLES
+
+    return {
+        "dims": dict(ds.sizes),
+        "variables": {n: {"dims": list(v.dims), "dtype": str(v.dtype)} for n, v in ds.data_vars.items()},
+        "optional_present": [n for n, s in VARIABLES.items() if not s.required and n in ds.data_vars],
+        "optional_missing": [n for n, s in VARIABLES.items() if not s.required and n not in ds.data_vars],
+        "attacks": [str(a) for a in ds["attack"].values] if "attack" in ds.coords else [],
+        "eps": [float(e) for e in ds["eps"].values] if "eps" in ds.coords else [],
+        "attrs": dict(ds.attrs),
+    }
+
+
+def _is_study(path: Path) -> bool:
+    return path.is_dir() and not (path / "zarr.json").exists()
+
+
+def _info(args: argparse.Namespace) -> int:
+    from .. import open as open_run
+    from ..study import open_study
+
+    path = Path(args.path)
+    if _is_study(path):
+        study = open_study(path)
+        runs = study.runs
+        print(f"study {path}: {len(runs)} complete runs" +
+              (f", {len(study.incomplete)} incomplete: {study.incomplete}" if study.incomplete else ""))
+        if len(runs):
+            print(runs.drop(columns=["path"]).to_string(index=False))
+        return 0
+    print(json.dumps(_describe(open_run(path, verify=False)), indent=2, default=str))
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from ..store import verify
+    from ..study import open_study
+
+    path = Path(args.path)
+    if _is_study(path):
+        study = open_study(path)
+        for run_id in study.run_ids:
+            verify(study.run_path(run_id))
+            print(f"ok  {run_id}")
+        for name in study.incomplete:
+            print(f"INCOMPLETE  {name}")
+        return 1 if study.incomplete else 0
+    verify(path)
+    print(f"ok  {path}")
+    return 0
+
+
+def _parse_attrs(items: list[str]) -> dict:
+    from ..errors import ConfigError
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--attr: expected KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def _import(args: argparse.Namespace) -> int:
+    from ..adapters import import_dump, import_study
+    from ..errors import ConfigError
+
+    keys = dict(features_key=args.features_key, logits_key=args.logits_key, labels_key=args.labels_key,
+                head=args.head)
+    mode = "w" if args.overwrite else "w-"
+    dst = Path(args.dst)
+    if len(args.src) == 1 and dst.suffix == ".zarr":
+        if args.run_table:
+            raise ConfigError("--run-table is for importing into a study folder, not a single RUN.zarr")
+        attrs = {"run_id": dst.stem, **_parse_attrs(args.attr)}
+        ds = import_dump(args.src[0], dst, attrs=attrs, mode=mode, **keys)
+        print(f"imported {args.src[0]} -> {dst} ({ds.sizes['sample']} samples, "
+              f"{'with' if 'head_weight' in ds else 'without'} head)")
+        return 0
+    if args.attr:
+        raise ConfigError("--attr applies to a single RUN.zarr import; use --run-table for a study")
+    run_ids = import_study(args.src, dst, run_table=args.run_table, mode=mode, **keys)
+    print(f"imported {len(run_ids)} runs into study {dst}: {', '.join(run_ids)}")
+    return 0
