@@ -21,14 +21,16 @@ from .adapters import import_dump
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("geometry", "calibration", "robustness", "causal", "interventions", "attacks", "train",
-               "data", "models", "extract", "report", "table", "distributed")
+#: Sub-modules imported on first use; `extract` and `report` are callable modules (``cg.extract(...)``,
+#: ``cg.report(...)`` call their main function).
+_SUBMODULES = ("geometry", "calibration", "robustness", "summary", "causal", "interventions", "attacks", "train",
+               "data", "models", "extract", "report", "table", "demo", "distributed", "adapters", "store")
 
 __all__ = [
     "CausalGeomError", "ConfigError", "DumpImportError", "HeadMissingError", "IncompleteStoreError",
     "QueryError", "SchemaError", "StoreError", "StoreExistsError", "StoreLockedError", "UnsafeFileError",
     "SCHEMA_VERSION", "from_arrays", "validate", "open", "save", "verify", "Study", "open_study",
-    "import_dump", "extract", *_SUBMODULES,
+    "import_dump", *_SUBMODULES,
 ]
 
 
@@ -36,8 +38,4 @@ def __getattr__(name: str):
     """Import heavy submodules (torch, statsmodels, dowhy) only when first used."""
     if name in _SUBMODULES:
         return importlib.import_module(f".{name}", __name__)
-    if name == "extract":
-        return importlib.import_module(".extract", __name__).extract
-    if name == "report":
-        return importlib.import_module(".report", __name__)
     raise AttributeError(f"module 'causalgeom' has no attribute {name!r}")

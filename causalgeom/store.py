@@ -155,8 +155,10 @@ def save(ds: xr.Dataset, path: str | os.PathLike, *, mode: str = "w-", sample_ch
                 var.encoding = {}
             if any(v.chunks for v in out.variables.values()):
                 out = out.chunk({"sample": chunk})
+            # write_empty_chunks: a chunk equal to the fill value (all-False adv_correct, all-zero labels)
+            # must still be written, or `open` reports it missing.
             out.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False,
-                        encoding=encoding_for(out, chunk))
+                        encoding=encoding_for(out, chunk), write_empty_chunks=True)
             mark_complete(tmp, n_samples=int(ds.sizes["sample"]), sample_chunk=chunk)
             if path.exists():
                 trash = path.parent / f".{path.name}.trash-{uuid.uuid4().hex[:8]}"
@@ -165,6 +167,12 @@ def save(ds: xr.Dataset, path: str | os.PathLike, *, mode: str = "w-", sample_ch
                 shutil.rmtree(trash, ignore_errors=True)
             else:
                 os.rename(tmp, path)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, StoreError):
+                raise
+            raise StoreError(f"cannot write store {path}: {exc.strerror or exc} "
+                             f"({exc.filename or path.parent})") from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

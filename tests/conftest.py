@@ -43,3 +43,13 @@ def run_ds():
 @pytest.fixture
 def make_run_fn():
     return make_run
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Report how many malformed inputs the reliability corpus tried (issue 10)."""
+    try:
+        from tests.test_malformed import TRIED
+    except ImportError:
+        return
+    if TRIED:
+        terminalreporter.write_line(f"malformed inputs tried: {len(TRIED)} (each raised a causalgeom error)")

@@ -1,0 +1,456 @@
+"""The scripted report: one self-contained HTML file (figures embedded), a Markdown twin, and PNG figures.
+
+``cg.report(study, out="report.html", query=...)`` runs the whole analysis of a study (paper table,
+reliability diagrams, magnitude and cosine distributions, cone test, interventions, mediation with
+refuters and sensitivity) from stored dumps only, and writes it. It computes nothing itself: every
+number comes from `summary`, `calibration`, `geometry`, `table`, `causal` and `interventions`.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+import os
+import sys
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from .errors import QueryError
+from .study import Study, open_study
+
+__all__ = ["report", "Section", "SECTION_IDS", "default_queries"]
+
+#: Section ids, in order; the HTML has one ``<section id=...>`` for each (the rendering test checks them).
+SECTION_IDS = ("provenance", "paper-table", "reliability", "distributions", "cone-test", "interventions",
+               "mediation", "refuters-sensitivity", "findings")
+
+
+@dataclass
+class Section:
+    """One report section: a title, HTML and Markdown bodies, and named figures (PNG bytes)."""
+
+    id: str
+    title: str
+    html: str = ""
+    md: str = ""
+    figures: dict[str, bytes] = field(default_factory=dict)
+
+    def add_table(self, df: pd.DataFrame, caption: str = "", floatfmt: str = "{:.4g}") -> None:
+        fmt = df.copy()
+        for c in fmt.columns:
+            if pd.api.types.is_float_dtype(fmt[c]):
+                fmt[c] = fmt[c].map(lambda v: "" if pd.isna(v) else floatfmt.format(v))
+        self.html += (f"<p class='caption'>{html.escape(caption)}</p>" if caption else "") + \
+            fmt.to_html(index=False, escape=True, border=0, classes="table")
+        self.md += (f"{caption}\n\n" if caption else "") + _markdown_table(fmt) + "\n\n"
+
+    def add_text(self, text: str) -> None:
+        self.html += f"<p>{html.escape(text)}</p>"
+        self.md += text + "\n\n"
+
+    def add_figure(self, name: str, fig: Any, caption: str) -> None:
+        import matplotlib.pyplot as plt
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        png = buf.getvalue()
+        self.figures[name] = png
+        b64 = base64.b64encode(png).decode("ascii")
+        self.html += (f"<figure data-figure='{html.escape(name)}'><img alt='{html.escape(caption)}' "
+                      f"src='data:image/png;base64,{b64}'/><figcaption>{html.escape(caption)}</figcaption></figure>")
+        self.md += f"![{caption}](figures/{name}.png)\n\n"
+
+
+def _markdown_table(df: pd.DataFrame) -> str:
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in df.itertuples(index=False):
+        lines.append("| " + " | ".join("" if (isinstance(v, float) and np.isnan(v)) else str(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def default_queries(study: Study) -> list[Any]:
+    """The demo's questions: each regularizer vs ``ce``, mediators RMS and cosine, outcomes overconfidence and robustness."""
+    from .causal import Query
+
+    runs = study.runs
+    regs = sorted(set(runs["regularizer"].dropna()) - {"ce"})
+    if "ce" not in set(runs["regularizer"]):
+        raise QueryError("default report queries compare each regularizer with 'ce', but the study has no "
+                         f"'ce' runs (regularizers: {sorted(set(runs['regularizer'].dropna()))}); pass a query file")
+    outcomes = ["overconfidence"]
+    frame_cols = _robust_columns(study)
+    if frame_cols:
+        outcomes.append(frame_cols[0])
+    return [Query(treatment="regularizer", control="ce", treated=r, mediators=["rms", "cos_true"],
+                  outcomes=outcomes, method="regression", n_boot=500, seed=0) for r in regs]
+
+
+def _robust_columns(study: Study) -> list[str]:
+    runs = study.runs
+    if runs.empty or not len(runs.iloc[0]["attacks"]):
+        return []
+    ds = study[runs.iloc[0]["run_id"]]
+    from .table import robust_column
+
+    return [robust_column(str(a), float(e)) for a in ds["attack"].values for e in ds["eps"].values]
+
+
+class _Progress:
+    def __init__(self, enabled: bool, total: int):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc="report", disable=not enabled, unit="section")
+
+    def step(self, what: str) -> None:
+        self.bar.set_postfix_str(what)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def report(study: Study | str | os.PathLike, out: str | os.PathLike = "report.html", *,
+           query: str | os.PathLike | Any | list[Any] | None = None, interventions: bool = True,
+           refute: bool = True, progress: bool = True) -> Path:
+    """Analyse ``study`` and write ``out`` (HTML), ``out``'s ``.md`` twin and ``figures/*.png`` beside it.
+
+    Parameters
+    ----------
+    study : Study or path
+    out : path
+        The HTML file to write.
+    query : path to a TOML query file, a `causalgeom.causal.Query`, a list of them, or None
+        The mediation questions; ``None`` uses :func:`default_queries`.
+    interventions, refute : bool
+        Include the intervention dose-response curves / DoWhy refuters (both on by default).
+    progress : bool
+        Show a progress bar over sections.
+
+    Returns
+    -------
+    pathlib.Path
+        The HTML file.
+    """
+    from . import causal
+
+    if not isinstance(study, Study):
+        study = open_study(study)
+    if len(study) == 0:
+        raise QueryError(f"study {study.path} has no complete runs to report on")
+    if query is None:
+        queries = default_queries(study)
+    elif isinstance(query, (str, os.PathLike)):
+        queries = [causal.Query.from_toml(query)]
+    elif isinstance(query, (list, tuple)):
+        queries = list(query)
+    else:
+        queries = [query]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    bar = _Progress(progress, len(SECTION_IDS))
+    ctx = _Context(study, queries, bar)
+    builders: list[Callable[[], Section]] = [
+        ctx.provenance, ctx.paper_table, ctx.reliability, ctx.distributions, ctx.cone_test,
+        (ctx.interventions if interventions else ctx.skipped_interventions), ctx.mediation,
+        (lambda: ctx.refuters_sensitivity(refute)), ctx.findings]
+    sections = []
+    for build in builders:
+        section = build()
+        sections.append(section)
+        bar.step(section.id)
+    bar.close()
+    _write(out, study, sections)
+    return out
+
+
+class _Context:
+    """Holds what several sections share (frames, results), computed once."""
+
+    def __init__(self, study: Study, queries: list[Any], bar: _Progress):
+        self.study, self.queries, self.bar = study, queries, bar
+        self.runs = study.runs
+        self._sample_frame: pd.DataFrame | None = None
+        self.paper: pd.DataFrame | None = None
+        self.mediation_results: list[Any] = []
+        self.intervention_results: dict[str, Any] = {}
+        self.notes: list[str] = []
+
+    @property
+    def sample_frame(self) -> pd.DataFrame:
+        if self._sample_frame is None:
+            self._sample_frame = self.study.to_frame(level="sample", progress=False)
+        return self._sample_frame
+
+    def _by_regularizer(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for rec in self.runs.sort_values(["regularizer", "run_id"]).to_dict("records"):
+            out.setdefault(str(rec.get("regularizer")), []).append(rec["run_id"])
+        return out
+
+    # -- sections ----------------------------------------------------------------------------
+    def provenance(self) -> Section:
+        from .schema import package_versions
+
+        s = Section("provenance", "Study and provenance")
+        s.add_text(f"Study folder: {self.study.path} — {len(self.runs)} runs, generated "
+                   f"{_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')} by causalgeom "
+                   f"{package_versions().get('causalgeom', '?')}.")
+        cols = [c for c in ("run_id", "regularizer", "strength", "seed", "model", "dataset", "split", "n_samples",
+                            "n_classes", "n_features", "feature_layer") if c in self.runs.columns]
+        s.add_table(self.runs[cols], "Runs (one Zarr store each).")
+        first = self.study[self.runs.iloc[0]["run_id"]]
+        versions = first.attrs.get("versions", {})
+        if versions:
+            s.add_text("Package versions recorded in the dumps: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".")
+        params = self.runs[["run_id", "regularizer_params"]] if "regularizer_params" in self.runs else None
+        if params is not None:
+            s.add_table(params.assign(regularizer_params=params.regularizer_params.map(str)),
+                        "Regularizer configurations.")
+        if incomplete := self.study.incomplete:
+            s.add_text(f"Not included (incompletely written): {', '.join(incomplete)}.")
+        return s
+
+    def paper_table(self) -> Section:
+        from .summary import paper_table
+
+        s = Section("paper-table", "The paper table: accuracy, calibration, geometry and robustness per regularizer")
+        self.paper = paper_table(self.study)
+        s.add_table(self.paper, "Mean over seeds with a 95% t-interval over runs (the unit of replication "
+                                "is the training run).")
+        return s
+
+    def reliability(self) -> Section:
+        import matplotlib.pyplot as plt
+        import xarray as xr
+
+        from .calibration import reliability
+
+        s = Section("reliability", "Reliability diagrams per regularizer")
+        groups = self._by_regularizer()
+        fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups), 3.2), squeeze=False)
+        for ax, (reg, run_ids) in zip(axes[0], groups.items()):
+            ds = xr.concat([self.study[r][["logits", "label"]] for r in run_ids], dim="sample")
+            rel = reliability(ds, n_bins=15).compute()
+            conf, acc, count = (np.asarray(rel[v]) for v in ("confidence", "accuracy", "count"))
+            keep = count > 0
+            ax.plot([0, 1], [0, 1], "k:", lw=1)
+            ax.bar(conf[keep], acc[keep], width=1 / 15, alpha=0.6, edgecolor="k", label="accuracy")
+            ax.plot(conf[keep], conf[keep], "r.", label="confidence")
+            ax.set_title(f"{reg} ({len(run_ids)} runs)")
+            ax.set_xlabel("confidence")
+            ax.set_xlim(0, 1), ax.set_ylim(0, 1)
+        axes[0][0].set_ylabel("accuracy")
+        s.add_figure("reliability", fig, "Reliability diagrams (15 equal-width bins, runs of a regularizer pooled); "
+                                         "bars below the diagonal mean overconfidence.")
+        return s
+
+    def distributions(self) -> Section:
+        import matplotlib.pyplot as plt
+
+        s = Section("distributions", "Feature magnitude and cosine to the class center")
+        df = self.sample_frame
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+        for reg, g in df.groupby("regularizer"):
+            axes[0].hist(g["rms"], bins=40, histtype="step", density=True, label=str(reg))
+            axes[1].hist(g["cos_true"], bins=40, histtype="step", density=True, label=str(reg))
+        axes[0].set_xlabel("feature RMS (‖h‖/√d)"), axes[1].set_xlabel("cosine to true-class minimal-loss center")
+        axes[0].legend(fontsize=8)
+        s.add_figure("distributions", fig, "Distributions of feature magnitude (RMS) and of the cosine to the "
+                                           "true-class minimal-loss center, per regularizer (all seeds).")
+        summ = df.groupby("regularizer")[["rms", "cos_true"]].agg(["mean", "median"]).round(4)
+        summ.columns = [f"{a}_{b}" for a, b in summ.columns]
+        s.add_table(summ.reset_index(), "Per-sample summaries (pooled over seeds).")
+        return s
+
+    def cone_test(self) -> Section:
+        import matplotlib.pyplot as plt
+
+        from .geometry import cone_test
+
+        s = Section("cone-test", "Cone test: are decision regions cones around the origin?")
+        rows = []
+        fig, ax = plt.subplots(figsize=(5, 3.4))
+        for reg, run_ids in self._by_regularizer().items():
+            for with_bias in (True, False):
+                res = cone_test(self.study[run_ids[0]], with_bias=with_bias)
+                frac = float(res["fraction_unchanged"])
+                rows.append({"regularizer": reg, "run_id": run_ids[0], "with_bias": with_bias,
+                             "fraction_unchanged": frac})
+                if with_bias and "flipped_by_scale" in res:
+                    ax.plot(np.asarray(res["scale"]), 1 - np.asarray(res["flipped_by_scale"]), label=reg)
+        if ax.lines:
+            ax.set_xscale("log"), ax.set_xlabel("scale s"), ax.set_ylabel("fraction with unchanged prediction")
+            ax.legend(fontsize=8)
+            s.add_figure("cone_test", fig, "Fraction of samples whose prediction is unchanged when the feature is "
+                                           "scaled by s (with bias).")
+        else:
+            plt.close(fig)
+        s.add_table(pd.DataFrame(rows), "Fraction of samples whose prediction never changes over the scale grid; "
+                                        "without the bias the regions are exact cones (fraction 1).")
+        return s
+
+    def skipped_interventions(self) -> Section:
+        s = Section("interventions", "Interventions")
+        s.add_text("Interventions were not requested for this report.")
+        return s
+
+    def interventions(self) -> Section:
+        from . import interventions as iv
+
+        s = Section("interventions", "Interventions: set the magnitude or the direction, measure what follows")
+        groups = self._by_regularizer()
+        control = groups.get("ce", next(iter(groups.values())))[0]
+        ds = self.study[control]
+        scales = [0.25, 0.5, 0.75, 1.0, 1.5, 2.0]
+        alphas = [-0.5, -0.25, 0.0, 0.25, 0.5, 0.75]
+        rs = iv.rescale(ds, scales=scales, rng=np.random.default_rng(0))
+        rt = iv.rotate(ds, alphas=alphas, rng=np.random.default_rng(0))
+        self.intervention_results = {"rescale": rs, "rotate": rt, "control_run": control}
+        s.add_figure("dose_rescale", iv.plot_dose_response(rs), f"Rescaling h → s·h on run {control}: "
+                     "calibration outcomes against s (95% percentile bootstrap over samples).")
+        s.add_figure("dose_rotate", iv.plot_dose_response(rt), f"Rotating h toward its predicted-class center by a "
+                     f"fraction α of the angle (norm kept) on run {control}.")
+        s.add_table(_dataset_table(rs, "scale"), "Rescaling: outcomes against s.")
+        s.add_table(_dataset_table(rt, "alpha"), "Rotation: outcomes against α.")
+        return s
+
+    def mediation(self) -> Section:
+        from . import causal
+
+        s = Section("mediation", "Mediation analysis")
+        for q in self.queries:
+            for outcome in q.outcomes:
+                try:
+                    res = causal.mediate(self.sample_frame, **q.mediate_kwargs(outcome))
+                except QueryError as exc:
+                    self.notes.append(f"Query {q.treated!r} / {outcome}: not estimable ({exc}).")
+                    s.add_text(f"{q.treated} vs {q.control}, outcome {outcome}: not estimable — {exc}")
+                    continue
+                self.mediation_results.append((q, outcome, res))
+                name = f"forest_{q.treated}_{outcome}".replace("[", "_").replace("]", "").replace("@", "_")
+                name = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)
+                s.add_table(res.summary(), f"{q.treatment} = {q.treated} vs {q.control}; outcome {outcome}; "
+                                           f"{res.describe()}")
+                s.add_figure(name, res.plot(), f"Forest plot: {q.treated} vs {q.control}, outcome {outcome}.")
+        if not self.mediation_results:
+            s.add_text("No mediation query could be estimated.")
+        return s
+
+    def refuters_sensitivity(self, refute: bool) -> Section:
+        from . import causal
+
+        s = Section("refuters-sensitivity", "Refuters and sensitivity")
+        for q, outcome, res in self.mediation_results:
+            sens = getattr(res, "sensitivity", None)
+            if sens is not None and len(sens):
+                s.add_table(pd.DataFrame(sens), f"Sensitivity to unmeasured mediator–outcome confounding: "
+                                               f"{q.treated} vs {q.control}, outcome {outcome}.")
+        if refute and self.mediation_results:
+            q, outcome, res = self.mediation_results[0]
+            try:
+                ref = causal.refute(res)
+                s.add_table(ref, f"DoWhy refuters for {q.treated} vs {q.control}, outcome {outcome}.")
+            except Exception as exc:  # noqa: BLE001 - a refuter failing must not lose the report; say so
+                s.add_text(f"DoWhy refuters could not be run: {type(exc).__name__}: {exc}")
+        return s
+
+    def findings(self) -> Section:
+        s = Section("findings", "Findings in plain language")
+        for text in findings_text(self.paper, self.mediation_results, self.intervention_results):
+            s.add_text(text)
+        for note in self.notes:
+            s.add_text(note)
+        return s
+
+
+def _dataset_table(ds: Any, dim: str) -> pd.DataFrame:
+    keep = [v for v in ("accuracy", "ece", "signed_ece", "nll", "mean_confidence") if v in ds]
+    return ds[keep].to_dataframe().reset_index()
+
+
+def findings_text(paper: pd.DataFrame | None, mediation: list[Any], interventions: dict[str, Any]) -> list[str]:
+    """Plain-language statements of what the numbers support and what they do not."""
+    out: list[str] = []
+    if paper is not None and "signed_ece_mean" in paper.columns:
+        for rec in paper.to_dict("records"):
+            reg = rec.get("regularizer")
+            sece, lo, hi = rec.get("signed_ece_mean"), rec.get("signed_ece_ci_low"), rec.get("signed_ece_ci_high")
+            if sece is None or pd.isna(sece):
+                continue
+            if lo is not None and not pd.isna(lo) and lo > 0:
+                verdict = "overconfident (the whole interval of the signed ECE is above 0)"
+            elif hi is not None and not pd.isna(hi) and hi < 0:
+                verdict = "underconfident (the whole interval of the signed ECE is below 0)"
+            else:
+                verdict = "neither clearly over- nor underconfident (the interval of the signed ECE contains 0)"
+            out.append(f"{reg}: signed ECE {sece:+.3f} (95% CI {lo:+.3f} to {hi:+.3f} over runs) — the model is {verdict}.")
+    for q, outcome, res in mediation:
+        summ = res.summary().set_index("effect")
+        for eff in summ.index:
+            if not str(eff).startswith("indirect"):
+                continue
+            r = summ.loc[eff]
+            sig = r["ci_low"] > 0 or r["ci_high"] < 0
+            out.append(
+                f"{q.treated} vs {q.control}, outcome {outcome}: the {eff} effect is {r['estimate']:+.4g} "
+                f"(95% CI {r['ci_low']:+.4g} to {r['ci_high']:+.4g}, {res.resampling_unit} bootstrap, "
+                f"{res.n_clusters} runs) — " + ("supported: the interval excludes 0." if sig else
+                                                "not supported: the interval includes 0."))
+    if interventions.get("rescale") is not None:
+        rs = interventions["rescale"]
+        e = np.asarray(rs["signed_ece"].values)
+        sc = np.asarray(rs["scale"].values)
+        out.append(f"Rescaling the control run's features ({interventions['control_run']}) from s={sc.min():g} to "
+                   f"s={sc.max():g} moves its signed ECE from {e[0]:+.3f} to {e[-1]:+.3f}: "
+                   + ("smaller magnitude lowers overconfidence, as the magnitude → calibration path predicts."
+                      if e[0] < e[-1] else "this does not show smaller magnitude lowering overconfidence."))
+    if not out:
+        out.append("No finding could be stated from this study.")
+    return out
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;font-size:12px;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:2px 6px}
+th{background:#f2f2f2}figure{margin:1em 0}img{max-width:100%}.caption,figcaption{color:#555;font-size:13px}
+nav a{margin-right:1em}"""
+# After load, record how many embedded figures decoded (a browser test reads it from the DOM).
+_SCRIPT = ("<script>window.addEventListener('load',function(){var i=document.images,n=0;"
+           "for(var k=0;k<i.length;k++){if(i[k].complete&&i[k].naturalWidth>0)n++;}"
+           "document.body.setAttribute('data-images-loaded',n);});</script>")
+
+
+def _write(out: Path, study: Study, sections: list[Section]) -> None:
+    figdir = out.parent / "figures"
+    figdir.mkdir(exist_ok=True)
+    for sec in sections:
+        for name, png in sec.figures.items():
+            (figdir / f"{name}.png").write_bytes(png)
+    title = f"causalgeom report — {study.path.name}"
+    nav = "".join(f"<a href='#{s.id}'>{html.escape(s.title.split(':')[0])}</a>" for s in sections)
+    body = "".join(f"<section id='{s.id}'><h2>{html.escape(s.title)}</h2>{s.html}</section>" for s in sections)
+    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style>{_SCRIPT}</head><body><h1>{html.escape(title)}</h1><nav>{nav}</nav>{body}</body></html>")
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, out)
+    md = f"# {title}\n\n" + "".join(f"## {s.title}\n\n{s.md}" for s in sections)
+    out.with_suffix(".md").write_text(md, encoding="utf-8")
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``cg.report(study, out=...)`` call the function while ``causalgeom.report`` stays the module."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Path:
+        return report(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
