@@ -146,6 +146,7 @@ def save(ds: xr.Dataset, path: str | os.PathLike, *, mode: str = "w-", sample_ch
     with store_lock(path):
         if path.exists() and mode == "w-":  # re-check under the lock
             raise StoreExistsError(f"store {path} already exists; pass mode='w' to overwrite it")
+        _remove_stale_partials(path)
         tmp = path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:8]}"
         try:
             out = ds.copy()
@@ -177,6 +178,14 @@ def save(ds: xr.Dataset, path: str | os.PathLike, *, mode: str = "w-", sample_ch
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return path
+
+
+def _remove_stale_partials(path: Path) -> None:
+    """Delete temporaries that a killed writer of ``path`` left behind (call only while holding the lock)."""
+    for stale in path.parent.glob(f".{path.name}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for stale in path.parent.glob(f".{path.name}.trash-*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def mark_complete(path: str | os.PathLike, **info: Any) -> None:
