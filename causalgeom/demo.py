@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import os
 import time
-from importlib import resources
 from pathlib import Path
 
-__all__ = ["run_demo", "DEFAULT_PRESET", "DEMO_EPS", "demo_attacks"]
+__all__ = ["run_demo", "DEMO_EPS", "demo_attacks"]
 
-#: The default training preset (shipped inside the package; `pipelines/digits_default.toml` is the same grid).
-DEFAULT_PRESET = "digits_default.toml"
 #: ε sweep of the demo (pixel scale [0, 1]); 8×8 digits need larger budgets than CIFAR's 1/255…8/255.
 DEMO_EPS = (2 / 255, 4 / 255, 8 / 255, 16 / 255, 32 / 255)
 
@@ -26,11 +23,6 @@ def demo_attacks():
     return [PGD(norm="linf", steps=7, random_start=True)]
 
 
-def preset_path(name: str = DEFAULT_PRESET) -> Path:
-    """Path of a training preset shipped with the package."""
-    return Path(str(resources.files("causalgeom") / "presets" / name))
-
-
 def run_demo(out: str | os.PathLike = "demo_out", *, preset: str | os.PathLike | None = None,
              progress: bool = True, log=print) -> Path:
     """Run the whole demo and return the path of the HTML report.
@@ -40,17 +32,17 @@ def run_demo(out: str | os.PathLike = "demo_out", *, preset: str | os.PathLike |
     out : path
         Working folder: ``train/`` (checkpoints), ``study/`` (Zarr dumps), ``report/``.
     preset : path, optional
-        Training grid (TOML); default: the package's ``digits_default.toml``.
+        Training grid (TOML); default: `causalgeom.train.default_grid()` (= ``pipelines/digits_default.toml``).
     progress : bool
         Progress bars for every stage.
     """
     from . import report as report_mod
     from .extract import extract_runs
-    from .train import load_grid, run_grid
+    from .train import default_grid, load_grid, run_grid
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    grid = load_grid(preset or preset_path())
+    grid = load_grid(preset) if preset else default_grid()
     t0 = time.perf_counter()
     log(f"[1/3] training the regularizer grid into {out / 'train'} (finished runs are skipped)")
     run_grid(grid, out / "train", progress=progress)

@@ -1,0 +1,425 @@
+"""Datasets with fixed train / calibration / test splits: embedded digits, CIFAR-10/100, ImageFolder.
+
+Every dataset yields ``(x, y)`` with ``x`` a float32 tensor of shape ``(C, H, W)`` in pixel space
+``[0, 1]`` and ``y`` an ``int`` class index. Normalization is *not* applied here: it lives inside
+the model (see :func:`causalgeom.models.build_model`), so attacks operate in pixel space.
+
+Splits (fixed and deterministic; documented in ``docs/training.md``):
+
+* ``digits`` -- scikit-learn's shipped 8x8 handwritten digits (1797 images, 10 classes, pixel / 16).
+  A permutation drawn once with ``numpy.random.default_rng(0)`` is cut into 60 % train (1078 images),
+  15 % calib (269) and 25 % test (450).
+* ``cifar10`` / ``cifar100`` -- the CIFAR python batches read from a local folder (never downloaded).
+  ``train`` = the official training set without its last ``min(5000, n // 10)`` images (45 000 for
+  the real data), ``calib`` = those last images (5 000), ``test`` = the official test set (10 000).
+* ``imagefolder`` -- a :class:`torchvision.datasets.ImageFolder` layout. If ``ROOT`` has ``train/``
+  and ``test/`` sub-folders, they are used, with ``calib/`` (or ``val/``) as calibration split when
+  present and otherwise the last ``max(1, n // 10)`` images of a fixed permutation (seed 0) of
+  ``train/``. Otherwise ``ROOT`` itself holds the class folders and is cut like digits (60/15/25).
+  Images are converted to RGB, resized (shorter side) and center-cropped to ``image_size``
+  (default: the size of the first training image).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pickle
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .errors import ConfigError
+
+__all__ = [
+    "DATASETS",
+    "SPLITS",
+    "CIFAR_URL",
+    "ArrayDataset",
+    "dataset_info",
+    "load_dataset",
+    "check_dataset",
+    "default_root",
+    "split_indices",
+]
+
+#: Names accepted by :func:`load_dataset` and :func:`dataset_info`.
+DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
+#: Split names accepted by :func:`load_dataset`.
+SPLITS = ("train", "calib", "test")
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
+
+#: Seed of the fixed permutation that cuts digits (and single-folder ImageFolder data) into splits.
+SPLIT_SEED = 0
+_FRACTIONS = (0.60, 0.15)  # train, calib; test = the rest
+
+_CIFAR = {
+    "cifar10": dict(folder="cifar-10-batches-py", archive="cifar-10-python.tar.gz", title="CIFAR-10",
+                    train=[f"data_batch_{i}" for i in range(1, 6)], test=["test_batch"], meta="batches.meta",
+                    meta_key="label_names", label_key="labels", num_classes=10,
+                    mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)),
+    "cifar100": dict(folder="cifar-100-python", archive="cifar-100-python.tar.gz", title="CIFAR-100",
+                     train=["train"], test=["test"], meta="meta", meta_key="fine_label_names",
+                     label_key="fine_labels", num_classes=100,
+                     mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762)),
+}
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ArrayDataset(Dataset):
+    """An in-memory image dataset: ``images`` (N, C, H, W) uint8 (0..255) or float (0..1), ``labels`` (N,).
+
+    ``dataset[i]`` returns ``(x, y)`` with ``x`` float32 (C, H, W) in [0, 1] and ``y`` an ``int``;
+    :meth:`batch` gathers many samples at once (the fast path of the training loop).
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str] | None = None) -> None:
+        if images.ndim != 4 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
+            raise ConfigError(f"ArrayDataset: expected images (N, C, H, W) and labels (N,), got "
+                              f"{tuple(images.shape)} and {tuple(labels.shape)}")
+        self.images = images
+        self.labels = labels.to(torch.int64)
+        self.classes = list(classes) if classes is not None else None
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def _to_float(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            return x.to(torch.float32).div_(255.0)
+        return x.to(torch.float32)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self._to_float(self.images[index]), int(self.labels[index])
+
+    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Samples ``indices`` as ``(x (B, C, H, W) float32, y (B,) int64)``."""
+        return self._to_float(self.images[indices]), self.labels[indices]
+
+    def subset(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> "ArrayDataset":
+        """A new :class:`ArrayDataset` holding the samples ``indices`` (in that order)."""
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.int64)
+        return ArrayDataset(self.images[idx], self.labels[idx], self.classes)
+
+
+def default_root() -> str:
+    """Folder searched for datasets when ``root`` is None: ``$CAUSALGEOM_DATA`` or ``./data``."""
+    return os.environ.get("CAUSALGEOM_DATA", "data")
+
+
+def _check_name(name: Any) -> str:
+    if not isinstance(name, str) or name.lower() not in DATASETS:
+        raise ConfigError(f"dataset: expected one of {', '.join(map(repr, DATASETS))}, got {name!r}")
+    return name.lower()
+
+
+def _check_split(split: Any) -> str:
+    if split not in SPLITS:
+        raise ConfigError(f"split: expected one of {', '.join(map(repr, SPLITS))}, got {split!r}")
+    return split
+
+
+def split_indices(n: int, seed: int = SPLIT_SEED) -> dict[str, np.ndarray]:
+    """The fixed 60 / 15 / 25 % cut of ``n`` samples used for digits and single-folder ImageFolder data.
+
+    Returns
+    -------
+    dict
+        ``{"train", "calib", "test"}`` -> sorted-by-permutation int64 index arrays that partition ``range(n)``.
+    """
+    perm = np.random.default_rng(seed).permutation(n)
+    n_train = int(_FRACTIONS[0] * n)
+    n_calib = int(_FRACTIONS[1] * n)
+    return {"train": perm[:n_train], "calib": perm[n_train:n_train + n_calib], "test": perm[n_train + n_calib:]}
+
+
+# --------------------------------------------------------------------------------------------------- digits
+_DIGITS_CACHE: dict[str, ArrayDataset] = {}
+
+
+def _digits_all() -> ArrayDataset:
+    if "all" not in _DIGITS_CACHE:
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        images = torch.from_numpy((bunch.images / 16.0).astype(np.float32)).unsqueeze(1)  # (1797, 1, 8, 8)
+        labels = torch.from_numpy(bunch.target.astype(np.int64))
+        _DIGITS_CACHE["all"] = ArrayDataset(images, labels, [str(c) for c in bunch.target_names])
+    return _DIGITS_CACHE["all"]
+
+
+def _digits(split: str) -> ArrayDataset:
+    full = _digits_all()
+    return full.subset(split_indices(len(full))[split])
+
+
+# ---------------------------------------------------------------------------------------------------- CIFAR
+def _cifar_dir(name: str, root: str | os.PathLike | None) -> Path:
+    spec = _CIFAR[name]
+    base = Path(root if root is not None else default_root()).expanduser()
+    folder = base if base.name == spec["folder"] else base / spec["folder"]
+    needed = [*spec["train"], *spec["test"], spec["meta"]]
+    missing = [f for f in needed if not (folder / f).is_file()]
+    if missing:
+        raise ConfigError(
+            f"dataset {name!r}: data_root={str(base)!r} does not hold the {spec['title']} python batches; "
+            f"expected ROOT/{spec['folder']}/ containing {', '.join(needed)} (missing: {', '.join(missing)}). "
+            f"Download {spec['archive']} from {CIFAR_URL} and extract it into ROOT "
+            f"(tar xzf {spec['archive']} -C ROOT); nothing is downloaded at run time")
+    return folder
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Reads CIFAR python batches, allowing only the globals that plain numpy arrays need."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+                ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise ConfigError(f"CIFAR batch file refers to {module}.{name}, which a CIFAR python batch never "
+                          "does; refusing to unpickle it")
+
+
+def _read_batch(path: Path) -> dict:
+    with open(path, "rb") as fh:
+        try:
+            entry = _CifarUnpickler(fh, encoding="latin1").load()
+        except ConfigError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any decoding failure is a bad dataset file
+            raise ConfigError(f"cannot read CIFAR batch file {str(path)!r}: {exc}") from None
+    if not isinstance(entry, dict):
+        raise ConfigError(f"CIFAR batch file {str(path)!r}: expected a pickled dict, got {type(entry).__name__}")
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
+
+
+def _make_cifar_class(name: str):
+    """A torchvision CIFAR class that reads a local folder: no md5 check (so subsets and test fixtures load),
+    no download, and a restricted unpickler."""
+    import torchvision
+
+    base = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    spec = _CIFAR[name]
+
+    class LocalCIFAR(base):  # type: ignore[misc, valid-type]
+        def __init__(self, root: str | os.PathLike, train: bool = True) -> None:  # noqa: D107
+            folder = _cifar_dir(name, root)
+            torchvision.datasets.VisionDataset.__init__(self, str(folder.parent))
+            self.train = train
+            data, targets = [], []
+            for fname in (spec["train"] if train else spec["test"]):
+                entry = _read_batch(folder / fname)
+                try:
+                    arr = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+                    labels = list(entry[spec["label_key"]])
+                except (KeyError, ValueError) as exc:
+                    raise ConfigError(f"CIFAR batch file {str(folder / fname)!r}: expected keys 'data' "
+                                      f"(N, 3072) uint8 and {spec['label_key']!r}; {exc}") from None
+                data.append(arr)
+                targets.extend(int(t) for t in labels)
+            self.data = np.concatenate(data).transpose(0, 2, 3, 1)  # HWC, as torchvision keeps it
+            self.targets = targets
+            meta = _read_batch(folder / spec["meta"])
+            self.classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta.get(spec["meta_key"], [])]
+            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+        def _check_integrity(self) -> bool:  # presence only; see _cifar_dir
+            return True
+
+    LocalCIFAR.__name__ = LocalCIFAR.__qualname__ = f"Local{base.__name__}"
+    return LocalCIFAR
+
+
+def _cifar(name: str, split: str, root: str | os.PathLike | None) -> ArrayDataset:
+    cls = _make_cifar_class(name)
+    tv = cls(root, train=(split != "test"))
+    images = torch.from_numpy(np.ascontiguousarray(tv.data.transpose(0, 3, 1, 2)))  # (N, 3, 32, 32) uint8
+    labels = torch.as_tensor(tv.targets, dtype=torch.int64)
+    ds = ArrayDataset(images, labels, tv.classes or None)
+    if split == "test":
+        return ds
+    n = len(ds)
+    n_calib = min(5000, n // 10)
+    return ds.subset(np.arange(n - n_calib) if split == "train" else np.arange(n - n_calib, n))
+
+
+# ---------------------------------------------------------------------------------------------- ImageFolder
+def _imagefolder_layout(root: str | os.PathLike | None) -> dict[str, Any]:
+    if root is None:
+        raise ConfigError("dataset 'imagefolder': data_root is required (a folder of class sub-folders, or one "
+                          "with train/ and test/ sub-folders of class sub-folders), got None")
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        raise ConfigError(f"dataset 'imagefolder': data_root={str(base)!r} is not a folder; expected ROOT/CLASS/IMAGE "
+                          "or ROOT/{train,test}/CLASS/IMAGE (torchvision ImageFolder layout)")
+    if (base / "train").is_dir() and (base / "test").is_dir():
+        calib = next((base / c for c in ("calib", "val") if (base / c).is_dir()), None)
+        return {"split_folders": True, "train": base / "train", "test": base / "test", "calib": calib}
+    return {"split_folders": False, "all": base}
+
+
+@functools.lru_cache(maxsize=8)
+def _image_folder_cached(path: str, mtime_ns: int):
+    import torchvision
+
+    return torchvision.datasets.ImageFolder(path)
+
+
+def _image_folder(path: Path):
+    """The (cached) ImageFolder scan of ``path``; rescanned when the folder's mtime changes."""
+    try:
+        return _image_folder_cached(str(path.resolve()), path.stat().st_mtime_ns)
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise ConfigError(f"dataset 'imagefolder': cannot read {str(path)!r} as ROOT/CLASS/IMAGE: {exc}") from None
+
+
+class _ImageFolderSplit(Dataset):
+    """Part of an ImageFolder, converted to RGB float tensors of size ``image_size``."""
+
+    def __init__(self, folder, indices: np.ndarray, image_size: tuple[int, int]) -> None:
+        from torchvision.transforms import v2
+
+        self.folder = folder
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.classes = list(folder.classes)
+        self.transform = v2.Compose([v2.ToImage(), v2.Resize(min(image_size), antialias=True),
+                                     v2.CenterCrop(image_size), v2.ToDtype(torch.float32, scale=True)])
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, target = self.folder.samples[int(self.indices[index])]
+        img = self.folder.loader(path).convert("RGB")
+        return self.transform(img), int(target)
+
+
+def _imagefolder_parts(root: str | os.PathLike | None) -> dict[str, tuple[Any, np.ndarray]]:
+    layout = _imagefolder_layout(root)
+    if not layout["split_folders"]:
+        folder = _image_folder(layout["all"])
+        return {s: (folder, idx) for s, idx in split_indices(len(folder)).items()}
+    train = _image_folder(layout["train"])
+    test = _image_folder(layout["test"])
+    parts = {"test": (test, np.arange(len(test)))}
+    if layout["calib"] is not None:
+        calib = _image_folder(layout["calib"])
+        parts["calib"] = (calib, np.arange(len(calib)))
+        parts["train"] = (train, np.arange(len(train)))
+    else:
+        perm = np.random.default_rng(SPLIT_SEED).permutation(len(train))
+        n_calib = max(1, len(train) // 10)
+        parts["train"] = (train, perm[:-n_calib])
+        parts["calib"] = (train, perm[-n_calib:])
+    for split, (folder, _) in parts.items():
+        if folder.classes != parts["test"][0].classes:
+            raise ConfigError(f"dataset 'imagefolder': the {split} folder has classes {folder.classes}, the test "
+                              f"folder {parts['test'][0].classes}; they must be the same")
+    return parts
+
+
+def _first_image_size(folder) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(folder.samples[0][0]) as img:
+        w, h = img.size
+    return (h, w)
+
+
+# ---------------------------------------------------------------------------------------------------- public
+def check_dataset(name: str, root: str | os.PathLike | None = None) -> None:
+    """Raise :class:`~causalgeom.errors.ConfigError` unless dataset ``name`` is readable from ``root``.
+
+    Cheap: checks names, files and folders, reads no images. Digits is always available (shipped with
+    scikit-learn).
+    """
+    name = _check_name(name)
+    if name in _CIFAR:
+        _cifar_dir(name, root)
+    elif name == "imagefolder":
+        layout = _imagefolder_layout(root)
+        folders = [layout["train"], layout["test"]] if layout["split_folders"] else [layout["all"]]
+        for folder in folders:
+            if not any(p.is_dir() for p in folder.iterdir()):
+                raise ConfigError(f"dataset 'imagefolder': {str(folder)!r} has no class sub-folders; expected "
+                                  "FOLDER/CLASS/IMAGE (torchvision ImageFolder layout)")
+
+
+def dataset_info(name: str, root: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Shape and normalization constants of dataset ``name``.
+
+    Returns
+    -------
+    dict
+        ``num_classes`` (int), ``in_channels`` (int), ``image_size`` ((H, W) tuple), ``mean`` and ``std``
+        (tuples of ``in_channels`` floats, per-channel statistics of the training images in [0, 1]; the
+        published CIFAR values, the digits train-split values, ImageNet's for ImageFolder).
+
+    Raises
+    ------
+    ConfigError
+        Unknown name, or (ImageFolder) a missing / unreadable folder.
+    """
+    name = _check_name(name)
+    if name == "digits":
+        x = _digits("train").images
+        return dict(num_classes=10, in_channels=1, image_size=(8, 8), mean=(round(float(x.mean()), 4),),
+                    std=(round(float(x.std()), 4),))
+    if name in _CIFAR:
+        spec = _CIFAR[name]
+        return dict(num_classes=spec["num_classes"], in_channels=3, image_size=(32, 32), mean=tuple(spec["mean"]),
+                    std=tuple(spec["std"]))
+    parts = _imagefolder_parts(root)
+    folder = parts["train"][0]
+    return dict(num_classes=len(folder.classes), in_channels=3, image_size=_first_image_size(folder),
+                mean=_IMAGENET_MEAN, std=_IMAGENET_STD)
+
+
+def load_dataset(name: str, split: str, root: str | os.PathLike | None = None, *,
+                 image_size: tuple[int, int] | int | None = None) -> Dataset:
+    """One fixed split of a dataset, as a torch ``Dataset`` of ``(x, y)``.
+
+    Parameters
+    ----------
+    name : {"digits", "cifar10", "cifar100", "imagefolder"}
+    split : {"train", "calib", "test"}
+        Fixed, deterministic splits (see the module docstring and ``docs/training.md``).
+    root : path, optional
+        Dataset folder (CIFAR: the folder *containing* ``cifar-10-batches-py/`` or ``cifar-100-python/``;
+        ImageFolder: the image root). Default :func:`default_root`. Unused for digits.
+    image_size : int or (H, W), optional
+        ImageFolder only: output size (default: the size of the first training image).
+
+    Returns
+    -------
+    torch.utils.data.Dataset
+        Items ``(x, y)``: ``x`` float32 (C, H, W) in [0, 1], ``y`` int. Digits and CIFAR return an
+        :class:`ArrayDataset` (in memory).
+
+    Raises
+    ------
+    ConfigError
+        Unknown name or split, or a missing dataset folder (the message says what to put where).
+    """
+    name = _check_name(name)
+    split = _check_split(split)
+    if name == "digits":
+        return _digits(split)
+    if name in _CIFAR:
+        return _cifar(name, split, root)
+    parts = _imagefolder_parts(root)
+    if image_size is None:
+        size = _first_image_size(parts["train"][0])
+    elif isinstance(image_size, int):
+        size = (image_size, image_size)
+    else:
+        size = tuple(int(s) for s in image_size)  # type: ignore[assignment]
+    folder, idx = parts[split]
+    return _ImageFolderSplit(folder, idx, size)

@@ -1,0 +1,224 @@
+"""Classifiers that take pixel-space input in [0, 1] and end in an ``nn.Linear`` head.
+
+Every model returned by :func:`build_model` is a :class:`NormalizedClassifier`: its first module
+``normalize`` maps pixels to ``(x - mean) / std`` and ``net`` is the classifier proper, whose final
+``nn.Linear`` (the *head*, named by :attr:`NormalizedClassifier.head_name`) receives the penultimate
+features. Attacks therefore work in pixel space and feature extraction hooks the head's input.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections import OrderedDict
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+__all__ = ["NAMED_MODELS", "Normalize", "NormalizedClassifier", "SmallCNN", "build_model", "available_models",
+           "head_of"]
+
+#: Names with a dedicated builder; any other torchvision classification model is built by name.
+NAMED_MODELS = ("small_cnn", "resnet18", "resnet50", "mobilenet_v2")
+
+
+class Normalize(nn.Module):
+    """Per-channel ``(x - mean) / std``; ``x`` (B, C, H, W) in pixel space."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        mean_t = torch.as_tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
+        std_t = torch.as_tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)
+        if mean_t.numel() != std_t.numel() or bool((std_t <= 0).any()):
+            raise ConfigError(f"normalization: expected mean and std of the same length with std > 0, got "
+                              f"mean={list(mean)}, std={list(std)}")
+        self.register_buffer("mean", mean_t)
+        self.register_buffer("std", std_t)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return (x - self.mean) / self.std
+
+    def extra_repr(self) -> str:  # noqa: D102
+        return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
+
+
+class NormalizedClassifier(nn.Module):
+    """``net(normalize(x))``: pixel input (B, C, H, W) in [0, 1] -> logits (B, K).
+
+    Attributes
+    ----------
+    normalize : Normalize
+        First module.
+    net : nn.Module
+        The classifier; its last ``nn.Linear`` is the head.
+    head_name : str
+        Qualified name of the head inside this module (e.g. ``"net.fc"``); its input are the features.
+    """
+
+    def __init__(self, normalize: Normalize, net: nn.Module) -> None:
+        super().__init__()
+        self.normalize = normalize
+        self.net = net
+        self.head_name = "net." + head_of(net)[0]
+
+    @property
+    def head(self) -> nn.Linear:
+        """The final linear layer (input: penultimate features (B, D); output: logits (B, K))."""
+        return self.get_submodule(self.head_name)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return self.net(self.normalize(x))
+
+
+class SmallCNN(nn.Sequential):
+    """A small CNN for 8x8 (digits) and other small images.
+
+    conv3x3(C->32) ReLU, conv3x3(32->64) ReLU, maxpool 2, adaptive avg-pool to 4x4, flatten (1024),
+    linear(1024->width) ReLU [dropout], head linear(width->K). Features: the ReLU output (B, width).
+    """
+
+    def __init__(self, num_classes: int, in_channels: int = 1, width: int = 128, dropout: float = 0.0) -> None:
+        layers: list[tuple[str, nn.Module]] = [
+            ("conv1", nn.Conv2d(in_channels, 32, 3, padding=1)), ("relu1", nn.ReLU(inplace=True)),
+            ("conv2", nn.Conv2d(32, 64, 3, padding=1)), ("relu2", nn.ReLU(inplace=True)),
+            ("pool", nn.MaxPool2d(2)), ("avgpool", nn.AdaptiveAvgPool2d(4)), ("flatten", nn.Flatten()),
+            ("fc1", nn.Linear(64 * 16, width)), ("relu3", nn.ReLU(inplace=True)),
+        ]
+        if dropout > 0:
+            layers.append(("dropout", nn.Dropout(dropout)))
+        layers.append(("head", nn.Linear(width, num_classes)))
+        super().__init__(OrderedDict(layers))
+
+
+def head_of(model: nn.Module) -> tuple[str, nn.Linear]:
+    """``(qualified name, module)`` of the last ``nn.Linear`` registered in ``model``.
+
+    Raises
+    ------
+    ConfigError
+        If ``model`` has no ``nn.Linear``.
+    """
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not found:
+        raise ConfigError(f"model {type(model).__name__}: expected a final nn.Linear head (its input are the "
+                          "features), found no nn.Linear")
+    return found[-1]
+
+
+def available_models() -> list[str]:
+    """:data:`NAMED_MODELS` followed by every torchvision classification model name."""
+    import torchvision
+
+    tv = [m for m in torchvision.models.list_models(module=torchvision.models) if m not in NAMED_MODELS]
+    return [*NAMED_MODELS, *sorted(tv)]
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)
+
+
+def _conv_like(conv: nn.Conv2d, *, in_channels: int | None = None, kernel_size: int | None = None,
+               stride: int | None = None, padding: int | None = None) -> nn.Conv2d:
+    return nn.Conv2d(in_channels if in_channels is not None else conv.in_channels, conv.out_channels,
+                     kernel_size if kernel_size is not None else conv.kernel_size,
+                     stride if stride is not None else conv.stride,
+                     padding if padding is not None else conv.padding,
+                     dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None)
+
+
+def _first_conv(net: nn.Module) -> tuple[str, nn.Conv2d] | None:
+    return next(((n, m) for n, m in net.named_modules() if isinstance(m, nn.Conv2d)), None)
+
+
+def _torchvision(name: str, num_classes: int, in_channels: int, cifar_stem: bool, dropout: float) -> nn.Module:
+    import torchvision
+
+    if name == "mobilenet_v2":
+        net = torchvision.models.mobilenet_v2(weights=None, num_classes=num_classes, dropout=dropout)
+        dropout = 0.0  # already inside the classifier
+    else:
+        try:
+            net = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+        except TypeError as exc:
+            raise ConfigError(f"model {name!r}: torchvision cannot build it with num_classes={num_classes}: "
+                              f"{exc}") from None
+    first = _first_conv(net)
+    if cifar_stem:
+        if first is None:
+            raise ConfigError(f"cifar_stem=True: model {name!r} has no Conv2d stem to replace")
+        conv_name, conv = first
+        _set_submodule(net, conv_name, _conv_like(conv, in_channels=in_channels, kernel_size=3, stride=1, padding=1))
+        if isinstance(getattr(net, "maxpool", None), nn.MaxPool2d):  # ResNets
+            net.maxpool = nn.Identity()
+    elif in_channels != 3:
+        if first is None:
+            raise ConfigError(f"in_channels={in_channels}: model {name!r} has no Conv2d stem to adapt")
+        conv_name, conv = first
+        _set_submodule(net, conv_name, _conv_like(conv, in_channels=in_channels))
+    head_name, head = head_of(net)
+    if head.out_features != num_classes:
+        raise ConfigError(f"model {name!r}: its last nn.Linear has {head.out_features} outputs, expected "
+                          f"num_classes={num_classes}; it does not end in a linear classification head")
+    if dropout > 0:
+        _set_submodule(net, head_name, nn.Sequential(OrderedDict([("dropout", nn.Dropout(dropout)),
+                                                                  ("linear", head)])))
+    return net
+
+
+def build_model(name: str, num_classes: int, in_channels: int = 3, mean: Sequence[float] | None = None,
+                std: Sequence[float] | None = None, cifar_stem: bool = False, dropout: float = 0.0
+                ) -> NormalizedClassifier:
+    """Build an untrained classifier taking pixel-space input.
+
+    Parameters
+    ----------
+    name : str
+        ``"small_cnn"`` (:class:`SmallCNN`, for digits), ``"resnet18"``, ``"resnet50"``, ``"mobilenet_v2"``,
+        or any name of ``torchvision.models.list_models(module=torchvision.models)`` (``weights=None``).
+    num_classes : int
+        K, the number of logits.
+    in_channels : int
+        C of the input (B, C, H, W); torchvision stems are rebuilt for C != 3.
+    mean, std : sequence of float, optional
+        Per-channel normalization applied by the first module (default 0 and 1: identity).
+    cifar_stem : bool
+        torchvision models: replace the stem by a 3x3 stride-1 convolution and drop the ResNet max-pool
+        (the usual adaptation to 32x32 images).
+    dropout : float
+        Dropout probability before the head (in [0, 1)).
+
+    Returns
+    -------
+    NormalizedClassifier
+        Input (B, C, H, W) float in [0, 1] -> logits (B, K); ``model.head`` is the final ``nn.Linear``.
+
+    Raises
+    ------
+    ConfigError
+        Unknown name (the message lists the options) or invalid argument.
+    """
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
+        raise ConfigError(f"num_classes: expected an int >= 2, got {num_classes!r}")
+    if not isinstance(in_channels, int) or isinstance(in_channels, bool) or in_channels < 1:
+        raise ConfigError(f"in_channels: expected an int >= 1, got {in_channels!r}")
+    if not isinstance(dropout, (int, float)) or not 0.0 <= float(dropout) < 1.0:
+        raise ConfigError(f"dropout: expected a number in [0, 1), got {dropout!r}")
+    mean = tuple(mean) if mean is not None else (0.0,) * in_channels
+    std = tuple(std) if std is not None else (1.0,) * in_channels
+    if len(mean) != in_channels or len(std) != in_channels:
+        raise ConfigError(f"mean/std: expected {in_channels} values each (in_channels), got mean={list(mean)}, "
+                          f"std={list(std)}")
+    options = available_models()
+    if name not in options:
+        close = difflib.get_close_matches(str(name), options, n=3)
+        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+        raise ConfigError(f"model: unknown name {name!r}{hint}; expected one of {', '.join(options)}")
+    if name == "small_cnn":
+        net: nn.Module = SmallCNN(num_classes, in_channels, dropout=float(dropout))
+    else:
+        net = _torchvision(name, num_classes, in_channels, bool(cifar_stem), float(dropout))
+    return NormalizedClassifier(Normalize(mean, std), net)
