@@ -1,0 +1,34 @@
+"""The causal layer: mediation analysis of regularizer → representation geometry → calibration / robustness.
+
+::
+
+    import causalgeom as cg
+    table = study.to_frame(level="sample")
+    res = cg.causal.mediate(table, treatment="regularizer", control="ce", treated="label_smoothing",
+                            mediators=["rms", "cos_true"], outcome="overconfidence", cluster="run_id",
+                            n_boot=1000, rng=np.random.default_rng(0))
+    res.summary(); res.plot(); res.sensitivity
+    cg.causal.refute(res)                                   # DoWhy refuters (one model per mediator)
+    q = cg.causal.Query(treatment="regularizer", control="ce", treated="mixup", mediators=["rms"],
+                        outcomes=["overconfidence"]); q.to_toml("q.toml"); cg.causal.Query.from_toml("q.toml")
+
+Modules: `query` (Query, TOML files), `estimators` (the regression estimator), `bootstrap` (resampling
+weights), `mediation` (`mediate`), `results` (`MediationResult`), `simulate` (synthetic
+structural models with known effects). Estimands, estimators, the bootstrap and the
+sensitivity analysis are documented in ``docs/methods_causal.md``.
+"""
+
+from __future__ import annotations
+
+from ._design import MIN_CLUSTERS_CONTINUOUS, MIN_CLUSTERS_PER_ARM
+from .estimators import RHO_GRID, effect_names
+from .mediation import FewClustersWarning, bootstrap_pvalue, mediate, percentile_ci
+from .query import Query, read_queries, write_queries
+from .results import MediationResult
+from ._backends import REFUTERS, refute
+from .simulate import simulate_mediation
+
+
+__all__ = ["mediate", "MediationResult", "Query", "read_queries", "write_queries", "refute", "FewClustersWarning",
+           "MIN_CLUSTERS_PER_ARM", "MIN_CLUSTERS_CONTINUOUS", "RHO_GRID", "effect_names", "percentile_ci",
+           "bootstrap_pvalue", "REFUTERS", "simulate_mediation"]

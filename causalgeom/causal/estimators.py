@@ -1,0 +1,463 @@
+"""The ``"regression"`` mediation estimator: linear mediator models, a linear or logistic outcome model.
+
+Notation (``docs/methods_causal.md`` has the derivations). Treatment ``T``, mediators ``M_1..M_K``, covariates
+``X``, outcome ``Y``; the compared treatment values are ``t0`` (control) and ``t1`` (treated), ``Δ = t1 - t0``.
+
+Mediator models (OLS), parallel mediators::
+
+    M_j = α_j + a_j T + γ_j' X + e_j
+
+Outcome model (OLS, or logistic for a 0/1 outcome), optionally with treatment × mediator terms::
+
+    Y = β_0 + c T + Σ_j b_j M_j + δ' X [+ Σ_j d_j T M_j] + ε        (logit P(Y=1) = the same right side)
+
+Estimands (Pearl 2001; Robins & Greenland 1992; VanderWeele 2015), with ``Y(t, m)`` the potential outcome::
+
+    total    = E[Y(t1, M(t1))] - E[Y(t0, M(t0))]
+    direct   = E[Y(t1, M(t0))] - E[Y(t0, M(t0))]     pure natural direct effect (Imai's ADE(0))
+    indirect = E[Y(t1, M(t1))] - E[Y(t1, M(t0))]     total natural indirect effect (Imai's ACME(1))
+    indirect[m_j] = E[Y(t1, M_j(t1), M_-j(t0))] - E[Y(t1, M(t0))]
+
+so ``total = direct + indirect``. Linear outcome: closed forms (product of coefficients without interaction,
+``direct = cΔ``, ``indirect[m_j] = a_j b_j Δ``; with interaction ``direct = Δ(c + Σ d_j E[M_j(t0)])``,
+``indirect[m_j] = a_j (b_j + d_j t1) Δ``). Logistic outcome: the g-formula, averaging predicted probabilities
+over the rows with each row's mediators shifted to their counterfactual values,
+``M_ij(t') = M_ij + a_j (t' - T_i)`` (its own residual kept; Imai, Keele & Tingley 2010, algorithm 1 with the
+empirical residual distribution instead of simulated draws).
+
+Every quantity is computed from weighted Gram matrices, so bootstrap replicates are weights (see
+`causalgeom.causal.bootstrap`) and all replicates are solved together as a batch.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import QueryError
+from ._design import Design
+
+__all__ = ["LinearMediation", "effect_names", "RHO_GRID"]
+
+#: Grid of the sensitivity parameter ρ (correlation of mediator and outcome errors).
+RHO_GRID = np.round(np.arange(-0.9, 0.9001, 0.05), 2)
+
+#: Target size (number of float64 elements) of the temporary arrays of one batch of replicates.
+_BATCH_ELEMS = 2**23
+
+
+def effect_names(mediators: list[str], ordered: bool) -> list[str]:
+    """Names of the effects, in summary order.
+
+    ``total``, ``direct``, ``indirect`` (through all mediators jointly); with 2+ mediators also
+    ``indirect[m]`` per mediator (ordered pair ``m1 → m2``: ``indirect[m1]``, ``indirect[m1->m2]``,
+    ``indirect[m2]``); then ``prop_mediated`` (= indirect / total) and ``prop_mediated[...]`` per path.
+    """
+    paths: list[str] = []
+    if len(mediators) > 1:
+        if ordered:
+            m1, m2 = mediators
+            paths = [f"indirect[{m1}]", f"indirect[{m1}->{m2}]", f"indirect[{m2}]"]
+        else:
+            paths = [f"indirect[{m}]" for m in mediators]
+    props = ["prop_mediated"] + ["prop_mediated" + p[len("indirect"):] for p in paths]
+    return ["total", "direct", "indirect"] + paths + props
+
+
+def _solve(A: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Batched solve; replicates whose system is singular give NaN instead of failing the batch."""
+    try:
+        return np.linalg.solve(A, b)
+    except np.linalg.LinAlgError:
+        out = np.full(np.broadcast_shapes(A.shape[:-2], b.shape[:-2]) + b.shape[-2:], np.nan)
+        for i in range(out.shape[0]):
+            try:
+                out[i] = np.linalg.solve(A[i], b[i])
+            except np.linalg.LinAlgError:
+                pass
+        return out
+
+
+def _expit(x: np.ndarray) -> np.ndarray:
+    out = np.empty_like(x)
+    np.negative(x, out=out)
+    np.exp(out, out=out)
+    out += 1.0
+    np.reciprocal(out, out=out)
+    return out
+
+
+@dataclass
+class _Layout:
+    K: int
+    q: int
+    L: int
+    interaction: bool
+
+    def __post_init__(self) -> None:
+        K, q, L = self.K, self.q, self.L
+        self.i_t = 1
+        self.i_m = list(range(2, 2 + K))
+        self.i_x = list(range(2 + K, 2 + K + q))
+        self.i_tm = list(range(2 + K + q, 2 + K + q + (K if self.interaction else 0)))
+        start = 2 + K + q + len(self.i_tm)
+        self.i_y = list(range(start, start + L))
+        self.p = start + L
+        self.med_reg = [0, 1] + self.i_x
+        self.med2_reg = [0, 1, self.i_m[0]] + self.i_x if K >= 1 else []
+        self.out_reg = [0, 1] + self.i_m + self.i_x + self.i_tm
+
+
+class LinearMediation:
+    """Mediation with linear mediator models and a linear or logistic outcome model (see module docstring).
+
+    Parameters
+    ----------
+    design : Design
+    outcome_model : {"linear", "logistic"}
+    interaction : bool
+        Treatment × mediator terms in the outcome model.
+    ordered : bool
+        Two mediators, the first a cause of the second (path-specific effects of a linear structural model).
+
+    Notes
+    -----
+    Columns are centred by their full-sample means before the Gram matrices are formed (better conditioning);
+    the treatment is not centred, and all effects are invariant to the centring.
+    """
+
+    def __init__(self, design: Design, outcome_model: str = "linear", interaction: bool = False,
+                 ordered: bool = False):
+        K = design.M.shape[1]
+        if ordered and K != 2:
+            raise QueryError(f"ordered: causally ordered mediators are supported for exactly 2 mediators, got {K}")
+        if ordered and interaction:
+            raise QueryError("ordered=True with interaction=True is not supported; drop one of them")
+        if ordered and outcome_model == "logistic":
+            raise QueryError("ordered=True needs outcome_model='linear' (path-specific effects of a linear model)")
+        self.design = design
+        self.outcome_model = outcome_model
+        self.interaction = interaction
+        self.ordered = ordered
+        self.lay = _Layout(K, design.X.shape[1], design.Y.shape[1], interaction)
+        self.names = effect_names(design.mediators, ordered)
+        self.t0, self.t1 = design.t0, design.t1
+        Mc = design.M - design.M.mean(0)
+        Xc = design.X - design.X.mean(0) if design.X.shape[1] else design.X
+        Yc = design.Y - design.Y.mean(0)
+        parts = [np.ones((design.n, 1)), design.T[:, None], Mc, Xc]
+        if interaction:
+            parts.append(design.T[:, None] * Mc)
+        parts.append(Yc)
+        self.V = np.ascontiguousarray(np.column_stack(parts))
+        self._Mc = Mc
+        self._Xc = Xc
+        self._G: np.ndarray | None = None
+        self._beta_logit: np.ndarray | None = None
+
+    # -- Gram matrices -----------------------------------------------------------------------------------------
+    def _row_chunk(self) -> int:
+        return max(1, _BATCH_ELEMS // (self.lay.p * self.lay.p))
+
+    def cluster_grams(self) -> np.ndarray:
+        """Per-cluster Gram matrices ``G_r = V_r' V_r``, shape (R, p, p) (the sufficient statistics)."""
+        if self._G is None:
+            import scipy.sparse as sp
+
+            d, p = self.design, self.lay.p
+            R = d.n_clusters
+            ind = sp.csr_matrix((np.ones(d.n), (d.codes, np.arange(d.n))), shape=(R, d.n))
+            G = np.zeros((R, p * p))
+            step = self._row_chunk()
+            for s in range(0, d.n, step):
+                Vc = self.V[s:s + step]
+                G += ind[:, s:s + step] @ (Vc[:, :, None] * Vc[:, None, :]).reshape(len(Vc), p * p)
+            self._G = G.reshape(R, p, p)
+        return self._G
+
+    def gram(self) -> np.ndarray:
+        """Full-sample Gram matrix, shape (p, p)."""
+        return self.cluster_grams().sum(0)
+
+    def weighted_grams(self, W: np.ndarray) -> np.ndarray:
+        """Gram matrices of row-weighted replicates: ``W`` (b, n) → (b, p, p)."""
+        p = self.lay.p
+        out = np.zeros((W.shape[0], p * p))
+        step = self._row_chunk()
+        for s in range(0, self.design.n, step):
+            Vc = self.V[s:s + step]
+            out += W[:, s:s + step] @ (Vc[:, :, None] * Vc[:, None, :]).reshape(len(Vc), p * p)
+        return out.reshape(W.shape[0], p, p)
+
+    # -- models from Gram matrices -----------------------------------------------------------------------------
+    def _mediator_coefs(self, S: np.ndarray) -> dict[str, np.ndarray]:
+        lay = self.lay
+        r = lay.med_reg
+        beta = _solve(S[:, r][:, :, r], S[:, r][:, :, lay.i_m])  # (B, |r|, K)
+        out = {"a": beta[:, 1, :]}
+        if self.ordered:
+            r2 = lay.med2_reg
+            beta2 = _solve(S[:, r2][:, :, r2], S[:, r2][:, :, [lay.i_m[1]]])[:, :, 0]
+            out["a2_direct"] = beta2[:, 1]
+            out["theta"] = beta2[:, 2]
+        return out
+
+    def _outcome_coefs_linear(self, S: np.ndarray) -> np.ndarray:
+        r = self.lay.out_reg
+        return _solve(S[:, r][:, :, r], S[:, r][:, :, self.lay.i_y])  # (B, |r|, L)
+
+    def effects_from_grams(self, S: np.ndarray) -> np.ndarray:
+        """Effects of a linear outcome model from Gram matrices ``S`` (B, p, p); returns (B, E, L)."""
+        lay, K, L = self.lay, self.lay.K, self.lay.L
+        B = S.shape[0]
+        d = self.t1 - self.t0
+        n = S[:, 0, 0]
+        Tbar = S[:, 0, 1] / n
+        Mbar = S[:, 0, lay.i_m] / n[:, None]
+        med = self._mediator_coefs(S)
+        a = med["a"]  # (B, K)
+        beta = self._outcome_coefs_linear(S)
+        c = beta[:, 1, :]  # (B, L)
+        b = beta[:, 2:2 + K, :]  # (B, K, L)
+        if self.interaction:
+            dd = beta[:, 2 + K + lay.q:2 + K + lay.q + K, :]
+        else:
+            dd = np.zeros_like(b)
+        EM0 = Mbar + a * (self.t0 - Tbar[:, None])  # E[M~_j(t0)], (B, K)
+        direct = d * (c + np.einsum("bk,bkl->bl", EM0, dd))
+        if self.ordered:
+            a1, a2p, th = a[:, 0:1], med["a2_direct"][:, None], med["theta"][:, None]
+            paths = np.stack([a1 * b[:, 0] * d, a1 * th * b[:, 1] * d, a2p * b[:, 1] * d], axis=1)
+        else:
+            paths = (b + dd * self.t1) * (a * d)[:, :, None]  # (B, K, L)
+        indirect = paths.sum(1)
+        total = direct + indirect
+        return self._assemble(B, total, direct, indirect, paths)
+
+    def _assemble(self, B: int, total: np.ndarray, direct: np.ndarray, indirect: np.ndarray,
+                  paths: np.ndarray) -> np.ndarray:
+        K, L = self.lay.K, self.lay.L
+        rows = [total, direct, indirect]
+        if K > 1:
+            rows += [paths[:, i] for i in range(paths.shape[1])]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rows.append(indirect / total)
+            if K > 1:
+                rows += [paths[:, i] / total for i in range(paths.shape[1])]
+        out = np.stack(rows, axis=1)
+        assert out.shape == (B, len(self.names), L)
+        return out
+
+    # -- logistic outcome --------------------------------------------------------------------------------------
+    def _fit_logistic(self, W: np.ndarray, start: np.ndarray | None) -> tuple[np.ndarray, bool]:
+        """Weighted logistic regressions for every outcome and replicate: W (b, n) → beta (b, |r|, L)."""
+        r = self.lay.out_reg
+        Z = self.V[:, r]
+        Y = self.design.Y
+        b, pz, L = W.shape[0], len(r), Y.shape[1]
+        beta = np.zeros((b, pz, L)) if start is None else np.broadcast_to(start, (b, pz, L)).copy()
+        converged = True
+        for l in range(L):
+            y = Y[:, l]
+            bl = beta[:, :, l]
+            ok = False
+            for _ in range(100):
+                with np.errstate(over="ignore"):
+                    mu = _expit(bl @ Z.T)  # (b, n)
+                g = (W * (y - mu)) @ Z  # (b, pz)
+                h = W * mu * (1.0 - mu)
+                H = np.matmul(Z.T[None], h[:, :, None] * Z[None])  # (b, pz, pz)
+                H += 1e-12 * np.eye(pz)
+                step = _solve(H, g[:, :, None])[:, :, 0]
+                bl = bl + step
+                if np.nanmax(np.abs(step)) < 1e-10 * (1 + np.nanmax(np.abs(bl))):
+                    ok = True
+                    break
+            converged &= ok
+            beta[:, :, l] = bl
+        return beta, converged
+
+    def logistic_effects(self, S: np.ndarray, W: np.ndarray, start: np.ndarray | None = None
+                         ) -> tuple[np.ndarray, np.ndarray, bool, np.ndarray]:
+        """Effects of a logistic outcome model by the g-formula.
+
+        Parameters
+        ----------
+        S : ndarray, shape (b, p, p)
+            Weighted Gram matrices (mediator models).
+        W : ndarray, shape (b, n)
+            Row weights (outcome model and averaging).
+        start : ndarray, optional
+            Starting coefficients (the point estimate).
+
+        Returns
+        -------
+        effects : ndarray, shape (b, E, L)
+        potential : ndarray, shape (b, 3 + K, L)
+            Means of ``Y(t0,M(t0))``, ``Y(t1,M(t0))``, ``Y(t1,M(t1))``, ``Y(t1, M_j(t1), M_-j(t0))``.
+        converged : bool
+        beta : ndarray, shape (b, |outcome regressors|, L)
+            Logistic coefficients (centred scale).
+        """
+        lay, K = self.lay, self.lay.K
+        a = self._mediator_coefs(S)["a"]  # (b, K)
+        beta, converged = self._fit_logistic(W, start)
+        T = self.design.T
+        Wsum = W.sum(1)  # (b,)
+        q = lay.q
+        b0 = beta[:, 0, :]  # (b, L)
+        bT = beta[:, 1, :]
+        bM = beta[:, 2:2 + K, :]  # (b, K, L)
+        bX = beta[:, 2 + K:2 + K + q, :]  # (b, q, L)
+        bTM = beta[:, 2 + K + q:2 + K + q + K, :] if self.interaction else np.zeros_like(bM)
+        base = b0[:, None, :] + (np.einsum("nq,bql->bnl", self._Xc, bX) if q else 0.0)  # (b, n, L)
+
+        def mean_po(t: float, tm: np.ndarray) -> np.ndarray:
+            eta = base + bT[:, None, :] * t
+            for j in range(K):
+                Mj = self._Mc[None, :, j] + a[:, j, None] * (tm[j] - T[None, :])  # (b, n)
+                eta = eta + (bM[:, j, :] + bTM[:, j, :] * t)[:, None, :] * Mj[:, :, None]
+            with np.errstate(over="ignore"):
+                return np.einsum("bn,bnl->bl", W, _expit(eta)) / Wsum[:, None]
+
+        t0v, t1v = np.full(K, self.t0), np.full(K, self.t1)
+        po = [mean_po(self.t0, t0v), mean_po(self.t1, t0v), mean_po(self.t1, t1v)]
+        for j in range(K):
+            tm = t0v.copy()
+            tm[j] = self.t1
+            po.append(mean_po(self.t1, tm))
+        po = np.stack(po, axis=1)  # (b, 3+K, L)
+        total, direct, indirect = po[:, 2] - po[:, 0], po[:, 1] - po[:, 0], po[:, 2] - po[:, 1]
+        paths = po[:, 3:] - po[:, 1:2]
+        return self._assemble(W.shape[0], total, direct, indirect, paths), po, converged, beta
+
+    # -- point estimate and coefficient table ------------------------------------------------------------------
+    def point(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """Point estimates (E, L) and, for a logistic outcome, potential-outcome means (3 + K, L)."""
+        S = self.gram()[None]
+        self._check_design(S[0])
+        if self.outcome_model == "linear":
+            return self.effects_from_grams(S)[0], None
+        W = np.ones((1, self.design.n))
+        eff, po, converged, beta = self.logistic_effects(S, W)
+        if not converged:
+            warnings.warn("the logistic outcome model did not converge (perfect or quasi-complete separation?); "
+                          "estimates may be unreliable", RuntimeWarning, stacklevel=3)
+        self._beta_logit = beta[0]
+        return eff[0], po[0]
+
+    def _check_design(self, S: np.ndarray) -> None:
+        lay = self.lay
+        checks = [("mediator model (treatment, covariates)", lay.med_reg),
+                  ("outcome model (treatment, mediators, covariates)", lay.out_reg)]
+        if self.ordered:
+            checks.append(("second mediator model (treatment, first mediator, covariates)", lay.med2_reg))
+        for label, r in checks:
+            A = S[np.ix_(r, r)]
+            if np.linalg.matrix_rank(A, tol=None) < len(r):
+                raise QueryError(
+                    f"the {label} has collinear or constant columns (singular design); check for a constant "
+                    "mediator or covariate, or a covariate that is a function of the treatment")
+
+    def replicate(self, batch: "object") -> tuple[np.ndarray, np.ndarray | None]:
+        """Effects for a `ReplicateBatch` (b, E, L), and potential-outcome means for a logistic outcome."""
+        if self.outcome_model == "linear":
+            if batch.counts is not None:
+                G = self.cluster_grams()
+                R, p = G.shape[0], self.lay.p
+                S = (batch.counts.astype(np.float64) @ G.reshape(R, p * p)).reshape(-1, p, p)
+            else:
+                S = self.weighted_grams(batch.rows())
+            return self.effects_from_grams(S), None
+        W = batch.rows()
+        if batch.counts is not None:
+            G = self.cluster_grams()
+            R, p = G.shape[0], self.lay.p
+            S = (batch.counts.astype(np.float64) @ G.reshape(R, p * p)).reshape(-1, p, p)
+        else:
+            S = self.weighted_grams(W)
+        eff, po, _, _ = self.logistic_effects(S, W, start=self._beta_logit)
+        return eff, po
+
+    def batch_size(self) -> int:
+        """Replicates per batch that keep temporary arrays near `_BATCH_ELEMS` elements."""
+        if self.outcome_model == "linear" and self.design.n_clusters * self.lay.p ** 2 <= _BATCH_ELEMS:
+            return 4096
+        per = self.design.n * (len(self.lay.out_reg) + self.lay.L + 2)
+        return int(max(1, min(4096, _BATCH_ELEMS // max(per, 1))))
+
+    def coefficients(self) -> dict[str, np.ndarray]:
+        """Point estimates of the model coefficients on the centred scale (for display / debugging)."""
+        S = self.gram()[None]
+        out = {f"a[{m}]": v for m, v in zip(self.design.mediators, self._mediator_coefs(S)["a"][0])}
+        if self.outcome_model == "linear":
+            beta = self._outcome_coefs_linear(S)[0]
+        else:
+            beta = self._beta_logit if self._beta_logit is not None else self._fit_logistic(
+                np.ones((1, self.design.n)), None)[0][0]
+        K = self.lay.K
+        for l, y in enumerate(self.design.outcomes):
+            out[f"c[{y}]"] = beta[1, l]
+            for j, m in enumerate(self.design.mediators):
+                out[f"b[{m}->{y}]"] = beta[2 + j, l]
+                if self.interaction:
+                    out[f"d[{self.design.treatment}x{m}->{y}]"] = beta[2 + K + self.lay.q + j, l]
+        return out
+
+    # -- sensitivity (Imai, Keele & Yamamoto 2010) ------------------------------------------------------------
+    def rho_sensitivity(self) -> tuple["object", "object"]:
+        """ρ-sensitivity of the indirect effects of a linear outcome model (no interaction terms used).
+
+        For mediator ``j`` and outcome ``y`` let ``σ_Y``, ``σ_M`` be the residual standard deviations and
+        ``ρ~`` the residual correlation of ``y`` and ``M_j`` given ``(1, T, X, M_-j)``. If the errors of the
+        mediator and outcome models have correlation ``ρ`` (an unmeasured mediator–outcome confounder), the
+        mediator's outcome coefficient is ``b_j(ρ) = (σ_Y/σ_M) (ρ~ - ρ sqrt((1 - ρ~²)/(1 - ρ²)))``
+        (Imai, Keele & Yamamoto 2010, Prop. 3 for one mediator; here conditional on the other mediators), and
+        ``indirect[m_j](ρ) = a_j b_j(ρ) Δ``. ``b_j(0)`` is the OLS coefficient; the path effect vanishes at
+        ``ρ = ρ~``.
+
+        Returns
+        -------
+        summary : DataFrame
+            One row per (outcome, mediator): ``rho_tilde``, ``rho_at_zero_path`` (ρ at which the mediator's
+            indirect effect is 0) and ``rho_at_zero_indirect`` (ρ at which the joint indirect effect is 0).
+        curve : DataFrame
+            ``outcome, mediator, rho, indirect_path, indirect`` over `RHO_GRID`.
+        """
+        import pandas as pd
+
+        lay, d = self.lay, self.design
+        S = self.gram()
+        a = self._mediator_coefs(S[None])["a"][0]
+        delta = self.t1 - self.t0
+        rows, curve = [], []
+        for l, y in enumerate(d.outcomes):
+            iy = lay.i_y[l]
+            b0 = np.empty(lay.K)
+            stats = []
+            for j in range(lay.K):
+                z = [0, 1] + [lay.i_m[k] for k in range(lay.K) if k != j] + lay.i_x
+                A = [iy, lay.i_m[j]]
+                P = S[np.ix_(A, A)] - S[np.ix_(A, z)] @ np.linalg.solve(S[np.ix_(z, z)], S[np.ix_(z, A)])
+                sy, sm = np.sqrt(P[0, 0]), np.sqrt(P[1, 1])
+                rt = float(np.clip(P[0, 1] / (sy * sm), -1 + 1e-12, 1 - 1e-12))
+                stats.append((sy, sm, rt))
+                b0[j] = (sy / sm) * rt
+            ind0 = a * b0 * delta
+            for j, m in enumerate(d.mediators):
+                sy, sm, rt = stats[j]
+                other = ind0.sum() - ind0[j]
+                # joint indirect = other + a_j Δ b_j(ρ) = 0  <=>  b_j(ρ) = g
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    g = -other / (a[j] * delta)
+                    k = rt - g * sm / sy
+                    rho_joint = float(np.sign(k) * abs(k) / np.sqrt(1 - rt ** 2 + k ** 2)) if np.isfinite(k) else np.nan
+                rows.append(dict(outcome=y, mediator=m, rho_tilde=rt, rho_at_zero_path=rt,
+                                 rho_at_zero_indirect=rho_joint))
+                bj = (sy / sm) * (rt - RHO_GRID * np.sqrt((1 - rt ** 2) / (1 - RHO_GRID ** 2)))
+                path = a[j] * bj * delta
+                curve.append(pd.DataFrame(dict(outcome=y, mediator=m, rho=RHO_GRID, indirect_path=path,
+                                               indirect=other + path)))
+        return pd.DataFrame(rows), pd.concat(curve, ignore_index=True)

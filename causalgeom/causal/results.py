@@ -1,0 +1,226 @@
+"""`MediationResult`: estimates, intervals and how they were obtained; summary table, forest plot, Markdown, HTML."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["MediationResult", "SUMMARY_COLUMNS", "markdown_table"]
+
+#: Columns of `MediationResult.summary` (``outcome`` first, so results with several outcomes stay one table).
+SUMMARY_COLUMNS = ("outcome", "effect", "estimate", "ci_low", "ci_high", "p_value", "n_runs", "n_samples")
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, (float, np.floating)):
+        if np.isnan(v):
+            return ""
+        return f"{v:.4g}"
+    return str(v)
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table of ``df`` (floats to 4 significant digits, NaN empty)."""
+    cols = [str(c) for c in df.columns]
+    esc = lambda s: s.replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(esc(c) for c in cols) + " |",
+             "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(df[c]) else "---" for c in df.columns) + "|"]
+    for row in df.itertuples(index=False):
+        lines.append("| " + " | ".join(esc(_fmt(v)) for v in row) + " |")
+    return "\n".join(lines)
+
+
+@dataclass
+class MediationResult:
+    """The result of `causalgeom.causal.mediate`.
+
+    Attributes
+    ----------
+    method : str
+        ``"regression"``, ``"statsmodels"`` or ``"dowhy"``.
+    estimator : str
+        What produced the point estimates (models, estimands).
+    resampling_unit : str
+        Short name of the resampling unit of the intervals, e.g. ``"cluster (run_id)"``.
+    resampling : str
+        Full description of how intervals and p-values were obtained.
+    n_clusters : int
+        Number of clusters (runs) in the analysis.
+    clusters_per_arm : dict
+        Clusters per treatment arm (categorical) or per treatment value (continuous).
+    n_boot : int
+        Replicates used (after dropping failed ones).
+    ci_level : float
+    p_value_method : str
+    level : str
+        ``"sample"`` or ``"run"`` (rows of the table).
+    sensitivity : DataFrame
+        Compact sensitivity analysis (ρ at which indirect effects vanish, or mediational E-values).
+    sensitivity_curve : DataFrame
+        The ρ curve (linear outcome), empty otherwise.
+    sensitivity_method : str
+    replicates : ndarray, shape (n_boot, n_effects, n_outcomes)
+        Bootstrap replicates of the effects (empty for statsmodels).
+    notes : list of str
+        Everything the reader should know (dropped rows, warnings).
+    """
+
+    table: pd.DataFrame
+    method: str
+    estimator: str
+    resampling_unit: str
+    resampling: str
+    n_clusters: int
+    clusters_per_arm: dict[str, int]
+    n_runs: int
+    n_samples: int
+    n_boot: int
+    ci_level: float
+    p_value_method: str
+    level: str
+    treatment: str
+    control: Any
+    treated: Any
+    mediators: list[str]
+    outcomes: list[str]
+    covariates: list[str]
+    effect_names: list[str]
+    sensitivity: pd.DataFrame = field(default_factory=pd.DataFrame)
+    sensitivity_curve: pd.DataFrame = field(default_factory=pd.DataFrame)
+    sensitivity_method: str = ""
+    replicates: np.ndarray = field(default_factory=lambda: np.empty((0, 0, 0)))
+    coefficients: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    refutations: pd.DataFrame | None = None
+    _design: Any = field(default=None, repr=False)
+    _options: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    # -- tables ----------------------------------------------------------------------------------------------
+    def summary(self) -> pd.DataFrame:
+        """One row per (outcome, effect): ``outcome, effect, estimate, ci_low, ci_high, p_value, n_runs, n_samples``."""
+        return self.table.loc[:, list(SUMMARY_COLUMNS)].copy()
+
+    def estimate(self, effect: str, outcome: str | None = None) -> float:
+        """The point estimate of ``effect`` (for ``outcome``, default the first)."""
+        outcome = self.outcomes[0] if outcome is None else outcome
+        t = self.table
+        sel = t[(t["effect"] == effect) & (t["outcome"] == outcome)]
+        if sel.empty:
+            raise KeyError(f"no effect {effect!r} for outcome {outcome!r}; effects: {self.effect_names}, "
+                           f"outcomes: {self.outcomes}")
+        return float(sel["estimate"].iloc[0])
+
+    def describe(self) -> str:
+        """One paragraph: estimator, resampling unit and scheme, clusters, replicates, rows."""
+        arms = ", ".join(f"{k}: {v}" for k, v in self.clusters_per_arm.items())
+        return (f"Estimator: {self.estimator}. Intervals: {self.resampling}. "
+                f"{self.n_clusters} clusters ({arms}); {self.n_samples} rows at the {self.level} level. "
+                f"p-values: {self.p_value_method}.")
+
+    def _title(self) -> str:
+        ctl, trt = self.control, self.treated
+        return (f"Mediation of {self.treatment} = {trt!r} vs {ctl!r} through {', '.join(self.mediators)} on "
+                f"{', '.join(self.outcomes)}")
+
+    def to_markdown(self) -> str:
+        """The result as Markdown: title, description, summary table, sensitivity, notes."""
+        parts = [f"### {self._title()}", "", self.describe(), "", markdown_table(self.summary())]
+        if len(self.sensitivity):
+            parts += ["", f"Sensitivity ({self.sensitivity_method}):", "", markdown_table(self.sensitivity)]
+        if self.refutations is not None and len(self.refutations):
+            parts += ["", "Refuters (DoWhy):", "", markdown_table(self.refutations)]
+        if self.notes:
+            parts += [""] + [f"- {n}" for n in self.notes]
+        return "\n".join(parts) + "\n"
+
+    def _repr_html_(self) -> str:
+        fmt = {c: (lambda v: _fmt(v)) for c in ("estimate", "ci_low", "ci_high", "p_value")}
+        body = [f"<h4>{html.escape(self._title())}</h4>",
+                f"<p>{html.escape(self.describe())}</p>",
+                self.summary().to_html(index=False, formatters=fmt, na_rep="")]
+        if len(self.sensitivity):
+            body += [f"<p>Sensitivity ({html.escape(self.sensitivity_method)}):</p>",
+                     self.sensitivity.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="")]
+        if self.notes:
+            body.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in self.notes) + "</ul>")
+        return "<div class='causalgeom-mediation'>" + "\n".join(body) + "</div>"
+
+    def __repr__(self) -> str:
+        with pd.option_context("display.width", 120, "display.max_columns", 20):
+            return f"<MediationResult {self._title()}>\n{self.describe()}\n{self.summary().to_string(index=False)}"
+
+    # -- plots -----------------------------------------------------------------------------------------------
+    def plot(self, ax: Any = None, *, include_proportion: bool = False) -> Any:
+        """Forest plot of the effects with their intervals (proportions mediated left out unless asked for).
+
+        Parameters
+        ----------
+        ax : matplotlib Axes, optional
+            Draw there; otherwise a new figure is made.
+        include_proportion : bool
+            Also show ``prop_mediated`` rows (a different scale).
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+        """
+        import matplotlib.pyplot as plt
+
+        t = self.table
+        if not include_proportion:
+            t = t[~t["effect"].str.startswith("prop_mediated")]
+        t = t.iloc[::-1]
+        if ax is None:
+            fig, ax = plt.subplots(figsize=(6.4, 0.9 + 0.32 * len(t)))
+        else:
+            fig = ax.figure
+        y = np.arange(len(t))
+        est = t["estimate"].to_numpy(float)
+        lo, hi = t["ci_low"].to_numpy(float), t["ci_high"].to_numpy(float)
+        has_ci = np.isfinite(lo) & np.isfinite(hi)
+        colors = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
+        outs = list(dict.fromkeys(t["outcome"]))
+        col = [colors[outs.index(o) % len(colors)] for o in t["outcome"]]
+        for i in range(len(t)):
+            if has_ci[i]:
+                ax.plot([lo[i], hi[i]], [y[i], y[i]], color=col[i], lw=2, solid_capstyle="butt")
+            ax.plot(est[i], y[i], "o", color=col[i], ms=5)
+        ax.axvline(0.0, color="0.5", lw=0.8, ls="--")
+        labels = [f"{e}" if len(outs) == 1 else f"{o}: {e}" for o, e in zip(t["outcome"], t["effect"])]
+        ax.set_yticks(y, labels)
+        ax.set_xlabel(f"effect on {outs[0]}" if len(outs) == 1 else "effect")
+        ax.set_title(f"{self.treated} vs {self.control} ({int(round(100 * self.ci_level))}% CI, "
+                     f"{self.resampling_unit})", fontsize=9)
+        ax.set_ylim(-0.6, len(t) - 0.4)
+        fig.tight_layout()
+        return fig
+
+    def plot_sensitivity(self, ax: Any = None) -> Any:
+        """The ρ curve: indirect effects against the error correlation ρ (linear outcome models)."""
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            fig, ax = plt.subplots(figsize=(5.5, 3.6))
+        else:
+            fig = ax.figure
+        c = self.sensitivity_curve
+        if c is None or not len(c):
+            ax.text(0.5, 0.5, "no ρ curve for this result", ha="center", va="center", transform=ax.transAxes)
+            return fig
+        for (o, m), g in c.groupby(["outcome", "mediator"], sort=False):
+            ax.plot(g["rho"], g["indirect_path"], label=f"{o}: indirect[{m}]")
+            if len(self.mediators) > 1:
+                ax.plot(g["rho"], g["indirect"], ls=":", label=f"{o}: indirect (joint), ρ on {m}")
+        ax.axhline(0.0, color="0.5", lw=0.8, ls="--")
+        ax.axvline(0.0, color="0.7", lw=0.6)
+        ax.set_xlabel("ρ (correlation of mediator and outcome errors)")
+        ax.set_ylabel("indirect effect")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        return fig

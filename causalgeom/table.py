@@ -1,0 +1,255 @@
+"""The analysis table of a study: one row per sample (or per run) with treatment, mediators and outcomes.
+
+``study_frame`` (``Study.to_frame``) loads each run lazily, computes the per-sample metrics with
+`causalgeom.geometry`, `causalgeom.calibration` and `causalgeom.robustness` in one pass over the run's chunks,
+and concatenates the runs.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import HeadMissingError, QueryError
+
+__all__ = ["study_frame", "run_table", "robust_column", "min_flip_column", "robust_acc_column", "ID_COLUMNS",
+           "SAMPLE_COLUMNS", "RUN_COLUMNS"]
+
+#: Columns that identify the run of a row.
+ID_COLUMNS = ("run_id", "regularizer", "strength", "seed")
+#: Fixed columns of the sample-level table (robustness columns follow, one per attack and ε).
+SAMPLE_COLUMNS = ID_COLUMNS + ("sample", "label", "norm", "rms", "cos_true", "cos_pred", "confidence", "correct",
+                               "overconfidence", "nll", "brier")
+#: Fixed columns of the run-level table.
+RUN_COLUMNS = ID_COLUMNS + ("n_samples", "norm", "rms", "cos_true", "cos_pred", "confidence", "accuracy",
+                            "overconfidence", "nll", "brier", "ece", "signed_ece")
+
+_MEAN_COLUMNS = ("norm", "rms", "cos_true", "cos_pred", "confidence", "overconfidence", "nll", "brier")
+
+
+def robust_column(attack: str, eps: float) -> str:
+    """Name of the per-sample robustness indicator: ``"robust[pgd-linf@0.00392157]"`` (ε to 6 significant digits)."""
+    return f"robust[{attack}@{float(eps):.6g}]"
+
+
+def robust_acc_column(attack: str, eps: float) -> str:
+    """Name of the per-run robust accuracy: ``"robust_acc[pgd-linf@0.00392157]"`` (as `causalgeom.summary`)."""
+    return f"robust_acc[{attack}@{float(eps):.6g}]"
+
+
+def min_flip_column(attack: str) -> str:
+    """Name of the smallest flipping ε column: ``"min_flip_eps[pgd-linf]"``."""
+    return f"min_flip_eps[{attack}]"
+
+
+def _strings(values: Any) -> np.ndarray:
+    """Attack names as an object array of str (the coordinate may be numpy's StringDType after a Zarr round trip)."""
+    return np.array([str(v) for v in np.asarray(values).ravel().tolist()], dtype=object)
+
+
+def _select(values: np.ndarray, wanted: Any, what: str, close: bool = False) -> np.ndarray:
+    if wanted is None:
+        return np.arange(values.size)
+    wanted = [wanted] if isinstance(wanted, (str, int, float)) else list(wanted)
+    idx = []
+    for w in wanted:
+        hit = np.flatnonzero(np.isclose(values.astype(float), float(w), rtol=1e-6, atol=0) if close
+                             else _strings(values) == str(w))
+        if hit.size == 0:
+            raise QueryError(f"{what}: {w!r} is not in this run (available: {values.tolist()})")
+        idx.append(int(hit[0]))
+    return np.asarray(idx)
+
+
+def _compute_all(objs: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Compute every variable of ``objs`` (Datasets / DataArrays) in one dask pass; returns numpy arrays.
+
+    Keys are ``"name"`` for a DataArray and ``"name.var"`` for a Dataset's variables. The dask arrays are computed
+    directly (``dask.compute`` on a multi-variable Dataset with a shared graph fails with dask 2026.8 /
+    xarray 2026.9).
+    """
+    import dask
+
+    keys, arrays = [], []
+    for name, obj in objs.items():
+        items = ([(f"{name}.{v}", obj[v]) for v in obj.data_vars] if hasattr(obj, "data_vars") else [(name, obj)])
+        for key, da in items:
+            keys.append(key)
+            arrays.append(da.data)
+    values = dask.compute(*arrays)
+    return {k: np.asarray(v) for k, v in zip(keys, values)}
+
+
+def run_table(ds: Any, *, attack: str | Sequence[str] | None = None, eps: float | Sequence[float] | None = None,
+              center: str = "minimal_loss") -> pd.DataFrame:
+    """The sample-level rows of one run (see `study_frame` for the columns).
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        One schema-v1 run (dask-backed or in memory).
+    attack, eps, center
+        As in `study_frame`.
+
+    Returns
+    -------
+    pandas.DataFrame, shape (n_samples, n_columns)
+    """
+    from . import calibration, geometry, robustness
+
+    n = int(ds.sizes["sample"])
+    lazy: dict[str, Any] = {"mag": geometry.magnitude(ds), "cal": calibration.per_sample(ds)}
+    cos_missing = False
+    try:
+        lazy["cos"] = geometry.cosine_to_center(ds, kind=center)
+    except HeadMissingError:
+        cos_missing = True
+        warnings.warn(f"run {ds.attrs.get('run_id')!r} has no head_weight: cos_true/cos_pred with "
+                      f"center={center!r} need it and are NaN (use center='mean' for dumps without a head)",
+                      UserWarning, stacklevel=3)
+    a_idx = e_idx = None
+    if "adv_correct" in ds.variables:
+        attacks = _strings(ds["attack"].values)
+        eps_vals = np.asarray(ds["eps"].values, dtype=float)
+        a_idx = _select(attacks, attack, "attack")
+        e_idx = _select(eps_vals, eps, "eps", close=True)
+        lazy["adv"] = ds["adv_correct"].isel(attack=a_idx, eps=e_idx)
+        lazy["flip"] = robustness.min_flip_eps(ds).isel(attack=a_idx)
+    lazy["label"] = ds["label"]
+    vals = _compute_all(lazy)
+
+    attrs = ds.attrs
+    reg = attrs.get("regularizer")
+    strength = attrs.get("strength", 0.0 if reg == "ce" else np.nan)
+    sample = np.asarray(ds["sample"].values) if "sample" in ds.coords else np.arange(n)
+    cols: dict[str, Any] = {
+        "run_id": np.full(n, attrs.get("run_id"), dtype=object),
+        "regularizer": np.full(n, reg, dtype=object),
+        "strength": np.full(n, np.nan if strength is None else float(strength)),
+        "seed": pd.array([attrs.get("seed")] * n, dtype="Int64"),
+        "sample": sample,
+        "label": np.asarray(vals["label"], dtype=np.int64),
+        "norm": vals["mag.norm"].astype(float),
+        "rms": vals["mag.rms"].astype(float),
+        "cos_true": np.full(n, np.nan) if cos_missing else vals["cos.cos_true"].astype(float),
+        "cos_pred": np.full(n, np.nan) if cos_missing else vals["cos.cos_pred"].astype(float),
+        "confidence": vals["cal.confidence"].astype(float),
+        "correct": vals["cal.correct"].astype(np.int8),
+        "overconfidence": vals["cal.overconfidence"].astype(float),
+        "nll": vals["cal.nll"].astype(float),
+        "brier": vals["cal.brier"].astype(float),
+    }
+    if a_idx is not None:
+        adv = np.asarray(vals["adv"])
+        names = _strings(lazy["adv"]["attack"].values)
+        epss = np.asarray(lazy["adv"]["eps"].values, dtype=float)
+        flip = np.asarray(vals["flip"], dtype=float)
+        for i, a in enumerate(names):
+            for j, e in enumerate(epss):
+                cols[robust_column(a, e)] = adv[i, j].astype(np.int8)
+            cols[min_flip_column(a)] = flip[i]
+    return pd.DataFrame(cols)
+
+
+def study_frame(study: Any, level: str = "sample", attack: str | Sequence[str] | None = None,
+                eps: float | Sequence[float] | None = None, center: str = "minimal_loss", progress: bool = True,
+                run_ids: Iterable[str] | None = None) -> pd.DataFrame:
+    """The analysis table of ``study``: one row per sample (``level="sample"``) or per run (``level="run"``).
+
+    Parameters
+    ----------
+    study : causalgeom.Study
+    level : {"sample", "run"}
+    attack : str or list of str, optional
+        Attacks whose robustness columns are included (default: all in the dumps).
+    eps : float or list of float, optional
+        ε values included (default: all swept; matched to a relative tolerance of 1e-6).
+    center : {"minimal_loss", "mean", "weight"}
+        Class centers of the cosines (`causalgeom.geometry.cosine_to_center`); on a dump without a head the
+        head-based kinds give NaN cosines and a warning.
+    progress : bool
+        Progress bar over runs on stderr.
+    run_ids : iterable of str, optional
+        Only these runs (default: all complete runs).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``attrs["level"]`` is set to ``level``. Sample level, shape (total samples, columns):
+
+        ============================ ===============================================================
+        ``run_id``, ``regularizer``  the run and its treatment (run attributes)
+        ``strength``, ``seed``       regularizer strength (0 for ``ce``) and seed
+        ``sample``, ``label``        sample index (the ``sample`` coordinate or position) and class
+        ``norm``, ``rms``            feature magnitude ‖h‖₂ and ‖h‖₂/√d (`geometry.magnitude`)
+        ``cos_true``, ``cos_pred``   cosine of h to its true / predicted class center
+        ``confidence``               max softmax probability
+        ``correct``                  1 if argmax = label else 0 (int8)
+        ``overconfidence``           confidence − correct
+        ``nll``, ``brier``           −log p_label; Σ_k (p_k − 1[k=label])²
+        ``robust[A@E]``              1 if still correct after attack A at ε = E (int8)
+        ``min_flip_eps[A]``          smallest swept ε that flips the sample (inf: none; 0: wrong clean)
+        ============================ ===============================================================
+
+        Run level, one row per run: the identifiers, ``n_samples``, the means over samples of ``norm`` ...
+        ``brier`` (``accuracy`` = mean of ``correct``), ``ece`` and ``signed_ece`` (15 equal-width bins,
+        `calibration.ece` / `calibration.signed_ece`), ``robust_acc[A@E]`` (mean of ``robust[A@E]`` =
+        `robustness.robust_accuracy`) and ``min_flip_eps[A]`` (median over samples, robust to inf).
+
+    Raises
+    ------
+    QueryError
+        Unknown ``level``, ``attack`` or ``eps``.
+    """
+    if level not in ("sample", "run"):
+        raise QueryError(f"level: unknown value {level!r}; allowed: ['sample', 'run']")
+    from . import calibration
+
+    ids = list(study.run_ids if run_ids is None else run_ids)
+    it: Iterable[str] = ids
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(ids, desc="analysis table", unit="run", file=sys.stderr)
+    frames = []
+    for run_id in it:
+        ds = study[run_id]
+        df = run_table(ds, attack=attack, eps=eps, center=center)
+        if level == "run":
+            df = _aggregate(df, ds, calibration)
+        frames.append(df)
+    if not frames:
+        cols = SAMPLE_COLUMNS if level == "sample" else RUN_COLUMNS
+        out = pd.DataFrame(columns=list(cols))
+    else:
+        out = pd.concat(frames, ignore_index=True, sort=False)
+        fixed = SAMPLE_COLUMNS if level == "sample" else RUN_COLUMNS
+        rest = sorted(c for c in out.columns if c not in fixed)
+        rest = [c for c in rest if c.startswith(("robust", "robust_acc"))] + \
+               [c for c in rest if not c.startswith(("robust", "robust_acc"))]
+        out = out[[c for c in fixed if c in out.columns] + rest]
+        for c in out.columns:
+            if c.startswith("robust[") and out[c].isna().any():
+                out[c] = out[c].astype("Float64")
+    out.attrs["level"] = level
+    return out
+
+
+def _aggregate(df: pd.DataFrame, ds: Any, calibration: Any) -> pd.DataFrame:
+    row: dict[str, Any] = {c: df[c].iloc[0] for c in ID_COLUMNS}
+    row["n_samples"] = len(df)
+    for c in _MEAN_COLUMNS:
+        row[c] = float(df[c].mean())
+    row["accuracy"] = float(df["correct"].mean())
+    row["ece"] = float(calibration.ece(ds))
+    row["signed_ece"] = float(calibration.signed_ece(ds))
+    for c in df.columns:
+        if c.startswith("robust["):
+            row["robust_acc" + c[len("robust"):]] = float(df[c].mean())
+        elif c.startswith("min_flip_eps["):
+            row[c] = float(np.median(df[c].to_numpy(float)))
+    return pd.DataFrame([row])
