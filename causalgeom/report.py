@@ -87,9 +87,9 @@ def default_queries(study: Study) -> list[Any]:
         raise QueryError("default report queries compare each regularizer with 'ce', but the study has no "
                          f"'ce' runs (regularizers: {sorted(set(runs['regularizer'].dropna()))}); pass a query file")
     outcomes = ["overconfidence"]
-    frame_cols = _robust_columns(study)
-    if frame_cols:
-        outcomes.append(frame_cols[0])
+    robust = _robust_columns(study)
+    if robust:
+        outcomes.append(robust[len(robust) // 2])  # the middle of the first attack's eps sweep
     return [Query(treatment="regularizer", control="ce", treated=r, mediators=["rms", "cos_true"],
                   outcomes=outcomes, method="regression", n_boot=500, seed=0) for r in regs]
 
@@ -98,10 +98,10 @@ def _robust_columns(study: Study) -> list[str]:
     runs = study.runs
     if runs.empty or not len(runs.iloc[0]["attacks"]):
         return []
-    ds = study[runs.iloc[0]["run_id"]]
     from .table import robust_column
 
-    return [robust_column(str(a), float(e)) for a in ds["attack"].values for e in ds["eps"].values]
+    first = runs.iloc[0]
+    return [robust_column(str(first["attacks"][0]), float(e)) for e in first["eps"]]
 
 
 class _Progress:
@@ -149,15 +149,17 @@ def report(study: Study | str | os.PathLike, out: str | os.PathLike = "report.ht
     if query is None:
         queries = default_queries(study)
     elif isinstance(query, (str, os.PathLike)):
-        queries = [causal.Query.from_toml(query)]
+        queries = causal.read_queries(query)
     elif isinstance(query, (list, tuple)):
         queries = list(query)
     else:
         queries = [query]
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     bar = _Progress(progress, len(SECTION_IDS))
     ctx = _Context(study, queries, bar)
+    for q in queries:  # a query naming an unknown column or level fails here, before any work
+        q.check(ctx.frame(q))
+    out.parent.mkdir(parents=True, exist_ok=True)
     builders: list[Callable[[], Section]] = [
         ctx.provenance, ctx.paper_table, ctx.reliability, ctx.distributions, ctx.cone_test,
         (ctx.interventions if interventions else ctx.skipped_interventions), ctx.mediation,
@@ -178,7 +180,7 @@ class _Context:
     def __init__(self, study: Study, queries: list[Any], bar: _Progress):
         self.study, self.queries, self.bar = study, queries, bar
         self.runs = study.runs
-        self._sample_frame: pd.DataFrame | None = None
+        self._frames: dict[str, pd.DataFrame] = {}
         self.paper: pd.DataFrame | None = None
         self.mediation_results: list[Any] = []
         self.intervention_results: dict[str, Any] = {}
@@ -186,9 +188,11 @@ class _Context:
 
     @property
     def sample_frame(self) -> pd.DataFrame:
-        if self._sample_frame is None:
-            self._sample_frame = self.study.to_frame(level="sample", progress=False)
-        return self._sample_frame
+        """The default per-sample analysis table."""
+        key = "default"
+        if key not in self._frames:
+            self._frames[key] = self.study.to_frame(level="sample", progress=False)
+        return self._frames[key]
 
     def _by_regularizer(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
@@ -282,20 +286,18 @@ class _Context:
         for reg, run_ids in self._by_regularizer().items():
             for with_bias in (True, False):
                 res = cone_test(self.study[run_ids[0]], with_bias=with_bias)
-                frac = float(res["fraction_unchanged"])
                 rows.append({"regularizer": reg, "run_id": run_ids[0], "with_bias": with_bias,
-                             "fraction_unchanged": frac})
-                if with_bias and "flipped_by_scale" in res:
-                    ax.plot(np.asarray(res["scale"]), 1 - np.asarray(res["flipped_by_scale"]), label=reg)
-        if ax.lines:
-            ax.set_xscale("log"), ax.set_xlabel("scale s"), ax.set_ylabel("fraction with unchanged prediction")
-            ax.legend(fontsize=8)
-            s.add_figure("cone_test", fig, "Fraction of samples whose prediction is unchanged when the feature is "
-                                           "scaled by s (with bias).")
-        else:
-            plt.close(fig)
-        s.add_table(pd.DataFrame(rows), "Fraction of samples whose prediction never changes over the scale grid; "
-                                        "without the bias the regions are exact cones (fraction 1).")
+                             "fraction_never_flips": float(res["frac_never_flips"])})
+                ax.plot(np.asarray(res["scale"]), 1 - np.asarray(res["frac_changed"]),
+                        ls="-" if with_bias else ":", label=f"{reg}{'' if with_bias else ' (no bias)'}")
+        ax.set_xscale("log"), ax.set_xlabel("scale s of the feature"), ax.set_ylabel("prediction unchanged")
+        ax.legend(fontsize=7)
+        s.add_figure("cone_test", fig, "Fraction of samples whose predicted class is unchanged when the feature h "
+                                       "is replaced by s·h (one run per regularizer; dotted: bias removed).")
+        s.add_table(pd.DataFrame(rows), "Fraction of samples whose prediction never changes over the scale grid "
+                                        "(1/16 to 16). Without the bias, argmax(s·Wh) = argmax(Wh) for every s > 0, "
+                                        "so the regions are exact cones and the fraction is 1; with the bias, the "
+                                        "fraction measures how far the decision regions are from cones.")
         return s
 
     def skipped_interventions(self) -> Section:
@@ -323,24 +325,30 @@ class _Context:
         s.add_table(_dataset_table(rt, "alpha"), "Rotation: outcomes against α.")
         return s
 
+    def frame(self, query: Any) -> pd.DataFrame:
+        """The analysis table a query asks for (cached per table options)."""
+        kwargs = query.table_kwargs()
+        key = repr(sorted(kwargs.items()))
+        if key not in self._frames:
+            self._frames[key] = self.study.to_frame(progress=False, **kwargs)
+        return self._frames[key]
+
     def mediation(self) -> Section:
         from . import causal
 
         s = Section("mediation", "Mediation analysis")
-        for q in self.queries:
-            for outcome in q.outcomes:
-                try:
-                    res = causal.mediate(self.sample_frame, **q.mediate_kwargs(outcome))
-                except QueryError as exc:
-                    self.notes.append(f"Query {q.treated!r} / {outcome}: not estimable ({exc}).")
-                    s.add_text(f"{q.treated} vs {q.control}, outcome {outcome}: not estimable — {exc}")
-                    continue
-                self.mediation_results.append((q, outcome, res))
-                name = f"forest_{q.treated}_{outcome}".replace("[", "_").replace("]", "").replace("@", "_")
-                name = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)
-                s.add_table(res.summary(), f"{q.treatment} = {q.treated} vs {q.control}; outcome {outcome}; "
-                                           f"{res.describe()}")
-                s.add_figure(name, res.plot(), f"Forest plot: {q.treated} vs {q.control}, outcome {outcome}.")
+        for i, q in enumerate(self.queries):
+            label = f"{q.treatment} = {q.treated} vs {q.control}"
+            try:
+                res = causal.mediate(self.frame(q), **q.mediate_kwargs())
+            except QueryError as exc:
+                self.notes.append(f"{label}: not estimable ({exc}).")
+                s.add_text(f"{label}: not estimable — {exc}")
+                continue
+            self.mediation_results.append((q, res))
+            s.add_table(res.summary(), f"{label}; mediators {', '.join(q.mediators)}. {res.describe()}")
+            s.add_figure(f"forest_{i}_{_slug(str(q.treated))}", res.plot(),
+                         f"Forest plot: {label} (estimates with {int(round(100 * res.ci_level))}% intervals).")
         if not self.mediation_results:
             s.add_text("No mediation query could be estimated.")
         return s
@@ -349,18 +357,20 @@ class _Context:
         from . import causal
 
         s = Section("refuters-sensitivity", "Refuters and sensitivity")
-        for q, outcome, res in self.mediation_results:
+        for q, res in self.mediation_results:
             sens = getattr(res, "sensitivity", None)
             if sens is not None and len(sens):
-                s.add_table(pd.DataFrame(sens), f"Sensitivity to unmeasured mediator–outcome confounding: "
-                                               f"{q.treated} vs {q.control}, outcome {outcome}.")
+                s.add_table(pd.DataFrame(sens), f"Sensitivity to unmeasured mediator–outcome confounding "
+                                               f"({res.sensitivity_method}): {q.treated} vs {q.control}.")
         if refute and self.mediation_results:
-            q, outcome, res = self.mediation_results[0]
+            q, res = self.mediation_results[0]
             try:
-                ref = causal.refute(res)
-                s.add_table(ref, f"DoWhy refuters for {q.treated} vs {q.control}, outcome {outcome}.")
+                s.add_table(causal.refute(res), f"DoWhy refuters (placebo treatment, random common cause, data "
+                                                f"subset) for {q.treated} vs {q.control}.")
             except Exception as exc:  # noqa: BLE001 - a refuter failing must not lose the report; say so
                 s.add_text(f"DoWhy refuters could not be run: {type(exc).__name__}: {exc}")
+        if not self.mediation_results:
+            s.add_text("No mediation result to refute.")
         return s
 
     def findings(self) -> Section:
@@ -372,6 +382,10 @@ class _Context:
         return s
 
 
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in text)
+
+
 def _dataset_table(ds: Any, dim: str) -> pd.DataFrame:
     keep = [v for v in ("accuracy", "ece", "signed_ece", "nll", "mean_confidence") if v in ds]
     return ds[keep].to_dataframe().reset_index()
@@ -380,10 +394,10 @@ def _dataset_table(ds: Any, dim: str) -> pd.DataFrame:
 def findings_text(paper: pd.DataFrame | None, mediation: list[Any], interventions: dict[str, Any]) -> list[str]:
     """Plain-language statements of what the numbers support and what they do not."""
     out: list[str] = []
-    if paper is not None and "signed_ece_mean" in paper.columns:
+    if paper is not None and "signed_ece" in paper.columns:
         for rec in paper.to_dict("records"):
             reg = rec.get("regularizer")
-            sece, lo, hi = rec.get("signed_ece_mean"), rec.get("signed_ece_ci_low"), rec.get("signed_ece_ci_high")
+            sece, lo, hi = rec.get("signed_ece"), rec.get("signed_ece_low"), rec.get("signed_ece_high")
             if sece is None or pd.isna(sece):
                 continue
             if lo is not None and not pd.isna(lo) and lo > 0:
@@ -392,19 +406,17 @@ def findings_text(paper: pd.DataFrame | None, mediation: list[Any], intervention
                 verdict = "underconfident (the whole interval of the signed ECE is below 0)"
             else:
                 verdict = "neither clearly over- nor underconfident (the interval of the signed ECE contains 0)"
-            out.append(f"{reg}: signed ECE {sece:+.3f} (95% CI {lo:+.3f} to {hi:+.3f} over runs) — the model is {verdict}.")
-    for q, outcome, res in mediation:
-        summ = res.summary().set_index("effect")
-        for eff in summ.index:
-            if not str(eff).startswith("indirect"):
-                continue
-            r = summ.loc[eff]
-            sig = r["ci_low"] > 0 or r["ci_high"] < 0
+            out.append(f"{reg}: signed ECE {sece:+.3f} (95% t-interval over {rec.get('n_runs', '?')} runs: "
+                       f"{lo:+.3f} to {hi:+.3f}) — the model is {verdict}.")
+    for q, res in mediation:
+        summ = res.summary()
+        for rec in summ[summ["effect"].astype(str).str.startswith("indirect")].to_dict("records"):
+            sig = rec["ci_low"] > 0 or rec["ci_high"] < 0
             out.append(
-                f"{q.treated} vs {q.control}, outcome {outcome}: the {eff} effect is {r['estimate']:+.4g} "
-                f"(95% CI {r['ci_low']:+.4g} to {r['ci_high']:+.4g}, {res.resampling_unit} bootstrap, "
-                f"{res.n_clusters} runs) — " + ("supported: the interval excludes 0." if sig else
-                                                "not supported: the interval includes 0."))
+                f"{q.treated} vs {q.control}, outcome {rec.get('outcome', '')}: the {rec['effect']} effect is "
+                f"{rec['estimate']:+.4g} ({int(round(100 * res.ci_level))}% CI {rec['ci_low']:+.4g} to "
+                f"{rec['ci_high']:+.4g}; {res.resampling_unit} bootstrap over {res.n_clusters} runs) — "
+                + ("supported: the interval excludes 0." if sig else "not supported: the interval includes 0."))
     if interventions.get("rescale") is not None:
         rs = interventions["rescale"]
         e = np.asarray(rs["signed_ece"].values)

@@ -203,6 +203,22 @@ class Query:
                     ci_level=self.ci_level, outcome_model=self.outcome_model, interaction=self.interaction,
                     ordered=self.ordered, treatment_type=self.treatment_type, level=self.level)
 
+    def check(self, table: Any) -> None:
+        """Check the query against an analysis table without estimating anything.
+
+        Raises
+        ------
+        QueryError
+            For an unknown column, a control or treated level absent from the table, too few levels, NaN
+            or non-numeric columns (the same checks `mediate` makes first).
+        """
+        from ._design import build_design
+
+        kw = self.mediate_kwargs()
+        build_design(table, **{k: kw[k] for k in ("treatment", "mediators", "outcome", "control", "treated",
+                                                  "covariates", "cluster", "treatment_type", "level",
+                                                  "bootstrap", "outcome_model")})
+
     def table_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of `causalgeom.table.study_frame` (``Study.to_frame``) for this query."""
         return dict(level=self.level, attack=self.attack, eps=self.eps, center=self.center)
