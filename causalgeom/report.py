@@ -15,6 +15,7 @@ import io
 import os
 import sys
 import types
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -41,6 +42,7 @@ class Section:
     html: str = ""
     md: str = ""
     figures: dict[str, bytes] = field(default_factory=dict)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # written as tables/NAME.csv
 
     def add_table(self, df: pd.DataFrame, caption: str = "", floatfmt: str = "{:.4g}") -> None:
         fmt = df.copy()
@@ -224,12 +226,19 @@ class _Context:
         return s
 
     def paper_table(self) -> Section:
-        from .summary import paper_table
+        from .summary import format_table, paper_table
 
         s = Section("paper-table", "The paper table: accuracy, calibration, geometry and robustness per regularizer")
         self.paper = paper_table(self.study)
-        s.add_table(self.paper, "Mean over seeds with a 95% t-interval over runs (the unit of replication "
-                                "is the training run).")
+        shown = format_table(self.paper)
+        shown.insert(0, "group", [f"{r} ({st:g})" if r != "ce" else "ce" for r, st in
+                                  zip(shown.pop("regularizer"), shown.pop("strength"))])
+        shown = shown.set_index("group").T.reset_index().rename(columns={"index": "metric"})
+        shown.columns.name = None
+        s.add_table(shown, "Mean ± half-width of the 95% t-interval over seeds (the unit of replication is the "
+                           "training run; n_runs per column). robust_acc[ATTACK@ε] is the accuracy under the attack "
+                           "at budget ε (pixel scale [0, 1]); robust_auc the normalized area under that curve.")
+        s.tables["paper_table"] = self.paper
         return s
 
     def reliability(self) -> Section:
@@ -340,13 +349,18 @@ class _Context:
         for i, q in enumerate(self.queries):
             label = f"{q.treatment} = {q.treated} vs {q.control}"
             try:
-                res = causal.mediate(self.frame(q), **q.mediate_kwargs())
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    res = causal.mediate(self.frame(q), **q.mediate_kwargs())
             except QueryError as exc:
                 self.notes.append(f"{label}: not estimable ({exc}).")
                 s.add_text(f"{label}: not estimable — {exc}")
                 continue
             self.mediation_results.append((q, res))
+            for w in caught:  # e.g. too few runs per arm: the caveat belongs next to the numbers
+                s.add_text(f"Caution ({w.category.__name__}): {w.message}")
             s.add_table(res.summary(), f"{label}; mediators {', '.join(q.mediators)}. {res.describe()}")
+            s.tables[f"mediation_{i}_{_slug(str(q.treated))}"] = res.summary()
             s.add_figure(f"forest_{i}_{_slug(str(q.treated))}", res.plot(),
                          f"Forest plot: {label} (estimates with {int(round(100 * res.ci_level))}% intervals).")
         if not self.mediation_results:
@@ -391,40 +405,84 @@ def _dataset_table(ds: Any, dim: str) -> pd.DataFrame:
     return ds[keep].to_dataframe().reset_index()
 
 
+def _ci(rec: dict[str, Any]) -> str:
+    return f"{rec['estimate']:+.3g} (CI {rec['ci_low']:+.3g} to {rec['ci_high']:+.3g})"
+
+
+def _excludes_zero(rec: dict[str, Any]) -> bool:
+    return bool(rec["ci_low"] > 0 or rec["ci_high"] < 0)
+
+
 def findings_text(paper: pd.DataFrame | None, mediation: list[Any], interventions: dict[str, Any]) -> list[str]:
-    """Plain-language statements of what the numbers support and what they do not."""
+    """Plain-language paragraphs: what the numbers support and what they do not.
+
+    One paragraph on calibration per regularizer (over- or underconfident, by the t-interval of the signed
+    ECE over runs), one per mediation question and outcome (total, direct and indirect effects with their
+    cluster-bootstrap intervals; a path is "supported" when its interval excludes 0), one per intervention,
+    and the caveats that apply to all of them.
+    """
     out: list[str] = []
     if paper is not None and "signed_ece" in paper.columns:
+        parts = []
         for rec in paper.to_dict("records"):
-            reg = rec.get("regularizer")
             sece, lo, hi = rec.get("signed_ece"), rec.get("signed_ece_low"), rec.get("signed_ece_high")
             if sece is None or pd.isna(sece):
                 continue
-            if lo is not None and not pd.isna(lo) and lo > 0:
-                verdict = "overconfident (the whole interval of the signed ECE is above 0)"
-            elif hi is not None and not pd.isna(hi) and hi < 0:
-                verdict = "underconfident (the whole interval of the signed ECE is below 0)"
+            if not pd.isna(lo) and lo > 0:
+                verdict = "overconfident"
+            elif not pd.isna(hi) and hi < 0:
+                verdict = "underconfident"
             else:
-                verdict = "neither clearly over- nor underconfident (the interval of the signed ECE contains 0)"
-            out.append(f"{reg}: signed ECE {sece:+.3f} (95% t-interval over {rec.get('n_runs', '?')} runs: "
-                       f"{lo:+.3f} to {hi:+.3f}) — the model is {verdict}.")
+                verdict = "neither clearly over- nor underconfident"
+            parts.append(f"{rec.get('regularizer')} is {verdict} (signed ECE {sece:+.3f}, 95% t-interval "
+                         f"{lo:+.3f} to {hi:+.3f} over {rec.get('n_runs', '?')} runs)")
+        if parts:
+            under = [p.split(" is ")[0] for p in parts if "underconfident" in p]
+            text = "Calibration: " + "; ".join(parts) + "."
+            if under:
+                text += (f" Note that {', '.join(under)} made the model underconfident: the regularizer "
+                         "over-corrected, so a lower confidence is not a better calibration here.")
+            out.append(text)
     for q, res in mediation:
         summ = res.summary()
-        for rec in summ[summ["effect"].astype(str).str.startswith("indirect")].to_dict("records"):
-            sig = rec["ci_low"] > 0 or rec["ci_high"] < 0
-            out.append(
-                f"{q.treated} vs {q.control}, outcome {rec.get('outcome', '')}: the {rec['effect']} effect is "
-                f"{rec['estimate']:+.4g} ({int(round(100 * res.ci_level))}% CI {rec['ci_low']:+.4g} to "
-                f"{rec['ci_high']:+.4g}; {res.resampling_unit} bootstrap over {res.n_clusters} runs) — "
-                + ("supported: the interval excludes 0." if sig else "not supported: the interval includes 0."))
+        for outcome, g in summ.groupby("outcome", sort=False):
+            recs = {r["effect"]: r for r in g.to_dict("records")}
+            total, direct = recs.get("total"), recs.get("direct")
+            if total is None:
+                continue
+            paths = []
+            for m in q.mediators:
+                r = recs.get(f"indirect[{m}]") or (recs.get("indirect") if len(q.mediators) == 1 else None)
+                if r is not None:
+                    paths.append(f"through {m} {_ci(r)} — " + ("supported" if _excludes_zero(r) else
+                                                               "not supported (the interval includes 0)"))
+            text = (f"{q.treated} vs {q.control}, outcome {outcome}: total effect {_ci(total)}"
+                    + (f", direct effect {_ci(direct)}" if direct else "") + "; indirect effects: "
+                    + "; ".join(paths) + ".")
+            pm = recs.get("prop_mediated")
+            if pm is not None and _excludes_zero(total):
+                text += f" Proportion mediated: {_ci(pm)}."
+            elif pm is not None:
+                text += " The proportion mediated is not interpreted: the total effect's interval includes 0."
+            text += (f" Intervals: {int(round(100 * res.ci_level))}% {res.resampling_unit} bootstrap over "
+                     f"{res.n_clusters} runs.")
+            out.append(text)
     if interventions.get("rescale") is not None:
         rs = interventions["rescale"]
         e = np.asarray(rs["signed_ece"].values)
         sc = np.asarray(rs["scale"].values)
-        out.append(f"Rescaling the control run's features ({interventions['control_run']}) from s={sc.min():g} to "
-                   f"s={sc.max():g} moves its signed ECE from {e[0]:+.3f} to {e[-1]:+.3f}: "
-                   + ("smaller magnitude lowers overconfidence, as the magnitude → calibration path predicts."
-                      if e[0] < e[-1] else "this does not show smaller magnitude lowering overconfidence."))
+        acc = np.asarray(rs["accuracy"].values)
+        out.append(f"Intervention on magnitude (run {interventions['control_run']}): rescaling every feature by s "
+                   f"from {sc.min():g} to {sc.max():g} moves the signed ECE from {e[0]:+.3f} to {e[-1]:+.3f} while "
+                   f"accuracy stays within {acc.min():.3f}–{acc.max():.3f}. "
+                   + ("Smaller magnitude lowers confidence, as the magnitude → calibration path predicts; this is "
+                      "an intervention on the stored representation, not on training."
+                      if e[0] < e[-1] else "This does not show smaller magnitude lowering confidence."))
+    if mediation:
+        out.append("Caveats: natural direct and indirect effects assume no unmeasured confounding of the "
+                   "mediator–outcome relation (see the sensitivity table: the ρ at which each path would vanish); "
+                   "the treatment is assigned per training run, so the intervals resample runs, and with few runs "
+                   "per arm they are rough.")
     if not out:
         out.append("No finding could be stated from this study.")
     return out
@@ -441,11 +499,14 @@ _SCRIPT = ("<script>window.addEventListener('load',function(){var i=document.ima
 
 
 def _write(out: Path, study: Study, sections: list[Section]) -> None:
-    figdir = out.parent / "figures"
+    figdir, tabdir = out.parent / "figures", out.parent / "tables"
     figdir.mkdir(exist_ok=True)
+    tabdir.mkdir(exist_ok=True)
     for sec in sections:
         for name, png in sec.figures.items():
             (figdir / f"{name}.png").write_bytes(png)
+        for name, df in sec.tables.items():
+            df.to_csv(tabdir / f"{name}.csv", index=False)
     title = f"causalgeom report — {study.path.name}"
     nav = "".join(f"<a href='#{s.id}'>{html.escape(s.title.split(':')[0])}</a>" for s in sections)
     body = "".join(f"<section id='{s.id}'><h2>{html.escape(s.title)}</h2>{s.html}</section>" for s in sections)

@@ -33,12 +33,16 @@ _MEAN_COLUMNS = ("norm", "rms", "cos_true", "cos_pred", "confidence", "overconfi
 
 def robust_column(attack: str, eps: float) -> str:
     """Name of the per-sample robustness indicator: ``"robust[pgd-linf@0.00392157]"`` (ε to 6 significant digits)."""
-    return f"robust[{attack}@{float(eps):.6g}]"
+    from .summary import robust_key
+
+    return robust_key(attack, eps, metric="robust")
 
 
 def robust_acc_column(attack: str, eps: float) -> str:
     """Name of the per-run robust accuracy: ``"robust_acc[pgd-linf@0.00392157]"`` (as `causalgeom.summary`)."""
-    return f"robust_acc[{attack}@{float(eps):.6g}]"
+    from .summary import robust_key
+
+    return robust_key(attack, eps)
 
 
 def min_flip_column(attack: str) -> str:
