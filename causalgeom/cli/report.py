@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "interventions, mediation, refuters, sensitivity) and write one "
                                    "self-contained HTML file, its Markdown twin and the figures as PNG.",
                        epilog="examples:\n  causalgeom report demo_out/study --out report.html\n"
-                              "  causalgeom report my_study --query pipelines/demo_query.toml --out r/report.html",
+                              "  causalgeom report my_study --query pipelines/queries/demo.toml --out r/report.html",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("study", help="study folder")
     p.add_argument("--query", help="TOML query file (treatment, control, treated, mediators, outcomes, ...)")
