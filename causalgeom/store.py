@@ -271,14 +271,24 @@ def open(path: str | os.PathLike, *, verify: bool | str = "auto", check_values: 
     if problems:
         raise IncompleteStoreError(f"store {path} is damaged: " + "; ".join(problems))
     if verify == "auto":
-        verify = _store_bytes(path) <= AUTO_VERIFY_BYTES
+        verify = _verify_key(path) not in _VERIFIED and _store_bytes(path) <= AUTO_VERIFY_BYTES
     if verify:
         _verify_loaded(ds, path)
+        _VERIFIED.add(_verify_key(path))
     try:
         validate(ds, check_values=check_values)
     except SchemaError as exc:
         raise SchemaError(f"{path}: {exc}") from None
     return ds
+
+
+#: Stores whose checksums this process has verified, keyed by path and the mtime of their metadata
+#: (a rewritten store has new metadata), so that reopening a run does not re-read it.
+_VERIFIED: set[tuple[str, int]] = set()
+
+
+def _verify_key(path: Path) -> tuple[str, int]:
+    return str(path.resolve()), (path / "zarr.json").stat().st_mtime_ns
 
 
 def _store_bytes(path: Path) -> int:
