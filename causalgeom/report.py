@@ -122,7 +122,7 @@ class _Progress:
 
 def report(study: Study | str | os.PathLike, out: str | os.PathLike = "report.html", *,
            query: str | os.PathLike | Any | list[Any] | None = None, interventions: bool = True,
-           refute: bool = True, progress: bool = True) -> Path:
+           refute: bool = True, progress: bool = True, robust: dict[str, Any] | None = None) -> Path:
     """Analyse ``study`` and write ``out`` (HTML), ``out``'s ``.md`` twin and ``figures/*.png`` beside it.
 
     Parameters
@@ -136,6 +136,9 @@ def report(study: Study | str | os.PathLike, out: str | os.PathLike = "report.ht
         Include the intervention dose-response curves / DoWhy refuters (both on by default).
     progress : bool
         Show a progress bar over sections.
+    robust : dict, optional
+        In-model intervention results to include (`causalgeom.interventions.robust_dose_response`
+        outputs keyed ``"rescale"`` / ``"rotate"``; the demo computes them from the checkpoints).
 
     Returns
     -------
@@ -159,6 +162,7 @@ def report(study: Study | str | os.PathLike, out: str | os.PathLike = "report.ht
     out = Path(out)
     bar = _Progress(progress, len(SECTION_IDS))
     ctx = _Context(study, queries, bar)
+    ctx.robust = dict(robust or {})
     for q in queries:  # a query naming an unknown column or level fails here, before any work
         q.check(ctx.frame(q))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -187,6 +191,7 @@ class _Context:
         self.mediation_results: list[Any] = []
         self.intervention_results: dict[str, Any] = {}
         self.share_table: pd.DataFrame | None = None
+        self.robust: dict[str, Any] = {}
         self.notes: list[str] = []
 
     @property
@@ -333,6 +338,15 @@ class _Context:
                      f"fraction α of the angle (norm kept) on run {control}.")
         s.add_table(_dataset_table(rs, "scale"), "Rescaling: outcomes against s.")
         s.add_table(_dataset_table(rt, "alpha"), "Rotation: outcomes against α.")
+        for kind, res in self.robust.items():
+            dim = "scale" if kind == "rescale" else "alpha"
+            s.add_figure(f"robust_{kind}", _plot_robust(res, dim),
+                         f"Inside the model (head ∘ T ∘ backbone, run {res.attrs.get('run_id')}, "
+                         f"{res.attrs.get('n_samples')} test images): robust accuracy under PGD against "
+                         f"{'the feature scale s' if dim == 'scale' else 'the rotation fraction α'}, one line per ε "
+                         "(95% percentile bootstrap over samples).")
+            table = res["robust_accuracy"].to_dataframe().reset_index()
+            s.tables[f"robust_{kind}"] = table
         return s
 
     def frame(self, query: Any) -> pd.DataFrame:
@@ -419,11 +433,34 @@ class _Context:
 
     def findings(self) -> Section:
         s = Section("findings", "Findings in plain language")
-        for text in findings_text(self.paper, self.mediation_results, self.intervention_results, self.share_table):
+        for text in findings_text(self.paper, self.mediation_results, self.intervention_results, self.share_table,
+                                  self.robust):
             s.add_text(text)
         for note in self.notes:
             s.add_text(note)
         return s
+
+
+def _plot_robust(res: Any, dim: str) -> Any:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    ra = res["robust_accuracy"]
+    grid = np.asarray(res[dim].values, dtype=float)
+    for attack in ra["attack"].values:
+        for eps in ra["eps"].values:
+            sel = dict(attack=attack, eps=eps)
+            ax.errorbar(grid, ra.sel(sel).values,
+                        yerr=[ra.sel(sel).values - res["robust_accuracy_ci_low"].sel(sel).values,
+                              res["robust_accuracy_ci_high"].sel(sel).values - ra.sel(sel).values],
+                        marker="o", ms=3, capsize=2, label=f"ε={float(eps) * 255:.0f}/255")
+    if dim == "scale":
+        ax.set_xscale("log", base=2)
+    ax.set_xlabel("feature scale s" if dim == "scale" else "rotation fraction α toward the center")
+    ax.set_ylabel("robust accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=7)
+    return fig
 
 
 def _slug(text: str) -> str:
@@ -444,7 +481,7 @@ def _excludes_zero(rec: dict[str, Any]) -> bool:
 
 
 def findings_text(paper: pd.DataFrame | None, mediation: list[Any], interventions: dict[str, Any],
-                  share: pd.DataFrame | None = None) -> list[str]:
+                  share: pd.DataFrame | None = None, robust: dict[str, Any] | None = None) -> list[str]:
     """Plain-language paragraphs: what the numbers support and what they do not.
 
     One paragraph on calibration per regularizer (over- or underconfident, by the t-interval of the signed
@@ -509,6 +546,24 @@ def findings_text(paper: pd.DataFrame | None, mediation: list[Any], intervention
                    + ("Smaller magnitude lowers confidence, as the magnitude → calibration path predicts; this is "
                       "an intervention on the stored representation, not on training."
                       if e[0] < e[-1] else "This does not show smaller magnitude lowering confidence."))
+    for kind, res in (robust or {}).items():
+        dim = "scale" if kind == "rescale" else "alpha"
+        ra = res["robust_accuracy"].isel(attack=0, eps=-1)
+        lo, hi = res["robust_accuracy_ci_low"].isel(attack=0, eps=-1), res["robust_accuracy_ci_high"].isel(attack=0, eps=-1)
+        grid = np.asarray(res[dim].values, dtype=float)
+        pts = ", ".join(f"{dim}={g:g}: {a:.2f} ({l:.2f}–{h:.2f})" for g, a, l, h in
+                        zip(grid, ra.values, lo.values, hi.values))
+        what = ("rescaling the feature (magnitude only)" if dim == "scale"
+                else "rotating the feature toward its predicted-class center (direction only)")
+        sentences = [f"Inside the model (run {res.attrs.get('run_id')}), {what} gives robust accuracy at "
+                     f"ε={float(ra['eps']) * 255:.0f}/255 of {pts}."]
+        if dim == "alpha" and ra.values[-1] > ra.values[0]:
+            sentences.append("Higher cosine to the center goes with higher robustness, as the cosine → robustness "
+                             "path predicts.")
+        if dim == "scale":
+            sentences.append("Caution: attacks through a rescaled head can be weakened by saturated gradients "
+                             "(gradient masking) rather than made harder.")
+        out.append(" ".join(sentences))
     if share is not None and len(share):
         for treated, g in share.groupby("treated", sort=False):
             parts = []

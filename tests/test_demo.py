@@ -40,6 +40,8 @@ def test_demo_pipeline_end_to_end_and_resume(tmp_path, capsys):
     page = path.read_text()
     for sid in SECTION_IDS:
         assert f"<section id='{sid}'>" in page
+    for fig in ("robust_rescale", "robust_rotate"):  # in-model interventions under attack
+        assert f"data-figure='{fig}'" in page
     study = cg.open_study(out / "study")
     assert sorted(study.runs.regularizer) == ["ce", "ce", "label_smoothing", "label_smoothing"]
     assert "adv_correct" in study["ce-s0"]
