@@ -96,8 +96,6 @@ def compute(*objs: Any) -> tuple[Any, ...]:
     """
     if not any(_is_lazy(o) for o in objs):
         return objs
-    import dask
-
     arrays: list[Any] = []
 
     def collect(obj: Any) -> Any:
@@ -138,7 +136,9 @@ def compute(*objs: Any) -> tuple[Any, ...]:
         raise AssertionError(tag)  # pragma: no cover
 
     specs = [collect(o) for o in objs]
-    values = dask.compute(*arrays)
+    from .distributed import compute as _compute  # on the active Dask cluster, if any; worker loss -> WorkerLostError
+
+    values = _compute(*arrays)
     return tuple(rebuild(s, values) for s in specs)
 
 

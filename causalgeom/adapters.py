@@ -29,6 +29,34 @@ HEAD_PREFIXES = ("fc", "classifier", "head", "linear", "classifier.1", "classifi
 MAX_HEADER_BYTES = 64 * 2**30
 
 
+def _check_npy_header(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
+    """Refuse an ``.npy`` member whose header declares more bytes than the member holds (numpy would allocate the
+    declared size before reading)."""
+    if not info.filename.endswith(".npy"):
+        return
+    fmt = np.lib.format
+    try:
+        with zf.open(info) as fh:
+            version = fmt.read_magic(fh)
+            if version == (1, 0):
+                shape, _, dtype = fmt.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                shape, _, dtype = fmt.read_array_header_2_0(fh)
+            else:
+                return  # other versions: numpy's own checks apply
+            header = fh.tell()
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise DumpImportError(f"{path}: member {info.filename!r} is not a valid .npy array ({exc})") from None
+    if dtype.hasobject:
+        return  # refused as pickled objects when read
+    nbytes = dtype.itemsize
+    for side in shape:
+        nbytes *= int(side)
+    if nbytes != info.file_size - header:
+        raise DumpImportError(f"{path}: member {info.filename!r} declares shape {tuple(shape)} of {dtype} "
+                              f"({nbytes} bytes) but holds {info.file_size - header} bytes of data")
+
+
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         zf = zipfile.ZipFile(path)
@@ -36,8 +64,10 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         raise DumpImportError(f"{path}: not a valid .npz file (not a zip archive)") from None
     with zf:
         declared = sum(i.file_size for i in zf.infolist())
-    if declared > MAX_HEADER_BYTES:
-        raise DumpImportError(f"{path}: declares {declared} bytes of arrays, over the limit {MAX_HEADER_BYTES}")
+        if declared > MAX_HEADER_BYTES:
+            raise DumpImportError(f"{path}: declares {declared} bytes of arrays, over the limit {MAX_HEADER_BYTES}")
+        for info in zf.infolist():
+            _check_npy_header(path, zf, info)
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
@@ -289,15 +319,16 @@ def import_study(sources: list[str | os.PathLike], study_dir: str | os.PathLike,
     dup = sorted({r for r in run_ids if run_ids.count(r) > 1})
     if dup:
         raise DumpImportError(f"duplicate run_id(s) {dup}; give each dump a unique run_id in the run table")
-    study = open_study(study_dir, create=True)
-    existing = sorted(set(run_ids) & set(study.run_ids)) if mode == "w-" else []
-    if existing:
-        raise DumpImportError(f"study {study.path} already has run(s) {existing}; nothing was imported")
-    # Read and validate everything first, so a bad dump leaves the study untouched.
+    # Read and validate everything first (run ids included: they become folder names), so a bad dump or run
+    # table leaves the study untouched and creates nothing.
     datasets = []
     for src, name, run_id in zip(sources, names, run_ids):
         attrs = {**rows.get(name, {}), "run_id": run_id}
         datasets.append(import_dump(src, attrs=attrs, **kwargs))
+    study = open_study(study_dir, create=True)
+    existing = sorted(set(run_ids) & set(study.run_ids)) if mode == "w-" else []
+    if existing:
+        raise DumpImportError(f"study {study.path} already has run(s) {existing}; nothing was imported")
     for ds in datasets:
         study.add(ds, mode=mode)
     return run_ids

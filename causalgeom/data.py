@@ -23,6 +23,7 @@ Splits (fixed and deterministic; documented in ``docs/training.md``):
 from __future__ import annotations
 
 import functools
+import io
 import os
 import pickle
 from pathlib import Path
@@ -188,13 +189,23 @@ class _CifarUnpickler(pickle.Unpickler):
 
 
 def _read_batch(path: Path) -> dict:
-    with open(path, "rb") as fh:
-        try:
-            entry = _CifarUnpickler(fh, encoding="latin1").load()
-        except ConfigError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any decoding failure is a bad dataset file
-            raise ConfigError(f"cannot read CIFAR batch file {str(path)!r}: {exc}") from None
+    # Sizes declared inside the file are checked before allocation: pickletools walks the opcodes first and
+    # refuses a declared length longer than the bytes present (the unpickler would allocate it up front), and
+    # numpy checks a declared array shape against its buffer.
+    import pickletools
+
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read CIFAR batch file {str(path)!r}: {exc.strerror or exc}") from None
+    try:
+        for _ in pickletools.genops(io.BytesIO(raw)):
+            pass
+        entry = _CifarUnpickler(io.BytesIO(raw), encoding="latin1").load()
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any decoding failure is a bad dataset file
+        raise ConfigError(f"cannot read CIFAR batch file {str(path)!r}: {type(exc).__name__}: {exc}") from None
     if not isinstance(entry, dict):
         raise ConfigError(f"CIFAR batch file {str(path)!r}: expected a pickled dict, got {type(entry).__name__}")
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
@@ -222,8 +233,18 @@ def _make_cifar_class(name: str):
                 except (KeyError, ValueError) as exc:
                     raise ConfigError(f"CIFAR batch file {str(folder / fname)!r}: expected keys 'data' "
                                       f"(N, 3072) uint8 and {spec['label_key']!r}; {exc}") from None
+                try:
+                    labels = [int(t) for t in labels]
+                except (TypeError, ValueError) as exc:
+                    raise ConfigError(f"CIFAR batch file {str(folder / fname)!r}: labels must be integers; "
+                                      f"{exc}") from None
+                bad = [t for t in labels if not 0 <= t < spec["num_classes"]]
+                if bad or len(labels) != len(arr):
+                    raise ConfigError(f"CIFAR batch file {str(folder / fname)!r}: expected {len(arr)} labels in "
+                                      f"[0, {spec['num_classes']}), got {len(labels)} labels"
+                                      f"{f' with out-of-range values {sorted(set(bad))[:5]}' if bad else ''}")
                 data.append(arr)
-                targets.extend(int(t) for t in labels)
+                targets.extend(labels)
             self.data = np.concatenate(data).transpose(0, 2, 3, 1)  # HWC, as torchvision keeps it
             self.targets = targets
             meta = _read_batch(folder / spec["meta"])

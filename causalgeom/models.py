@@ -29,11 +29,16 @@ class Normalize(nn.Module):
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
-        mean_t = torch.as_tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
-        std_t = torch.as_tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)
-        if mean_t.numel() != std_t.numel() or bool((std_t <= 0).any()):
+        # checked on the Python values (not the tensors), so a model can be built on the meta device
+        try:
+            mean_v, std_v = [float(v) for v in mean], [float(v) for v in std]
+        except (TypeError, ValueError):
+            mean_v, std_v = [], [0.0]
+        if len(mean_v) != len(std_v) or not all(s > 0 for s in std_v):
             raise ConfigError(f"normalization: expected mean and std of the same length with std > 0, got "
                               f"mean={list(mean)}, std={list(std)}")
+        mean_t = torch.as_tensor(mean_v, dtype=torch.float32).view(1, -1, 1, 1)
+        std_t = torch.as_tensor(std_v, dtype=torch.float32).view(1, -1, 1, 1)
         self.register_buffer("mean", mean_t)
         self.register_buffer("std", std_t)
 

@@ -781,17 +781,57 @@ def load_checkpoint(run_dir_or_file: str | os.PathLike) -> tuple[_models.Normali
     if not path.is_file():
         raise ConfigError(f"run_dir_or_file: expected a run folder holding {CHECKPOINT} or the file itself, "
                           f"got {str(run_dir_or_file)!r} (not found)")
+    import pickle
+
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # the file needs arbitrary objects (code) to load: refused, nothing ran
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = next((ln for ln in lines[1:] if not ln.startswith("Check the documentation")), lines[0] if lines
+                      else type(exc).__name__)
+        raise ConfigError(f"checkpoint {str(path)!r}: refused, loading it would unpickle arbitrary objects "
+                          f"(torch.load(weights_only=True): {detail})") from None
     except Exception as exc:  # noqa: BLE001
-        raise ConfigError(f"cannot read checkpoint {str(path)!r} with torch.load(weights_only=True): {exc}") from None
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise ConfigError(f"cannot read checkpoint {str(path)!r} with torch.load(weights_only=True): "
+                          f"{detail}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise ConfigError(f"checkpoint {str(path)!r}: expected a causalgeom checkpoint (keys 'model', 'config'), "
-                          f"got keys {sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__}")
-    config = json.loads(ckpt["config"])
+                          f"got keys {sorted(map(str, ckpt)) if isinstance(ckpt, dict) else type(ckpt).__name__}")
+    # the checkpoint is untrusted: check its config and that the weights fit the model it names before building
+    # the model for real (a model spec with a huge size is built on the meta device only, allocating nothing)
+    try:
+        config = json.loads(ckpt["config"])
+        spec = config["model_spec"]
+        if not isinstance(spec, dict):
+            raise TypeError(f"model_spec is a {type(spec).__name__}")
+        state = ckpt["model"]
+        if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+            raise TypeError("'model' is not a state dict of tensors")
+        try:
+            with torch.device("meta"):
+                skeleton = _build_from_spec(spec)
+        except (RuntimeError, NotImplementedError):  # a model whose construction needs real tensors
+            skeleton = None
+    except ConfigError as exc:
+        raise ConfigError(f"checkpoint {str(path)!r}: its model spec is invalid: {exc}") from None
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ConfigError(f"checkpoint {str(path)!r}: expected a JSON 'config' with a 'model_spec' and a 'model' "
+                          f"state dict, got {type(exc).__name__}: {exc}") from None
+    given = {k: tuple(v.shape) for k, v in state.items()}
+    expected = given if skeleton is None else {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    if expected != given:
+        diff = sorted(set(expected) ^ set(given)) or sorted(k for k in expected if expected[k] != given[k])
+        shown = [f"{k}: {given.get(k, 'missing')} vs {expected.get(k, 'unexpected')}" for k in diff[:4]]
+        raise ConfigError(f"checkpoint {str(path)!r}: its weights do not fit the model spec {spec.get('name')!r} "
+                          f"(checkpoint vs spec: {'; '.join(shown)}{' ...' if len(diff) > 4 else ''})")
     with torch.random.fork_rng(devices=[]):  # initialization is overwritten; keep the global RNG untouched
-        model = _build_from_spec(config["model_spec"])
-    model.load_state_dict(ckpt["model"])
+        model = _build_from_spec(spec)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ConfigError(f"checkpoint {str(path)!r}: its weights do not fit the model spec {spec.get('name')!r}: "
+                          f"{' '.join(str(exc).split())}") from None
     model.eval()
     return model, config
 
@@ -946,8 +986,8 @@ def load_grid(path: str | os.PathLike) -> GridConfig:
     """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"grid config: file {str(path)!r} not found (expected a TOML file such as "
-                          "pipelines/digits_default.toml)")
+        raise ConfigError(f"grid config: {str(path)!r} {'is a folder' if path.is_dir() else 'not found'} (expected "
+                          "a TOML file such as pipelines/digits_default.toml)")
     try:
         with open(path, "rb") as fh:
             d = tomllib.load(fh)
@@ -982,7 +1022,7 @@ def default_grid() -> GridConfig:
 
 
 def run_grid(grid: GridConfig | str | os.PathLike, out_dir: str | os.PathLike, progress: bool = True, *,
-             overrides: Mapping[str, Any] | None = None) -> list[Path]:
+             overrides: Mapping[str, Any] | None = None, scheduler: Any = None) -> list[Path]:
     """Train every run of ``grid`` into ``OUT/runs/``; finished runs are skipped, partial ones resumed.
 
     Parameters
@@ -993,6 +1033,11 @@ def run_grid(grid: GridConfig | str | os.PathLike, out_dir: str | os.PathLike, p
         tqdm bars over runs and epochs.
     overrides : dict, optional
         Shared TrainConfig fields replacing the grid's (e.g. ``{"device": "cuda", "data_root": "/data"}``).
+    scheduler : str, dask.distributed.Client or bool, optional
+        Dispatch the runs to a Dask cluster, one run per task (:func:`causalgeom.distributed.run_grid`): a
+        scheduler address, ``"local[:N]"``, a Client, or True (a new LocalCluster). Default None: the cluster
+        of an enclosing ``causalgeom.distributed.client()`` block if any, else train here one run after the
+        other. False: always train here.
 
     Returns
     -------
@@ -1004,6 +1049,12 @@ def run_grid(grid: GridConfig | str | os.PathLike, out_dir: str | os.PathLike, p
     ConfigError
         Any invalid run or missing dataset, before the first run starts.
     """
+    if scheduler is not False:
+        from . import distributed
+
+        if scheduler is not None or distributed.active_client() is not None:
+            return distributed.run_grid(grid, out_dir, progress, overrides=overrides,
+                                        scheduler=None if scheduler is True else scheduler)
     if not isinstance(grid, GridConfig):
         grid = load_grid(grid)
     configs = grid.expand(**dict(overrides or {}))

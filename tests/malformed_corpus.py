@@ -4,6 +4,11 @@ A case is ``Case(name, run, error, match)``: ``run(inp, out)`` builds its input 
 ``inp`` and hands it to a public entry point that would write under ``out``; the test expects
 ``error`` (a causalgeom error) whose message matches ``match``, and that ``out`` holds nothing
 afterwards (lock files aside). Other test modules may append cases with `register`.
+
+Kinds covered: arrays, datasets, dump files, stores and study folders, run tables, training configs (TrainConfig
+and grid TOML files; ``out`` is the training output folder), CIFAR batch files, checkpoints and query files (given
+to ``causalgeom mediate`` with ``--out`` under ``out``). Payloads that would run code create ``out/pwned`` if they
+ever ran, so "nothing under out" also proves that no code ran.
 """
 
 from __future__ import annotations
@@ -17,8 +22,8 @@ from typing import Callable
 import numpy as np
 
 import causalgeom as cg
-from causalgeom.errors import (DumpImportError, HeadMissingError, IncompleteStoreError, SchemaError, StoreError,
-                               StoreExistsError, UnsafeFileError)
+from causalgeom.errors import (ConfigError, DumpImportError, HeadMissingError, IncompleteStoreError, QueryError,
+                               SchemaError, StoreError, StoreExistsError, UnsafeFileError)
 
 
 @dataclass(frozen=True)
@@ -288,3 +293,347 @@ def _missing_head(i, o):
 
 
 register("missing head for a head analysis", HeadMissingError, "minimal-loss centers")(_missing_head)
+
+
+def _study_truncated_run(i, o):
+    study = cg.open_study(i)
+    for rid in ("a", "b"):
+        a = _good(n=200)
+        study.add(cg.from_arrays(a.pop("features"), a.pop("logits"), a.pop("labels"), **a, attrs={"run_id": rid}))
+    c = _first_chunk(i / "b.zarr", "logits")
+    c.write_bytes(c.read_bytes()[:-7])
+    study = cg.open_study(i)
+    assert study.run_ids == ["a", "b"]  # the damage is in a chunk: found when the run is read
+    study["b"]
+
+
+def _study_incomplete_run(i, o):
+    import zarr
+
+    study = cg.open_study(i)
+    _saved(i)
+    del zarr.open_group(str(i / "r.zarr"), mode="r+").attrs[cg.store.COMPLETE_ATTR]
+    study = cg.open_study(i)
+    assert study.run_ids == [] and study.incomplete == ["r.zarr"]
+    study["r"]
+
+
+register("study with a truncated run", StoreError, "'logits'.*corrupted")(_study_truncated_run)
+register("study with an incomplete run", IncompleteStoreError, "'r'.*not completely written")(_study_incomplete_run)
+
+
+def _run_table(i, o, run_id):
+    a = _good()
+    np.savez(i / "a.npz", features=a["features"], logits=a["logits"], labels=a["labels"])
+    (i / "runs.csv").write_text(f"file,run_id\na.npz,{run_id}\n")
+    cg.adapters.import_study([i / "a.npz"], o / "study", run_table=i / "runs.csv")
+
+
+register("run table with run_id escaping the study", SchemaError, r"'run_id'.*'\.\./x'")(
+    lambda i, o: _run_table(i, o, "../x"))
+register("run table with an absolute run_id", SchemaError, r"'run_id'.*'/tmp/x'")(
+    lambda i, o: _run_table(i, o, "/tmp/x"))
+
+
+def _npy_header(shape, dtype="<f4", data=b"\0" * 16) -> bytes:
+    header = "{'descr': '%s', 'fortran_order': False, 'shape': %r, }" % (dtype, tuple(shape))
+    header += " " * (63 - (len(header) + 10) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + data
+
+
+def _npz_huge_header(i, o):
+    import zipfile
+
+    with zipfile.ZipFile(i / "d.npz", "w") as z:
+        z.writestr("features.npy", _npy_header((1_000_000, 1_000_000)))
+        z.writestr("logits.npy", _npy_header((1_000_000, 10)))
+        z.writestr("labels.npy", _npy_header((1_000_000,), "<i8"))
+    return cg.import_dump(i / "d.npz", out=o / "bad.zarr")
+
+
+register("npz whose .npy header declares a huge shape", DumpImportError, r"'features.npy' declares shape")(
+    _npz_huge_header)
+
+
+def _extract_escaping_run_id(i, o):
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    x, y = torch.rand(10, 1, 2, 2), torch.randint(0, 3, (10,))
+    cg.extract(model, (x, y), o / "r.zarr", attrs={"run_id": "../../x"}, progress=False)
+
+
+register("extraction with run_id escaping the study", SchemaError, r"'run_id'.*'\.\./\.\./x'")(
+    _extract_escaping_run_id)
+
+
+# -- training configs: `out` is the training output folder; no run folder (or anything else) may appear -------
+def _train(**kw):
+    def run(i, o):
+        from causalgeom import train
+
+        kw2 = {k: (str(i / v[5:]) if isinstance(v, str) and v.startswith("<in>/") else v) for k, v in kw.items()}
+        train.train_run(train.TrainConfig(**{"epochs": 1, "max_train_samples": 16, "num_threads": 1, **kw2}), o,
+                        progress=False)
+    return run
+
+
+def _train_dict(d):
+    def run(i, o):
+        from causalgeom import train
+
+        train.train_run(d, o, progress=False)
+    return run
+
+
+def _grid(text: str):
+    def run(i, o):
+        from causalgeom import train
+
+        (i / "grid.toml").write_text(text.replace("<in>", str(i)))
+        train.run_grid(i / "grid.toml", o, progress=False)
+    return run
+
+
+_GRID_TRAIN = '[train]\nepochs = 1\nmax_train_samples = 16\nnum_threads = 1\n'
+
+register("train: unknown regularizer", ConfigError, r"regularizer: unknown component\(s\) 'dropblock'")(
+    _train(regularizer="dropblock"))
+register("train: negative label-smoothing eps", ConfigError,
+         r"label_smoothing: expected a number in \[0, 1\), got -0.1")(
+    _train(regularizer="label_smoothing", label_smoothing=-0.1))
+register("train: label-smoothing eps of 1", ConfigError, r"label_smoothing: .*\[0, 1\), got 1.0")(
+    _train(regularizer="label_smoothing", label_smoothing=1.0))
+register("train: negative mixup alpha", ConfigError, r"mixup_alpha: expected a number >= 0, got -1.0")(
+    _train(regularizer="mixup", mixup_alpha=-1.0))
+register("train: NaN cutmix alpha", ConfigError, r"cutmix_alpha: .*nan")(
+    _train(regularizer="cutmix", cutmix_alpha=float("nan")))
+register("train: regularizer without its strength", ConfigError, r"mixup_alpha: .*must be > 0")(
+    _train(regularizer="mixup"))
+register("train: strength without its regularizer", ConfigError, r"label_smoothing=0.1 is set but")(
+    _train(label_smoothing=0.1))
+register("train: cifar10 folder missing", ConfigError, r"dataset 'cifar10'.*missing: data_batch_1")(
+    _train(dataset="cifar10", data_root="<in>/no_data"))
+register("train: unknown model", ConfigError, r"model: unknown name 'resnet9000'")(_train(model="resnet9000"))
+register("train: unknown dataset", ConfigError, r"dataset: expected one of .*'mnist'")(_train(dataset="mnist"))
+register("train: run_id escaping the output folder", ConfigError, r"run_id: .*'\.\./\.\./x'")(_train(run_id="../../x"))
+register("train: epochs as a string", ConfigError, r"epochs: expected an integer >= 1, got 'ten'")(
+    _train_dict({"epochs": "ten"}))
+register("train: fractional batch size", ConfigError, r"batch_size: expected an integer")(_train(batch_size=1.5))
+register("train: zero learning rate", ConfigError, r"lr: expected a number > 0, got 0")(_train(lr=0))
+register("train: amp not a boolean", ConfigError, r"amp: expected true or false, got 'yes'")(_train(amp="yes"))
+register("train: unknown device", ConfigError, r"device: .*'tpu'")(_train(device="tpu"))
+register("train: unknown optimizer", ConfigError, r"optimizer: expected one of .*'adam'")(_train(optimizer="adam"))
+register("train: unknown config key", ConfigError, r"unknown key\(s\) 'epoch'")(_train_dict({"epoch": 3}))
+register("train: config that is not a table", ConfigError, r"expected a table/dict, got list")(_train_dict(["ce"]))
+register("grid: bad TOML syntax", ConfigError, r"invalid TOML")(_grid("[train\nepochs = 1\n"))
+register("grid: config path is a folder", ConfigError, r"is a folder")(
+    lambda i, o: __import__("causalgeom.train").train.run_grid(i, o, progress=False))
+register("grid: config file missing", ConfigError, r"not found")(
+    lambda i, o: __import__("causalgeom.train").train.run_grid(i / "nope.toml", o, progress=False))
+register("grid: unknown top-level key", ConfigError, r"unknown key\(s\) 'regularisers'")(
+    _grid(_GRID_TRAIN + '[[regularisers]]\nname = "ce"\n'))
+register("grid: unknown [train] key", ConfigError, r"'epoch'.*not allowed")(
+    _grid('[train]\nepoch = 1\n[[regularizers]]\nname = "ce"\n'))
+register("grid: seed of the wrong type", ConfigError, r"seed: expected an integer")(
+    _grid('seeds = ["zero"]\n' + _GRID_TRAIN + '[[regularizers]]\nname = "ce"\n'))
+register("grid: empty regularizer list", ConfigError, r"'regularizers' must be a non-empty list")(
+    _grid("regularizers = []\n" + _GRID_TRAIN))
+register("grid: negative eps after a valid one", ConfigError, r"strength=-0.2.*label_smoothing: expected")(
+    _grid(_GRID_TRAIN + '[[regularizers]]\nname = "ce"\n[[regularizers]]\nname = "label_smoothing"\n'
+                        'strengths = [0.1, -0.2]\n'))
+register("grid: duplicate run ids", ConfigError, r"duplicate run ids \['ce-s0'\]")(
+    _grid(_GRID_TRAIN + '[[regularizers]]\nname = "ce"\n[[regularizers]]\nname = "ce"\n'))
+register("grid: cifar10 folder missing", ConfigError, r"dataset 'cifar10'.*cifar-10-batches-py")(
+    _grid('dataset = "cifar10"\n' + _GRID_TRAIN + 'data_root = "<in>/none"\n[[regularizers]]\nname = "ce"\n'))
+register("grid: [train] that is not a table", ConfigError, r"'train' must be a table")(
+    _grid('train = 3\n[[regularizers]]\nname = "ce"\n'))
+
+
+# -- CIFAR batch files (a restricted unpickler; sizes checked before allocation) ----------------------------------
+def _cifar(batch: bytes):
+    def run(i, o):
+        import pickle
+
+        from causalgeom import data
+
+        spec = data._CIFAR["cifar10"]
+        folder = i / spec["folder"]
+        folder.mkdir()
+        for name in (*spec["train"], *spec["test"]):
+            (folder / name).write_bytes(batch)
+        (folder / spec["meta"]).write_bytes(pickle.dumps({b"label_names": [b"c"] * 10}))
+        data.load_dataset("cifar10", "test", root=i)
+    return run
+
+
+class _MkdirPayload:
+    """Unpickling this runs ``os.mkdir(OUT/pwned)``: if it ever ran, the corpus test finds ``pwned`` under out."""
+
+    target = ""
+
+    def __reduce__(self):
+        import os
+
+        return (os.mkdir, (self.target,))
+
+
+def _payload_bytes(make, o: Path) -> None:
+    _MkdirPayload.target = str(o / "pwned")
+    return make(_MkdirPayload())
+
+
+def _cifar_payload(i, o):
+    import pickle
+
+    batch = _payload_bytes(lambda p: pickle.dumps({b"data": p, b"labels": [0]}), o)
+    return _cifar(batch)(i, o)
+
+
+def _cifar_good_batch(n=10, labels=None) -> bytes:
+    import pickle
+
+    return pickle.dumps({b"data": np.zeros((n, 3072), np.uint8), b"labels": labels if labels is not None else [0] * n})
+
+
+class _HugeArray:
+    """Pickles as an ndarray whose header declares a (10^6, 10^6) uint8 shape over 4 bytes of data."""
+
+    def __reduce__(self):
+        return (np.ndarray.__reduce__(np.zeros(4, np.uint8))[0], (np.ndarray, (0,), b"b"),
+                (1, (10**6, 10**6), np.dtype("uint8"), False, b"\0" * 4))
+
+
+register("CIFAR batch with a code-running pickle", ConfigError, r"posix.mkdir.*refusing to unpickle")(_cifar_payload)
+register("truncated CIFAR batch", ConfigError, r"cannot read CIFAR batch file .*test_batch")(
+    lambda i, o: _cifar(_cifar_good_batch()[:-40])(i, o))
+register("CIFAR batch declaring a huge byte string", ConfigError, r"expected 35184372088832 bytes")(
+    lambda i, o: _cifar(b"\x80\x04\x8e" + struct.pack("<Q", 1 << 45) + b"abc")(i, o))
+register("CIFAR batch declaring a huge array shape", ConfigError, r"buffer size does not match array size")(
+    lambda i, o: _cifar(__import__("pickle").dumps({b"data": _HugeArray(), b"labels": [0]}, protocol=2))(i, o))
+register("CIFAR labels out of range", ConfigError, r"out-of-range values \[99\]")(
+    lambda i, o: _cifar(_cifar_good_batch(labels=[99] * 10))(i, o))
+register("CIFAR batch with wrong image size", ConfigError, r"expected keys 'data' \(N, 3072\)")(
+    lambda i, o: _cifar(__import__("pickle").dumps({b"data": np.zeros((10, 3000), np.uint8),
+                                                    b"labels": [0] * 10}))(i, o))
+
+
+# -- checkpoints (untrusted too: torch.load(weights_only=True), shapes checked against the spec) -------------------
+_SPEC = {"name": "small_cnn", "num_classes": 10, "in_channels": 1, "mean": [0.5], "std": [0.25], "cifar_stem": False,
+         "dropout": 0.0, "image_size": [8, 8]}
+
+
+def _checkpoint(i: Path, *, spec=None, config=None, model=None) -> Path:
+    import json
+
+    import torch
+
+    if model is None:
+        model = cg.models.build_model("small_cnn", 10, 1, mean=[0.5], std=[0.25]).state_dict()
+    if config is None:
+        config = json.dumps({"run_id": "ck", "dataset": "digits", "model_spec": spec or _SPEC})
+    torch.save({"model": model, "config": config, "epoch": 1}, i / "checkpoint.pt")
+    return i / "checkpoint.pt"
+
+
+def _load_ckpt(path):
+    from causalgeom import train
+
+    return train.load_checkpoint(path)
+
+
+def _cli(argv):
+    """Run a CLI command and let its causalgeom error propagate (``main`` turns it into exit status 2)."""
+    from causalgeom.cli import build_parser
+
+    args = build_parser().parse_args([str(a) for a in argv])
+    return args.func(args)
+
+
+def _pickle_ckpt(i, o):
+    import torch
+
+    _payload_bytes(lambda p: torch.save({"model": {"w": p}, "config": "{}"}, i / "checkpoint.pt"), o)
+    return i / "checkpoint.pt"
+
+
+def _truncated_ckpt(i, o):
+    p = _checkpoint(i)
+    p.write_bytes(p.read_bytes()[:3000])
+    _load_ckpt(p)
+
+
+register("checkpoint with a code-running pickle", ConfigError, r"refused, loading it would unpickle")(
+    lambda i, o: _load_ckpt(_pickle_ckpt(i, o)))
+register("checkpoint with a code-running pickle given to the CLI", ConfigError, r"refused, loading it would unpickle")(
+    lambda i, o: _cli(["extract", _pickle_ckpt(i, o), "--out", o / "r.zarr", "--no-attack", "--no-progress"]))
+register("truncated checkpoint", ConfigError, r"cannot read checkpoint")(_truncated_ckpt)
+register("checkpoint that is a bare tensor", ConfigError, r"expected a causalgeom checkpoint")(
+    lambda i, o: (__import__("torch").save(__import__("torch").zeros(3), i / "c.pt"), _load_ckpt(i / "c.pt")))
+register("checkpoint without a model spec", ConfigError, r"KeyError: 'model_spec'")(
+    lambda i, o: _load_ckpt(_checkpoint(i, config='{"run_id": "ck"}')))
+register("checkpoint config that is not JSON", ConfigError, r"JSONDecodeError")(
+    lambda i, o: _load_ckpt(_checkpoint(i, config="{run_id: ck")))
+register("checkpoint weights not fitting its spec", ConfigError,
+         r"do not fit.*net.head.weight: \(10, 128\) vs \(7, 128\)")(
+    lambda i, o: _load_ckpt(_checkpoint(i, spec={**_SPEC, "num_classes": 7})))
+register("checkpoint spec declaring a huge head", ConfigError, r"do not fit.*\(1000000000000, 128\)")(
+    lambda i, o: _load_ckpt(_checkpoint(i, spec={**_SPEC, "num_classes": 10**12})))
+register("checkpoint naming an unknown model", ConfigError, r"model spec is invalid: model: unknown name 'nope'")(
+    lambda i, o: _load_ckpt(_checkpoint(i, spec={**_SPEC, "name": "nope"})))
+register("run folder without a checkpoint", ConfigError, r"run folder holding checkpoint.pt")(
+    lambda i, o: _load_ckpt(i))
+register("checkpoint whose run_id escapes the study", SchemaError, r"'run_id'.*'\.\./\.\./x'")(
+    lambda i, o: _cli(["extract", _checkpoint(i, config='{"run_id": "../../x", "dataset": "digits", "model_spec": '
+                       + __import__("json").dumps(_SPEC) + "}"), "--out", o, "--no-attack", "--no-progress"]))
+
+
+# -- query files (given to `causalgeom mediate` with --out under `out`: nothing may be written) ---------------------
+_TABLE = "run_id,regularizer,rms,overconfidence\n" + "".join(
+    f"r{r},{'ce' if r % 2 else 'label_smoothing'},{0.1 * s + r},{0.01 * s * r}\n" for r in range(4) for s in range(5))
+_QUERY = ('[query]\ntreatment = "regularizer"\nmediators = ["rms"]\noutcomes = ["overconfidence"]\n'
+          'n_boot = 5\n')
+
+
+def _mediate(text: str | bytes, *, folder: bool = False):
+    def run(i, o):
+        (i / "table.csv").write_text(_TABLE)
+        q = i / "q.toml"
+        if folder:
+            q.mkdir()
+        elif isinstance(text, bytes):
+            q.write_bytes(text)
+        else:
+            q.write_text(text)
+        _cli(["mediate", i / "table.csv", "--query", q, "--out", o / "mediation", "--no-progress"])
+    return run
+
+
+register("query: unknown column", QueryError, r"not in the table: mediators 'nope'")(
+    _mediate(_QUERY.replace('["rms"]', '["nope"]')))
+register("query: unknown regularizer level", QueryError, r"treated: value 'dropblock' is not a level")(
+    _mediate(_QUERY + 'treated = "dropblock"\n'))
+register("query: unknown control level", QueryError, r"control: value 'CE' is not a level")(
+    _mediate(_QUERY + 'control = "CE"\n'))
+register("query: unknown method", QueryError, r"method: unknown value 'bayes'")(_mediate(_QUERY + 'method = "bayes"\n'))
+register("query: unknown bootstrap scheme", QueryError, r"bootstrap: unknown value 'block'")(
+    _mediate(_QUERY + 'bootstrap = "block"\n'))
+register("query: unknown level", QueryError, r"level: unknown value 'epoch'")(_mediate(_QUERY + 'level = "epoch"\n'))
+register("query: bad TOML", QueryError, r"not valid TOML")(_mediate(_QUERY + "treated = \n"))
+register("query: negative n_boot", QueryError, r"n_boot: expected an integer >= 0, got -1")(
+    _mediate(_QUERY.replace("n_boot = 5", "n_boot = -1")))
+register("query: fractional n_boot", QueryError, r"n_boot: expected an integer >= 0, got 2.5")(
+    _mediate(_QUERY.replace("n_boot = 5", "n_boot = 2.5")))
+register("query: unknown key", QueryError, r"unknown query key\(s\) \['mediator'\]")(
+    _mediate(_QUERY + 'mediator = "rms"\n'))
+register("query: missing treatment", QueryError, r"missing the required key 'treatment'")(
+    _mediate(_QUERY.replace('treatment = "regularizer"\n', "")))
+register("query: confidence level above 1", QueryError, r"ci_level: expected a number in \(0, 1\), got 1.5")(
+    _mediate(_QUERY + "ci_level = 1.5\n"))
+register("query: mediators that are not names", QueryError, r"mediators: expected non-empty column names")(
+    _mediate(_QUERY.replace('["rms"]', "[1, 2]")))
+register("query: negative seed", QueryError, r"seed: expected a non-negative integer")(_mediate(_QUERY + "seed = -1\n"))
+register("query: extra top-level key", QueryError, r"unexpected top-level key\(s\) \['note'\]")(
+    _mediate('note = "x"\n' + _QUERY))
+register("query: file that is a folder", QueryError, r"is a folder")(_mediate("", folder=True))
+register("query: file that is not UTF-8", QueryError, r"cannot read query file")(_mediate(b"\xff\xfe[query]\n"))

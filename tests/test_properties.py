@@ -142,3 +142,150 @@ def test_validate_never_raises_foreign_errors(data):
         cg.validate(ds)
     except cg.SchemaError:
         pass
+
+
+# -- the query parser ----------------------------------------------------------------------------------------------
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import re  # noqa: E402
+
+from causalgeom.causal.query import BOOTSTRAP_SCHEMES, LEVELS, METHODS, OUTCOME_MODELS, TREATMENT_TYPES  # noqa: E402
+from causalgeom.causal.query import Query, read_queries  # noqa: E402
+
+QUERY_FIELDS = [f.name for f in dataclasses.fields(Query)]
+QUERY_SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+names = st.text(st.characters(blacklist_categories=("Cs",)), max_size=6)
+scalars = st.one_of(st.booleans(), st.integers(-3, 3000), st.integers(-2**63, 2**63 - 1),
+                    st.floats(allow_nan=True, allow_infinity=True), names)
+values = st.one_of(scalars, st.lists(scalars, max_size=3), st.lists(names, min_size=1, max_size=3),
+                   st.dictionaries(st.sampled_from(["a", "b"]), scalars, max_size=2))
+columns = st.sampled_from(["rms", "cos_true", "nll", "x y", "é", 'a"b', "run_id"]) | st.text(min_size=1, max_size=6)
+#: per field: values a query accepts, and values it must refuse (with a QueryError)
+VALID = {
+    "treatment": columns,
+    "mediators": st.lists(columns, min_size=1, max_size=3) | st.sampled_from(["rms", "rms,cos_true"]),
+    "outcomes": st.lists(columns, min_size=1, max_size=3) | st.just("nll,ece"),
+    "control": st.sampled_from(["ce", 0, 0.5, -1, True]) | columns | st.floats(allow_nan=False, allow_infinity=False),
+    "treated": st.sampled_from(["label_smoothing", 0.1, 1]) | columns,
+    "covariates": st.lists(columns, max_size=2),
+    "cluster": st.sampled_from(["run_id", False]) | columns,
+    "level": st.sampled_from(LEVELS), "method": st.sampled_from(METHODS),
+    "n_boot": st.integers(0, 5000), "seed": st.integers(0, 2**63 - 1) | st.just(False),
+    "bootstrap": st.sampled_from(BOOTSTRAP_SCHEMES), "ci_level": st.floats(0.01, 0.99),
+    "outcome_model": st.sampled_from(OUTCOME_MODELS), "interaction": st.booleans(), "ordered": st.booleans(),
+    "treatment_type": st.sampled_from(TREATMENT_TYPES), "name": names,
+    "attack": st.lists(st.sampled_from(["pgd-linf", "fgsm-l2"]) | columns, max_size=2) | columns,
+    "eps": st.lists(st.sampled_from([0.0, 1 / 255, 8 / 255]) | st.floats(0, 1), max_size=3) | st.floats(0, 1),
+    "center": st.sampled_from(["minimal_loss", "mean", "weight"]),
+}
+INVALID = {
+    "treatment": st.sampled_from(["", 1, ["regularizer"]]),
+    "mediators": st.sampled_from(["rms, ", ",", [], [""], [1], 3]),
+    "outcomes": st.sampled_from([[], "", [1.5], {"a": 1}]),
+    "control": st.sampled_from([math.nan, -math.inf, [1], {"a": 1}]),
+    "treated": st.sampled_from([math.nan, math.inf, []]),
+    "covariates": st.sampled_from([[""], [2]]),
+    "cluster": st.sampled_from([True, "", 3]),
+    "n_boot": st.sampled_from([-1, 2.5, True, "10"]), "seed": st.sampled_from([-1, 1.5, True, "0"]),
+    "ci_level": st.sampled_from([0, 1, 1.5, -0.1, math.nan, True, "0.9"]),
+    "interaction": st.sampled_from([1, "yes"]), "ordered": st.sampled_from([0, "no"]),
+    "name": st.sampled_from([1, [], False]),
+    "attack": st.sampled_from([[1], "", [""]]),
+    "eps": st.sampled_from([[math.nan], [math.inf], [-0.1], -1.0, True, ["a"], [True], {"a": 1}]),
+    "center": st.sampled_from(["median", 5, {"a": 1}, [], ""]),
+    **{k: st.sampled_from(["", "bogus", "Sample", 1]) for k in ("level", "method", "bootstrap", "outcome_model",
+                                                               "treatment_type")},
+}
+
+
+def _odds(k, n):
+    """True with probability about k/n (sampled_from is uniform; st.integers favours its bounds)."""
+    return st.sampled_from([True] * k + [False] * (n - k))
+
+
+@st.composite
+def query_dicts(draw):
+    """Valid query tables, or ones with exactly one thing wrong: a bad value, a missing key or an unknown key."""
+    d = {k: draw(VALID[k]) for k in ("treatment", "mediators", "outcomes")}
+    for key in QUERY_FIELDS[3:]:
+        if draw(_odds(1, 3)):
+            d[key] = draw(VALID[key])
+    fault = draw(st.sampled_from(["none", "none", "value", "value", "any", "missing", "unknown"]))
+    if fault == "value":
+        key = draw(st.sampled_from(sorted(INVALID)))
+        d[key] = draw(INVALID[key])
+    elif fault == "any":
+        d[draw(st.sampled_from(QUERY_FIELDS))] = draw(values)
+    elif fault == "missing":
+        del d[draw(st.sampled_from(["treatment", "mediators", "outcomes"]))]
+    elif fault == "unknown":
+        d[draw(st.sampled_from(["mediator", "Treatment", "n-boot", "x y", ""]) | names)] = draw(values)
+    return d
+
+
+def _toml(v):
+    """A small, independent TOML writer for the generated tables (inline tables included)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf") if math.isinf(v) else repr(v)
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(v, list):
+        return "[" + ", ".join(map(_toml, v)) + "]"
+    return "{" + ", ".join(f"{_toml_key(k)} = {_toml(x)}" for k, x in v.items()) + "}"
+
+
+def _toml_key(k):
+    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else _toml(k)
+
+
+def _assert_round_trips(q, tmp):
+    text = q.dumps()  # a query that parsed can be written ...
+    assert Query.loads(text) == q  # ... and reads back exactly
+    assert read_queries(text) == [q]
+    assert Query.from_dict(q.to_dict()) == q
+    path = q.to_toml(Path(tmp) / "q.toml")
+    assert Query.from_toml(path) == q
+
+
+@QUERY_SETTINGS
+@given(query_dicts(), st.sampled_from(["[query]", "top-level", "[[query]]"]))
+def test_query_files_parse_and_round_trip_or_raise_query_error(d, layout):
+    lines = [f"{_toml_key(k)} = {_toml(v)}" for k, v in d.items()]
+    header = [] if layout == "top-level" else [layout]
+    text = "\n".join(header + lines) + "\n"
+    try:
+        q = Query.loads(text)
+    except cg.QueryError:
+        return
+    assert isinstance(q, Query)
+    with tempfile.TemporaryDirectory() as tmp:
+        _assert_round_trips(q, tmp)
+
+
+@QUERY_SETTINGS
+@given(query_dicts().map(lambda d: {k: (None if v == "bogus" else v) for k, v in d.items()}))
+def test_query_dicts_parse_and_round_trip_or_raise_query_error(d):
+    try:
+        q = Query.from_dict(d)
+    except cg.QueryError:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        _assert_round_trips(q, tmp)
+
+
+@QUERY_SETTINGS
+@given(st.text(max_size=80) | st.sampled_from(["[query]\n", "[[query]]\n[[query]]\n", "query = 3\n", "query = []\n",
+                                                "[query]\ntreatment = 1\n", "a = 1\n[query]\n"]))
+def test_arbitrary_query_text_raises_only_query_error(text):
+    try:
+        queries = read_queries(text)
+    except cg.QueryError:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        for q in queries:
+            _assert_round_trips(q, tmp)

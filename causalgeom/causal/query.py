@@ -36,7 +36,7 @@ from typing import Any, Iterable, Mapping
 from ..errors import QueryError
 
 __all__ = ["Query", "read_queries", "write_queries", "METHODS", "BOOTSTRAP_SCHEMES", "OUTCOME_MODELS", "LEVELS",
-           "TREATMENT_TYPES"]
+           "TREATMENT_TYPES", "CENTERS"]
 
 #: Estimation methods accepted by `causalgeom.causal.mediate`.
 METHODS = ("regression", "statsmodels", "dowhy")
@@ -48,6 +48,8 @@ OUTCOME_MODELS = ("linear", "logistic")
 LEVELS = ("sample", "run")
 #: How the treatment column is read.
 TREATMENT_TYPES = ("auto", "categorical", "continuous")
+#: Class centers of the cosine columns (`causalgeom.geometry.class_centers`).
+CENTERS = ("minimal_loss", "mean", "weight")
 
 _Scalar = str | int | float | bool
 #: Fields whose default is not None; ``false`` in a query file means None (no clusters / fresh entropy).
@@ -154,6 +156,8 @@ class Query:
                 setattr(self, key, v)
             if v is not None and not isinstance(v, (str, int, float, bool)):
                 raise QueryError(f"{key}: expected a string or a number, got {type(v).__name__} {v!r}")
+            if isinstance(v, float) and not math.isfinite(v):
+                raise QueryError(f"{key}: expected a level or a finite number, got {v!r}")
         if self.cluster is not None and (not isinstance(self.cluster, str) or not self.cluster):
             raise QueryError(f"cluster: expected a column name or None, got {self.cluster!r}")
         _check_choice("level", self.level, LEVELS)
@@ -177,9 +181,13 @@ class Query:
         if self.eps is not None:
             eps = [self.eps] if isinstance(self.eps, (int, float)) else self.eps
             try:
-                self.eps = [float(e) for e in eps]
+                values = [float(e) for e in eps]
             except (TypeError, ValueError):
                 raise QueryError(f"eps: expected a number or a list of numbers, got {self.eps!r}") from None
+            if any(isinstance(e, bool) for e in eps) or not all(math.isfinite(e) and e >= 0 for e in values):
+                raise QueryError(f"eps: expected finite numbers >= 0, got {self.eps!r}")
+            self.eps = values
+        _check_choice("center", self.center, CENTERS)
         if self.name is not None and not isinstance(self.name, str):
             raise QueryError(f"name: expected a string, got {self.name!r}")
 
@@ -323,7 +331,7 @@ def read_queries(source: str | os.PathLike) -> list[Query]:
     else:
         path = Path(source)
         if not path.is_file():
-            raise QueryError(f"query file {path} does not exist")
+            raise QueryError(f"query file {path} {'is a folder' if path.is_dir() else 'does not exist'}")
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:

@@ -10,6 +10,7 @@ import importlib
 import sys
 
 from ..errors import CausalGeomError
+from . import _scale
 
 __all__ = ["main", "build_parser"]
 
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
+    _scale.add_options(sub)  # --scheduler on analysis commands, extract --distributed
     return parser
 
 
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        return int(_scale.call(args) or 0)
     except CausalGeomError as exc:
         print(f"causalgeom {args.command}: error: {exc}", file=sys.stderr)
         return 2

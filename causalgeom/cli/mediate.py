@@ -150,6 +150,12 @@ def _mediate(args: argparse.Namespace) -> int:
                 tables[key] = study.to_frame(progress=not args.no_progress, **kw)
             return tables[key]
 
+    for i, q in enumerate(queries):  # every query is checked against its table before anything is written
+        table = get_table(q)
+        queries[i] = _resolve_levels(q, table)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FewClustersWarning)
+            queries[i].check(table)
     out = Path(args.out) if args.out else default_out
     out.mkdir(parents=True, exist_ok=True)
     summaries, sens, md = [], [], []

@@ -1,0 +1,903 @@
+"""Scale-out: extraction with ``torchrun`` (one shard per rank), analysis and training on a Dask cluster.
+
+Three engines, one module:
+
+* **Dask (analysis).** Every causalgeom metric builds a dask graph over the Zarr chunks of a dump
+  (one task per chunk); inside a :func:`client` block those graphs run on the cluster's workers
+  (a ``LocalCluster`` by default, or a scheduler address), so features are never collected on
+  one machine. Tasks of a worker that dies are re-run elsewhere by the scheduler (up to Dask's
+  ``distributed.scheduler.allowed-failures``); if a task keeps killing workers, :func:`compute`
+  raises :class:`WorkerLostError` naming the task instead of a raw Dask traceback. Analyses only
+  read stores, so a failed computation never damages one. :func:`mediate_study` runs the cluster
+  bootstrap of a whole study from per-run sufficient statistics computed as Dask tasks from the
+  Zarr chunks (only ``O(columns²)`` numbers per run leave the workers).
+* **torch.distributed (extraction).** :func:`extract` / :func:`extract_study` read ``RANK``,
+  ``WORLD_SIZE`` and ``LOCAL_RANK`` (set by ``torchrun``) and fill this rank's chunk-aligned shard
+  of every store (``causalgeom.extract(..., shard=(rank, world))``); the last shard to finish marks
+  a store complete, and a failed rank's shard is redone by re-running that rank alone.
+* **Dask (training).** :func:`run_grid` submits one :func:`causalgeom.train.train_run` per task.
+
+See ``docs/scaling_out.md`` for what runs where.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Mapping, NamedTuple, Sequence
+
+import numpy as np
+
+from .errors import CausalGeomError, ConfigError, IncompleteStoreError, QueryError, StoreLockedError
+
+__all__ = [
+    "client", "compute", "current_client", "active_client", "worker_loss_translated", "WorkerLostError",
+    "SCHEDULER_ENV", "RankInfo", "torchrun_env", "rank_device", "barrier", "extract", "extract_study", "run_grid",
+    "SAMPLE_MOMENT_COLUMNS", "RunMoments", "run_moments", "mediate_study",
+]
+
+log = logging.getLogger(__name__)
+
+#: Environment variable read when no ``scheduler`` is given: a scheduler address (``tcp://host:8786``) or
+#: ``local`` / ``local:N`` (a LocalCluster with N workers).
+SCHEDULER_ENV = "CAUSALGEOM_SCHEDULER"
+
+#: How long :func:`client` tries to reach a scheduler address before giving up.
+CONNECT_TIMEOUT = "20s"
+
+#: The client of the innermost :func:`client` block (training grids dispatch to it).
+_ACTIVE: contextvars.ContextVar[Any] = contextvars.ContextVar("causalgeom_dask_client", default=None)
+
+#: Dask exception class names that mean "a worker died (and the task could not be finished elsewhere)".
+_WORKER_LOSS = ("KilledWorker", "CommClosedError", "FutureCancelledError", "WorkerLost")
+
+
+class WorkerLostError(CausalGeomError, RuntimeError):
+    """A Dask worker died while computing and the task could not be completed elsewhere."""
+
+
+# ============================================================================================
+# the cluster
+# ============================================================================================
+def _local_workers(address: str) -> int | None:
+    """``"local"`` -> default worker count, ``"local:N"`` -> N; None for a real address."""
+    if address == "local":
+        return 0
+    if address.startswith("local:"):
+        try:
+            n = int(address.split(":", 1)[1])
+        except ValueError:
+            n = -1
+        if n < 1:
+            raise ConfigError(f"scheduler: expected 'local', 'local:N' with N >= 1, or an address such as "
+                              f"tcp://host:8786, got {address!r}")
+        return n
+    return None
+
+
+@contextlib.contextmanager
+def client(scheduler: Any = None, *, n_workers: int = 2, threads_per_worker: int = 1,
+           memory_limit: str | int | None = "auto", processes: bool = True) -> Iterator[Any]:
+    """Use a Dask cluster for every causalgeom computation inside the ``with`` block.
+
+    Parameters
+    ----------
+    scheduler : str or dask.distributed.Client, optional
+        Address of a running scheduler (``tcp://host:8786``), ``"local"`` / ``"local:N"`` (start a
+        ``LocalCluster``, with N workers), or an existing Client (used as is, not closed). Default:
+        the ``CAUSALGEOM_SCHEDULER`` environment variable, else a new ``LocalCluster``.
+    n_workers, threads_per_worker, memory_limit, processes
+        Passed to ``dask.distributed.LocalCluster`` when one is started (``memory_limit`` per worker;
+        None or ``"auto"``: the machine's memory divided among the workers). A worker that imports torch
+        (interventions, training) holds about 0.8 GiB before it computes anything; Dask pauses a worker at
+        80% of its limit, so do not go below about 2 GiB for those.
+
+    Notes
+    -----
+    Worker processes are started with ``spawn``: a script that opens a LocalCluster at import time must
+    guard it with ``if __name__ == "__main__":``.
+
+    Yields
+    ------
+    dask.distributed.Client
+        The default client inside the block: ``dask.compute`` (and so every causalgeom metric, the
+        study table, interventions, :func:`mediate_study`) runs on it, and
+        :func:`causalgeom.train.run_grid` dispatches its runs to it. Dask's worker-loss errors
+        (``KilledWorker``, ...) leaving the block become :class:`WorkerLostError`.
+
+    Raises
+    ------
+    CausalGeomError
+        The scheduler cannot be reached.
+    """
+    from dask.distributed import Client, LocalCluster
+
+    if scheduler is not None and not isinstance(scheduler, str):
+        if not hasattr(scheduler, "submit") or not hasattr(scheduler, "scheduler_info"):
+            raise ConfigError(f"scheduler: expected an address, 'local[:N]' or a dask.distributed.Client, got "
+                              f"{type(scheduler).__name__}")
+        token = _ACTIVE.set(scheduler)
+        try:
+            with scheduler.as_current(), worker_loss_translated():
+                yield scheduler
+        finally:
+            _ACTIVE.reset(token)
+        return
+    address = scheduler or os.environ.get(SCHEDULER_ENV) or "local"
+    local = _local_workers(address)
+    if local is None:
+        try:
+            c = Client(address, timeout=CONNECT_TIMEOUT)
+        except (OSError, TimeoutError) as exc:
+            raise CausalGeomError(f"cannot reach the Dask scheduler at {address!r}: {exc}") from None
+        token = _ACTIVE.set(c)
+        try:
+            with worker_loss_translated():
+                yield c
+        finally:
+            _ACTIVE.reset(token)
+            c.close()
+        return
+    kw: dict[str, Any] = dict(n_workers=local or n_workers, threads_per_worker=threads_per_worker,
+                              processes=processes, dashboard_address=None)
+    if memory_limit not in (None, "auto"):
+        kw["memory_limit"] = memory_limit
+    with LocalCluster(**kw) as cluster, Client(cluster) as c:
+        token = _ACTIVE.set(c)
+        try:
+            with worker_loss_translated():
+                yield c
+        finally:
+            _ACTIVE.reset(token)
+
+
+def current_client() -> Any | None:
+    """The default ``dask.distributed.Client``, or None (then dask's local threaded scheduler is used)."""
+    try:
+        from dask.distributed import default_client
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return None
+    try:
+        return default_client()
+    except ValueError:
+        return None
+
+
+def active_client() -> Any | None:
+    """The client of the innermost :func:`client` block, or None outside one."""
+    c = _ACTIVE.get()
+    if c is not None and getattr(c, "status", "running") in ("closed", "closing"):
+        return None
+    return c
+
+
+def _is_worker_loss(exc: BaseException) -> bool:
+    return type(exc).__name__ in _WORKER_LOSS
+
+
+@contextlib.contextmanager
+def worker_loss_translated(what: str = "the computation") -> Iterator[None]:
+    """Turn Dask's worker-loss exceptions raised inside the block into :class:`WorkerLostError`."""
+    try:
+        yield
+    except WorkerLostError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - only Dask's worker-loss errors are translated
+        if _is_worker_loss(exc):
+            raise WorkerLostError(f"a Dask worker died during {what} and the task could not be finished elsewhere "
+                                  f"({type(exc).__name__}: {exc}); nothing was written — re-run the command "
+                                  "(raise distributed.scheduler.allowed-failures, or give workers more memory "
+                                  "if they were killed for using too much)") from None
+        raise
+
+
+def compute(*objs: Any) -> tuple[Any, ...]:
+    """``dask.compute(*objs)``, on the active cluster if any, turning a lost worker into :class:`WorkerLostError`."""
+    import dask
+
+    with worker_loss_translated():
+        return tuple(dask.compute(*objs))
+
+
+# ============================================================================================
+# torch.distributed: one shard of every store per rank
+# ============================================================================================
+class RankInfo(NamedTuple):
+    """Where this process sits in a ``torchrun`` job (rank 0 of 1 outside one)."""
+
+    rank: int
+    world: int
+    local_rank: int
+    launched: bool  #: True when a launcher set MASTER_ADDR (a process group can be formed for a barrier)
+
+
+def torchrun_env(environ: Mapping[str, str] | None = None) -> RankInfo:
+    """Read ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (and ``MASTER_ADDR``) as set by ``torchrun``.
+
+    Without them this is rank 0 of 1. Setting ``RANK`` and ``WORLD_SIZE`` by hand (no ``MASTER_ADDR``)
+    runs one rank alone — how a failed rank's shard is redone.
+
+    Raises
+    ------
+    ConfigError
+        Non-integer values, or not ``0 <= RANK < WORLD_SIZE``.
+    """
+    env = os.environ if environ is None else environ
+    try:
+        world = int(env.get("WORLD_SIZE", "1"))
+        rank = int(env.get("RANK", "0"))
+        local = int(env.get("LOCAL_RANK", str(rank)))
+    except ValueError:
+        raise ConfigError(f"RANK/WORLD_SIZE/LOCAL_RANK: expected integers, got RANK={env.get('RANK')!r}, "
+                          f"WORLD_SIZE={env.get('WORLD_SIZE')!r}, LOCAL_RANK={env.get('LOCAL_RANK')!r}") from None
+    if world < 1 or not 0 <= rank < world or local < 0:
+        raise ConfigError(f"RANK/WORLD_SIZE: expected 0 <= RANK < WORLD_SIZE and LOCAL_RANK >= 0, got RANK={rank}, "
+                          f"WORLD_SIZE={world}, LOCAL_RANK={local}")
+    return RankInfo(rank, world, local, bool(env.get("MASTER_ADDR")) and world > 1)
+
+
+def rank_device(device: Any = "auto", info: RankInfo | None = None) -> str:
+    """The device of this rank: ``"cuda"`` / ``"auto"`` (with CUDA) -> ``cuda:LOCAL_RANK``; others unchanged."""
+    import torch
+
+    info = info or torchrun_env()
+    text = str(device)
+    if text == "auto":
+        text = "cuda" if torch.cuda.is_available() else "cpu"
+    if text == "cuda":
+        if torch.cuda.is_available() and info.local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"device: LOCAL_RANK={info.local_rank} but this host has "
+                              f"{torch.cuda.device_count()} CUDA device(s); start at most that many processes per "
+                              "node (torchrun --nproc-per-node)")
+        return f"cuda:{info.local_rank}"
+    return text
+
+
+def barrier(info: RankInfo | None = None) -> None:
+    """Wait for every rank of a ``torchrun`` job (a gloo barrier; a no-op when not launched by one).
+
+    The process group is created for the barrier (and destroyed after) unless one already exists.
+    """
+    info = info or torchrun_env()
+    if not info.launched:
+        return
+    import torch.distributed as dist
+
+    created = False
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", rank=info.rank, world_size=info.world)
+        created = True
+    try:
+        dist.barrier()
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+
+def _shard_kwargs(kwargs: dict[str, Any], info: RankInfo) -> dict[str, Any]:
+    if kwargs.get("shard") is not None:
+        raise ConfigError("shard: set by the rank (RANK/WORLD_SIZE); do not pass shard= to the distributed "
+                          "extraction")
+    if kwargs.get("mode", "w-") != "w-" and info.world > 1:
+        raise ConfigError("mode: a sharded extraction must use mode='w-' (one rank would delete the others' work); "
+                          "delete the stores first to start over")
+    out = dict(kwargs)
+    if info.world > 1:
+        out["shard"] = (info.rank, info.world)
+    return out
+
+
+def _check_complete(paths: Sequence[Path], info: RankInfo) -> None:
+    from .store import is_complete
+
+    missing = [str(p) for p in paths if not is_complete(p)]
+    if missing:
+        raise IncompleteStoreError(
+            f"after every rank finished, store(s) {missing} are not complete; re-run the same command (each rank "
+            "resumes its unfinished chunks), or redo one rank alone with RANK=r WORLD_SIZE="
+            f"{info.world} (or `causalgeom extract ... --shard r/{info.world}`)")
+
+
+def extract(model: Any, data: Any, out: str | os.PathLike, *, device: Any = "auto", wait: bool | None = None,
+            **kwargs: Any) -> Path:
+    """This rank's share of ``causalgeom.extract(model, data, out, ...)`` in a ``torchrun`` job.
+
+    Every rank calls this with the same arguments; rank ``r`` of ``w`` fills the ``r``-th contiguous
+    range of sample chunks (``shard=(r, w)``), and the last rank to finish marks the store complete.
+    Outside ``torchrun`` this is a plain single-process extraction.
+
+    Parameters
+    ----------
+    model, data, out
+        As in :func:`causalgeom.extract.extract`.
+    device : str
+        ``"auto"`` (``cuda:LOCAL_RANK`` with CUDA, else CPU), ``"cuda"`` (-> ``cuda:LOCAL_RANK``), or explicit.
+    wait : bool, optional
+        Wait for every rank (gloo barrier) and check that the store is complete. Default: when launched
+        by ``torchrun``.
+    **kwargs
+        Passed to :func:`causalgeom.extract.extract` (attacks, eps, batch_size, amp, attrs, generator, ...);
+        not ``shard`` (set from the rank).
+
+    Returns
+    -------
+    pathlib.Path
+        The store (complete once every rank has finished).
+
+    Raises
+    ------
+    IncompleteStoreError
+        With ``wait``: every rank finished but the store is not complete.
+    """
+    from .extract import extract as _extract
+
+    info = torchrun_env()
+    path = _extract(model, data, out, device=rank_device(device, info), **_shard_kwargs(kwargs, info))
+    if wait if wait is not None else info.launched:
+        barrier(info)
+        _check_complete([path], info)
+    return path
+
+
+def extract_study(runs_dir: str | os.PathLike, study_dir: str | os.PathLike | None = None, *, device: Any = "auto",
+                  wait: bool | None = None, **kwargs: Any) -> list[Path]:
+    """This rank's share of ``causalgeom.extract.extract_runs`` (every finished training run) in a ``torchrun`` job.
+
+    Every rank walks the same runs in the same order and fills its shard of each run's store;
+    ``torchrun --nproc-per-node N`` (or ``--nnodes M`` over several hosts sharing the study folder)
+    thus writes one study. Parameters as in :func:`extract` and
+    :func:`causalgeom.extract.extract_runs`.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The run stores (complete once every rank has finished).
+    """
+    from .extract import extract_runs
+
+    info = torchrun_env()
+    paths = extract_runs(runs_dir, study_dir, device=rank_device(device, info), **_shard_kwargs(kwargs, info))
+    if wait if wait is not None else info.launched:
+        barrier(info)
+        _check_complete(paths, info)
+    return paths
+
+
+# ============================================================================================
+# training grids on a Dask cluster
+# ============================================================================================
+def _train_task(config: dict[str, Any], out_dir: str) -> str:
+    """Worker side of :func:`run_grid`: train (or resume) one run; returns the run folder."""
+    from .train import TrainConfig, train_run
+
+    return str(train_run(TrainConfig.from_dict(config), out_dir, progress=False))
+
+
+@contextlib.contextmanager
+def _using(scheduler: Any) -> Iterator[Any]:
+    if scheduler is None or scheduler is True:
+        c = active_client()
+        if c is not None:
+            yield c
+            return
+        scheduler = None
+    with client(scheduler) as c:
+        yield c
+
+
+def run_grid(grid: Any, out_dir: str | os.PathLike, progress: bool = False, *,
+             overrides: Mapping[str, Any] | None = None, scheduler: Any = None) -> list[Path]:
+    """Train every run of ``grid`` on a Dask cluster, one :func:`causalgeom.train.train_run` per task.
+
+    Same contract as :func:`causalgeom.train.run_grid` (every run validated before any starts,
+    ``OUT/runs/RUN_ID`` folders, finished runs skipped, partial ones resumed, a run locked by another
+    process skipped with a warning); the runs go to the workers at once (``pure=False``) and are
+    gathered as they finish. Workers must see ``out_dir`` (shared file system on a real cluster).
+
+    Parameters
+    ----------
+    grid : GridConfig or path to a TOML file
+    out_dir : path
+    progress : bool
+        A bar over finished runs (the workers train silently).
+    overrides : dict, optional
+        Shared TrainConfig fields replacing the grid's.
+    scheduler : str or Client, optional
+        As in :func:`client`; default: the client of the enclosing :func:`client` block, else a new
+        LocalCluster for this call.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The run folders, in grid order.
+
+    Raises
+    ------
+    ConfigError
+        Any invalid run, before the first starts.
+    WorkerLostError
+        A run kept killing its worker (finished runs are kept; re-run to resume the others).
+    """
+    import json
+
+    from . import train
+
+    if not isinstance(grid, train.GridConfig):
+        grid = train.load_grid(grid)
+    configs = grid.expand(**dict(overrides or {}))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train._atomic_write_bytes(out / "grid.json", json.dumps(grid.to_dict(), indent=2).encode())
+    dirs = [out / "runs" / str(cfg.run_id) for cfg in configs]
+    todo = [cfg for cfg, d in zip(configs, dirs) if train.run_status(d) != "done"]
+    for cfg in configs:
+        if cfg not in todo:
+            log.info("skip %s (done)", cfg.run_id)
+    if not todo:
+        return dirs
+    from dask.distributed import as_completed
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc=f"grid {grid.name} (dask)", unit="run", dynamic_ncols=True)
+    first: BaseException | None = None
+    try:
+        with _using(scheduler) as c:
+            futures = {c.submit(_train_task, cfg.to_dict(), str(out), pure=False,
+                                key=f"causalgeom-train-{cfg.run_id}-{os.urandom(4).hex()}"): cfg for cfg in todo}
+            for fut in as_completed(futures):
+                cfg = futures[fut]
+                try:
+                    with worker_loss_translated(f"training run {cfg.run_id!r}"):
+                        fut.result()
+                except StoreLockedError as exc:
+                    warnings.warn(f"skip {cfg.run_id}: {exc}", RuntimeWarning, stacklevel=2)
+                except BaseException as exc:  # noqa: BLE001 - re-raised after the other runs finished
+                    log.error("run %s failed: %s", cfg.run_id, exc)
+                    first = first or exc
+                if bar is not None:
+                    bar.set_postfix_str(cfg.run_id)
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    if first is not None:
+        raise first
+    return dirs
+
+
+# ============================================================================================
+# the cluster bootstrap from per-run sufficient statistics
+# ============================================================================================
+#: Per-sample columns of the study table (`causalgeom.table.study_frame`) that `run_moments` computes from the
+#: chunks, besides ``robust[ATTACK@EPS]`` and ``min_flip_eps[ATTACK]``.
+SAMPLE_MOMENT_COLUMNS = ("label", "norm", "rms", "cos_true", "cos_pred", "confidence", "correct", "overconfidence",
+                         "nll", "brier")
+_RUN_LEVEL = ("strength", "seed")
+
+
+def _moments_block(block: np.ndarray) -> np.ndarray:
+    """Sufficient statistics of a block of rows (m, c): ``[n, mean (c), comoment (c*c), non-finite count (c)]``."""
+    x = np.asarray(block, dtype=np.float64)
+    m, c = x.shape
+    bad = ~np.isfinite(x)
+    nonfinite = bad.sum(0).astype(np.float64)
+    if bad.any():
+        x = np.where(bad, 0.0, x)
+    if m == 0:
+        return np.concatenate([[0.0], np.zeros(c), np.zeros(c * c), nonfinite])
+    mean = x.mean(0)
+    xc = x - mean
+    return np.concatenate([[float(m)], mean, (xc.T @ xc).ravel(), nonfinite])
+
+
+def _moments_combine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise combination of two `_moments_block` results (Chan, Golub & LeVeque 1979)."""
+    c = int(round(np.sqrt(a.size))) - 1  # size = 1 + c + c*c + c = (c + 1)^2
+    na, nb = a[0], b[0]
+    n = na + nb
+    if na == 0 or nb == 0:
+        out = (b if na == 0 else a).copy()
+        out[1 + c + c * c:] = a[1 + c + c * c:] + b[1 + c + c * c:]
+        return out
+    ma, mb = a[1:1 + c], b[1:1 + c]
+    delta = mb - ma
+    mean = ma + delta * (nb / n)
+    C = a[1 + c:1 + c + c * c] + b[1 + c:1 + c + c * c] + np.outer(delta, delta).ravel() * (na * nb / n)
+    return np.concatenate([[n], mean, C, a[1 + c + c * c:] + b[1 + c + c * c:]])
+
+
+def _tree(parts: list[Any]) -> Any:
+    import dask
+
+    combine = dask.delayed(_moments_combine, pure=True)
+    while len(parts) > 1:
+        nxt = [combine(parts[i], parts[i + 1]) for i in range(0, len(parts) - 1, 2)]
+        if len(parts) % 2:
+            nxt.append(parts[-1])
+        parts = nxt
+    return parts[0]
+
+
+def _sample_columns(ds: Any) -> list[str]:
+    """Per-sample numeric columns the study table would have for this run."""
+    from .table import _strings, min_flip_column, robust_column
+
+    cols = list(SAMPLE_MOMENT_COLUMNS)
+    if "adv_correct" in ds.variables:
+        attacks = _strings(ds["attack"].values)
+        eps = np.asarray(ds["eps"].values, dtype=float)
+        cols += [robust_column(a, e) for a in attacks for e in eps]
+        cols += [min_flip_column(a) for a in attacks]
+    return cols
+
+
+def _lazy_column(ds: Any, name: str, cache: dict[str, Any], center: str) -> Any:
+    """The study-table column ``name`` of run ``ds`` as a dask array (n,) float64 over the store's chunks."""
+    import dask.array as da
+
+    from . import calibration, geometry, robustness
+    from .errors import HeadMissingError
+    from .table import _strings, min_flip_column, robust_column
+
+    def lazy(x: Any) -> Any:
+        data = x.data
+        if not isinstance(data, da.Array):
+            data = da.from_array(np.asarray(data), chunks=ds["label"].data.chunks
+                                 if isinstance(ds["label"].data, da.Array) else -1)
+        return data.astype(np.float64)
+
+    if name in ("norm", "rms"):
+        cache.setdefault("mag", geometry.magnitude(ds))
+        return lazy(cache["mag"][name])
+    if name in ("cos_true", "cos_pred"):
+        if "cos" not in cache:
+            try:
+                cache["cos"] = geometry.cosine_to_center(ds, kind=center)
+            except HeadMissingError:
+                raise QueryError(f"column {name!r}: run {ds.attrs.get('run_id')!r} has no head_weight, which "
+                                 f"center={center!r} needs; use center='mean'") from None
+        return lazy(cache["cos"][name])
+    if name in ("confidence", "correct", "overconfidence", "nll", "brier"):
+        cache.setdefault("cal", calibration.per_sample(ds))
+        return lazy(cache["cal"][name])
+    if name == "label":
+        return lazy(ds["label"])
+    if name in _RUN_LEVEL:
+        value = _run_value(ds.attrs, name)
+        ref = lazy(ds["label"])
+        return da.full(ref.shape, np.nan if value is None else float(value), chunks=ref.chunks, dtype=np.float64)
+    if "adv_correct" in ds.variables:
+        attacks = _strings(ds["attack"].values)
+        eps = np.asarray(ds["eps"].values, dtype=float)
+        for i, a in enumerate(attacks):
+            if name == min_flip_column(a):
+                cache.setdefault("flip", robustness.min_flip_eps(ds))
+                return lazy(cache["flip"].isel(attack=i))
+            for j, e in enumerate(eps):
+                if name == robust_column(a, e):
+                    return lazy(ds["adv_correct"].isel(attack=i, eps=j))
+    raise QueryError(f"column {name!r} is not a per-sample column of run {ds.attrs.get('run_id')!r}; available: "
+                     f"{_sample_columns(ds) + list(_RUN_LEVEL)}")
+
+
+def _run_value(attrs: Mapping[str, Any], name: str) -> Any:
+    if name == "strength":
+        reg = attrs.get("regularizer")
+        s = attrs.get("strength", 0.0 if reg == "ce" else np.nan)
+        return np.nan if s is None else float(s)
+    return attrs.get(name)
+
+
+def _as_study(study: Any) -> Any:
+    from .study import Study, open_study
+
+    if isinstance(study, Study):
+        return study
+    if isinstance(study, (str, os.PathLike)):
+        return open_study(study)
+    raise QueryError(f"study: expected a causalgeom Study or a study folder, got {type(study).__name__}")
+
+
+def _lazy_moments(ds: Any, columns: Sequence[str], center: str) -> Any:
+    """Delayed sufficient statistics of ``columns`` of one run: one task per Zarr chunk, then a tree."""
+    import dask
+    import dask.array as da
+
+    cache: dict[str, Any] = {}
+    cols = [_lazy_column(ds, c, cache, center) for c in columns]
+    stacked = da.stack(cols, axis=1).rechunk({1: -1})
+    block = dask.delayed(_moments_block, pure=True)
+    return _tree([block(b) for b in stacked.to_delayed().ravel()])
+
+
+class RunMoments(NamedTuple):
+    """Sufficient statistics of some study-table columns over one run's samples (see :func:`run_moments`)."""
+
+    n: int
+    mean: np.ndarray  # (c,)
+    comoment: np.ndarray  # (c, c), about the run's own mean
+    nonfinite: np.ndarray  # (c,)
+
+
+def _unpack(vec: np.ndarray, c: int) -> RunMoments:
+    vec = np.asarray(vec, dtype=np.float64)
+    return RunMoments(int(round(vec[0])), vec[1:1 + c], vec[1 + c:1 + c + c * c].reshape(c, c), vec[1 + c + c * c:])
+
+
+def run_moments(study: Any, columns: Sequence[str], *, run_ids: Sequence[str] | None = None,
+                center: str = "minimal_loss") -> dict[str, RunMoments]:
+    """Per-run sufficient statistics of study-table columns, computed as Dask tasks from the Zarr chunks.
+
+    For each run: the number of samples, the mean of every column and their co-moment matrix
+    ``sum_i (x_i - mean)(x_i - mean)'`` (one task per chunk, combined pairwise by Chan, Golub &
+    LeVeque's update, so the chunks' rows never leave the workers). All runs are computed in one
+    pass (on the cluster inside a :func:`client` block).
+
+    Parameters
+    ----------
+    study : causalgeom.Study or path
+    columns : list of str
+        Per-sample columns of :func:`causalgeom.table.study_frame` (:data:`SAMPLE_MOMENT_COLUMNS`,
+        ``robust[ATTACK@EPS]``, ``min_flip_eps[ATTACK]``) or run-level ``strength`` / ``seed``.
+    run_ids : list of str, optional
+        Default: every complete run.
+    center : str
+        Class centers of the cosine columns (as in ``study_frame``).
+
+    Returns
+    -------
+    dict
+        run_id -> :class:`RunMoments` ``(n, mean (c,), comoment (c, c), nonfinite (c,))``; ``nonfinite``
+        counts the NaN/Inf values of each column, which enter the sums as 0 (the moments of such a column
+        are not meaningful; :func:`mediate_study` refuses them).
+    """
+    study = _as_study(study)
+    ids = list(study.run_ids if run_ids is None else run_ids)
+    columns = list(columns)
+    lazy = [_lazy_moments(study[r], columns, center) for r in ids]
+    values = compute(*lazy)
+    return {r: _unpack(v, len(columns)) for r, v in zip(ids, values)}
+
+
+def _grams(design: Any, moments: list[RunMoments], t_run: np.ndarray, interaction: bool) -> np.ndarray:
+    """Per-cluster Gram matrices of ``V = [1, T, Mc, Xc, (T Mc), Yc]`` from per-run moments (R, p, p).
+
+    With ``w = (M, X, Y)`` and ``mu`` their mean over all kept rows, run ``r`` (constant treatment
+    ``t_r``) has ``z = [1, w - mu]`` with Gram ``[[n, n d'], [n d, C + n d d']]`` (``d = mean_r - mu``);
+    ``v = B_r z`` is linear in ``z``, so ``G_r = B_r Gz_r B_r'``. Equal to
+    `LinearMediation.cluster_grams` on the full table up to floating-point summation order.
+    """
+    K, q, L = design.M.shape[1], design.X.shape[1], design.Y.shape[1]
+    c = K + q + L
+    n_tot = sum(m.n for m in moments)
+    mu = sum(m.n * m.mean for m in moments) / n_tot
+    p = 2 + K + q + (K if interaction else 0) + L
+    out = np.zeros((len(moments), p, p))
+    for r, (m, t) in enumerate(zip(moments, t_run)):
+        d = m.mean - mu
+        Gz = np.empty((1 + c, 1 + c))
+        Gz[0, 0] = m.n
+        Gz[0, 1:] = Gz[1:, 0] = m.n * d
+        Gz[1:, 1:] = m.comoment + m.n * np.outer(d, d)
+        B = np.zeros((p, 1 + c))
+        B[0, 0] = 1.0
+        B[1, 0] = t
+        B[2:2 + K + q, 1:1 + K + q] = np.eye(K + q)
+        row = 2 + K + q
+        if interaction:
+            B[row:row + K, 1:1 + K] = t * np.eye(K)
+            row += K
+        B[row:row + L, 1 + K + q:] = np.eye(L)
+        out[r] = B @ Gz @ B.T
+    return out
+
+
+def mediate_study(study: Any, *, treatment: str, mediators: str | Sequence[str], outcome: str | Sequence[str],
+                  control: Any = None, treated: Any = None, covariates: Sequence[str] = (), n_boot: int = 1000,
+                  rng: np.random.Generator | int | None = None, ci_level: float = 0.95, interaction: bool = False,
+                  ordered: bool = False, treatment_type: str = "auto", center: str = "minimal_loss",
+                  run_ids: Sequence[str] | None = None) -> Any:
+    """``cg.causal.mediate(study.to_frame(), ..., cluster="run_id")`` without building the per-sample table.
+
+    The regression estimator with a linear outcome model and the cluster bootstrap need only each
+    run's Gram matrix (`causalgeom.causal.bootstrap`); these come from per-run sufficient statistics
+    (:func:`run_moments`) computed as Dask tasks from the Zarr chunks, so neither features nor
+    per-sample rows are collected on one machine. The replicates use the same random draws as
+    :func:`causalgeom.causal.mediate` with the same ``rng``, so the results agree with it up to
+    floating-point summation order.
+
+    Parameters
+    ----------
+    study : causalgeom.Study or path
+    treatment : str
+        A run-level column of the study table: ``"regularizer"`` (categorical), ``"strength"`` or ``"seed"``.
+    mediators, outcome, covariates
+        Per-sample numeric columns of the study table (see :func:`run_moments`); covariates may also
+        be ``strength`` / ``seed``.
+    control, treated, n_boot, rng, ci_level, interaction, ordered, treatment_type
+        As in :func:`causalgeom.causal.mediate` (``method="regression"``, ``outcome_model="linear"``,
+        ``bootstrap="cluster"``, ``cluster="run_id"``, ``level="sample"``).
+    center : str
+        Class centers of the cosine columns.
+    run_ids : list of str, optional
+        Only these runs.
+
+    Returns
+    -------
+    causalgeom.causal.MediationResult
+        As from ``mediate``; the refuters (``cg.causal.refute``) need the per-sample rows and are not
+        available on it.
+
+    Raises
+    ------
+    QueryError
+        As ``mediate`` (unknown columns, levels, too few clusters, NaN/Inf values, ...).
+    """
+    import pandas as pd
+
+    from .causal._design import build_design
+    from .causal.mediation import (P_VALUE_METHOD, _as_rng, _check_options, _estimator_text, _few_clusters_warning,
+                                   _replicates, _resampling_text, bootstrap_pvalue, percentile_ci)
+    from .causal.results import MediationResult
+
+    _check_options("regression", "cluster", "linear", n_boot, ci_level)
+    rng = _as_rng(rng)
+    study = _as_study(study)
+    ids = list(study.run_ids if run_ids is None else run_ids)
+    if not ids:
+        raise QueryError("study: no complete runs to analyse")
+    runs = {r: study[r] for r in ids}
+    # one row per run with the table's run-level columns; per-sample columns as placeholders, so that
+    # build_design checks the question (columns, levels, clusters) exactly as mediate would
+    common = None
+    for ds in runs.values():
+        cols = _sample_columns(ds)
+        common = cols if common is None else [c for c in common if c in cols]
+    rows = []
+    for r, ds in runs.items():
+        a = ds.attrs
+        row: dict[str, Any] = {"run_id": a.get("run_id", r), "regularizer": a.get("regularizer"),
+                               "strength": _run_value(a, "strength"), "seed": a.get("seed")}
+        row.update({c: 0.0 for c in common if c not in row})
+        rows.append(row)
+    runs_table = pd.DataFrame(rows)
+    runs_table["seed"] = pd.array(list(runs_table["seed"]), dtype="Int64")
+    meta = build_design(runs_table, treatment=treatment, mediators=mediators, outcome=outcome, control=control,
+                        treated=treated, covariates=covariates, cluster="run_id", treatment_type=treatment_type,
+                        level="sample", bootstrap="cluster", outcome_model="linear")
+    if treatment not in ("regularizer", "strength", "seed"):
+        raise QueryError(f"treatment {treatment!r}: mediate_study needs a run-level treatment ('regularizer', "
+                         "'strength' or 'seed'); per-sample treatments need cg.causal.mediate on the table")
+    if len(meta.x_names) != len(meta.covariates):
+        raise QueryError(f"covariates {meta.covariates}: mediate_study takes numeric covariates only")
+    # kept runs in cluster-code order (codes sort the run ids)
+    kept = [str(x) for x in meta.cluster_names]
+    sizes = {r: int(runs[r].sizes["sample"]) for r in runs}
+    n_dropped = sum(sizes.values()) - sum(sizes[r] for r in kept)
+    t_run = np.empty(len(kept))
+    t_run[meta.codes] = meta.T
+    columns = list(meta.mediators) + list(meta.covariates) + list(meta.outcomes)
+    mom = run_moments(study, columns, run_ids=kept, center=center)
+    moments = [mom[r] for r in kept]
+    roles = (["mediator"] * len(meta.mediators) + ["covariate"] * len(meta.covariates)
+             + ["outcome"] * len(meta.outcomes))
+    n_rows = sum(m.n for m in moments)
+    bad = sum(m.nonfinite for m in moments)
+    for j, col in enumerate(columns):
+        if bad[j]:
+            raise QueryError(f"{roles[j]} {col!r}: {int(bad[j])} of {n_rows} values are not finite (NaN or Inf); "
+                             "drop those rows first (cg.causal.mediate on a filtered study.to_frame())")
+    K, q, L = len(meta.mediators), len(meta.covariates), len(meta.outcomes)
+    moment_design, moment_mediation = _moment_classes()
+    design = moment_design(
+        T=np.empty(0), M=np.empty((0, K)), X=np.empty((0, q)), Y=np.empty((0, L)), codes=meta.codes,
+        cluster_names=meta.cluster_names, t0=meta.t0, t1=meta.t1, treatment=meta.treatment,
+        mediators=list(meta.mediators), outcomes=list(meta.outcomes), covariates=list(meta.covariates),
+        x_names=list(meta.x_names), cluster="run_id", treatment_kind=meta.treatment_kind,
+        control_label=meta.control_label, treated_label=meta.treated_label, strata=meta.strata,
+        strata_note=meta.strata_note, clusters_per_arm=dict(meta.clusters_per_arm), n_runs=len(kept),
+        n_dropped=n_dropped, level="sample", notes=list(meta.notes), n_rows=n_rows)
+    G = _grams(design, moments, t_run, interaction)
+
+    est = moment_mediation(design, G, interaction=interaction, ordered=ordered)
+    notes = list(design.notes)
+    if n_dropped:
+        notes.append(f"{n_dropped} rows with other levels of {treatment!r} were left out")
+    if n_boot > 0:
+        _few_clusters_warning(design, "cluster", "regression", notes)
+    point, _ = est.point()
+    if n_boot > 0:
+        reps, _, n_failed = _replicates(est, design, "cluster", n_boot, rng)
+    else:
+        reps, n_failed = np.empty((0,) + point.shape), 0
+    if n_failed:
+        notes.append(f"{n_failed} of {n_boot} bootstrap replicates were singular and were dropped")
+        warnings.warn(f"{n_failed} of {n_boot} bootstrap replicates had a singular design and were dropped",
+                      RuntimeWarning, stacklevel=2)
+    notes.append("computed from per-run sufficient statistics on Dask (causalgeom.distributed.mediate_study); "
+                 "refuters need the per-sample table (cg.causal.mediate on study.to_frame())")
+    lo, hi = percentile_ci(reps, ci_level)
+    pv = bootstrap_pvalue(reps) if reps.shape[0] else np.full(point.shape, np.nan)
+    resampling_unit, resampling = _resampling_text(design, "cluster", reps.shape[0], ci_level)
+    estimator = _estimator_text(design, "linear", interaction, ordered)
+    table_rows = []
+    for l, y in enumerate(design.outcomes):
+        for e, name in enumerate(est.names):
+            table_rows.append(dict(outcome=y, effect=name, estimate=float(point[e, l]), ci_low=float(lo[e, l]),
+                                   ci_high=float(hi[e, l]), p_value=float(pv[e, l]), n_runs=design.n_runs,
+                                   n_samples=design.n))
+    sens, curve = est.rho_sensitivity()
+    for row in range(len(sens)):
+        o, m = sens.loc[row, "outcome"], sens.loc[row, "mediator"]
+        key = None if ordered else ("indirect" if K == 1 else f"indirect[{m}]")
+        sens.loc[row, "indirect"] = point[est.names.index("indirect"), design.outcomes.index(o)]
+        sens.loc[row, "indirect_path"] = (point[est.names.index(key), design.outcomes.index(o)] if key else np.nan)
+    sens = sens[["outcome", "mediator", "indirect", "indirect_path", "rho_tilde", "rho_at_zero_path",
+                 "rho_at_zero_indirect"]]
+    sens_method = ("Imai, Keele & Yamamoto (2010) ρ: correlation of mediator- and outcome-model errors from an "
+                   "unmeasured mediator–outcome confounder; linear models"
+                   + (" without the interaction terms" if interaction else "")
+                   + ("; parallel decomposition (per-mediator paths assume no ordering)" if ordered else "")
+                   + ". rho_at_zero_*: the ρ at which the effect would be 0")
+    return MediationResult(
+        table=pd.DataFrame(table_rows), method="regression", estimator=estimator, resampling_unit=resampling_unit,
+        resampling=resampling, n_clusters=design.n_clusters, clusters_per_arm=dict(design.clusters_per_arm),
+        n_runs=design.n_runs, n_samples=design.n, n_boot=int(reps.shape[0]), ci_level=float(ci_level),
+        p_value_method=P_VALUE_METHOD, level="sample", treatment=design.treatment, control=design.control_label,
+        treated=design.treated_label, mediators=list(design.mediators), outcomes=list(design.outcomes),
+        covariates=list(design.covariates), effect_names=list(est.names), sensitivity=sens.reset_index(drop=True),
+        sensitivity_curve=curve, sensitivity_method=sens_method, replicates=reps,
+        coefficients={k: float(v) for k, v in est.coefficients().items()}, notes=notes, _design=None,
+        _options=dict(outcome_model="linear", interaction=interaction, ordered=ordered, bootstrap="cluster"))
+
+
+@functools.lru_cache(maxsize=1)
+def _moment_classes() -> tuple[type, type]:
+    """Build the Design / LinearMediation subclasses on first use (keeps this module's import light)."""
+    from dataclasses import dataclass
+
+    from .causal._design import Design
+    from .causal.estimators import LinearMediation, _Layout, effect_names
+
+    @dataclass
+    class MomentDesign(Design):
+        """A `Design` without rows: ``n`` is the number of rows the moments summarize."""
+
+        n_rows: int = 0
+
+        @property
+        def n(self) -> int:  # type: ignore[override]
+            return int(self.n_rows)
+
+    class MomentMediation(LinearMediation):
+        """`LinearMediation` whose per-cluster Gram matrices are given (no per-row arrays)."""
+
+        def __init__(self, design: Any, grams: np.ndarray, *, interaction: bool, ordered: bool):
+            K = design.M.shape[1]
+            if ordered and K != 2:
+                raise QueryError(f"ordered: causally ordered mediators are supported for exactly 2 mediators, "
+                                 f"got {K}")
+            if ordered and interaction:
+                raise QueryError("ordered=True with interaction=True is not supported; drop one of them")
+            self.design = design
+            self.outcome_model = "linear"
+            self.interaction = interaction
+            self.ordered = ordered
+            self.lay = _Layout(K, design.X.shape[1], design.Y.shape[1], interaction)
+            self.names = effect_names(design.mediators, ordered)
+            self.t0, self.t1 = design.t0, design.t1
+            self._G = grams
+            self._beta_logit = None
+
+        def weighted_grams(self, W: np.ndarray) -> np.ndarray:  # pragma: no cover - not reachable (cluster only)
+            raise QueryError("mediate_study supports the cluster bootstrap only (row weights need the rows)")
+
+    return MomentDesign, MomentMediation
