@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 from pathlib import Path
 
 __all__ = ["run_demo", "DEMO_EPS", "DEMO_ROBUST_EPS", "DEMO_SCALES", "DEMO_ALPHAS", "demo_attacks", "robust_interventions"]
@@ -24,7 +25,7 @@ DEMO_ROBUST_EPS = (4 / 255, 16 / 255, 32 / 255)
 
 
 def robust_interventions(train_dir: str | os.PathLike, study_dir: str | os.PathLike,
-                         out_dir: str | os.PathLike, *, n: int = 200) -> dict[str, "xr.Dataset"]:
+                         out_dir: str | os.PathLike, *, n: int = 200) -> dict[str, Any]:
     """Robust accuracy of the first cross-entropy run with its features rescaled or rotated inside the model.
 
     The model is wrapped as head ∘ T ∘ backbone (`causalgeom.interventions.InterventionModel`) and

@@ -745,7 +745,8 @@ def mediate_study(study: Any, *, treatment: str, mediators: str | Sequence[str],
 
     from .causal._design import build_design
     from .causal.mediation import (P_VALUE_METHOD, _as_rng, _check_options, _estimator_text, _few_clusters_warning,
-                                   _replicates, _resampling_text, bootstrap_pvalue, percentile_ci)
+                                   _replicates, _resampling_text, bootstrap_pvalue, percentile_ci,
+                                   rho_sensitivity_table, summary_rows)
     from .causal.results import MediationResult
 
     _check_options("regression", "cluster", "linear", n_boot, ci_level)
@@ -828,25 +829,8 @@ def mediate_study(study: Any, *, treatment: str, mediators: str | Sequence[str],
     pv = bootstrap_pvalue(reps) if reps.shape[0] else np.full(point.shape, np.nan)
     resampling_unit, resampling = _resampling_text(design, "cluster", reps.shape[0], ci_level)
     estimator = _estimator_text(design, "linear", interaction, ordered)
-    table_rows = []
-    for l, y in enumerate(design.outcomes):
-        for e, name in enumerate(est.names):
-            table_rows.append(dict(outcome=y, effect=name, estimate=float(point[e, l]), ci_low=float(lo[e, l]),
-                                   ci_high=float(hi[e, l]), p_value=float(pv[e, l]), n_runs=design.n_runs,
-                                   n_samples=design.n))
-    sens, curve = est.rho_sensitivity()
-    for row in range(len(sens)):
-        o, m = sens.loc[row, "outcome"], sens.loc[row, "mediator"]
-        key = None if ordered else ("indirect" if K == 1 else f"indirect[{m}]")
-        sens.loc[row, "indirect"] = point[est.names.index("indirect"), design.outcomes.index(o)]
-        sens.loc[row, "indirect_path"] = (point[est.names.index(key), design.outcomes.index(o)] if key else np.nan)
-    sens = sens[["outcome", "mediator", "indirect", "indirect_path", "rho_tilde", "rho_at_zero_path",
-                 "rho_at_zero_indirect"]]
-    sens_method = ("Imai, Keele & Yamamoto (2010) ρ: correlation of mediator- and outcome-model errors from an "
-                   "unmeasured mediator–outcome confounder; linear models"
-                   + (" without the interaction terms" if interaction else "")
-                   + ("; parallel decomposition (per-mediator paths assume no ordering)" if ordered else "")
-                   + ". rho_at_zero_*: the ρ at which the effect would be 0")
+    table_rows = summary_rows(design, est.names, point, lo, hi, pv, n_samples=design.n)
+    sens, curve, sens_method = rho_sensitivity_table(est, design, point, interaction=interaction, ordered=ordered)
     return MediationResult(
         table=pd.DataFrame(table_rows), method="regression", estimator=estimator, resampling_unit=resampling_unit,
         resampling=resampling, n_clusters=design.n_clusters, clusters_per_arm=dict(design.clusters_per_arm),

@@ -228,32 +228,12 @@ def mediate(table: pd.DataFrame, *, treatment: str, mediators: str | Sequence[st
                      f"method='regression' to {gap:.1e}")
         resampling = resampling + " of the equivalent linear models (method='regression'); DoWhy gives the points"
 
-    table_rows = []
-    n_runs, n_samples = design.n_runs, design.n
-    for l, y in enumerate(design.outcomes):
-        for e, name in enumerate(est.names):
-            table_rows.append(dict(outcome=y, effect=name, estimate=float(point[e, l]), ci_low=float(lo[e, l]),
-                                   ci_high=float(hi[e, l]), p_value=float(pv[e, l]), n_runs=n_runs,
-                                   n_samples=n_samples))
+    table_rows = summary_rows(design, est.names, point, lo, hi, pv, n_samples=design.n)
     summary = pd.DataFrame(table_rows)
 
     if outcome_model == "linear":
-        sens, curve = est.rho_sensitivity()
-        for row in range(len(sens)):
-            o, m = sens.loc[row, "outcome"], sens.loc[row, "mediator"]
-            key = "indirect" if K == 1 else f"indirect[{m}]"
-            if ordered:
-                key = None
-            sens.loc[row, "indirect"] = point[est.names.index("indirect"), design.outcomes.index(o)]
-            sens.loc[row, "indirect_path"] = (point[est.names.index(key), design.outcomes.index(o)]
-                                              if key else np.nan)
-        sens = sens[["outcome", "mediator", "indirect", "indirect_path", "rho_tilde", "rho_at_zero_path",
-                     "rho_at_zero_indirect"]]
-        sens_method = ("Imai, Keele & Yamamoto (2010) ρ: correlation of mediator- and outcome-model errors "
-                       "from an unmeasured mediator–outcome confounder; linear models"
-                       + (" without the interaction terms" if interaction else "")
-                       + ("; parallel decomposition (per-mediator paths assume no ordering)" if ordered else "")
-                       + ". rho_at_zero_*: the ρ at which the effect would be 0")
+        sens, curve, sens_method = rho_sensitivity_table(est, design, point, interaction=interaction,
+                                                         ordered=ordered)
     else:
         sens, curve = _evalues(design, po, po_reps, ci_level), pd.DataFrame()
         sens_method = ("mediational E-values (Smith & VanderWeele 2019) on the risk-ratio scale: how strongly an "
@@ -263,14 +243,42 @@ def mediate(table: pd.DataFrame, *, treatment: str, mediators: str | Sequence[st
     coefs = {k: float(v) for k, v in est.coefficients().items()}
     return MediationResult(
         table=summary, method=method, estimator=estimator, resampling_unit=resampling_unit, resampling=resampling,
-        n_clusters=design.n_clusters, clusters_per_arm=dict(design.clusters_per_arm), n_runs=n_runs,
-        n_samples=n_samples, n_boot=int(reps.shape[0]) if method != "statsmodels" else max(n_boot, 2),
+        n_clusters=design.n_clusters, clusters_per_arm=dict(design.clusters_per_arm), n_runs=design.n_runs,
+        n_samples=design.n, n_boot=int(reps.shape[0]) if method != "statsmodels" else max(n_boot, 2),
         ci_level=float(ci_level), p_value_method=p_method, level=design.level, treatment=design.treatment,
         control=design.control_label, treated=design.treated_label, mediators=list(design.mediators),
         outcomes=list(design.outcomes), covariates=list(design.covariates), effect_names=list(est.names),
         sensitivity=sens.reset_index(drop=True), sensitivity_curve=curve, sensitivity_method=sens_method,
         replicates=reps, coefficients=coefs, notes=notes, _design=design,
         _options=dict(outcome_model=outcome_model, interaction=interaction, ordered=ordered, bootstrap=bootstrap))
+
+
+def summary_rows(design: Design, names: list[str], point: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                 pv: np.ndarray, *, n_samples: int) -> list[dict[str, Any]]:
+    """Rows of `MediationResult.summary()`: one per (outcome, effect); arrays are (effect, outcome)."""
+    return [dict(outcome=y, effect=name, estimate=float(point[e, l]), ci_low=float(lo[e, l]),
+                 ci_high=float(hi[e, l]), p_value=float(pv[e, l]), n_runs=design.n_runs, n_samples=n_samples)
+            for l, y in enumerate(design.outcomes) for e, name in enumerate(names)]
+
+
+def rho_sensitivity_table(est: LinearMediation, design: Design, point: np.ndarray, *, interaction: bool,
+                          ordered: bool) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """Imai's ρ sensitivity of a linear fit: (table per outcome × mediator, ρ curve, description)."""
+    K = design.M.shape[1]  # (rows, mediators); zero rows for a design built from sufficient statistics
+    sens, curve = est.rho_sensitivity()
+    for row in range(len(sens)):
+        o, m = sens.loc[row, "outcome"], sens.loc[row, "mediator"]
+        key = None if ordered else ("indirect" if K == 1 else f"indirect[{m}]")
+        sens.loc[row, "indirect"] = point[est.names.index("indirect"), design.outcomes.index(o)]
+        sens.loc[row, "indirect_path"] = (point[est.names.index(key), design.outcomes.index(o)] if key else np.nan)
+    sens = sens[["outcome", "mediator", "indirect", "indirect_path", "rho_tilde", "rho_at_zero_path",
+                 "rho_at_zero_indirect"]]
+    method = ("Imai, Keele & Yamamoto (2010) ρ: correlation of mediator- and outcome-model errors from an "
+              "unmeasured mediator–outcome confounder; linear models"
+              + (" without the interaction terms" if interaction else "")
+              + ("; parallel decomposition (per-mediator paths assume no ordering)" if ordered else "")
+              + ". rho_at_zero_*: the ρ at which the effect would be 0")
+    return sens, curve, method
 
 
 def _few_clusters_warning(design: Design, bootstrap: str, method: str, notes: list[str]) -> None:
