@@ -121,12 +121,8 @@ def client(scheduler: Any = None, *, n_workers: int = 2, threads_per_worker: int
         if not hasattr(scheduler, "submit") or not hasattr(scheduler, "scheduler_info"):
             raise ConfigError(f"scheduler: expected an address, 'local[:N]' or a dask.distributed.Client, got "
                               f"{type(scheduler).__name__}")
-        token = _ACTIVE.set(scheduler)
-        try:
-            with scheduler.as_current(), worker_loss_translated():
-                yield scheduler
-        finally:
-            _ACTIVE.reset(token)
+        with scheduler.as_current(), _activated(scheduler):
+            yield scheduler
         return
     address = scheduler or os.environ.get(SCHEDULER_ENV) or "local"
     local = _local_workers(address)
@@ -135,25 +131,29 @@ def client(scheduler: Any = None, *, n_workers: int = 2, threads_per_worker: int
             c = Client(address, timeout=CONNECT_TIMEOUT)
         except (OSError, TimeoutError) as exc:
             raise CausalGeomError(f"cannot reach the Dask scheduler at {address!r}: {exc}") from None
-        token = _ACTIVE.set(c)
         try:
-            with worker_loss_translated():
+            with _activated(c):
                 yield c
         finally:
-            _ACTIVE.reset(token)
             c.close()
         return
     kw: dict[str, Any] = dict(n_workers=local or n_workers, threads_per_worker=threads_per_worker,
                               processes=processes, dashboard_address=None)
     if memory_limit not in (None, "auto"):
         kw["memory_limit"] = memory_limit
-    with LocalCluster(**kw) as cluster, Client(cluster) as c:
-        token = _ACTIVE.set(c)
-        try:
-            with worker_loss_translated():
-                yield c
-        finally:
-            _ACTIVE.reset(token)
+    with LocalCluster(**kw) as cluster, Client(cluster) as c, _activated(c):
+        yield c
+
+
+@contextlib.contextmanager
+def _activated(c: Any) -> Iterator[None]:
+    """Make ``c`` the client of `active_client` inside the block; lost workers leave it as WorkerLostError."""
+    token = _ACTIVE.set(c)
+    try:
+        with worker_loss_translated():
+            yield
+    finally:
+        _ACTIVE.reset(token)
 
 
 def current_client() -> Any | None:
