@@ -317,7 +317,9 @@ benchmark's baseline in the direction of its **target** (`>= 1`: at least as fas
 target are informational). **peak RSS** is the largest resident memory of the benchmark's whole process tree
 (including Dask workers), sampled every 50 ms; **wall** includes data generation and warm-up.
 CUDA-only runs (bf16 extraction, PGD vs torchattacks on GPU, a 50,000-image CIFAR-shaped extraction) are made
-by `benchmarks/gpu_check.sh` on a GPU machine.
+by `benchmarks/gpu_check.sh` on a GPU machine. **Not run yet**: no GPU was lent to the session that built these
+benchmarks, so the CUDA paths (bf16 clean pass, pinned memory / non-blocking copies, `channels_last` training) and the
+targets "≥ 0.9× on CUDA" and "PGD ≥ 1.0× on CUDA" are unmeasured. Record its output here when it runs.
 
 ## Machine
 
