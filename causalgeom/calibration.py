@@ -368,14 +368,18 @@ def ece(ds: xr.Dataset, n_bins: int = 15, binning: str = "width", norm: str = "l
     _check_choice("binning", binning, BINNINGS)
     _check_choice("norm", norm, NORMS)
     t = _check_temperature(temperature)
-    if binning == "width":
-        vec = compute(_lazy_run_stats(ds, n_bins, t, "ece"))[0]
-        stats = np.asarray(vec)[_HEAD:].reshape(3, n_bins)
-    else:
-        conf, correct, _, _ = _vectors(ds, t, "ece")
-        stats = _mass_bin_stats(conf, correct, n_bins)[0]
+    stats = _binned_stats(ds, n_bins, binning, t, "ece")
     return _scalar(_calibration_error(stats, norm), "ece", n_bins=n_bins, binning=binning, norm=norm,
                    temperature=t)
+
+
+def _binned_stats(ds: xr.Dataset, n_bins: int, binning: str, t: float, what: str) -> np.ndarray:
+    """Per-bin (count, sum of confidence, sum of correct), shape (3, n_bins), for equal-width or equal-mass bins."""
+    if binning == "width":
+        vec = compute(_lazy_run_stats(ds, n_bins, t, what))[0]
+        return np.asarray(vec)[_HEAD:].reshape(3, n_bins)
+    conf, correct, _, _ = _vectors(ds, t, what)
+    return _mass_bin_stats(conf, correct, n_bins)[0]
 
 
 def signed_ece(ds: xr.Dataset, n_bins: int = 15, binning: str = "width", *, temperature: float = 1.0) -> xr.DataArray:
@@ -394,12 +398,7 @@ def signed_ece(ds: xr.Dataset, n_bins: int = 15, binning: str = "width", *, temp
     n_bins = _check_bins(n_bins)
     _check_choice("binning", binning, BINNINGS)
     t = _check_temperature(temperature)
-    if binning == "width":
-        vec = compute(_lazy_run_stats(ds, n_bins, t, "signed_ece"))[0]
-        stats = np.asarray(vec)[_HEAD:].reshape(3, n_bins)
-    else:
-        conf, correct, _, _ = _vectors(ds, t, "signed_ece")
-        stats = _mass_bin_stats(conf, correct, n_bins)[0]
+    stats = _binned_stats(ds, n_bins, binning, t, "signed_ece")
     return _scalar(_calibration_error(stats, "signed"), "signed_ece", n_bins=n_bins, binning=binning,
                    temperature=t)
 
