@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import causalgeom as cg
+from tests._numerics import BOUNDARY_ATOL, assert_decisions_agree
 from causalgeom.attacks import FGSM, PGD, REFERENCE, STANDARD_EPS, Transfer, margin, parse_attack, parse_eps, sweep
 from causalgeom.errors import ConfigError
 
@@ -215,7 +216,9 @@ def test_sweep_equals_cumulative_direct_attacks(model, batch):
         clean_ok = (model(x).argmax(1) == y).numpy()
         direct = np.stack([(model(pgd.perturb(model, x, y, e)).argmax(1) == y).numpy() for e in eps])
     expected = np.logical_and.accumulate(direct & clean_ok, axis=0)
-    np.testing.assert_array_equal(out["adv_correct"][0], expected)
+    # the sweep attacks only the survivors (another batch shape, another kernel): decisions may differ
+    # only next to the boundary
+    assert_decisions_agree(out["adv_correct"][0], expected, out["adv_margin"][0])
 
 
 def test_sweep_batched_equals_unbatched(model, batch):
@@ -223,8 +226,10 @@ def test_sweep_batched_equals_unbatched(model, batch):
     pgd = PGD("linf", steps=2, random_start=False)
     a = sweep(model, x, y, pgd, [2 / 255, 8 / 255])
     b = sweep(model, x, y, pgd, [2 / 255, 8 / 255], batch_size=10)
-    np.testing.assert_array_equal(a["adv_correct"], b["adv_correct"])
-    np.testing.assert_allclose(a["adv_margin"], b["adv_margin"], rtol=1e-5, atol=1e-5)
+    # batches of 10 vs all at once: another summation order (F32 tolerance); decisions agree off the boundary
+    assert_decisions_agree(a["adv_correct"], b["adv_correct"], a["adv_margin"])
+    close = np.abs(a["adv_margin"]) > BOUNDARY_ATOL
+    np.testing.assert_allclose(a["adv_margin"][close], b["adv_margin"][close], rtol=1e-4, atol=1e-4)
 
 
 def test_sweep_restores_train_mode(batch):
@@ -260,8 +265,11 @@ def test_transfer_crafts_on_source_evaluates_on_target(batch):
         clean_ok = (target(x).argmax(1) == y).numpy()
         direct = np.stack([(target(pgd.perturb(source, x, y, e)).argmax(1) == y).numpy() for e in eps])
         white = np.stack([(target(pgd.perturb(target, x, y, e)).argmax(1) == y).numpy() for e in eps])
-    np.testing.assert_array_equal(out["adv_correct"][0], np.logical_and.accumulate(direct & clean_ok, axis=0))
-    np.testing.assert_array_equal(out["adv_correct"][1], np.logical_and.accumulate(white & clean_ok, axis=0))
+    # survivors-only batches vs whole-batch direct attacks: decisions agree off the boundary
+    assert_decisions_agree(out["adv_correct"][0], np.logical_and.accumulate(direct & clean_ok, axis=0),
+                           out["adv_margin"][0])
+    assert_decisions_agree(out["adv_correct"][1], np.logical_and.accumulate(white & clean_ok, axis=0),
+                           out["adv_margin"][1])
     # the transfer examples are the source attack's examples
     torch.testing.assert_close(tr.perturb(target, x, y, 4 / 255), pgd.perturb(source, x, y, 4 / 255))
 
