@@ -24,7 +24,8 @@ __version__ = "0.1.0"
 #: Sub-modules imported on first use; `extract` and `report` are callable modules (``cg.extract(...)``,
 #: ``cg.report(...)`` call their main function).
 _SUBMODULES = ("geometry", "calibration", "robustness", "summary", "causal", "interventions", "attacks", "train",
-               "data", "models", "extract", "report", "table", "demo", "distributed", "adapters", "store")
+               "data", "models", "extract", "report", "table", "demo", "distributed", "adapters", "store",
+               "testing")
 
 __all__ = [
     "CausalGeomError", "ConfigError", "DumpImportError", "HeadMissingError", "IncompleteStoreError",

@@ -14,9 +14,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import xarray as xr
 
+from ._util.dask import compute_arrays
 from .errors import SchemaError
 
-__all__ = ["is_dask", "raw", "sample_reduce", "compute", "check_dataset", "require_vars", "NUMPY_BLOCK_ROWS"]
+__all__ = ["is_dask", "raw", "sample_reduce", "compute", "check_run", "require_vars", "NUMPY_BLOCK_ROWS"]
 
 #: Rows per block when a numpy array is reduced block by block (bounds temporaries).
 NUMPY_BLOCK_ROWS = 1 << 15
@@ -136,9 +137,7 @@ def compute(*objs: Any) -> tuple[Any, ...]:
         raise AssertionError(tag)  # pragma: no cover
 
     specs = [collect(o) for o in objs]
-    from .distributed import compute as _compute  # on the active Dask cluster, if any; worker loss -> WorkerLostError
-
-    values = _compute(*arrays)
+    values = compute_arrays(*arrays)  # on the active Dask cluster, if any; worker loss -> WorkerLostError
     return tuple(rebuild(s, values) for s in specs)
 
 
@@ -154,7 +153,7 @@ def _is_lazy(obj: Any) -> bool:
     return is_dask(obj)
 
 
-def check_dataset(ds: Any, what: str) -> xr.Dataset:
+def check_run(ds: Any, what: str) -> xr.Dataset:
     """Return ``ds`` if it is an xarray Dataset, else raise :class:`SchemaError` naming ``what``."""
     if not isinstance(ds, xr.Dataset):
         raise SchemaError(f"{what}: expected an xarray.Dataset holding one schema-v1 run, got {type(ds).__name__}")
@@ -163,7 +162,7 @@ def check_dataset(ds: Any, what: str) -> xr.Dataset:
 
 def require_vars(ds: xr.Dataset, names: Sequence[str], what: str) -> None:
     """Raise :class:`SchemaError` if any variable in ``names`` is missing from ``ds``."""
-    check_dataset(ds, what)
+    check_run(ds, what)
     missing = [n for n in names if n not in ds.variables]
     if missing:
         raise SchemaError(f"{what} needs variable(s) {missing}, which this dump does not have "

@@ -31,7 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._util.checks import check_choice
+from ._util.torch import autocast as _autocast
 from .errors import ConfigError
+from .models import _Capture, find_head
+from .models import eval_mode as _eval_mode
 
 __all__ = [
     "Attack",
@@ -100,11 +104,12 @@ def _loss(z: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 def _check_choice(arg: str, value: Any, allowed: Sequence[str]) -> str:
+    """Case-insensitive `check_choice` that also accepts the spellings ``inf``/``l_inf``/``linfty`` of ``linf``."""
     v = str(value).lower()
     if v in ("inf", "l_inf", "linfty") and "linf" in allowed:
         v = "linf"
     if v not in allowed:
-        raise ConfigError(f"{arg}: expected one of {list(allowed)}, got {value!r}")
+        check_choice(value, arg, allowed)  # raises ConfigError listing the allowed values
     return v
 
 
@@ -155,19 +160,6 @@ def _frozen(model: nn.Module) -> Iterator[None]:
     finally:
         for p in params:
             p.requires_grad_(True)
-
-
-@contextlib.contextmanager
-def _eval_mode(*models: nn.Module) -> Iterator[None]:
-    """Put ``models`` (and every submodule) in eval mode, restoring each module's flag afterwards."""
-    saved = [(m, m.training) for model in models for m in model.modules()]
-    for model in models:
-        model.eval()
-    try:
-        yield
-    finally:
-        for m, flag in saved:
-            m.training = flag
 
 
 # --------------------------------------------------------------------------------------------
@@ -730,39 +722,6 @@ def resolve(attacks: Any, eps: Any = None) -> tuple[list[Attack], list[float]]:
 # --------------------------------------------------------------------------------------------
 # the sweep
 # --------------------------------------------------------------------------------------------
-class _Capture:
-    """Forward pre-hook on the head storing its exact input while ``active``."""
-
-    def __init__(self, head: nn.Module):
-        self.head = head
-        self.active = False
-        self.value: torch.Tensor | None = None
-        self.calls = 0
-        self._handle = head.register_forward_pre_hook(self._hook)
-
-    def _hook(self, module: nn.Module, args: tuple) -> None:
-        if self.active:
-            self.calls += 1
-            self.value = args[0]
-
-    @contextlib.contextmanager
-    def on(self) -> Iterator["_Capture"]:
-        self.active, self.value, self.calls = True, None, 0
-        try:
-            yield self
-        finally:
-            self.active = False
-
-    def remove(self) -> None:
-        self._handle.remove()
-
-
-def _autocast(device: torch.device, enabled: bool):
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
 def _evaluate(model: nn.Module, x: torch.Tensor, capture: _Capture | None, amp: bool
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits (fp32) and, with ``capture``, head inputs (fp32) of ``x`` (no grad).
@@ -873,7 +832,7 @@ def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Any, eps:
     return_features : bool
         Also return ``adv_features`` (head inputs) and ``adv_logits``.
     head : str, optional
-        Qualified name of the final linear layer (default: found by ``cg.extract.find_head``).
+        Qualified name of the final linear layer (default: found by ``cg.models.find_head``).
     generator : torch.Generator, optional
         Source of all randomness (default: a fresh generator seeded with 0).
     batch_size : int, optional
@@ -909,8 +868,6 @@ def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Any, eps:
         atk.to(x.device)
     capture = None
     if return_features:
-        from .extract import find_head
-
         _, head_mod = find_head(model, head)
         capture = _Capture(head_mod)
     if generator is None:

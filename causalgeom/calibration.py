@@ -19,7 +19,9 @@ from typing import Any, Callable
 import numpy as np
 import xarray as xr
 
-from ._blocks import check_dataset, compute, is_dask, raw, require_vars, sample_reduce
+from ._blocks import check_run, compute, is_dask, raw, require_vars, sample_reduce
+from ._util.checks import check_choice
+from ._util.rng import check_random_state
 from .errors import SchemaError
 
 __all__ = [
@@ -58,12 +60,6 @@ def _check_bins(n_bins: Any) -> int:
     if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
         raise ValueError(f"n_bins: expected a positive integer, got {n_bins!r}")
     return int(n_bins)
-
-
-def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise ValueError(f"{name}: expected one of {list(allowed)}, got {value!r}")
-    return value
 
 
 def _check_temperature(temperature: Any) -> float:
@@ -293,7 +289,7 @@ def per_sample(ds: xr.Dataset, *, temperature: float = 1.0) -> xr.Dataset:
     Guo et al., "On Calibration of Modern Neural Networks", ICML 2017. Brier, "Verification of
     forecasts expressed in terms of probability", Monthly Weather Review 78, 1950.
     """
-    check_dataset(ds, "per_sample")
+    check_run(ds, "per_sample")
     t = _check_temperature(temperature)
     require_vars(ds, ("logits", "label"), "per_sample")
     logits = ds["logits"]
@@ -318,13 +314,13 @@ def per_sample(ds: xr.Dataset, *, temperature: float = 1.0) -> xr.Dataset:
 # ----------------------------------------------------------------------------------------------
 def accuracy(ds: xr.Dataset) -> xr.DataArray:
     """Top-1 accuracy (0-d DataArray): mean over samples of argmax(logits) == label."""
-    stats = compute(_lazy_run_stats(check_dataset(ds, "accuracy"), 1, what="accuracy"))[0]
+    stats = compute(_lazy_run_stats(check_run(ds, "accuracy"), 1, what="accuracy"))[0]
     return _scalar(_finish_run_stats(stats, 1)["accuracy"], "accuracy")
 
 
 def mean_confidence(ds: xr.Dataset, *, temperature: float = 1.0) -> xr.DataArray:
     """Mean over samples of max_k softmax(z / T)_k (0-d DataArray)."""
-    stats = compute(_lazy_run_stats(check_dataset(ds, "mean_confidence"), 1, _check_temperature(temperature)))[0]
+    stats = compute(_lazy_run_stats(check_run(ds, "mean_confidence"), 1, _check_temperature(temperature)))[0]
     return _scalar(_finish_run_stats(stats, 1)["mean_confidence"], "mean_confidence")
 
 
@@ -363,10 +359,10 @@ def ece(ds: xr.Dataset, n_bins: int = 15, binning: str = "width", norm: str = "l
     Naeini et al., AAAI 2015; Guo et al., ICML 2017 (ECE, MCE); Kumar et al., NeurIPS 2019 (l2);
     Nixon et al., "Measuring Calibration in Deep Learning", CVPR-W 2019 (adaptive bins).
     """
-    check_dataset(ds, "ece")
+    check_run(ds, "ece")
     n_bins = _check_bins(n_bins)
-    _check_choice("binning", binning, BINNINGS)
-    _check_choice("norm", norm, NORMS)
+    check_choice(binning, "binning", BINNINGS)
+    check_choice(norm, "norm", NORMS)
     t = _check_temperature(temperature)
     stats = _binned_stats(ds, n_bins, binning, t, "ece")
     return _scalar(_calibration_error(stats, norm), "ece", n_bins=n_bins, binning=binning, norm=norm,
@@ -394,9 +390,9 @@ def signed_ece(ds: xr.Dataset, n_bins: int = 15, binning: str = "width", *, temp
     xarray.DataArray
         0-d, float64.
     """
-    check_dataset(ds, "signed_ece")
+    check_run(ds, "signed_ece")
     n_bins = _check_bins(n_bins)
-    _check_choice("binning", binning, BINNINGS)
+    check_choice(binning, "binning", BINNINGS)
     t = _check_temperature(temperature)
     stats = _binned_stats(ds, n_bins, binning, t, "signed_ece")
     return _scalar(_calibration_error(stats, "signed"), "signed_ece", n_bins=n_bins, binning=binning,
@@ -425,9 +421,9 @@ def classwise_ece(ds: xr.Dataset, n_bins: int = 15, norm: str = "l1", *, per_cla
     ----------
     Kull et al., "Beyond temperature scaling", NeurIPS 2019 (classwise-ECE); Nixon et al. 2019 (SCE).
     """
-    check_dataset(ds, "classwise_ece")
+    check_run(ds, "classwise_ece")
     n_bins = _check_bins(n_bins)
-    _check_choice("norm", norm, NORMS)
+    check_choice(norm, "norm", NORMS)
     t = _check_temperature(temperature)
     logits, labels = _inputs(ds, "classwise_ece")
     K = int(ds.sizes["class"])
@@ -442,13 +438,13 @@ def classwise_ece(ds: xr.Dataset, n_bins: int = 15, norm: str = "l1", *, per_cla
 
 def nll(ds: xr.Dataset, *, temperature: float = 1.0) -> xr.DataArray:
     """Mean negative log-likelihood ``−(1/n) sum_i log softmax(z_i / T)_{y_i}`` (0-d; natural log)."""
-    vec = compute(_lazy_run_stats(check_dataset(ds, "nll"), 1, _check_temperature(temperature), "nll"))[0]
+    vec = compute(_lazy_run_stats(check_run(ds, "nll"), 1, _check_temperature(temperature), "nll"))[0]
     return _scalar(_finish_run_stats(vec, 1)["nll"], "nll", temperature=float(temperature))
 
 
 def brier(ds: xr.Dataset, *, temperature: float = 1.0) -> xr.DataArray:
     """Mean multiclass Brier score ``(1/n) sum_i sum_k (p_ik − 1[k = y_i])²`` (0-d; in [0, 2]; Brier 1950)."""
-    vec = compute(_lazy_run_stats(check_dataset(ds, "brier"), 1, _check_temperature(temperature), "brier"))[0]
+    vec = compute(_lazy_run_stats(check_run(ds, "brier"), 1, _check_temperature(temperature), "brier"))[0]
     return _scalar(_finish_run_stats(vec, 1)["brier"], "brier", temperature=float(temperature))
 
 
@@ -463,9 +459,9 @@ def reliability(ds: xr.Dataset, n_bins: int = 15, binning: str = "width", *, tem
         ``bin_upper`` (the bin edges for ``"width"``; the lowest / highest confidence in the
         bin for ``"mass"``). Bins as in `ece`.
     """
-    check_dataset(ds, "reliability")
+    check_run(ds, "reliability")
     n_bins = _check_bins(n_bins)
-    _check_choice("binning", binning, BINNINGS)
+    check_choice(binning, "binning", BINNINGS)
     t = _check_temperature(temperature)
     if binning == "width":
         vec = compute(_lazy_run_stats(ds, n_bins, t, "reliability"))[0]
@@ -536,7 +532,7 @@ def fit_temperature(calib_ds: xr.Dataset, *, bounds: tuple[float, float] = (1e-3
     ----------
     Guo et al., "On Calibration of Modern Neural Networks", ICML 2017 (temperature scaling).
     """
-    check_dataset(calib_ds, "fit_temperature")
+    check_run(calib_ds, "fit_temperature")
     logits, labels = _inputs(calib_ds, "fit_temperature")
     t_lo, t_hi = (float(b) for b in bounds)
     if not (0 < t_lo < t_hi < math.inf):
@@ -623,21 +619,18 @@ def bootstrap_ci(ds: xr.Dataset, metric: str | Callable[[xr.Dataset], Any], n_bo
         0-d variables ``estimate`` (metric on all samples), ``low``, ``high``, and ``std``
         (bootstrap standard error); attrs ``metric``, ``level``, ``n_boot``, ``method``.
     """
-    check_dataset(ds, "bootstrap_ci")
+    check_run(ds, "bootstrap_ci")
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 2:
         raise ValueError(f"n_boot: expected an integer >= 2, got {n_boot!r}")
     if not (0 < float(level) < 1):
         raise ValueError(f"level: expected a number in (0, 1), got {level!r}")
-    if rng is None or isinstance(rng, (int, np.integer)):
-        rng = np.random.default_rng(rng)
-    elif not isinstance(rng, np.random.Generator):
-        raise ValueError(f"rng: expected a numpy.random.Generator, an int seed or None, got {type(rng).__name__}")
+    rng = check_random_state(rng)
     n_bins = _check_bins(n_bins)
-    _check_choice("binning", binning, BINNINGS)
-    _check_choice("norm", norm, NORMS)
+    check_choice(binning, "binning", BINNINGS)
+    check_choice(norm, "norm", NORMS)
     n = int(ds.sizes.get("sample", 0))
     if isinstance(metric, str):
-        _check_choice("metric", metric, BOOTSTRAP_METRICS)
+        check_choice(metric, "metric", BOOTSTRAP_METRICS)
         conf, correct, nl, br = _vectors(ds, _check_temperature(temperature), "bootstrap_ci")
         correct = correct.astype(np.float64)
 
@@ -740,8 +733,8 @@ def ece_from_probs(probs: Any, labels: Any, n_bins: int = 15, binning: str = "wi
     if x.shape[0] == 0:
         raise SchemaError("probs: no samples (shape (0, K))")
     n_bins = _check_bins(n_bins)
-    _check_choice("binning", binning, BINNINGS)
-    _check_choice("norm", norm, NORMS)
+    check_choice(binning, "binning", BINNINGS)
+    check_choice(norm, "norm", NORMS)
     if binning == "width":
         stats = np.asarray(compute(sample_reduce(lambda a, b: _top_label_bin_block(a, b, n_bins), x, y,
                                                  shape=(3, n_bins)))[0])

@@ -22,187 +22,29 @@ See ``docs/scaling_out.md`` for what runs where.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
 import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from .errors import CausalGeomError, ConfigError, IncompleteStoreError, QueryError, StoreLockedError
+# The cluster (client blocks, the active client, worker-loss translation) lives in `causalgeom._util.dask`, below
+# every layer that computes; `compute` is the one xarray-aware compute of `causalgeom._blocks`; the one grid
+# runner is `causalgeom.train.run_grid`. Re-exported here as the public scale-out API.
+from ._blocks import compute
+from ._util.dask import CONNECT_TIMEOUT, SCHEDULER_ENV, active_client, client, current_client, worker_loss_translated
+from .errors import ConfigError, IncompleteStoreError, QueryError, WorkerLostError
 
 __all__ = [
     "client", "compute", "current_client", "active_client", "worker_loss_translated", "WorkerLostError",
-    "SCHEDULER_ENV", "RankInfo", "torchrun_env", "rank_device", "barrier", "extract", "extract_study", "run_grid",
+    "SCHEDULER_ENV", "CONNECT_TIMEOUT", "RankInfo", "torchrun_env", "rank_device", "barrier", "extract", "extract_study", "run_grid",
     "SAMPLE_MOMENT_COLUMNS", "RunMoments", "run_moments", "mediate_study",
 ]
 
 log = logging.getLogger(__name__)
-
-#: Environment variable read when no ``scheduler`` is given: a scheduler address (``tcp://host:8786``) or
-#: ``local`` / ``local:N`` (a LocalCluster with N workers).
-SCHEDULER_ENV = "CAUSALGEOM_SCHEDULER"
-
-#: How long :func:`client` tries to reach a scheduler address before giving up.
-CONNECT_TIMEOUT = "20s"
-
-#: The client of the innermost :func:`client` block (training grids dispatch to it).
-_ACTIVE: contextvars.ContextVar[Any] = contextvars.ContextVar("causalgeom_dask_client", default=None)
-
-#: Dask exception class names that mean "a worker died (and the task could not be finished elsewhere)".
-_WORKER_LOSS = ("KilledWorker", "CommClosedError", "FutureCancelledError", "WorkerLost")
-
-
-class WorkerLostError(CausalGeomError, RuntimeError):
-    """A Dask worker died while computing and the task could not be completed elsewhere."""
-
-
-# ============================================================================================
-# the cluster
-# ============================================================================================
-def _local_workers(address: str) -> int | None:
-    """``"local"`` -> default worker count, ``"local:N"`` -> N; None for a real address."""
-    if address == "local":
-        return 0
-    if address.startswith("local:"):
-        try:
-            n = int(address.split(":", 1)[1])
-        except ValueError:
-            n = -1
-        if n < 1:
-            raise ConfigError(f"scheduler: expected 'local', 'local:N' with N >= 1, or an address such as "
-                              f"tcp://host:8786, got {address!r}")
-        return n
-    return None
-
-
-@contextlib.contextmanager
-def client(scheduler: Any = None, *, n_workers: int = 2, threads_per_worker: int = 1,
-           memory_limit: str | int | None = "auto", processes: bool = True) -> Iterator[Any]:
-    """Use a Dask cluster for every causalgeom computation inside the ``with`` block.
-
-    Parameters
-    ----------
-    scheduler : str or dask.distributed.Client, optional
-        Address of a running scheduler (``tcp://host:8786``), ``"local"`` / ``"local:N"`` (start a
-        ``LocalCluster``, with N workers), or an existing Client (used as is, not closed). Default:
-        the ``CAUSALGEOM_SCHEDULER`` environment variable, else a new ``LocalCluster``.
-    n_workers, threads_per_worker, memory_limit, processes
-        Passed to ``dask.distributed.LocalCluster`` when one is started (``memory_limit`` per worker;
-        None or ``"auto"``: the machine's memory divided among the workers). A worker that imports torch
-        (interventions, training) holds about 0.8 GiB before it computes anything; Dask pauses a worker at
-        80% of its limit, so do not go below about 2 GiB for those.
-
-    Notes
-    -----
-    Worker processes are started with ``spawn``: a script that opens a LocalCluster at import time must
-    guard it with ``if __name__ == "__main__":``.
-
-    Yields
-    ------
-    dask.distributed.Client
-        The default client inside the block: ``dask.compute`` (and so every causalgeom metric, the
-        study table, interventions, :func:`mediate_study`) runs on it, and
-        :func:`causalgeom.train.run_grid` dispatches its runs to it. Dask's worker-loss errors
-        (``KilledWorker``, ...) leaving the block become :class:`WorkerLostError`.
-
-    Raises
-    ------
-    CausalGeomError
-        The scheduler cannot be reached.
-    """
-    from dask.distributed import Client, LocalCluster
-
-    if scheduler is not None and not isinstance(scheduler, str):
-        if not hasattr(scheduler, "submit") or not hasattr(scheduler, "scheduler_info"):
-            raise ConfigError(f"scheduler: expected an address, 'local[:N]' or a dask.distributed.Client, got "
-                              f"{type(scheduler).__name__}")
-        with scheduler.as_current(), _activated(scheduler):
-            yield scheduler
-        return
-    address = scheduler or os.environ.get(SCHEDULER_ENV) or "local"
-    local = _local_workers(address)
-    if local is None:
-        try:
-            c = Client(address, timeout=CONNECT_TIMEOUT)
-        except (OSError, TimeoutError) as exc:
-            raise CausalGeomError(f"cannot reach the Dask scheduler at {address!r}: {exc}") from None
-        try:
-            with _activated(c):
-                yield c
-        finally:
-            c.close()
-        return
-    kw: dict[str, Any] = dict(n_workers=local or n_workers, threads_per_worker=threads_per_worker,
-                              processes=processes, dashboard_address=None)
-    if memory_limit not in (None, "auto"):
-        kw["memory_limit"] = memory_limit
-    with LocalCluster(**kw) as cluster, Client(cluster) as c, _activated(c):
-        yield c
-
-
-@contextlib.contextmanager
-def _activated(c: Any) -> Iterator[None]:
-    """Make ``c`` the client of `active_client` inside the block; lost workers leave it as WorkerLostError."""
-    token = _ACTIVE.set(c)
-    try:
-        with worker_loss_translated():
-            yield
-    finally:
-        _ACTIVE.reset(token)
-
-
-def current_client() -> Any | None:
-    """The default ``dask.distributed.Client``, or None (then dask's local threaded scheduler is used)."""
-    try:
-        from dask.distributed import default_client
-    except ImportError:  # pragma: no cover - distributed is a dependency
-        return None
-    try:
-        return default_client()
-    except ValueError:
-        return None
-
-
-def active_client() -> Any | None:
-    """The client of the innermost :func:`client` block, or None outside one."""
-    c = _ACTIVE.get()
-    if c is not None and getattr(c, "status", "running") in ("closed", "closing"):
-        return None
-    return c
-
-
-def _is_worker_loss(exc: BaseException) -> bool:
-    return type(exc).__name__ in _WORKER_LOSS
-
-
-@contextlib.contextmanager
-def worker_loss_translated(what: str = "the computation") -> Iterator[None]:
-    """Turn Dask's worker-loss exceptions raised inside the block into :class:`WorkerLostError`."""
-    try:
-        yield
-    except WorkerLostError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - only Dask's worker-loss errors are translated
-        if _is_worker_loss(exc):
-            raise WorkerLostError(f"a Dask worker died during {what} and the task could not be finished elsewhere "
-                                  f"({type(exc).__name__}: {exc}); nothing was written — re-run the command "
-                                  "(raise distributed.scheduler.allowed-failures, or give workers more memory "
-                                  "if they were killed for using too much)") from None
-        raise
-
-
-def compute(*objs: Any) -> tuple[Any, ...]:
-    """``dask.compute(*objs)``, on the active cluster if any, turning a lost worker into :class:`WorkerLostError`."""
-    import dask
-
-    with worker_loss_translated():
-        return tuple(dask.compute(*objs))
-
 
 # ============================================================================================
 # torch.distributed: one shard of every store per rank
@@ -245,10 +87,12 @@ def rank_device(device: Any = "auto", info: RankInfo | None = None) -> str:
     """The device of this rank: ``"cuda"`` / ``"auto"`` (with CUDA) -> ``cuda:LOCAL_RANK``; others unchanged."""
     import torch
 
+    from ._util.torch import device as _device
+
     info = info or torchrun_env()
     text = str(device)
     if text == "auto":
-        text = "cuda" if torch.cuda.is_available() else "cpu"
+        text = _device("auto").type
     if text == "cuda":
         if torch.cuda.is_available() and info.local_rank >= torch.cuda.device_count():
             raise ConfigError(f"device: LOCAL_RANK={info.local_rank} but this host has "
@@ -371,33 +215,15 @@ def extract_study(runs_dir: str | os.PathLike, study_dir: str | os.PathLike | No
 # ============================================================================================
 # training grids on a Dask cluster
 # ============================================================================================
-def _train_task(config: dict[str, Any], out_dir: str) -> str:
-    """Worker side of :func:`run_grid`: train (or resume) one run; returns the run folder."""
-    from .train import TrainConfig, train_run
-
-    return str(train_run(TrainConfig.from_dict(config), out_dir, progress=False))
-
-
-@contextlib.contextmanager
-def _using(scheduler: Any) -> Iterator[Any]:
-    if scheduler is None or scheduler is True:
-        c = active_client()
-        if c is not None:
-            yield c
-            return
-        scheduler = None
-    with client(scheduler) as c:
-        yield c
-
-
 def run_grid(grid: Any, out_dir: str | os.PathLike, progress: bool = False, *,
              overrides: Mapping[str, Any] | None = None, scheduler: Any = None) -> list[Path]:
     """Train every run of ``grid`` on a Dask cluster, one :func:`causalgeom.train.train_run` per task.
 
-    Same contract as :func:`causalgeom.train.run_grid` (every run validated before any starts,
-    ``OUT/runs/RUN_ID`` folders, finished runs skipped, partial ones resumed, a run locked by another
-    process skipped with a warning); the runs go to the workers at once (``pure=False``) and are
-    gathered as they finish. Workers must see ``out_dir`` (shared file system on a real cluster).
+    `causalgeom.train.run_grid` (the one grid runner) with a cluster by default: ``scheduler=None`` means the
+    client of the enclosing :func:`client` block, else a new LocalCluster for this call (``train.run_grid``'s
+    ``scheduler=True``). Same contract otherwise: every run validated before any starts, ``OUT/runs/RUN_ID``
+    folders, finished runs skipped, partial ones resumed, a run locked by another process skipped with a
+    warning. Workers must see ``out_dir`` (shared file system on a real cluster).
 
     Parameters
     ----------
@@ -408,8 +234,7 @@ def run_grid(grid: Any, out_dir: str | os.PathLike, progress: bool = False, *,
     overrides : dict, optional
         Shared TrainConfig fields replacing the grid's.
     scheduler : str or Client, optional
-        As in :func:`client`; default: the client of the enclosing :func:`client` block, else a new
-        LocalCluster for this call.
+        As in :func:`client`.
 
     Returns
     -------
@@ -423,54 +248,9 @@ def run_grid(grid: Any, out_dir: str | os.PathLike, progress: bool = False, *,
     WorkerLostError
         A run kept killing its worker (finished runs are kept; re-run to resume the others).
     """
-    import json
+    from .train import run_grid as _run_grid
 
-    from . import train
-
-    if not isinstance(grid, train.GridConfig):
-        grid = train.load_grid(grid)
-    configs = grid.expand(**dict(overrides or {}))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    train._atomic_write_bytes(out / "grid.json", json.dumps(grid.to_dict(), indent=2).encode())
-    dirs = [out / "runs" / str(cfg.run_id) for cfg in configs]
-    todo = [cfg for cfg, d in zip(configs, dirs) if train.run_status(d) != "done"]
-    for cfg in configs:
-        if cfg not in todo:
-            log.info("skip %s (done)", cfg.run_id)
-    if not todo:
-        return dirs
-    from dask.distributed import as_completed
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(todo), desc=f"grid {grid.name} (dask)", unit="run", dynamic_ncols=True)
-    first: BaseException | None = None
-    try:
-        with _using(scheduler) as c:
-            futures = {c.submit(_train_task, cfg.to_dict(), str(out), pure=False,
-                                key=f"causalgeom-train-{cfg.run_id}-{os.urandom(4).hex()}"): cfg for cfg in todo}
-            for fut in as_completed(futures):
-                cfg = futures[fut]
-                try:
-                    with worker_loss_translated(f"training run {cfg.run_id!r}"):
-                        fut.result()
-                except StoreLockedError as exc:
-                    warnings.warn(f"skip {cfg.run_id}: {exc}", RuntimeWarning, stacklevel=2)
-                except BaseException as exc:  # noqa: BLE001 - re-raised after the other runs finished
-                    log.error("run %s failed: %s", cfg.run_id, exc)
-                    first = first or exc
-                if bar is not None:
-                    bar.set_postfix_str(cfg.run_id)
-                    bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-    if first is not None:
-        raise first
-    return dirs
+    return _run_grid(grid, out_dir, progress, overrides=overrides, scheduler=True if scheduler is None else scheduler)
 
 
 # ============================================================================================
@@ -704,7 +484,8 @@ def mediate_study(study: Any, *, treatment: str, mediators: str | Sequence[str],
                   control: Any = None, treated: Any = None, covariates: Sequence[str] = (), n_boot: int = 1000,
                   rng: np.random.Generator | int | None = None, ci_level: float = 0.95, interaction: bool = False,
                   ordered: bool = False, treatment_type: str = "auto", center: str = "minimal_loss",
-                  run_ids: Sequence[str] | None = None) -> Any:
+                  run_ids: Sequence[str] | None = None, inference: str | None = None, bootstrap: str | None = None,
+                  paired_by: str | None = "auto", estimand: str = "auto") -> Any:
     """``cg.causal.mediate(study.to_frame(), ..., cluster="run_id")`` without building the per-sample table.
 
     The regression estimator with a linear outcome model and the cluster bootstrap need only each
@@ -722,9 +503,17 @@ def mediate_study(study: Any, *, treatment: str, mediators: str | Sequence[str],
     mediators, outcome, covariates
         Per-sample numeric columns of the study table (see :func:`run_moments`); covariates may also
         be ``strength`` / ``seed``.
-    control, treated, n_boot, rng, ci_level, interaction, ordered, treatment_type
+    control, treated, n_boot, rng, ci_level, interaction, ordered, treatment_type, inference
         As in :func:`causalgeom.causal.mediate` (``method="regression"``, ``outcome_model="linear"``,
-        ``bootstrap="cluster"``, ``cluster="run_id"``, ``level="sample"``).
+        ``cluster="run_id"``, ``level="sample"``); ``inference`` "cr2", "permutation" or "bootstrap"
+        (``bootstrap="cluster"`` only: the other schemes need the rows).
+    paired_by : {"auto", "sample"} or None
+        Pairing by image is not available out of core: image fixed effects need, for every run, the
+        cross-moments of its rows with the per-image means over all runs (a second pass over the chunks
+        with an n_images accumulator), which is not implemented. ``"auto"`` and None give the unpaired
+        analysis, stated in ``result.design``; ``"sample"`` raises `QueryError`.
+    estimand : {"auto", "runs"}
+        Only the effect over runs (the model-conditional estimand needs the per-image rows).
     center : str
         Class centers of the cosine columns.
     run_ids : list of str, optional
@@ -744,12 +533,22 @@ def mediate_study(study: Any, *, treatment: str, mediators: str | Sequence[str],
     import pandas as pd
 
     from .causal._design import build_design
-    from .causal.mediation import (P_VALUE_METHOD, _as_rng, _check_options, _estimator_text, _few_clusters_warning,
-                                   _replicates, _resampling_text, bootstrap_pvalue, percentile_ci,
-                                   rho_sensitivity_table, summary_rows)
-    from .causal.results import MediationResult
+    from .causal.mediation import (_as_rng, _check_options, _estimator_text, build_result, resolve_inference,
+                                   run_inference)
 
-    _check_options("regression", "cluster", "linear", n_boot, ci_level)
+    inference, bootstrap = resolve_inference(inference, bootstrap)
+    _check_options("regression", bootstrap, "linear", n_boot, ci_level, inference, paired_by, estimand)
+    if paired_by == "sample":
+        raise QueryError("paired_by='sample': mediate_study cannot pair runs by image out of core (image fixed "
+                         "effects need every run's cross-moments with the per-image means, not implemented); use "
+                         "cg.causal.mediate(study.to_frame(), paired_by='sample') or paired_by=None here")
+    if estimand == "model":
+        raise QueryError("estimand='model': mediate_study supports the effect over runs only (inference over "
+                         "images needs the per-image rows); use cg.causal.mediate(study.to_frame(), "
+                         "estimand='model')")
+    if inference == "bootstrap" and bootstrap != "cluster":
+        raise QueryError(f"bootstrap={bootstrap!r}: mediate_study supports bootstrap='cluster' only (the other "
+                         "schemes resample rows)")
     rng = _as_rng(rng)
     study = _as_study(study)
     ids = list(study.run_ids if run_ids is None else run_ids)
@@ -773,7 +572,7 @@ def mediate_study(study: Any, *, treatment: str, mediators: str | Sequence[str],
     runs_table["seed"] = pd.array(list(runs_table["seed"]), dtype="Int64")
     meta = build_design(runs_table, treatment=treatment, mediators=mediators, outcome=outcome, control=control,
                         treated=treated, covariates=covariates, cluster="run_id", treatment_type=treatment_type,
-                        level="sample", bootstrap="cluster", outcome_model="linear")
+                        level="sample", bootstrap="cluster", outcome_model="linear", estimand="runs")
     if treatment not in ("regularizer", "strength", "seed"):
         raise QueryError(f"treatment {treatment!r}: mediate_study needs a run-level treatment ('regularizer', "
                          "'strength' or 'seed'); per-sample treatments need cg.causal.mediate on the table")
@@ -805,42 +604,27 @@ def mediate_study(study: Any, *, treatment: str, mediators: str | Sequence[str],
         x_names=list(meta.x_names), cluster="run_id", treatment_kind=meta.treatment_kind,
         control_label=meta.control_label, treated_label=meta.treated_label, strata=meta.strata,
         strata_note=meta.strata_note, clusters_per_arm=dict(meta.clusters_per_arm), n_runs=len(kept),
-        n_dropped=n_dropped, level="sample", notes=list(meta.notes), n_rows=n_rows)
+        n_dropped=n_dropped, level="sample", notes=list(meta.notes), n_rows=n_rows, run_codes=meta.codes,
+        run_names=meta.cluster_names, run_T=meta.run_T, estimand="runs",
+        design_text=("unpaired: paired_by=None" if paired_by is None else "unpaired: pairing by image is not "
+                     "available out of core (causalgeom.distributed.mediate_study); cg.causal.mediate on "
+                     "study.to_frame() pairs the runs"))
     G = _grams(design, moments, t_run, interaction)
 
     est = moment_mediation(design, G, interaction=interaction, ordered=ordered)
     notes = list(design.notes)
     if n_dropped:
         notes.append(f"{n_dropped} rows with other levels of {treatment!r} were left out")
-    if n_boot > 0:
-        _few_clusters_warning(design, "cluster", "regression", notes)
     point, _ = est.point()
-    if n_boot > 0:
-        reps, _, n_failed = _replicates(est, design, "cluster", n_boot, rng)
-    else:
-        reps, n_failed = np.empty((0,) + point.shape), 0
-    if n_failed:
-        notes.append(f"{n_failed} of {n_boot} bootstrap replicates were singular and were dropped")
-        warnings.warn(f"{n_failed} of {n_boot} bootstrap replicates had a singular design and were dropped",
-                      RuntimeWarning, stacklevel=2)
+    inf = run_inference(est, design, point, inference=inference, bootstrap=bootstrap, n_boot=n_boot, rng=rng,
+                        ci_level=ci_level, notes=notes)
     notes.append("computed from per-run sufficient statistics on Dask (causalgeom.distributed.mediate_study); "
-                 "refuters need the per-sample table (cg.causal.mediate on study.to_frame())")
-    lo, hi = percentile_ci(reps, ci_level)
-    pv = bootstrap_pvalue(reps) if reps.shape[0] else np.full(point.shape, np.nan)
-    resampling_unit, resampling = _resampling_text(design, "cluster", reps.shape[0], ci_level)
-    estimator = _estimator_text(design, "linear", interaction, ordered)
-    table_rows = summary_rows(design, est.names, point, lo, hi, pv, n_samples=design.n)
-    sens, curve, sens_method = rho_sensitivity_table(est, design, point, interaction=interaction, ordered=ordered)
-    return MediationResult(
-        table=pd.DataFrame(table_rows), method="regression", estimator=estimator, resampling_unit=resampling_unit,
-        resampling=resampling, n_clusters=design.n_clusters, clusters_per_arm=dict(design.clusters_per_arm),
-        n_runs=design.n_runs, n_samples=design.n, n_boot=int(reps.shape[0]), ci_level=float(ci_level),
-        p_value_method=P_VALUE_METHOD, level="sample", treatment=design.treatment, control=design.control_label,
-        treated=design.treated_label, mediators=list(design.mediators), outcomes=list(design.outcomes),
-        covariates=list(design.covariates), effect_names=list(est.names), sensitivity=sens.reset_index(drop=True),
-        sensitivity_curve=curve, sensitivity_method=sens_method, replicates=reps,
-        coefficients={k: float(v) for k, v in est.coefficients().items()}, notes=notes, _design=None,
-        _options=dict(outcome_model="linear", interaction=interaction, ordered=ordered, bootstrap="cluster"))
+                 "the overlap check and the refuters need the per-sample table (cg.causal.mediate on "
+                 "study.to_frame())")
+    return build_result(est, design, point, None, inf, method="regression",
+                        estimator=_estimator_text(design, "linear", interaction, ordered), notes=notes,
+                        ci_level=ci_level, outcome_model="linear", interaction=interaction, ordered=ordered,
+                        bootstrap=bootstrap, inference=inference, overlap=None, keep_design=False)
 
 
 @functools.lru_cache(maxsize=1)
@@ -876,6 +660,7 @@ def _moment_classes() -> tuple[type, type]:
             self.interaction = interaction
             self.ordered = ordered
             self.lay = _Layout(K, design.X.shape[1], design.Y.shape[1], interaction)
+            self.paired = False
             self.names = effect_names(design.mediators, ordered)
             self.t0, self.t1 = design.t0, design.t1
             self._G = grams

@@ -14,6 +14,7 @@ __all__ = [
     "UnsafeFileError",
     "ConfigError",
     "QueryError",
+    "WorkerLostError",
 ]
 
 
@@ -59,3 +60,7 @@ class ConfigError(CausalGeomError, ValueError):
 
 class QueryError(CausalGeomError, ValueError):
     """A causal query or query file is invalid (unknown column, level, method...)."""
+
+
+class WorkerLostError(CausalGeomError, RuntimeError):
+    """A Dask worker died while computing and the task could not be completed elsewhere."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import fcntl
 import functools
 import hashlib
 import json
@@ -36,8 +35,12 @@ import torch
 from torch import nn
 
 from . import attacks as _attacks
+from ._util import torch as _torch_util
+from ._util.io import atomic_write, file_lock
 from .errors import ConfigError, SchemaError, StoreError, StoreExistsError
 from .schema import SCHEMA_VERSION, RUN_ID_PATTERN, check_run_id, normalize_attrs, package_versions, validate
+from .models import _Capture, _OutputCheck, find_head
+from .models import eval_mode as _eval_mode
 from .store import encoding_for, is_complete, mark_complete, store_lock
 
 __all__ = ["extract", "find_head", "extract_checkpoint", "extract_runs", "PROGRESS_DIR", "DEFAULT_BATCH_SIZE"]
@@ -47,128 +50,6 @@ PROGRESS_DIR = ".progress"
 DEFAULT_BATCH_SIZE = 256
 _MAX_CHUNK = 4096
 _TARGET_CHUNK_BYTES = 32 * 2**20
-
-
-# --------------------------------------------------------------------------------------------
-# the head
-# --------------------------------------------------------------------------------------------
-def find_head(model: nn.Module, name: str | None = None, *, example: torch.Tensor | None = None
-              ) -> tuple[str, nn.Linear]:
-    """Find the final linear layer ("head") whose output is the model's output.
-
-    Rules: ``name`` given → that submodule (must be an ``nn.Linear``); else a model with
-    ``get_classifier()`` (timm) → the module it returns (must be an ``nn.Linear``); else the last
-    ``nn.Linear`` in module registration order (torchvision classifiers, the training pipeline's
-    models, most user models).
-
-    Parameters
-    ----------
-    model : nn.Module
-    name : str, optional
-        Qualified module name, e.g. ``"fc"`` or ``"classifier.6"``.
-    example : torch.Tensor, shape (n, ...), optional
-        A batch on the model's device: also check (eval mode, one forward pass) that the head is
-        called once, takes (n, F) input, and that its output equals the model's output.
-
-    Returns
-    -------
-    (str, nn.Linear)
-        Qualified name and module.
-
-    Raises
-    ------
-    ConfigError
-        No ``nn.Linear``, unknown ``name``, or a classifier that is not an ``nn.Linear``.
-    SchemaError
-        With ``example``: the model's output is not the head's output (e.g. softmax or a
-        temperature applied after the head), or not a (n, K) tensor.
-    """
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    cls = type(model).__name__
-    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if name is not None:
-        modules = dict(model.named_modules())
-        if name not in modules:
-            raise ConfigError(f"head: {cls} has no submodule named {name!r}; its linear layers are "
-                              f"{[n for n, _ in linears][-10:]}")
-        mod = modules[name]
-        if not isinstance(mod, nn.Linear):
-            raise ConfigError(f"head: submodule {name!r} of {cls} is a {type(mod).__name__}, expected nn.Linear")
-        found = (name, mod)
-    elif callable(getattr(model, "get_classifier", None)):
-        clf = model.get_classifier()
-        if not isinstance(clf, nn.Linear):
-            raise ConfigError(f"head: {cls}.get_classifier() returned {type(clf).__name__}, expected nn.Linear "
-                              "(a timm model built with num_classes=0, or a convolutional classifier); pass head= "
-                              "naming an nn.Linear whose output is the model output")
-        qual = next((n for n, m in model.named_modules() if m is clf), None)
-        if qual is None:
-            raise ConfigError(f"head: the classifier returned by {cls}.get_classifier() is not a submodule of the "
-                              "model")
-        found = (qual, clf)
-    else:
-        if not linears:
-            raise ConfigError(f"model: {cls} has no nn.Linear layer; causalgeom records the input of the final linear "
-                              "layer (features) and its weights. Make the model end in an nn.Linear whose output is "
-                              "the logits (e.g. replace a 1x1-conv classifier), or import a dump instead")
-        found = linears[-1]
-    if example is not None:
-        _verify_head(model, found[0], found[1], example)
-    return found
-
-
-class _OutputCheck:
-    """Forward hook counting the head's calls and keeping its last (input, output)."""
-
-    def __init__(self, head: nn.Module):
-        self.calls = 0
-        self.inp: Any = None
-        self.out: Any = None
-        self._h = head.register_forward_hook(self._hook)
-
-    def _hook(self, module: nn.Module, args: tuple, output: Any) -> None:
-        self.calls += 1
-        self.inp, self.out = args[0] if args else None, output
-
-    def remove(self) -> None:
-        self._h.remove()
-
-    def check(self, model_out: Any, head_name: str, model_name: str) -> None:
-        where = f"{model_name} (head {head_name!r})"
-        if not isinstance(model_out, torch.Tensor):
-            raise SchemaError(f"model output: expected a tensor of logits (n, K), got {type(model_out).__name__} from "
-                              f"{where}; wrap the model so that forward returns the logits")
-        if model_out.dim() != 2:
-            raise SchemaError(f"model output: expected logits of shape (n, K), got shape {tuple(model_out.shape)} "
-                              f"from {where}")
-        if self.calls != 1:
-            raise SchemaError(f"head {head_name!r} of {model_name} was called {self.calls} times in one forward pass, "
-                              "expected exactly once; pass head= naming the final linear layer")
-        if not isinstance(self.inp, torch.Tensor) or self.inp.dim() != 2:
-            shape = tuple(self.inp.shape) if isinstance(self.inp, torch.Tensor) else type(self.inp).__name__
-            raise SchemaError(f"head {head_name!r} of {model_name}: expected input features of shape (n, F), got "
-                              f"{shape}")
-        if self.out is not model_out and (self.out.shape != model_out.shape or not torch.equal(self.out, model_out)):
-            if self.out.shape != model_out.shape:
-                detail = f"head output shape {tuple(self.out.shape)} vs model output shape {tuple(model_out.shape)}"
-            else:
-                detail = f"max |difference| {float((self.out.float() - model_out.float()).abs().max()):.4g}"
-            raise SchemaError(
-                f"model output: {model_name}'s output is not the output of its final linear layer {head_name!r} "
-                f"({detail}); the model changes the logits after the head (softmax, temperature, ...) or the head "
-                "is not the last layer. causalgeom needs logits = head(features): return the head's output, or "
-                "pass head= naming the right nn.Linear")
-
-
-def _verify_head(model: nn.Module, name: str, head: nn.Linear, x: torch.Tensor) -> None:
-    check = _OutputCheck(head)
-    try:
-        with torch.no_grad(), _attacks._eval_mode(model):
-            out = model(x)
-    finally:
-        check.remove()
-    check.check(out, name, type(model).__name__)
 
 
 # --------------------------------------------------------------------------------------------
@@ -290,22 +171,13 @@ def _make_source(data: Any, batch_size: int | None, num_workers: int | None):
 # --------------------------------------------------------------------------------------------
 # store creation, progress, finalization
 # --------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _meta_lock(path: Path) -> Iterator[None]:
+def _meta_lock(path: Path) -> contextlib.AbstractContextManager:
     """Blocking lock serializing store creation and finalization between processes (shards)."""
-    lock_path = path.parent / f".{path.name}.meta.lock"
-    fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    return file_lock(path.parent / f".{path.name}.meta.lock", blocking=True)
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    tmp.write_text(json.dumps(obj, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, sort_keys=True), fsync=False)
 
 
 def _marker(path: Path, chunk: int) -> Path:
@@ -496,16 +368,6 @@ class _Writer:
 # --------------------------------------------------------------------------------------------
 # extract
 # --------------------------------------------------------------------------------------------
-def _device(device: Any) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"device: expected 'cpu', 'cuda', 'cuda:N' or a torch.device, got {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device: {device!r} requested but CUDA is not available here; use device='cpu'")
-    return dev
-
-
 def _amp_modes(amp: Any) -> tuple[bool, bool]:
     if amp in (False, None, "none"):
         return False, False
@@ -657,7 +519,7 @@ def extract(model: nn.Module, data: Any, out: str | os.PathLike, *, head: str | 
     if shard_ is not None and mode == "w":
         raise ConfigError("mode='w' cannot be combined with shard=: one shard would delete the others' work; delete "
                           "the store first and run every shard with mode='w-'")
-    dev = _device(device)
+    dev = _torch_util.device(device)
     amp_clean, amp_attack = _amp_modes(amp)
     if attacks is None and eps is not None:
         attacks = [_attacks.PGD("linf")]
@@ -795,7 +657,7 @@ def _run(model: nn.Module, source: Any, out: Path, todo: list[int], chunk: int, 
     model.to(dev)
     for a in atks:
         a.to(dev)
-    capture = _attacks._Capture(head_mod)
+    capture = _Capture(head_mod)
     check: _OutputCheck | None = _OutputCheck(head_mod)
     writer = _Writer(out, layout, bounds, queue_size, finite=("features", "logits"), prepare=prepare)
     bar = None
@@ -810,7 +672,7 @@ def _run(model: nn.Module, source: Any, out: Path, todo: list[int], chunk: int, 
     gens: dict[int, torch.Generator] = {}
     failed = False
     try:
-        with _attacks._eval_mode(model):
+        with _eval_mode(model):
             for c, offset, xb, yb in source.batches(spans, pin=cuda):
                 x = xb.to(dev, non_blocking=True).float()
                 y = yb.to(dev, non_blocking=True)
@@ -822,7 +684,7 @@ def _run(model: nn.Module, source: Any, out: Path, todo: list[int], chunk: int, 
                     if int(yb.min()) < 0 or int(yb.max()) >= head_mod.out_features:
                         raise SchemaError(f"variable 'label': values must lie in [0, {head_mod.out_features}), got "
                                           f"range [{int(yb.min())}, {int(yb.max())}]")
-                    with torch.no_grad(), capture.on(), _attacks._autocast(dev, amp_clean):
+                    with torch.no_grad(), capture.on(), _torch_util.autocast(dev, amp_clean):
                         model_out = model(x)
                     check.check(model_out, head_name, type(model).__name__)
                     check.remove()

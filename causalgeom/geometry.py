@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 import xarray as xr
 
-from ._blocks import check_dataset, compute, is_dask, raw, require_vars, sample_reduce
+from ._blocks import check_run, compute, is_dask, raw, require_vars, sample_reduce
 from .errors import SchemaError
 from .schema import require_head
 
@@ -110,7 +110,7 @@ def magnitude(ds: xr.Dataset) -> xr.Dataset:
     ----------
     Park, Kim & Lee, arXiv 2410.03999 (feature magnitude as the calibration mediator).
     """
-    check_dataset(ds, "magnitude")
+    check_run(ds, "magnitude")
     require_vars(ds, ("features",), "magnitude")
     feats = _chunked(ds["features"], "feature")
     norm = xr.apply_ufunc(_norm_block, feats, input_core_dims=[["feature"]], dask="parallelized",
@@ -136,7 +136,7 @@ def run_smoothing(ds: xr.Dataset) -> float:
     SchemaError
         If the run used label smoothing but its eps cannot be found or is not in [0, 1).
     """
-    attrs = check_dataset(ds, "run_smoothing").attrs
+    attrs = check_run(ds, "run_smoothing").attrs
     parts = [p.strip() for p in str(attrs.get("regularizer") or "").split("+")]
     if "label_smoothing" not in parts:
         return 0.0
@@ -280,7 +280,7 @@ def class_centers(ds: xr.Dataset, kind: str = "minimal_loss", smoothing: float |
     HeadMissingError
         For ``"minimal_loss"`` / ``"weight"`` on a dump without ``head_weight``.
     """
-    check_dataset(ds, "class_centers")
+    check_run(ds, "class_centers")
     if kind not in CENTER_KINDS:
         raise ValueError(f"kind: expected one of {list(CENTER_KINDS)}, got {kind!r}")
     attrs: dict[str, Any] = {"kind": kind, "run_id": ds.attrs.get("run_id")}
@@ -363,7 +363,7 @@ def cosine_to_center(ds: xr.Dataset, kind: str = "minimal_loss", smoothing: floa
         ``cos_true``, ``cos_pred`` (sample,), float64, lazy on dask-backed dumps; NaN for a zero
         feature vector or a zero center.
     """
-    check_dataset(ds, "cosine_to_center")
+    check_run(ds, "cosine_to_center")
     require_vars(ds, ("features", "logits", "label"), "cosine_to_center")
     C, kind = _centers_array(ds, kind, smoothing, centers)
 
@@ -391,7 +391,7 @@ def angular_margin(ds: xr.Dataset, kind: str = "minimal_loss", smoothing: float 
     xarray.DataArray
         (sample,), float64, lazy on dask-backed dumps.
     """
-    check_dataset(ds, "angular_margin")
+    check_run(ds, "angular_margin")
     require_vars(ds, ("features", "label"), "angular_margin")
     C, kind = _centers_array(ds, kind, smoothing, centers)
 
@@ -459,7 +459,7 @@ def compare_centers(ds: xr.Dataset, kinds: Sequence[str] = CENTER_KINDS, *, leve
 
     from .calibration import per_sample
 
-    check_dataset(ds, "compare_centers")
+    check_run(ds, "compare_centers")
     if not (0 < float(level) < 1):
         raise ValueError(f"level: expected a number in (0, 1), got {level!r}")
     kinds = list(kinds)
@@ -526,7 +526,7 @@ def cone_test(ds: xr.Dataset, scales: Sequence[float] | None = None, with_bias: 
     ------
     HeadMissingError
     """
-    check_dataset(ds, "cone_test")
+    check_run(ds, "cone_test")
     W, b = _head64(ds, "cone_test")
     require_vars(ds, ("features",), "cone_test")
     s = _check_scales(DEFAULT_SCALES if scales is None else scales, "scales")
@@ -574,7 +574,7 @@ def confidence_grid(ds: xr.Dataset, scales: Sequence[float] | None = None, angle
     ------
     HeadMissingError
     """
-    check_dataset(ds, "confidence_grid")
+    check_run(ds, "confidence_grid")
     W, b = _head64(ds, "confidence_grid")
     require_vars(ds, ("features", "logits"), "confidence_grid")
     s = _check_scales(DEFAULT_SCALES if scales is None else scales, "scales")
@@ -653,7 +653,7 @@ def gradient_split(ds: xr.Dataset, smoothing: float | None = None) -> xr.Dataset
     ------
     HeadMissingError
     """
-    check_dataset(ds, "gradient_split")
+    check_run(ds, "gradient_split")
     W, b = _head64(ds, "gradient_split")
     require_vars(ds, ("features", "label"), "gradient_split")
     eps = _resolve_smoothing(ds, smoothing)
@@ -728,7 +728,7 @@ def neural_collapse(ds: xr.Dataset, *, include_head: bool = True) -> xr.Dataset:
     HeadMissingError
         If ``include_head`` and the dump has no ``head_weight``.
     """
-    check_dataset(ds, "neural_collapse")
+    check_run(ds, "neural_collapse")
     require_vars(ds, ("features", "logits", "label"), "neural_collapse")
     W = _head64(ds, "neural_collapse (NC2 weights, NC3; pass include_head=False to skip)")[0] if include_head else None
     means, counts = _class_means(ds)
@@ -784,7 +784,7 @@ def head_stats(ds: xr.Dataset) -> xr.Dataset:
     ------
     HeadMissingError
     """
-    check_dataset(ds, "head_stats")
+    check_run(ds, "head_stats")
     W, b = _head64(ds, "head_stats")
     wn = np.linalg.norm(W, axis=1)
     return xr.Dataset({

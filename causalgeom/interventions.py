@@ -42,9 +42,11 @@ import torch
 import xarray as xr
 from torch import nn
 
-from ._blocks import NUMPY_BLOCK_ROWS, check_dataset, compute, is_dask, raw, require_vars, sample_reduce
+from ._blocks import NUMPY_BLOCK_ROWS, check_run, compute, is_dask, raw, require_vars, sample_reduce
 from .causal import percentile_ci
 from .calibration import _bin_index, _sample_stats_block, _softmax_block
+from ._util.checks import check_choice
+from ._util.rng import check_random_state
 from .errors import ConfigError, SchemaError
 from .geometry import CENTER_KINDS, class_centers, cosine_to_center, magnitude
 from .geometry import _head64 as _head  # (W (K, F), b (K,)) float64, or HeadMissingError naming the analysis
@@ -124,18 +126,8 @@ def _check_options(n_bins: int, n_boot: int, ci: float) -> None:
         raise ConfigError(f"ci: expected a confidence level in (0, 1), e.g. 0.95, got {ci!r}")
 
 
-def _choice(value: Any, name: str, allowed: Sequence[str]) -> str:
-    if value not in allowed:
-        raise ConfigError(f"{name}: expected one of {list(allowed)}, got {value!r}")
-    return value
-
-
-def _generator(rng: Any) -> np.random.Generator:
-    if isinstance(rng, np.random.Generator):
-        return rng
-    if rng is None or (isinstance(rng, (int, np.integer)) and not isinstance(rng, bool)):
-        return np.random.default_rng(rng)
-    raise ConfigError(f"rng: expected a numpy.random.Generator, an integer seed or None, got {type(rng).__name__}")
+_choice = check_choice
+_generator = check_random_state
 
 
 def _seed(gen: np.random.Generator) -> int:
@@ -442,7 +434,7 @@ def quantile_match(values: Any, target: Any) -> np.ndarray:
 # post hoc interventions on a run
 # ---------------------------------------------------------------------------------------------
 def _run(ds: Any, what: str) -> xr.Dataset:
-    check_dataset(ds, what)
+    check_run(ds, what)
     require_vars(ds, ("features", "label"), what)
     return ds
 

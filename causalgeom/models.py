@@ -8,17 +8,18 @@ features. Attacks therefore work in pixel space and feature extraction hooks the
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 from collections import OrderedDict
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, SchemaError
 
 __all__ = ["NAMED_MODELS", "Normalize", "NormalizedClassifier", "SmallCNN", "build_model", "available_models",
-           "head_of"]
+           "head_of", "find_head", "eval_mode"]
 
 #: Names with a dedicated builder; any other torchvision classification model is built by name.
 NAMED_MODELS = ("small_cnn", "resnet18", "resnet50", "mobilenet_v2")
@@ -227,3 +228,166 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, mean: Sequenc
     else:
         net = _torchvision(name, num_classes, in_channels, bool(cifar_stem), float(dropout))
     return NormalizedClassifier(Normalize(mean, std), net)
+
+
+# --------------------------------------------------------------------------------------------
+# the head of any model: find it, check it, capture its input
+# (here, below both `attacks` and `extract`, which use them; re-exported as ``cg.extract.find_head``)
+# --------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def eval_mode(*models: nn.Module) -> Iterator[None]:
+    """Put ``models`` (and every submodule) in eval mode, restoring each module's flag afterwards."""
+    saved = [(m, m.training) for model in models for m in model.modules()]
+    for model in models:
+        model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in saved:
+            m.training = flag
+
+
+def find_head(model: nn.Module, name: str | None = None, *, example: torch.Tensor | None = None
+              ) -> tuple[str, nn.Linear]:
+    """Find the final linear layer ("head") whose output is the model's output.
+
+    Rules: ``name`` given → that submodule (must be an ``nn.Linear``); else a model with
+    ``get_classifier()`` (timm) → the module it returns (must be an ``nn.Linear``); else the last
+    ``nn.Linear`` in module registration order (torchvision classifiers, the training pipeline's
+    models, most user models).
+
+    Parameters
+    ----------
+    model : nn.Module
+    name : str, optional
+        Qualified module name, e.g. ``"fc"`` or ``"classifier.6"``.
+    example : torch.Tensor, shape (n, ...), optional
+        A batch on the model's device: also check (eval mode, one forward pass) that the head is
+        called once, takes (n, F) input, and that its output equals the model's output.
+
+    Returns
+    -------
+    (str, nn.Linear)
+        Qualified name and module.
+
+    Raises
+    ------
+    ConfigError
+        No ``nn.Linear``, unknown ``name``, or a classifier that is not an ``nn.Linear``.
+    SchemaError
+        With ``example``: the model's output is not the head's output (e.g. softmax or a
+        temperature applied after the head), or not a (n, K) tensor.
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    cls = type(model).__name__
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if name is not None:
+        modules = dict(model.named_modules())
+        if name not in modules:
+            raise ConfigError(f"head: {cls} has no submodule named {name!r}; its linear layers are "
+                              f"{[n for n, _ in linears][-10:]}")
+        mod = modules[name]
+        if not isinstance(mod, nn.Linear):
+            raise ConfigError(f"head: submodule {name!r} of {cls} is a {type(mod).__name__}, expected nn.Linear")
+        found = (name, mod)
+    elif callable(getattr(model, "get_classifier", None)):
+        clf = model.get_classifier()
+        if not isinstance(clf, nn.Linear):
+            raise ConfigError(f"head: {cls}.get_classifier() returned {type(clf).__name__}, expected nn.Linear "
+                              "(a timm model built with num_classes=0, or a convolutional classifier); pass head= "
+                              "naming an nn.Linear whose output is the model output")
+        qual = next((n for n, m in model.named_modules() if m is clf), None)
+        if qual is None:
+            raise ConfigError(f"head: the classifier returned by {cls}.get_classifier() is not a submodule of the "
+                              "model")
+        found = (qual, clf)
+    else:
+        if not linears:
+            raise ConfigError(f"model: {cls} has no nn.Linear layer; causalgeom records the input of the final linear "
+                              "layer (features) and its weights. Make the model end in an nn.Linear whose output is "
+                              "the logits (e.g. replace a 1x1-conv classifier), or import a dump instead")
+        found = linears[-1]
+    if example is not None:
+        _verify_head(model, found[0], found[1], example)
+    return found
+
+
+class _OutputCheck:
+    """Forward hook counting the head's calls and keeping its last (input, output)."""
+
+    def __init__(self, head: nn.Module):
+        self.calls = 0
+        self.inp: Any = None
+        self.out: Any = None
+        self._h = head.register_forward_hook(self._hook)
+
+    def _hook(self, module: nn.Module, args: tuple, output: Any) -> None:
+        self.calls += 1
+        self.inp, self.out = args[0] if args else None, output
+
+    def remove(self) -> None:
+        self._h.remove()
+
+    def check(self, model_out: Any, head_name: str, model_name: str) -> None:
+        where = f"{model_name} (head {head_name!r})"
+        if not isinstance(model_out, torch.Tensor):
+            raise SchemaError(f"model output: expected a tensor of logits (n, K), got {type(model_out).__name__} from "
+                              f"{where}; wrap the model so that forward returns the logits")
+        if model_out.dim() != 2:
+            raise SchemaError(f"model output: expected logits of shape (n, K), got shape {tuple(model_out.shape)} "
+                              f"from {where}")
+        if self.calls != 1:
+            raise SchemaError(f"head {head_name!r} of {model_name} was called {self.calls} times in one forward pass, "
+                              "expected exactly once; pass head= naming the final linear layer")
+        if not isinstance(self.inp, torch.Tensor) or self.inp.dim() != 2:
+            shape = tuple(self.inp.shape) if isinstance(self.inp, torch.Tensor) else type(self.inp).__name__
+            raise SchemaError(f"head {head_name!r} of {model_name}: expected input features of shape (n, F), got "
+                              f"{shape}")
+        if self.out is not model_out and (self.out.shape != model_out.shape or not torch.equal(self.out, model_out)):
+            if self.out.shape != model_out.shape:
+                detail = f"head output shape {tuple(self.out.shape)} vs model output shape {tuple(model_out.shape)}"
+            else:
+                detail = f"max |difference| {float((self.out.float() - model_out.float()).abs().max()):.4g}"
+            raise SchemaError(
+                f"model output: {model_name}'s output is not the output of its final linear layer {head_name!r} "
+                f"({detail}); the model changes the logits after the head (softmax, temperature, ...) or the head "
+                "is not the last layer. causalgeom needs logits = head(features): return the head's output, or "
+                "pass head= naming the right nn.Linear")
+
+
+def _verify_head(model: nn.Module, name: str, head: nn.Linear, x: torch.Tensor) -> None:
+    check = _OutputCheck(head)
+    try:
+        with torch.no_grad(), eval_mode(model):
+            out = model(x)
+    finally:
+        check.remove()
+    check.check(out, name, type(model).__name__)
+
+
+class _Capture:
+    """Forward pre-hook on the head storing its exact input while ``active``."""
+
+    def __init__(self, head: nn.Module):
+        self.head = head
+        self.active = False
+        self.value: torch.Tensor | None = None
+        self.calls = 0
+        self._handle = head.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module: nn.Module, args: tuple) -> None:
+        if self.active:
+            self.calls += 1
+            self.value = args[0]
+
+    @contextlib.contextmanager
+    def on(self) -> Iterator["_Capture"]:
+        self.active, self.value, self.calls = True, None, 0
+        try:
+            yield self
+        finally:
+            self.active = False
+
+    def remove(self) -> None:
+        self._handle.remove()

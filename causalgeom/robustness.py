@@ -13,7 +13,7 @@ import math
 import numpy as np
 import xarray as xr
 
-from ._blocks import check_dataset, compute, require_vars
+from ._blocks import check_run, compute, require_vars
 from .errors import SchemaError
 
 __all__ = [
@@ -28,7 +28,7 @@ __all__ = [
 
 
 def _require_attacks(ds: xr.Dataset, what: str) -> None:
-    check_dataset(ds, what)
+    check_run(ds, what)
     if "adv_correct" not in ds.variables:
         raise SchemaError(f"{what} needs the attack outcomes (variable 'adv_correct' with dims (attack, eps, "
                           f"sample)), which this dump does not have (run_id={ds.attrs.get('run_id')!r}); "
@@ -40,7 +40,7 @@ def _require_attacks(ds: xr.Dataset, what: str) -> None:
 
 def clean_correct(ds: xr.Dataset) -> xr.DataArray:
     """argmax(logits) == label per sample (bool, lazy on dask-backed dumps)."""
-    check_dataset(ds, "clean_correct")
+    check_run(ds, "clean_correct")
     require_vars(ds, ("logits", "label"), "clean_correct")
     out = ds["logits"].argmax("class") == ds["label"]
     out.name = "clean_correct"

@@ -10,8 +10,6 @@ store that `open` would accept.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import os
 import shutil
 import uuid
@@ -23,7 +21,8 @@ import xarray as xr
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from .errors import IncompleteStoreError, SchemaError, StoreError, StoreExistsError, StoreLockedError
+from .errors import IncompleteStoreError, SchemaError, StoreError, StoreExistsError
+from ._util.io import file_lock
 from .schema import validate
 
 __all__ = [
@@ -77,22 +76,8 @@ def store_lock(path: str | os.PathLike) -> Iterator[None]:
         If another process holds it.
     """
     path = Path(path)
-    lock_path = path.parent / f".{path.name}.lock"
-    try:
-        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o644)
-    except OSError as exc:
-        raise StoreError(f"cannot create lock file {lock_path}: {exc.strerror}") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise StoreLockedError(f"store {path} is being written by another process "
-                                       f"(lock {lock_path} is held)") from None
-            raise
+    with file_lock(path.parent / f".{path.name}.lock", what=f"store {path} is being written by another process"):
         yield
-    finally:
-        os.close(fd)
 
 
 def _check_parent(path: Path) -> None:

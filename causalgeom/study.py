@@ -13,11 +13,11 @@ from .errors import IncompleteStoreError, StoreError, StoreExistsError
 from .schema import check_run_id
 from .store import COMPLETE_ATTR, open as open_run, read_attrs, save
 
-__all__ = ["Study", "open_study", "RUN_COLUMNS"]
+__all__ = ["Study", "open_study", "ATTR_COLUMNS"]
 
 #: Columns of `Study.runs`, in order (attributes missing from a run are NaN).
-RUN_COLUMNS = ("run_id", "model", "dataset", "split", "regularizer", "strength", "regularizer_params", "seed",
-               "n_samples", "n_classes", "n_features", "has_head", "attacks", "eps", "path")
+ATTR_COLUMNS = ("run_id", "model", "dataset", "split", "regularizer", "strength", "regularizer_params", "seed",
+                "n_samples", "n_classes", "n_features", "has_head", "attacks", "eps", "path")
 
 
 class Study:
@@ -72,7 +72,7 @@ class Study:
 
     @property
     def runs(self) -> pd.DataFrame:
-        """Run table: one row per complete run, columns :data:`RUN_COLUMNS` plus any other attrs."""
+        """Run table: one row per complete run, columns :data:`ATTR_COLUMNS` plus any other attrs."""
         paths, attrs, _ = self._scan()
         rows = []
         for run_id, a in attrs.items():
@@ -85,8 +85,8 @@ class Study:
                        path=str(paths[run_id]))
             rows.append(row)
         df = pd.DataFrame(rows)
-        cols = [c for c in RUN_COLUMNS if c in df.columns] + [c for c in df.columns if c not in RUN_COLUMNS]
-        return df.reindex(columns=cols if rows else list(RUN_COLUMNS))
+        cols = [c for c in ATTR_COLUMNS if c in df.columns] + [c for c in df.columns if c not in ATTR_COLUMNS]
+        return df.reindex(columns=cols if rows else list(ATTR_COLUMNS))
 
     def __len__(self) -> int:
         return len(self.run_ids)

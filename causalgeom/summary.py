@@ -16,21 +16,18 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ._blocks import check_dataset, compute
+from ._blocks import check_run, compute
 from .calibration import _check_bins, _finish_run_stats, _lazy_run_stats
 from .errors import HeadMissingError
 from .geometry import CENTER_KINDS, cosine_to_center, magnitude
 from .study import Study
+from .table import robust_key
 
-__all__ = ["ID_COLUMNS", "run_metrics", "run_frame", "paper_table", "format_table", "robust_key"]
+__all__ = ["DESCRIPTOR_COLUMNS", "run_metrics", "run_frame", "paper_table", "format_table", "robust_key"]
 
-#: Columns that identify a run rather than measure it (not averaged by `paper_table`).
-ID_COLUMNS = ("run_id", "regularizer", "strength", "seed", "model", "dataset", "split", "center_kind", "n_samples")
-
-
-def robust_key(attack: str, eps: float, metric: str = "robust_acc") -> str:
-    """Column name of a per-(attack, ε) metric: ``"robust_acc[pgd-linf@0.00392157]"`` (ε with 6 significant digits)."""
-    return f"{metric}[{attack}@{float(eps):.6g}]"
+#: Columns of `run_frame` that describe a run rather than measure it (not averaged by `paper_table`). Not the
+#: same as `causalgeom.table.ID_COLUMNS` (the 4 columns that identify the run of an analysis-table row).
+DESCRIPTOR_COLUMNS = ("run_id", "regularizer", "strength", "seed", "model", "dataset", "split", "center_kind", "n_samples")
 
 
 def run_metrics(ds: xr.Dataset, n_bins: int = 15, *, center_kind: str = "minimal_loss") -> dict[str, Any]:
@@ -58,7 +55,7 @@ def run_metrics(ds: xr.Dataset, n_bins: int = 15, *, center_kind: str = "minimal
     """
     from .robustness import _normalized_auc, clean_correct
 
-    check_dataset(ds, "run_metrics")
+    check_run(ds, "run_metrics")
     n_bins = _check_bins(n_bins)
     if center_kind not in CENTER_KINDS:
         raise ValueError(f"center_kind: expected one of {list(CENTER_KINDS)}, got {center_kind!r}")
@@ -129,7 +126,7 @@ def run_frame(study: Study, progress: bool = True, n_bins: int = 15, *, center_k
 
 def _metric_columns(frame: pd.DataFrame, by: Sequence[str]) -> list[str]:
     return [c for c in frame.columns
-            if c not in by and c not in ID_COLUMNS and pd.api.types.is_numeric_dtype(frame[c])
+            if c not in by and c not in DESCRIPTOR_COLUMNS and pd.api.types.is_numeric_dtype(frame[c])
             and not pd.api.types.is_bool_dtype(frame[c])]
 
 
@@ -152,7 +149,7 @@ def paper_table(study_or_frame: Study | pd.DataFrame, ci: float = 0.95, *,
     by : sequence of str
         Grouping columns.
     metrics : sequence of str, optional
-        Metric columns (default: every numeric column that is not an id, see :data:`ID_COLUMNS`).
+        Metric columns (default: every numeric column that is not an id, see :data:`DESCRIPTOR_COLUMNS`).
 
     Returns
     -------

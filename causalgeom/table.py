@@ -16,7 +16,7 @@ import pandas as pd
 
 from .errors import HeadMissingError, QueryError
 
-__all__ = ["study_frame", "run_table", "robust_column", "min_flip_column", "robust_acc_column", "ID_COLUMNS",
+__all__ = ["study_frame", "run_table", "robust_column", "min_flip_column", "robust_acc_column", "robust_key", "ID_COLUMNS",
            "SAMPLE_COLUMNS", "RUN_COLUMNS"]
 
 #: Columns that identify the run of a row.
@@ -31,17 +31,21 @@ RUN_COLUMNS = ID_COLUMNS + ("n_samples", "norm", "rms", "cos_true", "cos_pred", 
 _MEAN_COLUMNS = ("norm", "rms", "cos_true", "cos_pred", "confidence", "overconfidence", "nll", "brier")
 
 
+def robust_key(attack: str, eps: float, metric: str = "robust_acc") -> str:
+    """Column name of a per-(attack, ε) metric: ``"robust_acc[pgd-linf@0.00392157]"`` (ε with 6 significant digits).
+
+    The one rule for these names (re-exported as ``causalgeom.summary.robust_key``).
+    """
+    return f"{metric}[{attack}@{float(eps):.6g}]"
+
+
 def robust_column(attack: str, eps: float) -> str:
     """Name of the per-sample robustness indicator: ``"robust[pgd-linf@0.00392157]"`` (ε to 6 significant digits)."""
-    from .summary import robust_key
-
     return robust_key(attack, eps, metric="robust")
 
 
 def robust_acc_column(attack: str, eps: float) -> str:
     """Name of the per-run robust accuracy: ``"robust_acc[pgd-linf@0.00392157]"`` (as `causalgeom.summary`)."""
-    from .summary import robust_key
-
     return robust_key(attack, eps)
 
 

@@ -36,7 +36,7 @@ import sys
 import time
 import tomllib
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,10 @@ from torch import nn
 
 from . import data as _data
 from . import models as _models
+from ._util import dask as _dask
+from ._util.io import atomic_write, file_lock
+from ._util.torch import autocast as _autocast
+from ._util.torch import device as _device
 from .errors import ConfigError, StoreLockedError
 
 __all__ = [
@@ -380,15 +384,6 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device: {name!r} requested but CUDA is not available; use device='cpu' or 'auto'")
-    return dev
-
-
 @contextlib.contextmanager
 def _forked_rng(device: torch.device, seed: int) -> Iterator[None]:
     """Run the block with torch's global RNGs (CPU, and ``device`` if CUDA) forked and seeded from ``seed``."""
@@ -445,12 +440,6 @@ def _flip_crop(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> tor
     cropped = padded.gather(2, rows)
     cols = (dx.view(-1, 1) + torch.arange(w, device=x.device)).view(b, 1, 1, w).expand(-1, x.shape[1], h, -1)
     return cropped.gather(3, cols)
-
-
-def _autocast(device: torch.device, enabled: bool):
-    if device.type == "cuda" and enabled:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 @torch.no_grad()
@@ -513,22 +502,8 @@ def _build_from_spec(spec: Mapping[str, Any]) -> _models.NormalizedClassifier:
                                std=spec["std"], cifar_stem=spec["cifar_stem"], dropout=spec["dropout"])
 
 
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(payload)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def _write_curves(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -539,7 +514,7 @@ def _write_curves(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: row[k] for k in _CURVE_FIELDS})
-    _atomic_write_bytes(path, buf.getvalue().encode())
+    atomic_write(path, buf.getvalue().encode())
 
 
 def _config_json(config: TrainConfig, spec: Mapping[str, Any]) -> str:
@@ -549,21 +524,9 @@ def _config_json(config: TrainConfig, spec: Mapping[str, Any]) -> str:
                        "versions": package_versions()}, indent=2, sort_keys=True)
 
 
-@contextlib.contextmanager
-def _run_lock(run_dir: Path) -> Iterator[None]:
-    import fcntl
-
-    lock_path = run_dir.parent / f".{run_dir.name}.lock"
-    fh = open(lock_path, "a+")
-    try:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StoreLockedError(f"run {run_dir.name!r} is being trained by another process "
-                                   f"(lock {str(lock_path)!r})") from None
-        yield
-    finally:
-        fh.close()
+def _run_lock(run_dir: Path) -> contextlib.AbstractContextManager:
+    return file_lock(run_dir.parent / f".{run_dir.name}.lock",
+                     what=f"run {run_dir.name!r} is being trained by another process")
 
 
 def run_status(run_dir: str | os.PathLike) -> str:
@@ -654,7 +617,7 @@ def _train_locked(config: TrainConfig, run_dir: Path, progress: bool, stop_after
                               f"config (field: (stored, given) = {diff}); use another run_id or out_dir")
     for stale in run_dir.glob(".*.tmp*"):  # temp files of a run killed while saving
         stale.unlink(missing_ok=True)
-    _atomic_write_bytes(run_dir / CONFIG, cfg_json.encode())
+    atomic_write(run_dir / CONFIG, cfg_json.encode())
 
     train_set = _data.load_dataset(config.dataset, "train", config.data_root)
     if config.max_train_samples is not None and config.max_train_samples < len(train_set):
@@ -737,7 +700,7 @@ def _train_locked(config: TrainConfig, run_dir: Path, progress: bool, stop_after
         if hasattr(bar, "close"):
             bar.close()
     if len(curves) >= config.epochs:
-        _atomic_write_bytes(run_dir / DONE, json.dumps({"epochs": config.epochs,
+        atomic_write(run_dir / DONE, json.dumps({"epochs": config.epochs,
                                                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode())
 
 
@@ -1021,23 +984,69 @@ def default_grid() -> GridConfig:
     return GridConfig.from_dict(DEFAULT_PRESET)
 
 
+def _train_task(config: dict[str, Any], out_dir: str, progress: bool = False) -> str:
+    """One run of `run_grid` (on a worker, or here): train or resume it; returns the run folder."""
+    return str(train_run(TrainConfig.from_dict(config), out_dir, progress=progress))
+
+
+class _Inline:
+    """A future whose ``result()`` runs the call here (the executor of a grid trained in this process)."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._fn, self._args = fn, args
+
+    def result(self) -> Any:
+        return self._fn(*self._args)
+
+
+@contextlib.contextmanager
+def _grid_executor(scheduler: Any, executor: Any) -> Iterator[Any]:
+    """The executor of `run_grid` (None: train here), from its ``scheduler`` / ``executor`` arguments."""
+    if executor is not None:
+        if scheduler not in (None, False):
+            raise ConfigError("run_grid: give scheduler or executor, not both")
+        if not callable(getattr(executor, "submit", None)):
+            raise ConfigError(f"executor: expected an object with submit(fn, *args) (a concurrent.futures "
+                              f"Executor or a dask.distributed.Client), got {type(executor).__name__}")
+        yield executor
+        return
+    if scheduler is False:
+        yield None
+        return
+    if scheduler is None or scheduler is True:
+        active = _dask.active_client()
+        if active is not None or scheduler is None:
+            yield active
+            return
+        scheduler = None  # True outside a client block: a new LocalCluster
+    with _dask.client(scheduler) as c:
+        yield c
+
+
 def run_grid(grid: GridConfig | str | os.PathLike, out_dir: str | os.PathLike, progress: bool = True, *,
-             overrides: Mapping[str, Any] | None = None, scheduler: Any = None) -> list[Path]:
+             overrides: Mapping[str, Any] | None = None, scheduler: Any = None, executor: Any = None) -> list[Path]:
     """Train every run of ``grid`` into ``OUT/runs/``; finished runs are skipped, partial ones resumed.
+
+    The one grid runner: here one run after the other, or one run per task on an executor (a Dask
+    cluster, or any ``concurrent.futures.Executor``). `causalgeom.distributed.run_grid` is this function with
+    a cluster by default.
 
     Parameters
     ----------
     grid : GridConfig or path to a TOML file
     out_dir : path
     progress : bool
-        tqdm bars over runs and epochs.
+        tqdm bars over runs (and over epochs when training here).
     overrides : dict, optional
         Shared TrainConfig fields replacing the grid's (e.g. ``{"device": "cuda", "data_root": "/data"}``).
     scheduler : str, dask.distributed.Client or bool, optional
-        Dispatch the runs to a Dask cluster, one run per task (:func:`causalgeom.distributed.run_grid`): a
-        scheduler address, ``"local[:N]"``, a Client, or True (a new LocalCluster). Default None: the cluster
-        of an enclosing ``causalgeom.distributed.client()`` block if any, else train here one run after the
-        other. False: always train here.
+        Dispatch the runs to a Dask cluster, one run per task: a scheduler address, ``"local[:N]"``, a Client
+        (see `causalgeom.distributed.client`), or True (the enclosing client block's cluster, else a new
+        LocalCluster). Default None: the cluster of an enclosing ``causalgeom.distributed.client()`` block if
+        any, else train here one run after the other. False: always train here.
+    executor : concurrent.futures.Executor or dask.distributed.Client, optional
+        Submit the runs to this (``executor.submit(fn, config_dict, out_dir)``); workers must see ``out_dir``.
+        Exclusive with ``scheduler``.
 
     Returns
     -------
@@ -1048,41 +1057,59 @@ def run_grid(grid: GridConfig | str | os.PathLike, out_dir: str | os.PathLike, p
     ------
     ConfigError
         Any invalid run or missing dataset, before the first run starts.
-    """
-    if scheduler is not False:
-        from . import distributed
+    WorkerLostError
+        A run kept killing its Dask worker (finished runs are kept; re-run to resume the others).
 
-        if scheduler is not None or distributed.active_client() is not None:
-            return distributed.run_grid(grid, out_dir, progress, overrides=overrides,
-                                        scheduler=None if scheduler is True else scheduler)
+    Notes
+    -----
+    Every run is validated before any starts. A run locked by another process is skipped with a warning.
+    A run that fails does not stop the others; the first failure is raised once all have been tried.
+    """
     if not isinstance(grid, GridConfig):
         grid = load_grid(grid)
     configs = grid.expand(**dict(overrides or {}))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(out / "grid.json", json.dumps(grid.to_dict(), indent=2).encode())
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    atomic_write(out / "grid.json", json.dumps(grid.to_dict(), indent=2).encode())
+    dirs = [out / "runs" / str(cfg.run_id) for cfg in configs]
+    todo = [cfg for cfg, d in zip(configs, dirs) if run_status(d) != "done"]
+    for cfg in configs:
+        if cfg not in todo:
+            log.info("skip %s (done)", cfg.run_id)
+    if not todo:
+        return dirs
+    first: Exception | None = None
+    with _grid_executor(scheduler, executor) as ex:
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(configs), desc=f"grid {grid.name}", unit="run", file=sys.stderr, dynamic_ncols=True)
-    dirs = []
-    try:
-        for cfg in configs:
-            run_dir = out / "runs" / str(cfg.run_id)
-            status = run_status(run_dir)
-            if status == "done":
-                log.info("skip %s (done)", cfg.run_id)
+            where = "" if ex is None else f" ({type(ex).__name__})"
+            bar = tqdm(total=len(todo), desc=f"grid {grid.name}{where}", unit="run", file=sys.stderr,
+                       dynamic_ncols=True)
+        try:
+            if ex is None:
+                futures = [_Inline(_train_task, cfg.to_dict(), str(out), progress) for cfg in todo]
+            elif _dask.is_dask_client(ex):  # pure=False: a re-run trains again; a unique key per submission
+                futures = [ex.submit(_train_task, cfg.to_dict(), str(out), pure=False,
+                                     key=f"causalgeom-train-{cfg.run_id}-{os.urandom(4).hex()}") for cfg in todo]
             else:
+                futures = [ex.submit(_train_task, cfg.to_dict(), str(out)) for cfg in todo]
+            for cfg, fut in zip(todo, futures):
                 try:
-                    train_run(cfg, out, progress=progress)
+                    with _dask.worker_loss_translated(f"training run {cfg.run_id!r}"):
+                        fut.result()
                 except StoreLockedError as exc:
-                    log.warning("skip %s: %s", cfg.run_id, exc)
-            dirs.append(run_dir)
+                    warnings.warn(f"skip {cfg.run_id}: {exc}", RuntimeWarning, stacklevel=3)
+                except Exception as exc:  # noqa: BLE001 - re-raised after the other runs were tried
+                    log.error("run %s failed: %s", cfg.run_id, exc)
+                    first = first or exc
+                if bar is not None:
+                    bar.set_postfix_str(cfg.run_id)
+                    bar.update(1)
+        finally:
             if bar is not None:
-                bar.set_postfix_str(f"{cfg.run_id} ({'skipped' if status == 'done' else 'trained'})")
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+                bar.close()
+    if first is not None:
+        raise first
     return dirs

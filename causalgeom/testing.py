@@ -1,0 +1,159 @@
+"""Synthetic runs and studies for tests, examples and benchmarks (numpy only; no torch).
+
+`make_run` builds one schema-v1 run whose logits are exactly ``features @ W.T + b``; `make_study` writes a
+study of such runs, half of them "treated" with smaller features (the regularizer's effect on magnitude in the
+paper's hypothesis); `assert_valid_run` is the check a test makes on any run it produced.
+
+>>> from causalgeom.testing import make_run, assert_valid_run
+>>> ds = make_run(n=50, d=4, k=3, seed=1)
+>>> assert_valid_run(ds, n=50, d=4, k=3)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from .errors import ConfigError
+from .schema import from_arrays, validate
+
+__all__ = ["make_run", "make_study", "assert_valid_run", "SYNTHETIC_EPS"]
+
+#: The ε grid of the synthetic attack outcomes of `make_run` (one attack, ``"pgd-linf"``).
+SYNTHETIC_EPS = (1 / 255, 2 / 255, 4 / 255)
+
+
+def make_run(n: int = 400, d: int = 16, k: int = 5, *, seed: int = 0, run_id: str = "run", bias: bool = True,
+             attacks: bool = True, scale: float = 1.0, **attrs: Any) -> xr.Dataset:
+    """A synthetic schema-v1 run: Gaussian class clusters, a random head, consistent logits.
+
+    Parameters
+    ----------
+    n, d, k : int
+        Samples, feature dimension, classes.
+    seed : int
+        Seeds the run's numbers (``numpy.random.default_rng(seed)``) and is stored as the ``seed`` attribute.
+    run_id : str
+    bias : bool
+        Draw a head bias (else zeros).
+    attacks : bool
+        Add one attack (``"pgd-linf"``) at `SYNTHETIC_EPS`: ``adv_margin`` is the clean margin minus
+        ``8 eps |z|`` (z standard normal), ``adv_correct = adv_margin > 0``.
+    scale : float
+        Multiplies the features (a smaller scale: smaller feature norms, less confident logits).
+    **attrs
+        More run attributes (``regularizer``, ``strength``, ...); default ``regularizer="ce"``.
+
+    Returns
+    -------
+    xarray.Dataset
+        Dims sample (n), feature (d), class (k) [, attack (1), eps (3)]. Features ``f = scale (W[y]/2 + e)``
+        with ``e ~ N(0, I_d)``, ``W ~ N(0, 1)`` (k, d), ``b ~ N(0, 0.01)``; logits ``f @ W.T + b``.
+    """
+    rng = np.random.default_rng(seed)
+    W = rng.normal(size=(k, d)).astype(np.float32)
+    b = (rng.normal(size=k) * 0.1).astype(np.float32) if bias else np.zeros(k, np.float32)
+    labels = rng.integers(0, k, n)
+    f = (scale * (W[labels] * 0.5 + rng.normal(size=(n, d)))).astype(np.float32)
+    logits = f @ W.T + b
+    kw: dict[str, Any] = {}
+    if attacks:
+        eps = list(SYNTHETIC_EPS)
+        others = np.where(np.eye(k, dtype=bool)[labels], -np.inf, logits).max(1)
+        margin = np.stack([logits[np.arange(n), labels] - others - 8 * e * np.abs(rng.normal(size=n))
+                           for e in eps])[None].astype(np.float32)
+        kw = dict(adv_correct=margin > 0, adv_margin=margin, attacks=["pgd-linf"], eps=eps)
+    return from_arrays(f, logits, labels, head_weight=W, head_bias=b,
+                       attrs={"run_id": run_id, "regularizer": "ce", "seed": seed, **attrs}, **kw)
+
+
+def make_study(path: str | os.PathLike, n_runs: int = 4, *, n: int = 120, d: int = 8, k: int = 4, seed: int = 0,
+               treated: str = "label_smoothing", strength: float = 0.1, shrink: float = 0.3,
+               attacks: bool = True) -> Any:
+    """Write a study of ``n_runs`` synthetic runs at ``path`` and return it (`causalgeom.study.Study`).
+
+    The first half of the runs are controls (``regularizer="ce"``, ``strength=0``, run ids ``ce-sSEED``); the
+    others are treated (``regularizer=treated``, ``strength``, run ids ``ls-sSEED``) and have their features
+    scaled by ``1 - shrink``. Run ``i`` uses seed ``seed + i``.
+
+    Parameters
+    ----------
+    path : path-like
+        The study folder (created; must not hold runs with the same ids).
+    n_runs : int
+        At least 2 (one control, one treated).
+    n, d, k : int
+        Per-run sizes, as in `make_run`.
+    seed : int
+    treated : str
+        Regularizer name of the treated runs.
+    strength : float
+    shrink : float
+        Treated features are ``1 - shrink`` times a control's (0 <= shrink < 1).
+    attacks : bool
+        As in `make_run`.
+
+    Returns
+    -------
+    causalgeom.study.Study
+    """
+    from .study import open_study  # the study folder needs the store; imported here to keep this module light
+
+    if n_runs < 2:
+        raise ConfigError(f"n_runs: expected at least 2 (a control and a treated run), got {n_runs!r}")
+    if not 0 <= shrink < 1:
+        raise ConfigError(f"shrink: expected 0 <= shrink < 1, got {shrink!r}")
+    study = open_study(path, create=True)
+    for i in range(n_runs):
+        is_treated = i >= n_runs // 2
+        s = seed + i
+        if is_treated:
+            extra = {"regularizer": treated, "strength": float(strength)}
+        else:
+            extra = {"regularizer": "ce", "strength": 0.0}
+        study.add(make_run(n=n, d=d, k=k, seed=s, run_id=f"{'ls' if is_treated else 'ce'}-s{s}",
+                           scale=1.0 - shrink * is_treated, attacks=attacks, **extra))
+    return study
+
+
+def assert_valid_run(ds: xr.Dataset, *, n: int | None = None, d: int | None = None, k: int | None = None,
+                     head_rtol: float = 1e-4, head_atol: float = 1e-4) -> None:
+    """Assert that ``ds`` is a valid schema-v1 run with the given sizes and, with a head, ``logits = f W^T + b``.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+    n, d, k : int, optional
+        Expected sizes of ``sample``, ``feature``, ``class``.
+    head_rtol, head_atol : float
+        Tolerance of ``logits`` against ``features @ head_weight.T + head_bias`` recomputed in float64. The
+        logits were computed in float32 (by the model's own matmul, with another summation order), so they
+        agree to float32 rounding of a sum of ``d`` terms, not exactly.
+
+    Raises
+    ------
+    AssertionError
+        Naming what is wrong (a `causalgeom.errors.SchemaError` from `validate` is turned into one).
+    """
+    from .errors import SchemaError
+
+    try:
+        validate(ds, check_values=True)
+    except SchemaError as exc:
+        raise AssertionError(f"not a valid schema-v1 run: {exc}") from None
+    for dim, want in (("sample", n), ("feature", d), ("class", k)):
+        if want is not None and ds.sizes.get(dim) != want:
+            raise AssertionError(f"dim {dim!r}: expected {want}, got {ds.sizes.get(dim)}")
+    if "head_weight" in ds and "logits" in ds:
+        f = np.asarray(ds["features"].values, np.float64)
+        W = np.asarray(ds["head_weight"].values, np.float64)
+        b = np.asarray(ds["head_bias"].values, np.float64) if "head_bias" in ds else 0.0
+        want_logits = f @ W.T + b
+        got = np.asarray(ds["logits"].values, np.float64)
+        if not np.allclose(got, want_logits, rtol=head_rtol, atol=head_atol):
+            worst = float(np.max(np.abs(got - want_logits)))
+            raise AssertionError(f"logits are not features @ head_weight.T + head_bias (max |difference| {worst:.3g} "
+                                 f"> atol {head_atol} + rtol {head_rtol} * |logit|)")
