@@ -97,8 +97,11 @@ def test_nan_and_inf(df):
 
 def test_too_few_runs_to_resample(df):
     two = df[df.run_id.isin(df.run_id.unique()[[0, 1, 5]])]  # 2 ce runs, 1 treated run
-    with pytest.raises(QueryError, match=r"too few clusters \(run_id\) to resample: \{'treated': 1\}"):
-        _m(two, n_boot=10)
+    with pytest.raises(QueryError, match=r"estimand='runs': the effect over training runs .* is undefined with one run"):
+        _m(two, n_boot=10, estimand="runs")
+    # by default one run in an arm switches to the model-conditional estimand, with a note
+    res = _m(two, n_boot=10)
+    assert res.estimand.startswith("model-conditional") and any("model-conditional" in n for n in res.notes)
     # the naive bootstrap is allowed (and labelled), and points need no resampling
     assert _m(two, n_boot=10, bootstrap="naive").resampling_unit == "naive per-sample"
     cont = df[df.run_id.isin(df.run_id.unique()[[0, 5]])]

@@ -19,7 +19,7 @@ from causalgeom.causal.estimators import LinearMediation
 def _est(df, **kw):
     r = mediate(df, treatment=kw.pop("treatment", "regularizer"), mediators=kw.pop("mediators", ["m1"]),
                 outcome=kw.pop("outcome", "y"), covariates=kw.pop("covariates", ["x"]), n_boot=kw.pop("n_boot", 0),
-                rng=0, **kw)
+                rng=0, paired_by=kw.pop("paired_by", None), **kw)
     return r.summary().set_index("effect")["estimate"]
 
 
@@ -202,9 +202,12 @@ def test_cluster_replicate_equals_refit_on_resampled_clusters(outcome_model):
         parts = [df[df.run_id == name] for r, name in enumerate(d.cluster_names) for _ in range(counts[b, r])]
         rs = pd.concat(parts, ignore_index=True)
         ref = mediate(rs, treatment="regularizer", control="ce", treated="treated", mediators="m1", outcome=y,
-                      covariates=["x"], n_boot=0, outcome_model=outcome_model)
+                      covariates=["x"], n_boot=0, outcome_model=outcome_model, inference="bootstrap", paired_by=None)
         got = dict(zip(names, reps[b, :, 0]))
         for row in ref.summary().itertuples():
+            if row.effect == "prop_mediated" and np.isnan(row.estimate):  # opposite-signed components
+                assert row.note.startswith("not estimable")
+                continue
             assert got[row.effect] == pytest.approx(row.estimate, abs=1e-7), (b, row.effect)
 
 
@@ -265,7 +268,8 @@ def test_several_outcomes_share_replicates():
 def test_few_clusters_warning():
     df, _ = simulate_mediation(n_runs_per_arm=3, n_samples=20, rng=16)
     with pytest.warns(FewClustersWarning, match="per arm"):
-        r = mediate(df, treatment="regularizer", mediators="m1", outcome="y", n_boot=50, rng=0)
+        r = mediate(df, treatment="regularizer", mediators="m1", outcome="y", n_boot=50, rng=0,
+                    inference="bootstrap")
     assert any("too narrow" in n for n in r.notes)
     with warnings.catch_warnings():
         warnings.simplefilter("error", FewClustersWarning)
@@ -286,5 +290,9 @@ def test_n_boot_zero_gives_points_only():
     df, _ = simulate_mediation(n_runs_per_arm=2, n_samples=20, rng=17)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FewClustersWarning)
-        s = mediate(df, treatment="regularizer", mediators="m1", outcome="y", n_boot=0).summary()
-    assert s.ci_low.isna().all() and s.p_value.isna().all() and s.estimate.notna().all()
+        s = mediate(df, treatment="regularizer", mediators="m1", outcome="y", n_boot=0,
+                    inference="bootstrap").summary()
+    assert s.ci_low.isna().all() and s.p_value.isna().all() and s.estimate[:3].notna().all()
+    # direct and indirect have opposite signs in this draw: the proportion mediated is not estimable
+    assert np.sign(s.estimate[1]) != np.sign(s.estimate[2])
+    assert np.isnan(s.estimate[3]) and s.note[3] == "not estimable: the components have opposite signs"

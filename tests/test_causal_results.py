@@ -19,7 +19,7 @@ from causalgeom.causal.results import SUMMARY_COLUMNS, markdown_table  # noqa: E
 def res():
     df, _ = simulate_mediation(n_runs_per_arm=6, n_samples=40, a=(1.0, -0.5), b=(1.0, 1.0), rng=0)
     return mediate(df, treatment="regularizer", control="ce", treated="treated", mediators=["m1", "m2"],
-                   outcome="y", covariates=["x"], n_boot=200, rng=0)
+                   outcome="y", covariates=["x"], n_boot=200, rng=0, inference="bootstrap", paired_by=None)
 
 
 def test_summary_and_attributes(res):
@@ -28,7 +28,9 @@ def test_summary_and_attributes(res):
     assert list(s.effect) == ["total", "direct", "indirect", "indirect[m1]", "indirect[m2]", "prop_mediated",
                               "prop_mediated[m1]", "prop_mediated[m2]"]
     assert (s.n_runs == 12).all() and (s.n_samples == 480).all()
-    assert (s.ci_low <= s.estimate).all() and (s.estimate <= s.ci_high).all()
+    ok = s.estimate.notna()  # proportions may be "not estimable" (NaN with a note)
+    assert (s.ci_low[ok] <= s.estimate[ok]).all() and (s.estimate[ok] <= s.ci_high[ok]).all()
+    assert (s.note[~ok].str.startswith("not estimable")).all()
     assert res.method == "regression" and res.n_clusters == 12 and res.clusters_per_arm == {"ce": 6, "treated": 6}
     assert res.resampling_unit == "cluster (run_id)" and "stratified by treatment arm" in res.resampling
     assert res.level == "sample" and res.n_boot == 200 and res.replicates.shape == (200, 8, 1)
@@ -116,7 +118,7 @@ def test_evalues_for_logistic_outcome():
     df, _ = simulate_mediation(n_runs_per_arm=6, n_samples=40, rng=2)
     df["yb"] = (df.y > df.y.median()).astype(int)
     r = mediate(df, treatment="regularizer", mediators="m1", outcome="yb", covariates=["x"], n_boot=100, rng=0,
-                outcome_model="logistic")
+                outcome_model="logistic", inference="bootstrap")
     s = r.sensitivity.set_index("effect")
     assert list(s.index) == ["direct", "indirect"]
     assert (s.e_value >= 1).all() and (s.e_value_ci <= s.e_value).all()

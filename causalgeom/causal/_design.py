@@ -70,6 +70,18 @@ class Design:
     n_dropped: int
     level: str
     notes: list[str] = field(default_factory=list)
+    #: Image (test sample) index of each row in ``[0, n_images)`` when the runs are paired by image, else None.
+    images: np.ndarray | None = None
+    n_images: int = 0
+    #: One sentence: "paired by image: ..." or "unpaired: <reason>".
+    design_text: str = ""
+    #: ``"runs"`` (effect over training runs) or ``"model"`` (these models, inference over test images).
+    estimand: str = "runs"
+    #: Run index of each row (equal to ``codes`` unless the estimand is model-conditional).
+    run_codes: np.ndarray | None = None
+    run_names: np.ndarray | None = None
+    #: Treatment of each run (``run_codes`` order), shape (n_runs,).
+    run_T: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -145,8 +157,14 @@ def _same(level: Any, value: Any) -> bool:
 def build_design(table: Any, *, treatment: str, mediators: Any, outcome: Any, control: Any = None,
                  treated: Any = None, covariates: Any = (), cluster: str | None = "run_id",
                  treatment_type: str = "auto", level: str | None = None, bootstrap: str = "cluster",
-                 outcome_model: str = "linear") -> Design:
+                 outcome_model: str = "linear", paired_by: str | None = None, estimand: str = "runs",
+                 sample: str = "sample") -> Design:
     """Validate the question against ``table`` and extract the arrays (see `causalgeom.causal.mediate`).
+
+    ``paired_by`` (``"auto"``, ``"sample"`` or None) pairs the runs by the ``sample`` column when every run
+    (cluster) of the compared arms holds each sample id exactly once (`pairing`); ``estimand`` (``"auto"``,
+    ``"runs"``, ``"model"``) chooses the unit of inference (runs, or test images for the model-conditional
+    estimand; ``"auto"`` picks images when an arm has a single run).
 
     Raises
     ------
@@ -262,6 +280,10 @@ def build_design(table: Any, *, treatment: str, mediators: Any, outcome: Any, co
                 raise QueryError(f"outcome {c!r}: outcome_model='logistic' needs a 0/1 outcome, got values such as "
                                  f"{np.unique(Y[:, j])[:5].tolist()}")
     X_parts, x_names = [], []
+    if sample in covariates and cluster is not None:
+        raise QueryError(f"covariates: {sample!r} is an image id, not a quantity — a covariate would fit a straight "
+                         f"line in the id. To compare runs image by image (image fixed effects), use "
+                         f"paired_by={sample!r} (the default 'auto' does it when every run scored the same images)")
     for c in covariates:
         s = sub[c]
         if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
@@ -314,7 +336,20 @@ def build_design(table: Any, *, treatment: str, mediators: Any, outcome: Any, co
             for v in (0.0, 1.0):
                 clusters_per_arm[arm_label[v]] = int(np.unique(codes[T == v]).size)
             strata_note = "not stratified (the treatment varies within clusters)"
-        if bootstrap != "naive":
+        one_run = constant and min(clusters_per_arm.values()) < 2
+        if estimand == "runs" and one_run and cluster is not None:
+            raise QueryError(
+                f"estimand='runs': the effect over training runs (runs as the population) is undefined with one "
+                f"run in a treatment arm ({clusters_per_arm}); the variation between runs of one arm cannot be "
+                "estimated. Ask for estimand='model' (these models, inference over test images, paired by image) "
+                "or add runs (seeds)")
+        if estimand == "auto":
+            estimand = "model" if (one_run and cluster is not None) else "runs"
+            if estimand == "model":
+                notes.append(f"one run in a treatment arm ({clusters_per_arm}): the effect over training runs is "
+                             "undefined, so the estimand is model-conditional (these models, inference over test "
+                             "images)")
+        if bootstrap != "naive" and estimand == "runs":
             small = {k: v for k, v in clusters_per_arm.items() if v < 2}
             if small:
                 raise QueryError(
@@ -341,8 +376,99 @@ def build_design(table: Any, *, treatment: str, mediators: Any, outcome: Any, co
             if constant and uniq_c.size < 2:
                 raise QueryError(f"treatment {treatment!r} takes one value across clusters")
 
-    return Design(T=T, M=M, X=X, Y=Y, codes=codes, cluster_names=names, t0=float(t0), t1=float(t1),
-                  treatment=treatment, mediators=mediators, outcomes=outcomes, covariates=covariates,
-                  x_names=x_names, cluster=cluster, treatment_kind=kind, control_label=control_label,
-                  treated_label=treated_label, strata=strata, strata_note=strata_note,
-                  clusters_per_arm=clusters_per_arm, n_runs=n_runs, n_dropped=n_dropped, level=level, notes=notes)
+    if estimand == "auto":
+        estimand = "runs"
+    images, n_images, design_text = pairing(sub, codes, R, paired_by=paired_by, sample=sample, level=level,
+                                            cluster=cluster)
+    run_T = np.where(np.isfinite(t_min), t_min, np.nan) if constant else None
+    d = Design(T=T, M=M, X=X, Y=Y, codes=codes, cluster_names=names, t0=float(t0), t1=float(t1),
+               treatment=treatment, mediators=mediators, outcomes=outcomes, covariates=covariates,
+               x_names=x_names, cluster=cluster, treatment_kind=kind, control_label=control_label,
+               treated_label=treated_label, strata=strata, strata_note=strata_note,
+               clusters_per_arm=clusters_per_arm, n_runs=n_runs, n_dropped=n_dropped, level=level, notes=notes,
+               images=images, n_images=n_images, design_text=design_text, estimand=estimand, run_codes=codes,
+               run_names=names, run_T=run_T)
+    if estimand == "model":
+        d = model_conditional(d, sample)
+    return d
+
+
+def pairing(sub: pd.DataFrame, codes: np.ndarray, R: int, *, paired_by: str | None, sample: str, level: str,
+            cluster: str | None) -> tuple[np.ndarray | None, int, str]:
+    """Decide whether the runs are paired by image and index the images.
+
+    Runs are paired when every cluster (run) holds each id of the ``sample`` column exactly once — the crossed
+    design of a study in which every run scored the same test images.
+
+    Returns
+    -------
+    images : ndarray of int, shape (n,), or None
+        Image index of each row (None: unpaired).
+    n_images : int
+    text : str
+        ``"paired by image: ..."`` or ``"unpaired: <reason>"``.
+
+    Raises
+    ------
+    QueryError
+        ``paired_by="sample"`` and the runs cannot be paired (the message names the problem).
+    """
+    if paired_by not in ("auto", "sample", None):
+        raise QueryError(f"paired_by: unknown value {paired_by!r}; allowed: ['auto', 'sample', None]")
+    forced = paired_by == "sample"
+    reason = None
+    if paired_by is None:
+        reason = "paired_by=None"
+    elif level == "run":
+        reason = "run-level table (one row per run: image effects are already averaged out)"
+    elif cluster is None:
+        reason = "no cluster column (cluster=None), so there are no runs to pair"
+    elif sample not in sub.columns:
+        reason = f"the table has no {sample!r} column of image ids"
+    if reason is None:
+        ids = sub[sample]
+        if ids.isna().any():
+            reason = f"{int(ids.isna().sum())} missing (NaN) values in {sample!r}"
+        else:
+            img, uniq = pd.factorize(ids, sort=True)
+            n_img = int(len(uniq))
+            pair = codes.astype(np.int64) * n_img + img
+            counts = np.bincount(pair, minlength=R * n_img) if R * n_img <= 50_000_000 else None
+            if counts is None:
+                _, c = np.unique(pair, return_counts=True)
+                ok = c.size == R * n_img and bool((c == 1).all())
+                dup = int((c > 1).sum())
+            else:
+                ok = bool((counts == 1).all())
+                dup = int((counts > 1).sum())
+            if ok and R >= 2:
+                return (img.astype(np.int64), n_img,
+                        f"paired by image: image fixed effects absorbed by within-image demeaning "
+                        f"({n_img} images × {R} runs)")
+            if R < 2:
+                reason = "a single run"
+            elif dup:
+                reason = f"{dup} (run, {sample}) pairs occur more than once (ids repeat within a run)"
+            else:
+                per_run = np.bincount(codes, minlength=R)
+                reason = (f"the runs did not score the same {sample} ids ({n_img} distinct ids; runs hold "
+                          f"{int(per_run.min())} to {int(per_run.max())})")
+    if forced:
+        raise QueryError(f"paired_by={sample!r}: the runs cannot be paired by image: {reason}; use paired_by=None "
+                         "for an unpaired analysis")
+    return None, 0, f"unpaired: {reason}"
+
+
+def model_conditional(d: Design, sample: str) -> Design:
+    """Switch a design to the model-conditional estimand: clusters are test images (paired) or rows."""
+    if d.images is not None:
+        d.codes = d.images
+        d.cluster_names = np.arange(d.n_images)
+        d.cluster = sample
+    else:
+        d.codes = np.arange(d.n)
+        d.cluster_names = np.arange(d.n)
+        d.notes.append("model-conditional estimand without pairing by image: rows are treated as independent")
+    d.strata = None
+    d.strata_note = "not stratified (images carry every run)"
+    return d

@@ -18,6 +18,10 @@ Schemes
 ``"naive"``
     Rows with replacement within each treatment arm, ignoring clusters. Only valid when rows are independent;
     labelled as such in the results.
+``"two-way"``
+    Runs (within arms) and images drawn independently, a row weighted by the product of its run's and its
+    image's counts: the pigeonhole bootstrap of a crossed design (Owen 2007, Ann. Appl. Stat. 1(2)), for the
+    effect over runs *and* test images. Needs a design paired by image.
 """
 
 from __future__ import annotations
@@ -90,7 +94,8 @@ class ReplicateBatch:
 
 def replicate_batches(scheme: str, *, codes: np.ndarray, n_clusters: int, strata: np.ndarray | None,
                       row_strata: np.ndarray | None, B: int, rng: np.random.Generator,
-                      batch_size: int) -> Iterator[ReplicateBatch]:
+                      batch_size: int, run_codes: np.ndarray | None = None, run_strata: np.ndarray | None = None,
+                      images: np.ndarray | None = None, n_images: int = 0) -> Iterator[ReplicateBatch]:
     """Yield the ``B`` replicates of ``scheme`` in batches of at most ``batch_size``.
 
     Parameters
@@ -105,6 +110,8 @@ def replicate_batches(scheme: str, *, codes: np.ndarray, n_clusters: int, strata
         Row strata (naive scheme).
     B, batch_size : int
     rng : numpy.random.Generator
+    run_codes, run_strata, images, n_images
+        Two-way scheme: run of each row (n,), arm of each run (R_runs,), image of each row (n,), number of images.
     """
     n = codes.shape[0]
     if scheme == "cluster+samples":
@@ -118,6 +125,10 @@ def replicate_batches(scheme: str, *, codes: np.ndarray, n_clusters: int, strata
         done += b
         if scheme == "cluster":
             yield ReplicateBatch(cluster_counts(n_clusters, strata, b, rng), None, codes)
+        elif scheme == "two-way":
+            kr = cluster_counts(int(run_codes.max()) + 1, run_strata, b, rng)
+            ki = cluster_counts(n_images, None, b, rng)
+            yield ReplicateBatch(None, (kr[:, run_codes] * ki[:, images]).astype(np.float64), codes)
         elif scheme == "cluster+samples":
             k = cluster_counts(n_clusters, strata, b, rng)
             w = np.zeros((b, n))

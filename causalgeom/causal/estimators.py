@@ -66,6 +66,15 @@ def effect_names(mediators: list[str], ordered: bool) -> list[str]:
     return ["total", "direct", "indirect"] + paths + props
 
 
+def image_means(V: np.ndarray, images: np.ndarray, n_images: int) -> np.ndarray:
+    """Mean of every column of ``V`` (n, c) over the rows of the same image, broadcast back to the rows (n, c)."""
+    counts = np.bincount(images, minlength=n_images).astype(np.float64)
+    out = np.empty_like(V, dtype=np.float64)
+    for j in range(V.shape[1]):
+        out[:, j] = (np.bincount(images, weights=V[:, j], minlength=n_images) / counts)[images]
+    return out
+
+
 def _solve(A: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Batched solve; replicates whose system is singular give NaN instead of failing the batch."""
     try:
@@ -95,6 +104,7 @@ class _Layout:
     q: int
     L: int
     interaction: bool
+    paired: bool = False
 
     def __post_init__(self) -> None:
         K, q, L = self.K, self.q, self.L
@@ -103,11 +113,19 @@ class _Layout:
         self.i_x = list(range(2 + K, 2 + K + q))
         self.i_tm = list(range(2 + K + q, 2 + K + q + (K if self.interaction else 0)))
         start = 2 + K + q + len(self.i_tm)
+        # image means (Mundlak columns) of the mediators, covariates and treatment x mediator terms
+        nz = (K + q + len(self.i_tm)) if self.paired else 0
+        self.i_zm = list(range(start, start + K)) if self.paired else []
+        self.i_zx = list(range(start + K, start + K + q)) if self.paired else []
+        self.i_ztm = list(range(start + K + q, start + nz)) if self.paired else []
+        start += nz
         self.i_y = list(range(start, start + L))
         self.p = start + L
-        self.med_reg = [0, 1] + self.i_x
-        self.med2_reg = [0, 1, self.i_m[0]] + self.i_x if K >= 1 else []
-        self.out_reg = [0, 1] + self.i_m + self.i_x + self.i_tm
+        self.med_reg = [0, 1] + self.i_x + self.i_zx
+        self.med2_reg = ([0, 1, self.i_m[0]] + self.i_x + self.i_zm[:1] + self.i_zx) if K >= 1 else []
+        self.out_reg = [0, 1] + self.i_m + self.i_x + self.i_tm + self.i_zm + self.i_zx + self.i_ztm
+        #: regressors whose coefficients do not enter the effects (covariates and image means)
+        self.i_z = self.i_zm + self.i_zx + self.i_ztm
 
 
 class LinearMediation:
@@ -122,6 +140,15 @@ class LinearMediation:
     ordered : bool
         Two mediators, the first a cause of the second (path-specific effects of a linear structural model).
 
+    paired : bool, optional
+        Absorb image fixed effects (default: when ``design.images`` is set). Implemented with the image means of
+        the mediators, covariates and treatment × mediator terms as extra regressors (Mundlak 1978): in the
+        balanced crossed design (every run scores every image once) the slopes are then exactly those of the
+        within-image demeaned regression (Frisch–Waugh–Lovell), the image dummies' equivalent, with O(n)
+        memory. The treatment is constant within a run, so its image mean is the same for every image and is
+        absorbed by the intercept. For a logistic outcome the same columns give the correlated-random-effects
+        (Mundlak–Chamberlain) model, which avoids the incidental-parameter bias of image dummies in a logit.
+
     Notes
     -----
     Columns are centred by their full-sample means before the Gram matrices are formed (better conditioning);
@@ -129,7 +156,7 @@ class LinearMediation:
     """
 
     def __init__(self, design: Design, outcome_model: str = "linear", interaction: bool = False,
-                 ordered: bool = False):
+                 ordered: bool = False, paired: bool | None = None):
         K = design.M.shape[1]
         if ordered and K != 2:
             raise QueryError(f"ordered: causally ordered mediators are supported for exactly 2 mediators, got {K}")
@@ -141,7 +168,11 @@ class LinearMediation:
         self.outcome_model = outcome_model
         self.interaction = interaction
         self.ordered = ordered
-        self.lay = _Layout(K, design.X.shape[1], design.Y.shape[1], interaction)
+        images = getattr(design, "images", None)
+        self.paired = bool(images is not None if paired is None else paired)
+        if self.paired and images is None:
+            raise QueryError("paired=True needs a design paired by image (design.images)")
+        self.lay = _Layout(K, design.X.shape[1], design.Y.shape[1], interaction, self.paired)
         self.names = effect_names(design.mediators, ordered)
         self.t0, self.t1 = design.t0, design.t1
         Mc = design.M - design.M.mean(0)
@@ -150,6 +181,9 @@ class LinearMediation:
         parts = [np.ones((design.n, 1)), design.T[:, None], Mc, Xc]
         if interaction:
             parts.append(design.T[:, None] * Mc)
+        if self.paired:
+            within = np.column_stack(parts[2:])
+            parts.append(image_means(within, images, design.n_images))
         parts.append(Yc)
         self.V = np.ascontiguousarray(np.column_stack(parts))
         self._Mc = Mc
@@ -210,15 +244,37 @@ class LinearMediation:
 
     def effects_from_grams(self, S: np.ndarray) -> np.ndarray:
         """Effects of a linear outcome model from Gram matrices ``S`` (B, p, p); returns (B, E, L)."""
-        lay, K, L = self.lay, self.lay.K, self.lay.L
-        B = S.shape[0]
-        d = self.t1 - self.t0
+        lay = self.lay
         n = S[:, 0, 0]
         Tbar = S[:, 0, 1] / n
         Mbar = S[:, 0, lay.i_m] / n[:, None]
         med = self._mediator_coefs(S)
-        a = med["a"]  # (B, K)
         beta = self._outcome_coefs_linear(S)
+        return self.effects_from_coefs(med["a"], beta, Tbar, Mbar, med.get("a2_direct"), med.get("theta"))
+
+    def effects_from_coefs(self, a: np.ndarray, beta: np.ndarray, Tbar: np.ndarray, Mbar: np.ndarray,
+                           a2_direct: np.ndarray | None = None, theta: np.ndarray | None = None) -> np.ndarray:
+        """Effects of a linear outcome model from its coefficients.
+
+        Parameters
+        ----------
+        a : ndarray, shape (B, K)
+            Treatment coefficients of the mediator models.
+        beta : ndarray, shape (B, |outcome regressors|, L)
+            Outcome-model coefficients (layout order: 1, T, M, X, T×M, image means).
+        Tbar : ndarray, shape (B,)
+        Mbar : ndarray, shape (B, K)
+            Means of the treatment and of the (centred) mediators.
+        a2_direct, theta : ndarray, shape (B,), optional
+            Ordered mediators: second mediator model's treatment and first-mediator coefficients.
+
+        Returns
+        -------
+        ndarray, shape (B, E, L)
+        """
+        lay, K = self.lay, self.lay.K
+        B = a.shape[0]
+        d = self.t1 - self.t0
         c = beta[:, 1, :]  # (B, L)
         b = beta[:, 2:2 + K, :]  # (B, K, L)
         if self.interaction:
@@ -228,7 +284,7 @@ class LinearMediation:
         EM0 = Mbar + a * (self.t0 - Tbar[:, None])  # E[M~_j(t0)], (B, K)
         direct = d * (c + np.einsum("bk,bkl->bl", EM0, dd))
         if self.ordered:
-            a1, a2p, th = a[:, 0:1], med["a2_direct"][:, None], med["theta"][:, None]
+            a1, a2p, th = a[:, 0:1], a2_direct[:, None], theta[:, None]
             paths = np.stack([a1 * b[:, 0] * d, a1 * th * b[:, 1] * d, a2p * b[:, 1] * d], axis=1)
         else:
             paths = (b + dd * self.t1) * (a * d)[:, :, None]  # (B, K, L)
@@ -301,9 +357,18 @@ class LinearMediation:
         beta : ndarray, shape (b, |outcome regressors|, L)
             Logistic coefficients (centred scale).
         """
-        lay, K = self.lay, self.lay.K
         a = self._mediator_coefs(S)["a"]  # (b, K)
         beta, converged = self._fit_logistic(W, start)
+        eff, po = self.gformula(a, beta, W)
+        return eff, po, converged, beta
+
+    def gformula(self, a: np.ndarray, beta: np.ndarray, W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Effects (b, E, L) and potential-outcome means (b, 3 + K, L) of a logistic outcome model.
+
+        ``a`` (b, K) mediator-model treatment coefficients, ``beta`` (b, |outcome regressors|, L) logistic
+        coefficients, ``W`` (b, n) row weights of the averages.
+        """
+        lay, K = self.lay, self.lay.K
         T = self.design.T
         Wsum = W.sum(1)  # (b,)
         q = lay.q
@@ -313,6 +378,10 @@ class LinearMediation:
         bX = beta[:, 2 + K:2 + K + q, :]  # (b, q, L)
         bTM = beta[:, 2 + K + q:2 + K + q + K, :] if self.interaction else np.zeros_like(bM)
         base = b0[:, None, :] + (np.einsum("nq,bql->bnl", self._Xc, bX) if q else 0.0)  # (b, n, L)
+        if lay.i_z:  # image means: image-level covariates, held at their observed values
+            nz0 = 2 + K + q + len(lay.i_tm)
+            bZ = beta[:, nz0:nz0 + len(lay.i_z), :]
+            base = base + np.einsum("nz,bzl->bnl", self.V[:, lay.i_z], bZ)
 
         def mean_po(t: float, tm: np.ndarray) -> np.ndarray:
             eta = base + bT[:, None, :] * t
@@ -331,7 +400,143 @@ class LinearMediation:
         po = np.stack(po, axis=1)  # (b, 3+K, L)
         total, direct, indirect = po[:, 2] - po[:, 0], po[:, 1] - po[:, 0], po[:, 2] - po[:, 1]
         paths = po[:, 3:] - po[:, 1:2]
-        return self._assemble(W.shape[0], total, direct, indirect, paths), po, converged, beta
+        return self._assemble(W.shape[0], total, direct, indirect, paths), po
+
+    # -- CR2 covariance (causalgeom.causal.inference) ------------------------------------------------------------
+    def _cluster_sums(self, values: np.ndarray) -> np.ndarray:
+        """Sums of the rows of ``values`` (n, k) within each cluster, shape (R, k)."""
+        import scipy.sparse as sp
+
+        d = self.design
+        ind = sp.csr_matrix((np.ones(d.n), (d.codes, np.arange(d.n))), shape=(d.n_clusters, d.n))
+        return np.asarray(ind @ values)
+
+    def cr2(self) -> "object":
+        """`causalgeom.causal.inference.CR2` of the effects: CR2 covariance of the stacked mediator and outcome
+        coefficients over the design's clusters, delta method for the effects."""
+        from .inference import CR2, cr2_scores
+
+        lay, K, L = self.lay, self.lay.K, self.lay.L
+        G = self.cluster_grams()
+        S = G.sum(0)
+        thetas, psis = [], []
+        regs = [(lay.med_reg, lay.i_m[j]) for j in range(K)]
+        if self.ordered:
+            regs.append((lay.med2_reg, lay.i_m[1]))
+        if self.outcome_model == "linear":
+            regs += [(lay.out_reg, lay.i_y[l]) for l in range(L)]
+        for r, y in regs:
+            A = S[np.ix_(r, r)]
+            beta = np.linalg.solve(A, S[r, y])
+            Gc = G[:, r][:, :, r]
+            Ge = G[:, r, y] - Gc @ beta
+            psi, _ = cr2_scores(Gc, Ge, A)
+            thetas.append(beta)
+            psis.append(psi)
+        r = lay.out_reg
+        if self.outcome_model == "logistic":
+            Z = self.V[:, r]
+            pz = len(r)
+            for l in range(L):
+                beta = self._beta_logit[:, l]
+                mu = _expit(Z @ beta)
+                w = mu * (1.0 - mu)
+                Gc = np.zeros((self.design.n_clusters, pz * pz))
+                step = self._row_chunk()
+                for s0 in range(0, self.design.n, step):
+                    Zc, wc = Z[s0:s0 + step], w[s0:s0 + step]
+                    import scipy.sparse as sp
+
+                    ind = sp.csr_matrix((np.ones(len(Zc)), (self.design.codes[s0:s0 + step], np.arange(len(Zc)))),
+                                        shape=(self.design.n_clusters, len(Zc)))
+                    Gc += np.asarray(ind @ ((wc[:, None, None] * Zc[:, :, None] * Zc[:, None, :]).reshape(-1, pz * pz)))
+                Gc = Gc.reshape(-1, pz, pz)
+                Ge = self._cluster_sums((self.design.Y[:, l] - mu)[:, None] * Z)
+                psi, _ = cr2_scores(Gc, Ge, Gc.sum(0))
+                thetas.append(beta)
+                psis.append(psi)
+        theta = np.concatenate(thetas)
+        psi = np.concatenate(psis, axis=1)
+        n = S[0, 0]
+        Tbar, Mbar = S[0, 1] / n, S[0, lay.i_m] / n
+        nm, n2 = len(lay.med_reg), len(lay.med2_reg) if self.ordered else 0
+        off_o = K * nm + n2
+
+        def effects(Th: np.ndarray) -> np.ndarray:
+            b = Th.shape[0]
+            a = np.stack([Th[:, j * nm + 1] for j in range(K)], axis=1)
+            a2d = Th[:, K * nm + 1] if self.ordered else None
+            th = Th[:, K * nm + 2] if self.ordered else None
+            beta = Th[:, off_o:].reshape(b, L, len(r)).transpose(0, 2, 1)
+            if self.outcome_model == "linear":
+                return self.effects_from_coefs(a, beta, np.full(b, Tbar), np.broadcast_to(Mbar, (b, K)), a2d, th)
+            out = []
+            for s0 in range(0, b, 4):
+                bb = min(4, b - s0)
+                out.append(self.gformula(a[s0:s0 + bb], beta[s0:s0 + bb], np.ones((bb, self.design.n)))[0])
+            return np.concatenate(out)
+
+        return CR2(theta, psi, effects)
+
+    def relabeled(self, run_T: np.ndarray) -> np.ndarray | None:
+        """Effects (b, E, L) with the treatment of the runs relabeled (rows of ``run_T``, shape (b, R)).
+
+        Linear outcome models: the Gram matrix is affine in each run's treatment value, ``S(t) = Σ_r L(t_r) G0_r
+        L(t_r)'`` with ``G0_r`` the run's Gram matrix of the treatment-free columns, so relabelings cost
+        ``O(R p²)`` each. Returns None where that does not hold (logistic outcome; image means of treatment ×
+        mediator terms), and the caller refits.
+        """
+        lay, d = self.lay, self.design
+        if self.outcome_model != "linear" or lay.i_ztm or d.run_codes is None:
+            return None
+        if not np.array_equal(d.codes, d.run_codes):
+            return None
+        wcols = [0] + lay.i_m + lay.i_x + lay.i_zm + lay.i_zx + lay.i_y
+        w = len(wcols)
+        if not hasattr(self, "_G0"):  # the runs' Gram matrices of the treatment-free columns
+            G = self.cluster_grams()
+            self._G0 = G[:, wcols][:, :, wcols].reshape(G.shape[0], w * w)
+        L0 = np.zeros((lay.p, w))
+        L1 = np.zeros((lay.p, w))
+        for k, c in enumerate(wcols):
+            L0[c, k] = 1.0
+        L1[1, 0] = 1.0
+        for j, c in enumerate(lay.i_tm):
+            L1[c, 1 + j] = 1.0
+        t = np.asarray(run_T, dtype=float)
+        A0 = self._G0.sum(0).reshape(w, w)
+        A1 = (t @ self._G0).reshape(-1, w, w)
+        A2 = ((t ** 2) @ self._G0).reshape(-1, w, w)
+        S = (L0 @ A0 @ L0.T)[None] + L1 @ A1 @ L0.T + L0 @ A1 @ L1.T + L1 @ A2 @ L1.T
+        return self.effects_from_grams(S)
+
+    def mundlak(self) -> "object":
+        """Within (image fixed effects), between (image means) and pooled slope of each mediator in the linear
+        outcome model (Mundlak 1978: ``between = b_within + γ``, ``γ`` the image-mean coefficient).
+
+        Returns
+        -------
+        pandas.DataFrame
+            ``outcome, mediator, within, between, pooled`` (empty when the design is not paired).
+        """
+        import pandas as pd
+
+        cols = ["outcome", "mediator", "within", "between", "pooled"]
+        if not self.paired:
+            return pd.DataFrame(columns=cols)
+        lay, S = self.lay, self.gram()
+        r = lay.out_reg
+        r0 = [c for c in r if c not in lay.i_z]
+        rows = []
+        for l, y in enumerate(self.design.outcomes):
+            bw = np.linalg.solve(S[np.ix_(r, r)], S[r, lay.i_y[l]])
+            bp = np.linalg.solve(S[np.ix_(r0, r0)], S[r0, lay.i_y[l]])
+            for j, m in enumerate(self.design.mediators):
+                within = bw[r.index(lay.i_m[j])]
+                gamma = bw[r.index(lay.i_zm[j])]
+                rows.append(dict(outcome=y, mediator=m, within=float(within), between=float(within + gamma),
+                                 pooled=float(bp[r0.index(lay.i_m[j])])))
+        return pd.DataFrame(rows, columns=cols)
 
     # -- point estimate and coefficient table ------------------------------------------------------------------
     def point(self) -> tuple[np.ndarray, np.ndarray | None]:
@@ -438,7 +643,7 @@ class LinearMediation:
             b0 = np.empty(lay.K)
             stats = []
             for j in range(lay.K):
-                z = [0, 1] + [lay.i_m[k] for k in range(lay.K) if k != j] + lay.i_x
+                z = [0, 1] + [lay.i_m[k] for k in range(lay.K) if k != j] + lay.i_x + lay.i_z
                 A = [iy, lay.i_m[j]]
                 P = S[np.ix_(A, A)] - S[np.ix_(A, z)] @ np.linalg.solve(S[np.ix_(z, z)], S[np.ix_(z, A)])
                 sy, sm = np.sqrt(P[0, 0]), np.sqrt(P[1, 1])

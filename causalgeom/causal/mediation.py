@@ -12,10 +12,19 @@ from ..errors import QueryError
 from ._design import MIN_CLUSTERS_CONTINUOUS, MIN_CLUSTERS_PER_ARM, Design, build_design
 from .bootstrap import replicate_batches, row_strata
 from .estimators import LinearMediation
-from .query import BOOTSTRAP_SCHEMES, METHODS, OUTCOME_MODELS
+from .inference import randomization_floor, randomization_pvalue, relabelings, t_interval, delta_ratio
+from .options import BOOTSTRAP_SCHEMES, ESTIMANDS, INFERENCE, METHODS, OUTCOME_MODELS, PAIRED_BY
 from .results import MediationResult
 
-__all__ = ["mediate", "FewClustersWarning", "percentile_ci", "bootstrap_pvalue", "P_VALUE_METHOD"]
+__all__ = ["mediate", "FewClustersWarning", "percentile_ci", "bootstrap_pvalue", "P_VALUE_METHOD",
+           "DEFAULT_INFERENCE", "OVERLAP_THRESHOLD", "build_result", "run_inference", "overlap_table"]
+
+#: Inference used when ``inference=`` is not given: the method whose 95% intervals reached nominal coverage with
+#: 3 runs per arm in the simulations of docs/methods_causal.md (benchmarks/bench_coverage.py).
+DEFAULT_INFERENCE = "cr2"
+#: A mediator is "supported" when at least this share of each arm's values lies inside the other arm's
+#: [1st, 99th] percentile range; otherwise natural effects through it are marked "extrapolated".
+OVERLAP_THRESHOLD = 0.5
 
 P_VALUE_METHOD = ("two-sided bootstrap p-value by percentile inversion, p = min(1, 2 min((1 + #{θ* <= 0}), "
                   "(1 + #{θ* >= 0})) / (B + 1)) — the smallest α whose percentile interval excludes 0")
@@ -59,9 +68,11 @@ def bootstrap_pvalue(reps: np.ndarray) -> np.ndarray:
     return np.where(B > 0, p, np.nan)
 
 
-def _check_options(method: str, bootstrap: str, outcome_model: str, n_boot: Any, ci_level: Any) -> None:
+def _check_options(method: str, bootstrap: str, outcome_model: str, n_boot: Any, ci_level: Any,
+                   inference: str = "bootstrap", paired_by: Any = None, estimand: str = "runs") -> None:
     for name, value, allowed in (("method", method, METHODS), ("bootstrap", bootstrap, BOOTSTRAP_SCHEMES),
-                                 ("outcome_model", outcome_model, OUTCOME_MODELS)):
+                                 ("outcome_model", outcome_model, OUTCOME_MODELS), ("inference", inference, INFERENCE),
+                                 ("paired_by", paired_by, PAIRED_BY), ("estimand", estimand, ESTIMANDS)):
         if value not in allowed:
             raise QueryError(f"{name}: unknown value {value!r}; allowed: {list(allowed)}")
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
@@ -78,12 +89,38 @@ def _as_rng(rng: Any) -> np.random.Generator:
     raise QueryError(f"rng: expected a numpy Generator, an int seed or None, got {type(rng).__name__}")
 
 
+def resolve_inference(inference: str | None, bootstrap: str | None) -> tuple[str, str]:
+    """``(inference, bootstrap)`` after defaults: an explicit ``bootstrap=`` scheme without ``inference=`` asks for
+    the bootstrap; otherwise `DEFAULT_INFERENCE`."""
+    if inference is None:
+        inference = "bootstrap" if bootstrap is not None else DEFAULT_INFERENCE
+    return inference, (bootstrap if bootstrap is not None else "cluster")
+
+
+def resolve_outcome_model(outcome_model: str, Y: np.ndarray, outcomes: list[str], notes: list[str]) -> str:
+    """``"auto"``: logistic when every outcome is 0/1, else linear (with a note when some are 0/1)."""
+    if outcome_model != "auto":
+        return outcome_model
+    binary = [bool(np.isin(Y[:, j], (0.0, 1.0)).all()) for j in range(Y.shape[1])]
+    if all(binary):
+        notes.append("0/1 outcome: logistic outcome model (outcome_model='auto'); effects are differences of "
+                     "probabilities from the g-formula, and total = direct + indirect holds exactly, but the "
+                     "per-mediator paths of a logistic model need not add up to the joint indirect effect")
+        return "logistic"
+    if any(binary):
+        notes.append(f"outcomes {[o for o, b in zip(outcomes, binary) if b]} are 0/1 but share a linear "
+                     "probability model with the others (outcome_model='auto' needs every outcome 0/1 for a "
+                     "logistic model); ask for them separately for a logistic model")
+    return "linear"
+
+
 def mediate(table: pd.DataFrame, *, treatment: str, mediators: str | Sequence[str], outcome: str | Sequence[str],
             control: Any = None, treated: Any = None, covariates: Sequence[str] = (), cluster: str | None = "run_id",
             method: str = "regression", n_boot: int = 1000, rng: np.random.Generator | int | None = None,
-            bootstrap: str = "cluster", ci_level: float = 0.95, outcome_model: str = "linear",
+            bootstrap: str | None = None, ci_level: float = 0.95, outcome_model: str = "auto",
             interaction: bool = False, ordered: bool = False, treatment_type: str = "auto",
-            level: str | None = None) -> MediationResult:
+            level: str | None = None, inference: str | None = None, paired_by: str | None = "auto",
+            estimand: str = "auto") -> MediationResult:
     """Estimate total, natural direct and natural indirect effects of ``treatment`` on ``outcome``.
 
     Parameters
@@ -104,27 +141,30 @@ def mediate(table: pd.DataFrame, *, treatment: str, mediators: str | Sequence[st
         Levels (categorical) or values (continuous) compared. Categorical defaults: control ``"ce"`` if present,
         treated the only other level.
     covariates : list of str
-        Pre-treatment common causes (numeric, or categorical → indicator columns), in every model.
+        Pre-treatment common causes (numeric, or categorical → indicator columns), in every model. Not the image
+        id ``sample`` (use ``paired_by``).
     cluster : str or None
         Column of the unit that received the treatment (``"run_id"``). ``None``: rows are independent.
     method : {"regression", "statsmodels", "dowhy"}
-        ``"regression"``: this package's estimator (`causalgeom.causal.estimators`), cluster-bootstrap
-        intervals. ``"statsmodels"``: :class:`statsmodels.stats.mediation.Mediation` (one mediator; its own
-        parametric-simulation intervals, per sample — they ignore clustering). ``"dowhy"``: DoWhy's
-        ``mediation.two_stage_regression`` on the explicit graph (one mediator, linear outcome, no interaction;
-        point estimates from DoWhy, intervals from this package's cluster bootstrap of the same linear models).
+        ``"regression"``: this package's estimator (`causalgeom.causal.estimators`). ``"statsmodels"``:
+        :class:`statsmodels.stats.mediation.Mediation` (one mediator; its own parametric-simulation intervals, per
+        sample — they ignore clustering; unpaired). ``"dowhy"``: DoWhy's ``mediation.two_stage_regression`` (one
+        mediator, linear outcome, no interaction, unpaired; intervals from this package's inference).
     n_boot : int
-        Bootstrap replicates (statsmodels: simulation replicates). 0 skips intervals.
+        Bootstrap replicates, or random relabelings of a randomization test too large to enumerate
+        (statsmodels: simulation replicates). With ``inference="bootstrap"``, 0 skips intervals.
     rng : numpy.random.Generator or int or None
         Source of randomness (an int seeds a new Generator).
-    bootstrap : {"cluster", "cluster+samples", "naive"}
-        ``"cluster"``: resample clusters with replacement, stratified by treatment arm (default).
-        ``"cluster+samples"``: two-stage — clusters, then samples within each drawn cluster.
-        ``"naive"``: resample rows within arms, ignoring clusters (labelled as such; too narrow when runs differ).
+    bootstrap : {"cluster", "cluster+samples", "naive", "two-way"}, optional
+        Scheme of ``inference="bootstrap"`` (giving it alone selects the bootstrap). ``"cluster"``: clusters with
+        replacement within arms. ``"cluster+samples"``: clusters, then samples within drawn clusters.
+        ``"naive"``: rows within arms (ignores clusters; labelled as such). ``"two-way"``: runs and images crossed
+        (pigeonhole bootstrap; needs pairing by image).
     ci_level : float
-        Confidence level of the percentile intervals.
-    outcome_model : {"linear", "logistic"}
-        ``"logistic"`` (0/1 outcomes) uses the g-formula; effects are then on the probability scale.
+        Confidence level of the intervals.
+    outcome_model : {"auto", "linear", "logistic"}
+        ``"auto"``: logistic when every outcome is 0/1 (g-formula, effects on the probability scale), else
+        linear.
     interaction : bool
         Add treatment × mediator terms to the outcome model.
     ordered : bool
@@ -133,13 +173,27 @@ def mediate(table: pd.DataFrame, *, treatment: str, mediators: str | Sequence[st
     treatment_type : {"auto", "categorical", "continuous"}
     level : {"sample", "run"}, optional
         Level of the table (default: ``table.attrs["level"]`` or inferred from the clusters).
+    inference : {"cr2", "permutation", "bootstrap"}, optional
+        ``"cr2"`` (default, see `DEFAULT_INFERENCE`): CR2 cluster-robust standard errors of the model
+        coefficients, delta method, Student t intervals with G − 2 degrees of freedom. ``"permutation"``:
+        p-values from a run-level randomization test (exact when the relabelings can be enumerated), intervals
+        from CR2. ``"bootstrap"``: percentile intervals of ``bootstrap=`` (the former default). Every p-value is
+        at least the design's floor (`causalgeom.causal.inference.randomization_floor`).
+    paired_by : {"auto", "sample"} or None
+        ``"auto"``: absorb image fixed effects when every run of the compared arms scored the same ``sample``
+        ids, else unpaired with the reason stated in ``result.design``; ``"sample"``: require it; ``None``: off.
+    estimand : {"auto", "runs", "model"}
+        ``"runs"``: the effect over training runs (runs are the population; needs 2+ runs per arm).
+        ``"model"``: these models, inference over test images (clusters = images, paired). ``"auto"``: runs,
+        or model with a note when an arm has one run.
 
     Returns
     -------
     MediationResult
         ``.summary()`` has one row per outcome and effect: ``total``, ``direct`` (pure natural direct effect),
         ``indirect`` (total natural indirect effect through all mediators), ``indirect[m]`` (per mediator when
-        there are several), ``prop_mediated`` (= indirect / total).
+        there are several), ``prop_mediated`` (= indirect / total), with ``p_floor`` and ``note``;
+        ``.design``, ``.estimand``, ``.inference``, ``.overlap``, ``.mundlak`` say how.
 
     Raises
     ------
@@ -157,16 +211,28 @@ def mediate(table: pd.DataFrame, *, treatment: str, mediators: str | Sequence[st
     ----------
     Pearl (2001), Direct and indirect effects. Imai, Keele & Tingley (2010), A general approach to causal
     mediation analysis, Psychological Methods 15(4). Imai, Keele & Yamamoto (2010), Statistical Science 25(1).
-    VanderWeele (2015), Explanation in Causal Inference. Field & Welsh (2007), Bootstrapping clustered data,
-    JRSS-B 69(3).
+    VanderWeele (2015), Explanation in Causal Inference. Mundlak (1978), Econometrica 46(1). Bell & McCaffrey
+    (2002), Survey Methodology 28(2). Field & Welsh (2007), Bootstrapping clustered data, JRSS-B 69(3).
     """
-    _check_options(method, bootstrap, outcome_model, n_boot, ci_level)
+    inference, bootstrap = resolve_inference(inference, bootstrap)
+    _check_options(method, bootstrap, outcome_model, n_boot, ci_level, inference, paired_by, estimand)
     rng = _as_rng(rng)
     if level is None and isinstance(table, pd.DataFrame):
         level = table.attrs.get("level")
+    if method in ("statsmodels", "dowhy") and paired_by == "sample":
+        raise QueryError(f"paired_by='sample': method={method!r} fits unpaired models; use method='regression'")
     design = build_design(table, treatment=treatment, mediators=mediators, outcome=outcome, control=control,
                           treated=treated, covariates=covariates, cluster=cluster, treatment_type=treatment_type,
-                          level=level, bootstrap=bootstrap, outcome_model=outcome_model)
+                          level=level, bootstrap=bootstrap if inference == "bootstrap" else "cluster",
+                          outcome_model=outcome_model,
+                          paired_by=paired_by if method == "regression" else None, estimand=estimand)
+    notes = list(design.notes)
+    outcome_model = resolve_outcome_model(outcome_model, design.Y, design.outcomes, notes)
+    if outcome_model == "logistic":
+        for j, c in enumerate(design.outcomes):
+            if not np.isin(design.Y[:, j], (0.0, 1.0)).all():
+                raise QueryError(f"outcome {c!r}: outcome_model='logistic' needs a 0/1 outcome, got values such as "
+                                 f"{np.unique(design.Y[:, j])[:5].tolist()}")
     K = design.M.shape[1]
     if method in ("statsmodels", "dowhy") and K != 1:
         raise QueryError(f"method={method!r} supports a single mediator, got {K} ({design.mediators}); use "
@@ -176,25 +242,17 @@ def mediate(table: pd.DataFrame, *, treatment: str, mediators: str | Sequence[st
                          "interaction=False")
     if method == "statsmodels" and ordered:
         raise QueryError("method='statsmodels' does not take ordered mediators")
-    notes = list(design.notes)
+    if bootstrap == "two-way" and inference == "bootstrap" and design.images is None:
+        raise QueryError(f"bootstrap='two-way' resamples runs crossed with images and needs a design paired by "
+                         f"image; {design.design_text}")
     if design.n_dropped:
         notes.append(f"{design.n_dropped} rows with other levels of {treatment!r} were left out")
-    if n_boot > 0:
-        _few_clusters_warning(design, bootstrap, method, notes)
 
     est = LinearMediation(design, outcome_model=outcome_model, interaction=interaction, ordered=ordered)
     point, po = est.point()
-    reps, po_reps, n_failed = _replicates(est, design, bootstrap, n_boot, rng) if (
-        method != "statsmodels" and n_boot > 0) else (np.empty((0,) + point.shape), None, 0)
-    if n_failed:
-        notes.append(f"{n_failed} of {n_boot} bootstrap replicates were singular and were dropped")
-        warnings.warn(f"{n_failed} of {n_boot} bootstrap replicates had a singular design and were dropped",
-                      RuntimeWarning, stacklevel=2)
-    lo, hi = percentile_ci(reps, ci_level)
-    pv = bootstrap_pvalue(reps) if reps.shape[0] else np.full(point.shape, np.nan)
-    resampling_unit, resampling = _resampling_text(design, bootstrap, reps.shape[0], ci_level)
-    estimator = _estimator_text(design, outcome_model, interaction, ordered)
-    p_method = P_VALUE_METHOD
+    inf = run_inference(est, design, point, inference=inference, bootstrap=bootstrap, n_boot=n_boot, rng=rng,
+                        ci_level=ci_level, notes=notes, method=method)
+    estimator = _estimator_text(design, outcome_model, interaction, ordered, est.paired)
 
     if method == "statsmodels":
         from ._backends import statsmodels_mediation
@@ -204,11 +262,12 @@ def mediate(table: pd.DataFrame, *, treatment: str, mediators: str | Sequence[st
         estimator = ("statsmodels.stats.mediation.Mediation (Imai, Keele & Tingley 2010, algorithm 1: "
                      f"{'OLS' if outcome_model == 'linear' else 'binomial GLM'} outcome, OLS mediator; estimates "
                      "are means over simulations)")
-        resampling_unit = "per-sample parametric simulation"
-        resampling = (f"statsmodels parametric simulation ({max(n_boot, 2)} draws of the model coefficients from "
-                      "their per-sample (iid) sampling distribution) — the intervals ignore clustering by "
-                      f"{design.cluster or 'cluster'}; compare with method='regression'")
-        p_method = "statsmodels: 2 × the smaller share of simulated effects on either side of 0"
+        inf.update(lo=lo, hi=hi, pv=pv, reps=np.empty((0,) + point.shape), n_used=max(n_boot, 2),
+                   unit="per-sample parametric simulation",
+                   text=(f"statsmodels parametric simulation ({max(n_boot, 2)} draws of the model coefficients from "
+                         "their per-sample (iid) sampling distribution) — the intervals ignore clustering by "
+                         f"{design.cluster or 'cluster'}; compare with method='regression'"),
+                   p_method="statsmodels: 2 × the smaller share of simulated effects on either side of 0", cr2=None)
         notes.append(sm_note)
     elif method == "dowhy":
         from ._backends import dowhy_point
@@ -226,38 +285,258 @@ def mediate(table: pd.DataFrame, *, treatment: str, mediators: str | Sequence[st
                      "covariates → all), estimands nonparametric-nde / nonparametric-nie, method "
                      "mediation.two_stage_regression (linear first and second stage); agrees with "
                      f"method='regression' to {gap:.1e}")
-        resampling = resampling + " of the equivalent linear models (method='regression'); DoWhy gives the points"
+        inf["text"] = inf["text"] + " of the equivalent linear models (method='regression'); DoWhy gives the points"
 
-    table_rows = summary_rows(design, est.names, point, lo, hi, pv, n_samples=design.n)
-    summary = pd.DataFrame(table_rows)
+    return build_result(est, design, point, po, inf, method=method, estimator=estimator, notes=notes,
+                        ci_level=ci_level, outcome_model=outcome_model, interaction=interaction, ordered=ordered,
+                        bootstrap=bootstrap, inference=inference, overlap=overlap_table(design))
 
+
+def run_inference(est: LinearMediation, design: Design, point: np.ndarray, *, inference: str, bootstrap: str,
+                  n_boot: int, rng: np.random.Generator, ci_level: float, notes: list[str],
+                  method: str = "regression") -> dict[str, Any]:
+    """Intervals and p-values of the effects by ``inference`` (shared by `mediate` and ``mediate_study``).
+
+    Returns
+    -------
+    dict
+        ``lo, hi, pv`` (E, L) arrays, ``reps`` (bootstrap replicates), ``po_reps``, ``n_used``, ``unit``,
+        ``text`` (how), ``p_method``, ``cr2`` (the `CR2` object or None), ``floor`` (p-value floor).
+    """
+    E, L = point.shape
+    nan = np.full(point.shape, np.nan)
+    floor, n_assign = randomization_floor(design.run_T if design.estimand == "runs" else None)
+    out: dict[str, Any] = dict(lo=nan, hi=nan.copy(), pv=nan.copy(), reps=np.empty((0, E, L)), po_reps=None,
+                               n_used=0, cr2=None, floor=floor, n_assign=n_assign)
+    pct = f"{100 * ci_level:g}%"
+    G = design.n_clusters
+    unit_name = design.cluster or "row"
+    if inference in ("cr2", "permutation") and method != "statsmodels":
+        if design.cluster is None:
+            notes.append("cluster=None: every row is its own cluster")
+        cr2 = est.cr2()
+        df = max(G - 2, 1)
+        se = cr2.se()
+        lo, hi, pv = t_interval(point, se, df, ci_level)
+        out.update(lo=lo, hi=hi, pv=pv, cr2=cr2, unit=f"cluster ({unit_name})",
+                   text=(f"{pct} intervals: CR2 (Bell–McCaffrey) cluster-robust standard errors over {G} clusters "
+                         f"({unit_name}) of the stacked mediator and outcome models, delta method, Student t with "
+                         f"{df} (= G − 2) degrees of freedom"),
+                   p_method=f"two-sided t test (t with {df} df) of θ = 0 from the CR2 standard error")
+        if not np.isfinite(se[:3]).all():
+            notes.append("CR2 is undefined here (a cluster alone determines a coefficient: leverage 1); "
+                         "intervals are missing — use inference='bootstrap' or add runs")
+        if inference == "permutation":
+            if design.estimand != "runs" or design.run_T is None:
+                raise QueryError("inference='permutation' relabels the treatment across runs and needs the "
+                                 "estimand over runs with the treatment constant within runs; got estimand="
+                                 f"{design.estimand!r}" + ("" if design.run_T is not None else
+                                                          " and a treatment that varies within runs")
+                                 + "; use inference='cr2' or 'bootstrap'")
+            labels, exact = relabelings(design.run_T, max(n_boot, 1), rng)
+            null = est.relabeled(labels)
+            if null is None:
+                null = np.stack([_refit(est, design, lab) for lab in labels])
+            pv = randomization_pvalue(point, null, exact)
+            out.update(pv=pv, null=null, n_used=int(labels.shape[0]),
+                       p_method=(f"run-level randomization test, two-sided on |estimate|: "
+                                 + (f"all {labels.shape[0]} relabelings of the runs enumerated (exact)" if exact
+                                    else f"{labels.shape[0]} random relabelings of the runs, p = (1 + #{{|θ*| ≥ "
+                                         "|θ|}}) / (n + 1)")
+                                 + "; the sharp null of no treatment effect at all"))
+            out["text"] = out["text"] + "; p-values from the run-level randomization test"
+    elif inference == "bootstrap" and method != "statsmodels":
+        if n_boot > 0:
+            _few_clusters_warning(design, bootstrap, method, notes)
+            reps, po_reps, n_failed = _replicates(est, design, bootstrap, n_boot, rng)
+        else:
+            reps, po_reps, n_failed = np.empty((0, E, L)), None, 0
+        if n_failed:
+            notes.append(f"{n_failed} of {n_boot} bootstrap replicates were singular and were dropped")
+            warnings.warn(f"{n_failed} of {n_boot} bootstrap replicates had a singular design and were dropped",
+                          RuntimeWarning, stacklevel=3)
+        lo, hi = percentile_ci(reps, ci_level)
+        pv = bootstrap_pvalue(reps) if reps.shape[0] else nan.copy()
+        unit, text = _resampling_text(design, bootstrap, reps.shape[0], ci_level)
+        out.update(lo=lo, hi=hi, pv=pv, reps=reps, po_reps=po_reps, n_used=int(reps.shape[0]), unit=unit, text=text,
+                   p_method=P_VALUE_METHOD)
+    else:
+        out.update(unit="", text="", p_method="")
+    return out
+
+
+def _refit(est: LinearMediation, design: Design, run_T: np.ndarray) -> np.ndarray:
+    """Point estimate with the runs' treatments replaced by ``run_T`` (slow path of the randomization test)."""
+    import dataclasses
+
+    d2 = dataclasses.replace(design, T=np.asarray(run_T, dtype=float)[design.run_codes])
+    e2 = LinearMediation(d2, outcome_model=est.outcome_model, interaction=est.interaction, ordered=est.ordered,
+                         paired=est.paired)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return e2.point()[0]
+
+
+def overlap_table(design: Design) -> pd.DataFrame:
+    """Support of each mediator across the compared arms (see `OVERLAP_THRESHOLD`).
+
+    For a categorical treatment the arms are the control and treated rows; for a continuous one, the rows at the
+    smallest and the largest treatment value. ``share_treated_in_control_range`` is the share of treated values
+    inside the control arm's [1st, 99th] percentile range, and vice versa; ``supported`` when both shares are at
+    least `OVERLAP_THRESHOLD`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``mediator, share_treated_in_control_range, share_control_in_treated_range, supported``.
+    """
+    cols = ["mediator", "share_treated_in_control_range", "share_control_in_treated_range", "supported"]
+    if design.M.shape[0] == 0:
+        return pd.DataFrame(columns=cols)
+    T = design.T
+    lo_arm, hi_arm = (T == design.t0, T == design.t1) if design.treatment_kind == "categorical" else (
+        T == T.min(), T == T.max())
+    rows = []
+    for j, m in enumerate(design.mediators):
+        a, b = design.M[lo_arm, j], design.M[hi_arm, j]
+        if a.size == 0 or b.size == 0:
+            rows.append(dict(mediator=m, share_treated_in_control_range=np.nan,
+                             share_control_in_treated_range=np.nan, supported=False))
+            continue
+        qa, qb = np.quantile(a, [0.01, 0.99]), np.quantile(b, [0.01, 0.99])
+        s_t = float(np.mean((b >= qa[0]) & (b <= qa[1])))
+        s_c = float(np.mean((a >= qb[0]) & (a <= qb[1])))
+        rows.append(dict(mediator=m, share_treated_in_control_range=s_t, share_control_in_treated_range=s_c,
+                         supported=bool(min(s_t, s_c) >= OVERLAP_THRESHOLD)))
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _design_sentence(design: Design) -> str:
+    return design.design_text or "unpaired"
+
+
+def _estimand_sentence(design: Design) -> str:
+    if design.estimand == "model":
+        return ("model-conditional: these models, inference over test images"
+                + (" (paired by image)" if design.images is not None else " (rows as independent images)"))
+    return f"effect over training runs (runs as the population; {design.n_runs} runs)"
+
+
+def build_result(est: LinearMediation, design: Design, point: np.ndarray, po: np.ndarray | None,
+                 inf: dict[str, Any], *, method: str, estimator: str, notes: list[str], ci_level: float,
+                 outcome_model: str, interaction: bool, ordered: bool, bootstrap: str, inference: str,
+                 overlap: pd.DataFrame, keep_design: bool = True) -> MediationResult:
+    """Summary rows, notes, sensitivity and the `MediationResult` (one function for `mediate` and
+    ``causalgeom.distributed.mediate_study``)."""
+    names = est.names
+    lo, hi, pv = inf["lo"].copy(), inf["hi"].copy(), inf["pv"].copy()
+    floor = float(inf.get("floor", 0.0))
+    E, L = point.shape
+    note = np.full((E, L), "", dtype=object)
+    # proportions mediated: estimable only when the total is away from 0 and the components agree in sign
+    cr2, reps = inf.get("cr2"), inf.get("reps")
+    i_tot, i_dir, i_ind = names.index("total"), names.index("direct"), names.index("indirect")
+    for e, name in enumerate(names):
+        if not name.startswith("prop_mediated"):
+            continue
+        path = "indirect" + name[len("prop_mediated"):]
+        i_path = names.index(path)
+        for l in range(L):
+            pv[e, l] = np.nan
+            why = None
+            has_ci = bool(np.isfinite(lo[i_tot, l]) and np.isfinite(hi[i_tot, l]))
+            if has_ci and lo[i_tot, l] <= 0 <= hi[i_tot, l]:
+                why = "not estimable: the total's interval includes 0"
+            elif np.sign(point[i_dir, l]) * np.sign(point[i_ind, l]) < 0 or (
+                    i_path != i_ind and np.sign(point[i_path, l]) * np.sign(point[i_tot, l]) < 0):
+                why = "not estimable: the components have opposite signs"
+            if why:
+                point[e, l] = lo[e, l] = hi[e, l] = np.nan
+                note[e, l] = why
+                continue
+            if not has_ci:
+                lo[e, l] = hi[e, l] = np.nan
+                note[e, l] = "no interval for the total: whether the total is away from 0 is not checked"
+                continue
+            num, den = point[i_path, l], point[i_tot, l]
+            if cr2 is not None:
+                v_n, v_d = cr2.cov((i_path, l), (i_path, l)), cr2.cov((i_tot, l), (i_tot, l))
+                c_nd = cr2.cov((i_path, l), (i_tot, l))
+            elif reps is not None and reps.shape[0] > 2:
+                C = np.cov(np.stack([reps[:, i_path, l], reps[:, i_tot, l]]))
+                v_n, v_d, c_nd = C[0, 0], C[1, 1], C[0, 1]
+            else:
+                continue
+            from scipy import stats
+
+            se = delta_ratio(num, den, v_n, v_d, c_nd)
+            qz = stats.t.ppf(0.5 + ci_level / 2, max(design.n_clusters - 2, 1)) if cr2 is not None else \
+                stats.norm.ppf(0.5 + ci_level / 2)
+            lo[e, l], hi[e, l] = num / den - qz * se, num / den + qz * se
+            note[e, l] = "delta-method interval; no p-value"
+    # extrapolation: natural effects rest on the models where the mediator supports do not overlap
+    unsupported = [] if overlap is None or not len(overlap) else list(overlap.loc[~overlap["supported"].astype(bool),
+                                                                                  "mediator"])
+    if unsupported:
+        for e, name in enumerate(names):
+            if name == "total":
+                continue
+            inside = name[name.find("[") + 1:-1] if "[" in name else None
+            meds = [m for m in design.mediators if inside is None or m in inside.split("->")]
+            if any(m in unsupported for m in meds):
+                for l in range(L):
+                    note[e, l] = "; ".join(x for x in ("extrapolated", note[e, l]) if x)
+        notes.append(f"mediator(s) {unsupported}: the treated and control values barely overlap (share inside the "
+                     f"other arm's range < {OVERLAP_THRESHOLD:g}); natural direct and indirect effects there are "
+                     "model extrapolation (marked 'extrapolated')")
+    # p-value floor
+    if floor > 0:
+        at = np.isfinite(pv) & (pv <= floor)
+        pv = np.where(np.isfinite(pv), np.maximum(pv, floor), pv)
+        for e in range(E):
+            for l in range(L):
+                if at[e, l]:
+                    note[e, l] = "; ".join(x for x in (note[e, l], f"p ≥ {floor:.3g} (design floor)") if x)
+        notes.append(f"p-values are at least {floor:.3g}: the smallest a randomization of the treatment over these "
+                     f"{design.n_runs} runs can give ({inf.get('n_assign')} assignments)")
+    rows = summary_rows(design, names, point, lo, hi, pv, n_samples=design.n, p_floor=floor, note=note)
+    summary = pd.DataFrame(rows)
     if outcome_model == "linear":
         sens, curve, sens_method = rho_sensitivity_table(est, design, point, interaction=interaction,
                                                          ordered=ordered)
     else:
-        sens, curve = _evalues(design, po, po_reps, ci_level), pd.DataFrame()
+        sens, curve = _evalues(design, po, inf.get("po_reps"), ci_level), pd.DataFrame()
         sens_method = ("mediational E-values (Smith & VanderWeele 2019) on the risk-ratio scale: how strongly an "
                        "unmeasured mediator–outcome confounder would have to be associated with both to explain "
                        "the effect away")
-
     coefs = {k: float(v) for k, v in est.coefficients().items()}
+    inference_text = inf.get("text", "")
+    if inf.get("p_method"):
+        inference_text = f"{inference_text}; p-values: {inf['p_method']}"
     return MediationResult(
-        table=summary, method=method, estimator=estimator, resampling_unit=resampling_unit, resampling=resampling,
-        n_clusters=design.n_clusters, clusters_per_arm=dict(design.clusters_per_arm), n_runs=design.n_runs,
-        n_samples=design.n, n_boot=int(reps.shape[0]) if method != "statsmodels" else max(n_boot, 2),
-        ci_level=float(ci_level), p_value_method=p_method, level=design.level, treatment=design.treatment,
+        table=summary, method=method, estimator=estimator, resampling_unit=inf.get("unit", ""),
+        resampling=inf.get("text", ""), n_clusters=design.n_clusters, clusters_per_arm=dict(design.clusters_per_arm),
+        n_runs=design.n_runs, n_samples=design.n, n_boot=int(inf.get("n_used", 0)), ci_level=float(ci_level),
+        p_value_method=inf.get("p_method", ""), level=design.level, treatment=design.treatment,
         control=design.control_label, treated=design.treated_label, mediators=list(design.mediators),
-        outcomes=list(design.outcomes), covariates=list(design.covariates), effect_names=list(est.names),
+        outcomes=list(design.outcomes), covariates=list(design.covariates), effect_names=list(names),
         sensitivity=sens.reset_index(drop=True), sensitivity_curve=curve, sensitivity_method=sens_method,
-        replicates=reps, coefficients=coefs, notes=notes, _design=design,
-        _options=dict(outcome_model=outcome_model, interaction=interaction, ordered=ordered, bootstrap=bootstrap))
+        replicates=inf.get("reps") if inf.get("reps") is not None else np.empty((0,) + point.shape),
+        coefficients=coefs, notes=notes, _design=design if keep_design else None,
+        _options=dict(outcome_model=outcome_model, interaction=interaction, ordered=ordered, bootstrap=bootstrap,
+                      inference=inference, paired=est.paired),
+        design=_design_sentence(design), estimand=_estimand_sentence(design), inference=inference_text,
+        overlap=overlap if overlap is not None else pd.DataFrame(), mundlak=est.mundlak(), p_floor=floor)
 
 
 def summary_rows(design: Design, names: list[str], point: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-                 pv: np.ndarray, *, n_samples: int) -> list[dict[str, Any]]:
+                 pv: np.ndarray, *, n_samples: int, p_floor: float = 0.0,
+                 note: np.ndarray | None = None) -> list[dict[str, Any]]:
     """Rows of `MediationResult.summary()`: one per (outcome, effect); arrays are (effect, outcome)."""
     return [dict(outcome=y, effect=name, estimate=float(point[e, l]), ci_low=float(lo[e, l]),
-                 ci_high=float(hi[e, l]), p_value=float(pv[e, l]), n_runs=design.n_runs, n_samples=n_samples)
+                 ci_high=float(hi[e, l]), p_value=float(pv[e, l]),
+                 p_floor=float(p_floor) if np.isfinite(pv[e, l]) else np.nan,
+                 note="" if note is None else str(note[e, l]), n_runs=design.n_runs, n_samples=n_samples)
             for l, y in enumerate(design.outcomes) for e, name in enumerate(names)]
 
 
@@ -303,8 +582,13 @@ def _replicates(est: LinearMediation, design: Design, scheme: str, B: int, rng: 
                 ) -> tuple[np.ndarray, np.ndarray | None, int]:
     reps, pos = [], []
     rs = row_strata(design.T, design.treatment_kind == "categorical") if scheme == "naive" else None
+    bs = est.batch_size() if scheme == "cluster" else max(1, min(est.batch_size(), 2**23 // max(design.n, 1)))
+    run_strata = None
+    if scheme == "two-way" and design.run_T is not None:
+        run_strata = np.unique(design.run_T, return_inverse=True)[1].astype(np.int64)
     for batch in replicate_batches(scheme, codes=design.codes, n_clusters=design.n_clusters, strata=design.strata,
-                                   row_strata=rs, B=B, rng=rng, batch_size=est.batch_size()):
+                                   row_strata=rs, B=B, rng=rng, batch_size=bs, run_codes=design.run_codes,
+                                   run_strata=run_strata, images=design.images, n_images=design.n_images):
         eff, po = est.replicate(batch)
         reps.append(eff)
         if po is not None:
@@ -322,6 +606,10 @@ def _resampling_text(design: Design, scheme: str, B: int, level: float) -> tuple
         unit = f"cluster ({cl})"
         text = (f"{pct} percentile intervals from a cluster bootstrap over {cl} ({B} replicates, "
                 f"{design.n_clusters} clusters, {design.strata_note})")
+    elif scheme == "two-way":
+        unit = "two-way (runs × images)"
+        text = (f"{pct} percentile intervals from a two-way (pigeonhole) bootstrap: runs within arms and test images "
+                f"drawn independently ({B} replicates, {design.n_runs} runs × {design.n_images} images)")
     elif scheme == "cluster+samples":
         unit = f"two-stage ({cl}, then samples)"
         text = (f"{pct} percentile intervals from a two-stage bootstrap: {cl} clusters with replacement "
@@ -336,7 +624,8 @@ def _resampling_text(design: Design, scheme: str, B: int, level: float) -> tuple
     return unit, text
 
 
-def _estimator_text(design: Design, outcome_model: str, interaction: bool, ordered: bool) -> str:
+def _estimator_text(design: Design, outcome_model: str, interaction: bool, ordered: bool,
+                    paired: bool = False) -> str:
     K = design.M.shape[1]
     med = "OLS mediator model" + ("s" if K > 1 else "") + (" (causally ordered: second on first)" if ordered else
                                                            (" (parallel)" if K > 1 else ""))
@@ -351,8 +640,10 @@ def _estimator_text(design: Design, outcome_model: str, interaction: bool, order
            if design.treatment_kind == "categorical"
            else f"{design.treatment} from {design.t0:g} to {design.t1:g}")
     cov = f"; covariates: {', '.join(design.covariates)}" if design.covariates else ""
+    fe = ("; image fixed effects (image means of the mediators, covariates and interaction terms as regressors: "
+          "the within-image slopes)" if paired else "")
     return (f"regression: {med}, {out}; {how}; {cmp}; direct = pure natural direct effect, indirect = total "
-            f"natural indirect effect{cov}")
+            f"natural indirect effect{cov}{fe}")
 
 
 def _evalue(rr: np.ndarray) -> np.ndarray:

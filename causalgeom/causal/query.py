@@ -36,24 +36,14 @@ from typing import Any, Iterable, Mapping
 from ..errors import QueryError
 
 __all__ = ["Query", "read_queries", "write_queries", "METHODS", "BOOTSTRAP_SCHEMES", "OUTCOME_MODELS", "LEVELS",
-           "TREATMENT_TYPES", "CENTERS"]
+           "TREATMENT_TYPES", "CENTERS", "INFERENCE", "PAIRED_BY", "ESTIMANDS"]
 
-#: Estimation methods accepted by `causalgeom.causal.mediate`.
-METHODS = ("regression", "statsmodels", "dowhy")
-#: Resampling schemes of the bootstrap: clusters (runs) only, clusters then samples within them, or samples.
-BOOTSTRAP_SCHEMES = ("cluster", "cluster+samples", "naive")
-#: Outcome models of the ``"regression"`` method.
-OUTCOME_MODELS = ("linear", "logistic")
-#: Levels of the analysis table (`causalgeom.table.study_frame`).
-LEVELS = ("sample", "run")
-#: How the treatment column is read.
-TREATMENT_TYPES = ("auto", "categorical", "continuous")
-#: Class centers of the cosine columns (`causalgeom.geometry.class_centers`).
-CENTERS = ("minimal_loss", "mean", "weight")
+from .options import (BOOTSTRAP_SCHEMES, CENTERS, ESTIMANDS, INFERENCE, LEVELS, METHODS, OUTCOME_MODELS,
+                      PAIRED_BY, TREATMENT_TYPES)
 
 _Scalar = str | int | float | bool
 #: Fields whose default is not None; ``false`` in a query file means None (no clusters / fresh entropy).
-_FALSE_IS_NONE = ("cluster", "seed")
+_FALSE_IS_NONE = ("cluster", "seed", "paired_by")
 
 
 def _as_list(value: Any, name: str) -> list[str]:
@@ -103,8 +93,14 @@ class Query:
         Resampling scheme (see `causalgeom.causal.mediate`).
     ci_level : float
         Confidence level of the intervals.
-    outcome_model : {"linear", "logistic"}
-        Outcome model of the ``"regression"`` method.
+    outcome_model : {"auto", "linear", "logistic"}
+        Outcome model of the ``"regression"`` method (``"auto"``: logistic for 0/1 outcomes).
+    inference : {"cr2", "permutation", "bootstrap"}
+        Inference method (see `causalgeom.causal.mediate`).
+    paired_by : {"auto", "sample"} or None
+        Pairing of runs by test image (``false`` in a query file: no pairing).
+    estimand : {"auto", "runs", "model"}
+        Effect over training runs, or of these models over test images.
     interaction : bool
         Add treatment × mediator terms to the outcome model.
     ordered : bool
@@ -130,7 +126,10 @@ class Query:
     seed: int | None = 0
     bootstrap: str = "cluster"
     ci_level: float = 0.95
-    outcome_model: str = "linear"
+    outcome_model: str = "auto"
+    inference: str | None = None
+    paired_by: str | None = "auto"
+    estimand: str = "auto"
     interaction: bool = False
     ordered: bool = False
     treatment_type: str = "auto"
@@ -165,6 +164,10 @@ class Query:
         _check_choice("bootstrap", self.bootstrap, BOOTSTRAP_SCHEMES)
         _check_choice("outcome_model", self.outcome_model, OUTCOME_MODELS)
         _check_choice("treatment_type", self.treatment_type, TREATMENT_TYPES)
+        if self.inference is not None:
+            _check_choice("inference", self.inference, INFERENCE)
+        _check_choice("paired_by", self.paired_by, PAIRED_BY)
+        _check_choice("estimand", self.estimand, ESTIMANDS)
         if isinstance(self.n_boot, bool) or not isinstance(self.n_boot, int) or self.n_boot < 0:
             raise QueryError(f"n_boot: expected an integer >= 0, got {self.n_boot!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
@@ -209,7 +212,8 @@ class Query:
                     covariates=list(self.covariates), cluster=self.cluster, method=self.method,
                     n_boot=self.n_boot, rng=np.random.default_rng(self.seed), bootstrap=self.bootstrap,
                     ci_level=self.ci_level, outcome_model=self.outcome_model, interaction=self.interaction,
-                    ordered=self.ordered, treatment_type=self.treatment_type, level=self.level)
+                    ordered=self.ordered, treatment_type=self.treatment_type, level=self.level,
+                    inference=self.inference, paired_by=self.paired_by, estimand=self.estimand)
 
     def check(self, table: Any) -> None:
         """Check the query against an analysis table without estimating anything.

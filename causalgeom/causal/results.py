@@ -12,7 +12,8 @@ import pandas as pd
 __all__ = ["MediationResult", "SUMMARY_COLUMNS", "markdown_table"]
 
 #: Columns of `MediationResult.summary` (``outcome`` first, so results with several outcomes stay one table).
-SUMMARY_COLUMNS = ("outcome", "effect", "estimate", "ci_low", "ci_high", "p_value", "n_runs", "n_samples")
+SUMMARY_COLUMNS = ("outcome", "effect", "estimate", "ci_low", "ci_high", "p_value", "p_floor", "note", "n_runs",
+                   "n_samples")
 
 
 def _fmt(v: Any) -> str:
@@ -69,6 +70,22 @@ class MediationResult:
         Bootstrap replicates of the effects (empty for statsmodels).
     notes : list of str
         Everything the reader should know (dropped rows, warnings).
+    design : str
+        One sentence: ``"paired by image: image fixed effects absorbed ... (130 images × 6 runs)"`` or
+        ``"unpaired: <reason>"``.
+    estimand : str
+        ``"effect over training runs (runs as the population; N runs)"`` or ``"model-conditional: these models,
+        inference over test images (paired by image)"``.
+    inference : str
+        Method, unit of resampling and confidence level of the intervals, and how the p-values were obtained.
+    overlap : DataFrame
+        ``mediator, share_treated_in_control_range, share_control_in_treated_range, supported`` (see
+        `causalgeom.causal.mediation.overlap_table`).
+    mundlak : DataFrame
+        ``outcome, mediator, within, between, pooled``: the mediator's outcome slope within images (image fixed
+        effects), between images (image means) and pooled (no image effects); empty when unpaired.
+    p_floor : float
+        The smallest p-value the design supports (0: none).
     """
 
     table: pd.DataFrame
@@ -100,11 +117,22 @@ class MediationResult:
     refutations: pd.DataFrame | None = None
     _design: Any = field(default=None, repr=False)
     _options: dict[str, Any] = field(default_factory=dict, repr=False)
+    design: str = ""
+    estimand: str = ""
+    inference: str = ""
+    overlap: pd.DataFrame = field(default_factory=pd.DataFrame)
+    mundlak: pd.DataFrame = field(default_factory=pd.DataFrame)
+    p_floor: float = 0.0
 
     # -- tables ----------------------------------------------------------------------------------------------
     def summary(self) -> pd.DataFrame:
-        """One row per (outcome, effect): ``outcome, effect, estimate, ci_low, ci_high, p_value, n_runs, n_samples``."""
-        return self.table.loc[:, list(SUMMARY_COLUMNS)].copy()
+        """One row per (outcome, effect): ``outcome, effect, estimate, ci_low, ci_high, p_value, p_floor, note,
+        n_runs, n_samples`` (``note``: "" or why a number is missing, extrapolated or at the p-value floor)."""
+        t = self.table
+        for c, v in (("p_floor", np.nan), ("note", "")):
+            if c not in t.columns:
+                t = t.assign(**{c: v})
+        return t.loc[:, list(SUMMARY_COLUMNS)].copy()
 
     def estimate(self, effect: str, outcome: str | None = None) -> float:
         """The point estimate of ``effect`` (for ``outcome``, default the first)."""
@@ -119,7 +147,12 @@ class MediationResult:
     def describe(self) -> str:
         """One paragraph: estimator, resampling unit and scheme, clusters, replicates, rows."""
         arms = ", ".join(f"{k}: {v}" for k, v in self.clusters_per_arm.items())
-        return (f"Estimator: {self.estimator}. Intervals: {self.resampling}. "
+        head = ""
+        if self.estimand:
+            head += f"Estimand: {self.estimand}. "
+        if self.design:
+            head += f"Design: {self.design}. "
+        return (f"{head}Estimator: {self.estimator}. Intervals: {self.resampling}. "
                 f"{self.n_clusters} clusters ({arms}); {self.n_samples} rows at the {self.level} level. "
                 f"p-values: {self.p_value_method}.")
 
@@ -131,10 +164,15 @@ class MediationResult:
     def to_markdown(self) -> str:
         """The result as Markdown: title, description, summary table, sensitivity, notes."""
         parts = [f"### {self._title()}", "", self.describe(), "", markdown_table(self.summary())]
+        if len(self.overlap):
+            parts += ["", "Overlap of the mediators across arms:", "", markdown_table(self.overlap)]
+        if len(self.mundlak):
+            parts += ["", "Mediator → outcome slopes within images, between images and pooled (Mundlak):", "",
+                      markdown_table(self.mundlak)]
         if len(self.sensitivity):
             parts += ["", f"Sensitivity ({self.sensitivity_method}):", "", markdown_table(self.sensitivity)]
         if self.refutations is not None and len(self.refutations):
-            parts += ["", "Refuters (DoWhy):", "", markdown_table(self.refutations)]
+            parts += ["", "Refuters:", "", markdown_table(self.refutations)]
         if self.notes:
             parts += [""] + [f"- {n}" for n in self.notes]
         return "\n".join(parts) + "\n"
