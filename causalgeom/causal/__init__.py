@@ -27,8 +27,9 @@ from .query import Query, read_queries, write_queries
 from .results import MediationResult
 from ._backends import REFUTERS, refute
 from .simulate import simulate_mediation
+from .decompose import DecompositionResult, decompose
 
 
 __all__ = ["mediate", "MediationResult", "Query", "read_queries", "write_queries", "refute", "FewClustersWarning",
            "MIN_CLUSTERS_PER_ARM", "MIN_CLUSTERS_CONTINUOUS", "RHO_GRID", "effect_names", "percentile_ci",
-           "bootstrap_pvalue", "REFUTERS", "simulate_mediation"]
+           "bootstrap_pvalue", "REFUTERS", "simulate_mediation", "decompose", "DecompositionResult"]
