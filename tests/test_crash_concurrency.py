@@ -73,6 +73,7 @@ def test_sigkill_during_save_never_leaves_a_partial_store(tmp_path):
     assert leftovers == []
 
 
+@pytest.mark.slow
 def test_second_process_gets_lock_error(tmp_path):
     path = tmp_path / "r.zarr"
     with cg.store.store_lock(path):
@@ -81,6 +82,7 @@ def test_second_process_gets_lock_error(tmp_path):
     assert not path.exists()
 
 
+@pytest.mark.slow
 def test_two_concurrent_writers_never_interleave(tmp_path):
     path = tmp_path / "r.zarr"
     ws = [_writer(tmp_path, path, 60_000, s, "w-") for s in (10, 11)]
@@ -92,6 +94,7 @@ def test_two_concurrent_writers_never_interleave(tmp_path):
     np.testing.assert_array_equal(ds.features.values, _expected(60_000, ds.attrs["seed"]))
 
 
+@pytest.mark.slow
 def test_readers_see_only_complete_runs(tmp_path):
     study_dir = tmp_path / "study"
     study_dir.mkdir()

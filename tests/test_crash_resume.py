@@ -261,6 +261,7 @@ def test_sigkilled_extraction_resumes_to_identical_store(tmp_path, reference_ext
 
 
 # ------------------------------------------------------------------------------------------------ concurrency
+@pytest.mark.slow
 def test_second_extraction_of_a_running_store_gets_lock_error(tmp_path, reference_extraction):
     reference = reference_extraction
     out, holding, release = tmp_path / "r.zarr", tmp_path / "holding", tmp_path / "release"
@@ -288,6 +289,7 @@ def test_second_extraction_of_a_running_store_gets_lock_error(tmp_path, referenc
     xr.testing.assert_identical(_loaded(out), reference)
 
 
+@pytest.mark.slow
 def test_racing_extractions_never_interleave(tmp_path, reference_extraction):
     reference = reference_extraction
     out = tmp_path / "r.zarr"
@@ -305,6 +307,7 @@ def test_racing_extractions_never_interleave(tmp_path, reference_extraction):
     xr.testing.assert_identical(_loaded(out), reference)
 
 
+@pytest.mark.slow
 def test_second_training_of_a_running_run_gets_lock_error(tmp_path, reference_training):
     reference = reference_training
     out, holding, release = tmp_path / "out", tmp_path / "holding", tmp_path / "release"

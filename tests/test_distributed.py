@@ -69,6 +69,7 @@ def ran_on(client) -> "dask.distributed.get_task_stream":
 
 
 # ------------------------------------------------------------------------------------------- metrics
+@pytest.mark.slow
 def test_metrics_and_study_table_equal_in_process(cluster, study):
     with in_process():
         ref_runs = summary.run_frame(study, progress=False)
@@ -93,6 +94,7 @@ def test_metrics_and_study_table_equal_in_process(cluster, study):
     xr.testing.assert_allclose(centers, ref_centers, rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_interventions_equal_in_process(cluster, study):
     ds = study["r2"]
     kw = dict(n_boot=50, rng=np.random.default_rng(3))
@@ -118,16 +120,30 @@ def test_interventions_equal_in_process(cluster, study):
     dict(treatment="strength", mediators=["rms", "cos_true"], outcome="brier", ordered=True),
 ], ids=["two-mediators", "covariate-interaction", "continuous-ordered"])
 def test_mediate_study_equals_mediate_on_the_table(cluster, study, kw):
-    with in_process():
-        ref = cg.causal.mediate(study.to_frame(progress=False), n_boot=300, rng=7, **kw)
-    with ran_on(cluster) as ts:
-        res = distributed.mediate_study(study, n_boot=300, rng=7, **kw)
-    assert len(ts.data) >= 4 * 4  # one task per chunk and run, at least
-    a, b = ref.summary(), res.summary()
-    pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-8, atol=1e-10)
-    np.testing.assert_allclose(res.replicates, ref.replicates, rtol=1e-7, atol=1e-10)
-    pd.testing.assert_frame_equal(res.sensitivity, ref.sensitivity, check_exact=False, rtol=1e-8)
-    assert (res.resampling, res.estimator, res.n_clusters) == (ref.resampling, ref.estimator, ref.n_clusters)
+    # unpaired and linear on both sides: mediate_study has no image pairing and no logistic model out of core
+    kw = dict(kw, paired_by=None, rng=7, n_boot=300)
+    frame = study.to_frame(progress=False)
+    for inference in ("bootstrap", "cr2"):
+        with in_process():
+            ref = cg.causal.mediate(frame, outcome_model="linear", inference=inference, **kw)
+        with ran_on(cluster) as ts:
+            res = distributed.mediate_study(study, inference=inference, **kw)
+        assert len(ts.data) >= 4 * 4  # one task per chunk and run, at least
+        a, b = ref.summary(), res.summary()
+        # same estimator, different summation order (per-run moments vs rows): floating-point tolerance
+        pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(res.replicates, ref.replicates, rtol=1e-7, atol=1e-10)
+        pd.testing.assert_frame_equal(res.sensitivity, ref.sensitivity, check_exact=False, rtol=1e-8)
+        assert (res.resampling, res.estimator, res.n_clusters, res.design) == (
+            ref.resampling, ref.estimator, ref.n_clusters, ref.design)
+
+
+def test_mediate_study_refuses_pairing_it_cannot_do(cluster, study):
+    with pytest.raises(QueryError, match="cannot pair runs by image out of core"):
+        distributed.mediate_study(study, treatment="regularizer", mediators="rms", outcome="nll",
+                                  paired_by="sample")
+    res = distributed.mediate_study(study, treatment="regularizer", mediators="rms", outcome="nll", n_boot=0)
+    assert res.design.startswith("unpaired: pairing by image is not available out of core")
 
 
 def test_mediate_study_errors_like_mediate(cluster, study):
@@ -151,6 +167,7 @@ def test_run_moments_match_numpy(cluster, study):
 
 
 # ------------------------------------------------------------------------------------------- training grid
+@pytest.mark.slow
 def test_run_grid_on_cluster_equals_in_process(cluster, tmp_path):
     grid = train.GridConfig.from_dict({"name": "tiny", "seeds": [0], "train": dict(TINY), "regularizers": [
         {"name": "ce"}, {"name": "label_smoothing", "strengths": [0.1]}]})
@@ -180,6 +197,7 @@ def test_run_grid_validates_before_dispatching(cluster, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- CLI
+@pytest.mark.slow
 def test_cli_scheduler_option(cluster, study, tmp_path, capsys, monkeypatch):
     address = cluster.scheduler.address
     with in_process():
@@ -253,6 +271,7 @@ def big_run(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_killed_worker_is_retried_and_result_unchanged(big_run):
     with in_process():
         ref = summary.run_metrics(cg.open(big_run))
@@ -268,6 +287,7 @@ def test_killed_worker_is_retried_and_result_unchanged(big_run):
     cg.verify(big_run)  # the store is untouched
 
 
+@pytest.mark.slow
 def test_worker_lost_for_good_raises_a_clear_error(big_run):
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
             pytest.raises(distributed.WorkerLostError, match="worker died during the computation .*KilledWorker"):

@@ -48,6 +48,7 @@ def large_run(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_metric_on_dump_larger_than_worker_memory(large_run):
     ds = cg.open(large_run, verify=False)
     assert ds["features"].nbytes > 2 * LIMIT  # larger than both workers' memory together

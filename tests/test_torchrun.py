@@ -115,6 +115,7 @@ def script(tmp_path):
     return path, module
 
 
+@pytest.mark.slow
 def test_two_rank_torchrun_equals_single_process(tmp_path, script):
     path, rank = script
     single = cg.extract(rank.Net(), rank.Items(), tmp_path / "single.zarr", **rank.KWARGS)
@@ -124,6 +125,7 @@ def test_two_rank_torchrun_equals_single_process(tmp_path, script):
     xr.testing.assert_identical(loaded(single), loaded(tmp_path / "dist.zarr"))
 
 
+@pytest.mark.slow
 def test_failed_rank_leaves_store_incomplete_and_is_redone_alone(tmp_path, script):
     path, rank = script
     target = tmp_path / "dist.zarr"
@@ -156,6 +158,7 @@ def trained(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_torchrun_study_of_trained_runs_equals_single_process(tmp_path, trained):
     script = tmp_path / "study.py"
     script.write_text(STUDY_SCRIPT)
@@ -169,6 +172,7 @@ def test_torchrun_study_of_trained_runs_equals_single_process(tmp_path, trained)
         xr.testing.assert_identical(loaded(dist.run_path(run_id)), loaded(single.run_path(run_id)))
 
 
+@pytest.mark.slow
 def test_cli_extract_distributed_under_torchrun(tmp_path, trained):
     proc = torchrun(tmp_path, "-m", "causalgeom", "extract", str(trained), "--out", str(tmp_path / "dist"),
                     "--distributed", "--attack", "fgsm:linf:eps=1/255", "--no-progress", "--seed", "1")
@@ -180,6 +184,7 @@ def test_cli_extract_distributed_under_torchrun(tmp_path, trained):
                                     loaded(tmp_path / "single" / f"{run_id}.zarr"))
 
 
+@pytest.mark.slow
 def test_rank_environment(monkeypatch):
     assert distributed.torchrun_env({}) == distributed.RankInfo(0, 1, 0, False)
     info = distributed.torchrun_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "h"})
@@ -194,6 +199,7 @@ def test_rank_environment(monkeypatch):
         distributed.extract(None, None, "x.zarr", shard=(0, 2))
 
 
+@pytest.mark.slow
 def test_cli_distributed_flag_checks(monkeypatch, trained, tmp_path, capsys):
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
