@@ -141,13 +141,13 @@ class LinearMediation:
         Two mediators, the first a cause of the second (path-specific effects of a linear structural model).
 
     paired : bool, optional
-        Absorb image fixed effects (default: when ``design.images`` is set). Implemented with the image means of
-        the mediators, covariates and treatment × mediator terms as extra regressors (Mundlak 1978): in the
-        balanced crossed design (every run scores every image once) the slopes are then exactly those of the
-        within-image demeaned regression (Frisch–Waugh–Lovell), the image dummies' equivalent, with O(n)
-        memory. The treatment is constant within a run, so its image mean is the same for every image and is
-        absorbed by the intercept. For a logistic outcome the same columns give the correlated-random-effects
-        (Mundlak–Chamberlain) model, which avoids the incidental-parameter bias of image dummies in a logit.
+        Absorb image fixed effects (default: when ``design.images`` is set). Linear outcome: every column but the
+        intercept and the treatment is demeaned within image (the Frisch–Waugh–Lovell equivalent of image dummies,
+        O(n) memory). The treatment is constant within a run, so in the balanced crossed design (every run scores
+        every image once) its within-image demeaned value is ``T - mean(T)`` and the intercept absorbs the
+        difference. Logistic outcome: demeaning does not carry over to a logit, so the image means of the
+        mediators, covariates and treatment × mediator terms enter as regressors instead (the Mundlak–Chamberlain
+        correlated-random-effects model; image dummies would suffer the incidental-parameter bias).
 
     Notes
     -----
@@ -172,7 +172,8 @@ class LinearMediation:
         self.paired = bool(images is not None if paired is None else paired)
         if self.paired and images is None:
             raise QueryError("paired=True needs a design paired by image (design.images)")
-        self.lay = _Layout(K, design.X.shape[1], design.Y.shape[1], interaction, self.paired)
+        self.mundlak_columns = self.paired and outcome_model == "logistic"
+        self.lay = _Layout(K, design.X.shape[1], design.Y.shape[1], interaction, self.mundlak_columns)
         self.names = effect_names(design.mediators, ordered)
         self.t0, self.t1 = design.t0, design.t1
         Mc = design.M - design.M.mean(0)
@@ -181,9 +182,15 @@ class LinearMediation:
         parts = [np.ones((design.n, 1)), design.T[:, None], Mc, Xc]
         if interaction:
             parts.append(design.T[:, None] * Mc)
-        if self.paired:
-            within = np.column_stack(parts[2:])
-            parts.append(image_means(within, images, design.n_images))
+        if self.mundlak_columns:
+            parts.append(image_means(np.column_stack(parts[2:]), images, design.n_images))
+        elif self.paired:
+            k = len(parts) - 2
+            dm = np.column_stack(parts[2:] + [Yc])
+            dm = dm - image_means(dm, images, design.n_images)
+            parts = parts[:2] + [dm[:, :k]]
+            Mc, Xc = dm[:, :K], dm[:, K:K + design.X.shape[1]]
+            Yc = dm[:, k:]
         parts.append(Yc)
         self.V = np.ascontiguousarray(np.column_stack(parts))
         self._Mc = Mc
@@ -411,7 +418,7 @@ class LinearMediation:
         ind = sp.csr_matrix((np.ones(d.n), (d.codes, np.arange(d.n))), shape=(d.n_clusters, d.n))
         return np.asarray(ind @ values)
 
-    def cr2(self) -> "object":
+    def cr2(self, kind: str = "CR2") -> "object":
         """`causalgeom.causal.inference.CR2` of the effects: CR2 covariance of the stacked mediator and outcome
         coefficients over the design's clusters, delta method for the effects."""
         from .inference import CR2, cr2_scores
@@ -430,7 +437,7 @@ class LinearMediation:
             beta = np.linalg.solve(A, S[r, y])
             Gc = G[:, r][:, :, r]
             Ge = G[:, r, y] - Gc @ beta
-            psi, _ = cr2_scores(Gc, Ge, A)
+            psi, _ = cr2_scores(Gc, Ge, A, kind)
             thetas.append(beta)
             psis.append(psi)
         r = lay.out_reg
@@ -452,7 +459,7 @@ class LinearMediation:
                     Gc += np.asarray(ind @ ((wc[:, None, None] * Zc[:, :, None] * Zc[:, None, :]).reshape(-1, pz * pz)))
                 Gc = Gc.reshape(-1, pz, pz)
                 Ge = self._cluster_sums((self.design.Y[:, l] - mu)[:, None] * Z)
-                psi, _ = cr2_scores(Gc, Ge, Gc.sum(0))
+                psi, _ = cr2_scores(Gc, Ge, Gc.sum(0), kind)
                 thetas.append(beta)
                 psis.append(psi)
         theta = np.concatenate(thetas)
@@ -487,7 +494,7 @@ class LinearMediation:
         mediator terms), and the caller refits.
         """
         lay, d = self.lay, self.design
-        if self.outcome_model != "linear" or lay.i_ztm or d.run_codes is None:
+        if self.outcome_model != "linear" or (self.paired and self.interaction) or d.run_codes is None:
             return None
         if not np.array_equal(d.codes, d.run_codes):
             return None
@@ -511,8 +518,14 @@ class LinearMediation:
         return self.effects_from_grams(S)
 
     def mundlak(self) -> "object":
-        """Within (image fixed effects), between (image means) and pooled slope of each mediator in the linear
-        outcome model (Mundlak 1978: ``between = b_within + γ``, ``γ`` the image-mean coefficient).
+        """Within-image, between-image and pooled slope of each mediator in the linear outcome model.
+
+        ``within``: the slope with image fixed effects (rows demeaned within image); ``between``: the slope of the
+        regression of the image means of the outcome on the image means of the mediators and covariates;
+        ``pooled``: the slope without image effects. In the balanced crossed design Mundlak's (1978) regression
+        ``Y ~ T + M + X + mean_i(M) + mean_i(X)`` has the within slope on ``M`` and ``between − within`` on
+        ``mean_i(M)``. With ``interaction=True`` the slopes are those of the control arm. Computed for a linear
+        model even when the outcome model is logistic (a linear-probability description of the slopes).
 
         Returns
         -------
@@ -522,20 +535,26 @@ class LinearMediation:
         import pandas as pd
 
         cols = ["outcome", "mediator", "within", "between", "pooled"]
-        if not self.paired:
+        d = self.design
+        if not self.paired or d.M.shape[0] == 0:
             return pd.DataFrame(columns=cols)
-        lay, S = self.lay, self.gram()
-        r = lay.out_reg
-        r0 = [c for c in r if c not in lay.i_z]
-        rows = []
-        for l, y in enumerate(self.design.outcomes):
-            bw = np.linalg.solve(S[np.ix_(r, r)], S[r, lay.i_y[l]])
-            bp = np.linalg.solve(S[np.ix_(r0, r0)], S[r0, lay.i_y[l]])
-            for j, m in enumerate(self.design.mediators):
-                within = bw[r.index(lay.i_m[j])]
-                gamma = bw[r.index(lay.i_zm[j])]
-                rows.append(dict(outcome=y, mediator=m, within=float(within), between=float(within + gamma),
-                                 pooled=float(bp[r0.index(lay.i_m[j])])))
+        K = d.M.shape[1]
+        base = [np.ones(d.n), d.T] + [d.M[:, j] for j in range(K)] + [d.X[:, j] for j in range(d.X.shape[1])]
+        if self.interaction:
+            base += [d.T * (d.M[:, j] - d.M[:, j].mean()) for j in range(K)]
+        Z = np.column_stack(base)
+        Zw = np.column_stack([Z[:, :2], Z[:, 2:] - image_means(Z[:, 2:], d.images, d.n_images)])
+        Yw = d.Y - image_means(d.Y, d.images, d.n_images)
+        bw = np.linalg.lstsq(Zw, Yw, rcond=None)[0]
+        bp = np.linalg.lstsq(Z, d.Y, rcond=None)[0]
+        counts = np.bincount(d.images, minlength=d.n_images)
+        sums = lambda A: np.stack([np.bincount(d.images, weights=A[:, j], minlength=d.n_images)  # noqa: E731
+                                   for j in range(A.shape[1])], axis=1) / counts[:, None]
+        Zb = np.column_stack([np.ones(d.n_images), sums(np.column_stack(base[2:2 + K + d.X.shape[1]]))])
+        bb = np.linalg.lstsq(Zb, sums(d.Y), rcond=None)[0]
+        rows = [dict(outcome=y, mediator=m, within=float(bw[2 + j, l]), between=float(bb[1 + j, l]),
+                     pooled=float(bp[2 + j, l]))
+                for l, y in enumerate(d.outcomes) for j, m in enumerate(d.mediators)]
         return pd.DataFrame(rows, columns=cols)
 
     # -- point estimate and coefficient table ------------------------------------------------------------------

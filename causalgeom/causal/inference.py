@@ -92,7 +92,7 @@ def randomization_pvalue(point: np.ndarray, null: np.ndarray, exact: bool) -> np
     return np.where(np.isfinite(point), np.minimum(1.0, p), np.nan)
 
 
-def cr2_scores(Gc: np.ndarray, Ge: np.ndarray, A: np.ndarray) -> tuple[np.ndarray, bool]:
+def cr2_scores(Gc: np.ndarray, Ge: np.ndarray, A: np.ndarray, kind: str = "CR2") -> tuple[np.ndarray, bool]:
     """Per-cluster CR2 influence of OLS (or IRLS-weighted) coefficients.
 
     Parameters
@@ -110,7 +110,12 @@ def cr2_scores(Gc: np.ndarray, Ge: np.ndarray, A: np.ndarray) -> tuple[np.ndarra
         ``A^{-1} Z_g' W^{1/2} A_g W^{-1/2} (y_g - mu_g)``; ``sum_g psi_g psi_g'`` is the CR2 covariance.
     ok : bool
         False when a cluster has leverage 1 in some direction (CR2 undefined; NaN returned there).
+
+    ``kind="CR0"`` skips the adjustment (``psi_g = A^{-1} Z_g' e_g``, Liang & Zeger 1986); CR1 is CR0 times
+    ``G / (G - 1) · (N - 1) / (N - k)``.
     """
+    if kind == "CR0":
+        return np.linalg.solve(A, Ge.T).T, True
     ev, evec = np.linalg.eigh(A)
     ev = np.maximum(ev, ev.max() * 1e-15)
     Ais = (evec / np.sqrt(ev)) @ evec.T
