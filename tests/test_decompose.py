@@ -308,3 +308,24 @@ def test_cli_prints_the_summary_with_its_estimand(crossed, tmp_path, capsys):
     assert list(table.component[:4]) == ["total", "head", "magnitude", "direction"]
     rc = main(["decompose", str(crossed.path), "--control", "ce", "--treated", "mixup", "--outcome", "bogus"])
     assert rc == 2 and "outcome: expected one of" in capsys.readouterr().err
+
+
+def test_swapping_the_arms_negates_shares_and_swaps_first_and_last(crossed):
+    a = decompose(crossed, control="ce", treated="mixup", outcome=["ece", "nll"])
+    b = decompose(crossed, control="mixup", treated="ce", outcome=["ece", "nll"])
+    np.testing.assert_allclose(b.summary().estimate, -a.summary().estimate, atol=1e-12)
+    np.testing.assert_allclose(b.summary().p_value, a.summary().p_value, atol=1e-12)
+    sa, sb = (r.switch_effects.set_index(["outcome", "factor", "switched"])["estimate"] for r in (a, b))
+    for o in ("ece", "nll"):
+        for f in ("head", "magnitude", "direction"):
+            assert sb[o, f, "first"] == pytest.approx(-sa[o, f, "last"], abs=1e-12)
+    # closed form: with one factor changed, switching it first or last gives the same, the whole gap
+
+
+def test_switch_effects_of_a_single_changed_factor_equal_the_total(tmp_path):
+    s = _two_arms(tmp_path, head=True, copies=1)
+    res = decompose(s, control="ce", treated="mixup", outcome="nll", n_boot=30, rng=0)
+    tot = res.summary().set_index("component").loc["total", "estimate"]
+    sw = res.switch_effects.set_index(["factor", "switched"])["estimate"]
+    assert sw["head", "first"] == pytest.approx(tot, abs=1e-12) and sw["head", "last"] == pytest.approx(tot, abs=1e-12)
+    assert abs(sw["magnitude", "first"]) < 1e-12 and abs(sw["direction", "last"]) < 1e-12

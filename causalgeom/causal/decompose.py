@@ -249,6 +249,16 @@ def _run_outcome(name: str, stats: dict[str, np.ndarray], n_bins: int, idx: np.n
     return float(get(name).mean())
 
 
+def _components(v: np.ndarray) -> np.ndarray:
+    """(1 + 3k, ...) from world outcomes (2^k, ...): total, Shapley shares, switched-first and switched-last effects."""
+    v = np.asarray(v, dtype=np.float64)
+    k = int(round(math.log2(v.shape[0])))
+    full = v.shape[0] - 1
+    first = np.stack([v[1 << j] - v[0] for j in range(k)])
+    last = np.stack([v[full] - v[full ^ (1 << j)] for j in range(k)])
+    return np.concatenate([(v[full] - v[0])[None], shapley_values(v), first, last])
+
+
 def _boot_world_values(name: str, worlds: list[dict[str, np.ndarray]], counts: np.ndarray,
                        n_bins: int) -> np.ndarray:
     """(B, 2^k) outcomes of every world on B bootstrap resamples of the images (``counts``: (B, n) multiplicities)."""
@@ -343,6 +353,13 @@ class DecompositionResult:
     per_image : pandas.DataFrame or None
         Per-image shares averaged over the run pairs (per-image outcomes only): ``sample``, ``outcome``,
         ``total`` and one column per factor; each row's factors add up to its total.
+    switch_effects : pandas.DataFrame
+        The two extreme orders behind each Shapley share, with the same inference: ``switched="first"`` is
+        ``v({j}) − v(∅)``, the effect of switching factor j alone with everything else from the control run
+        (the analogue of a *pure* natural indirect effect, under the control network), ``"last"`` is
+        ``v(N) − v(N ∖ {j})``, switching it last with everything else from the treated run (a *total*
+        indirect effect, under the treated network). Columns outcome, factor, switched, estimate, ci_low,
+        ci_high, p_value, p_floor, note.
     estimand, design, inference : str
         What is estimated, how runs and images are paired, how intervals and p-values are computed.
     """
@@ -350,6 +367,7 @@ class DecompositionResult:
     table: pd.DataFrame
     per_pair: pd.DataFrame
     per_image: pd.DataFrame | None
+    switch_effects: pd.DataFrame
     estimand: str
     design: str
     inference: str
@@ -596,7 +614,11 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
                              "did not score the same images")
 
     k = len(facs)
-    names = ("total",) + facs
+    names = ("total",) + facs + tuple(f"{f}|first" for f in facs) + tuple(f"{f}|last" for f in facs)
+    n_main = 1 + k
+    # reversing a pair's roles negates the total and every Shapley share, and swaps "first" with "last"
+    reverse = np.array([0] + list(range(1, n_main)) + list(range(n_main + k, n_main + 2 * k))
+                       + list(range(n_main, n_main + k)))
 
     # pair values F[i, j] (outcome, component) for the pairs the inference needs
     if estimand == "runs":
@@ -605,7 +627,7 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
         pair_list = [(i, n_c + j) for i in range(n_c) for j in range(n_t)]
     n_all = len(all_ids)
     F = {o: np.zeros((len(names), n_all, n_all)) for o in outcomes}
-    per_image_sum = {o: np.zeros((len(names), labels.shape[0])) for o in outcomes if o in PER_IMAGE_OUTCOMES}
+    per_image_sum = {o: np.zeros((n_main, labels.shape[0])) for o in outcomes if o in PER_IMAGE_OUTCOMES}
     boot_stats: list[tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]] | None]] = []
     for i, j in pair_list:
         pair = (loaded[all_ids[i]], loaded[all_ids[j]])
@@ -615,10 +637,9 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
         for o in outcomes:
             ws = adv_worlds if o in _ROBUST else worlds
             v = np.array([_run_outcome(o, w, n_bins) for w in ws])
-            phi = shapley_values(v)
-            vals = np.concatenate([[v[-1] - v[0]], phi])
+            vals = _components(v)
             F[o][:, i, j] = vals
-            F[o][:, j, i] = -vals  # swapping the roles of the two runs flips the sign of every Shapley share
+            F[o][:, j, i] = -vals[reverse]
             if is_cross and o in per_image_sum:
                 img = np.stack([_image_values(o, w) for w in ws])
                 per_image_sum[o] += np.concatenate([(img[-1] - img[0])[None], shapley_values(img)])
@@ -629,7 +650,7 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
     per_pair = pd.DataFrame([
         {"control_run": all_ids[i], "treated_run": all_ids[j], "outcome": o, "component": name,
          "value": float(F[o][m, i, j])}
-        for o in outcomes for i in range(n_c) for j in range(n_c, n_all) for m, name in enumerate(names)])
+        for o in outcomes for i in range(n_c) for j in range(n_c, n_all) for m, name in enumerate(names[:n_main])])
 
     table_rows = []
     notes: list[str] = []
@@ -668,7 +689,7 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
             for worlds, adv_worlds in boot_stats:
                 v_boot += _boot_world_values(o, adv_worlds if o in _ROBUST else worlds, counts, n_bins)
             v_boot /= len(boot_stats)  # Shapley values are linear in v: shares of the pair-averaged worlds
-            reps = np.concatenate([(v_boot[:, -1] - v_boot[:, 0])[None], shapley_values(v_boot.T)]).T
+            reps = _components(v_boot.T).T
             alpha = (1 - level) / 2
             for m, name in enumerate(names):
                 est = float(F[o][m][cross].mean())
@@ -682,7 +703,13 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
         if min(n_c, n_t) < 2:
             notes.append(f"{min(n_c, n_t)} run in an arm: the effect over training runs is undefined (no between-run "
                          "variance); the estimand is conditional on these models")
-    table = pd.DataFrame(table_rows)
+    full = pd.DataFrame(table_rows)
+    is_switch = full["component"].str.contains("|", regex=False)
+    table = full[~is_switch].reset_index(drop=True)
+    switch = full[is_switch].reset_index(drop=True)
+    parts = switch.pop("component").str.split("|", expand=True)
+    switch.insert(1, "factor", parts[0])
+    switch.insert(2, "switched", parts[1])
     share = []
     for rec in table.to_dict("records"):
         tot = table[(table["outcome"] == rec["outcome"]) & (table["component"] == "total")].iloc[0]
@@ -698,7 +725,7 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
         frames = []
         for o, arr in per_image_sum.items():
             d = {"sample": ref_ids, "outcome": o}
-            d.update({name: arr[m] / n_cross for m, name in enumerate(names)})
+            d.update({name: arr[m] / n_cross for m, name in enumerate(names[:n_main])})
             frames.append(pd.DataFrame(d))
         per_image = pd.concat(frames, ignore_index=True)
 
@@ -710,7 +737,7 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
               f"orders of {2 ** k} worlds (logits = W·h + b)")
     if need_adv:
         design += f"; robust outcomes from the attacked images' features ({sel_attack}, ε = {sel_eps:.4g})"
-    return DecompositionResult(table=table, per_pair=per_pair, per_image=per_image, estimand=est_text, design=design,
+    return DecompositionResult(table=table, per_pair=per_pair, per_image=per_image, switch_effects=switch, estimand=est_text, design=design,
                                inference=inf_text, factors=facs, outcomes=outcomes, treatment=treatment,
                                control=control, treated=treated, control_runs=c_ids, treated_runs=t_ids,
                                ci_level=level, attack=sel_attack if need_adv else None,
