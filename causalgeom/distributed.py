@@ -178,7 +178,7 @@ def extract(model: Any, data: Any, out: str | os.PathLike, *, device: Any = "aut
     IncompleteStoreError
         With ``wait``: every rank finished but the store is not complete.
     """
-    from .extract import extract as _extract
+    from .extraction import extract as _extract
 
     info = torchrun_env()
     path = _extract(model, data, out, device=rank_device(device, info), **_shard_kwargs(kwargs, info))
@@ -202,7 +202,7 @@ def extract_study(runs_dir: str | os.PathLike, study_dir: str | os.PathLike | No
     list of pathlib.Path
         The run stores (complete once every rank has finished).
     """
-    from .extract import extract_runs
+    from .extraction import extract_runs
 
     info = torchrun_env()
     paths = extract_runs(runs_dir, study_dir, device=rank_device(device, info), **_shard_kwargs(kwargs, info))

@@ -35,6 +35,7 @@ import re
 import sys
 import time
 import tomllib
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 

@@ -67,7 +67,7 @@ def _shard(text: str | None) -> tuple[int, int] | None:
 def run(args: argparse.Namespace) -> int:
     """Run the command (library calls only)."""
     from .. import attacks as A
-    from ..extract import extract_checkpoint, extract_runs
+    from ..extraction import extract_checkpoint, extract_runs
 
     if args.no_attack and (args.attack or args.eps):
         raise ConfigError("--no-attack cannot be combined with --attack/--eps")

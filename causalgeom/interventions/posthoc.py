@@ -1,29 +1,15 @@
-"""Interventions on the representation: set the magnitude or the direction of the features, measure what follows.
+"""Post hoc interventions on a dump (features + head, no model; numpy only): set the magnitude or the direction.
 
-Mediation estimates (``causalgeom.causal``) read the mechanism off observational variation;
-this module *sets* a mediator and measures the outcome (Pearl's ``do``):
-
-* post hoc on a dump (features + head, no model): :func:`rescale` (``h -> s h``),
-  :func:`rotate` (move ``h`` toward / away from a class center by a fraction of the angle,
-  keeping ``||h||``), :func:`match` (give a control run the treated run's magnitude or cosine
-  distribution and report the *interventional share* of each outcome gap), their study-level
-  forms :func:`rescale_study`, :func:`rotate_study`, :func:`match_study`, and
-  :func:`temperature_vs_scaling`;
-* inside the model: :class:`InterventionModel` (``head o T o backbone`` with ``T`` a
-  :class:`Rescale` or :class:`Rotate`), so attacks run through the intervention, and
-  :func:`robust_dose_response` (robust accuracy against ``s`` or ``alpha``);
-* reporting: :func:`plot_dose_response`, :func:`share_vs_mediation`.
-
-The formulas are in ``docs/methods_interventions.md``. Post hoc functions read a schema-v1 run
-(in memory or dask-backed) block by block: memory is bounded by one block of features, never
-``(n_grid, n_samples, n_classes)``.
+`rescale` (``h -> s h``), `rotate` (move ``h`` toward / away from a class center by a fraction of the angle,
+keeping ``||h||``), `match` (give a control run the treated run's magnitude or cosine distribution and report the
+*interventional share* of each outcome gap), `temperature_vs_scaling`, and the feature-level transforms they use
+(`rescale_features`, `rotate_features`, `set_cosine`, `quantile_match`, `match_features`). Also the argument
+checks and the streaming machinery (aligned sample blocks, Poisson bootstrap weights, weighted outcome sums) that
+the study-level and in-model interventions share. Formulas: ``docs/methods_interventions.md``.
 
 References
 ----------
-Park, Kim, Lee (2024), "Impact of Regularization on Calibration and Robustness: from the
-Representation Space Perspective", arXiv:2410.03999.
-Guo, Pleiss, Sun, Weinberger (2017), "On Calibration of Modern Neural Networks", ICML (ECE,
-temperature scaling).
+Guo, Pleiss, Sun, Weinberger (2017), "On Calibration of Modern Neural Networks", ICML (ECE, temperature scaling).
 Hanley, MacGibbon (2006), "Creating non-parametric bootstrap samples using Poisson frequencies",
 Comput. Methods Programs Biomed. 83(1) (Poisson bootstrap).
 Shoemake (1985), "Animating rotation with quaternion curves", SIGGRAPH (slerp).
@@ -31,50 +17,27 @@ Shoemake (1985), "Animating rotation with quaternion curves", SIGGRAPH (slerp).
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 import xarray as xr
-from torch import nn
 
-from ._blocks import NUMPY_BLOCK_ROWS, check_run, compute, is_dask, raw, require_vars, sample_reduce
-from .causal import percentile_ci
-from .calibration import _bin_index, _sample_stats_block, _softmax_block
-from ._util.checks import check_choice
-from ._util.rng import check_random_state
-from .errors import ConfigError, SchemaError
-from .geometry import CENTER_KINDS, class_centers, cosine_to_center, magnitude
-from .geometry import _head64 as _head  # (W (K, F), b (K,)) float64, or HeadMissingError naming the analysis
-from .schema import require_head
+from .._blocks import NUMPY_BLOCK_ROWS, check_run, compute, is_dask, raw, require_vars, sample_reduce
+from ..causal import percentile_ci
+from ..calibration import _bin_index, _sample_stats_block, _softmax_block
+from .._util.checks import check_choice
+from .._util.rng import check_random_state
+from ..errors import ConfigError, SchemaError
+from ..geometry import CENTER_KINDS, class_centers, cosine_to_center, magnitude
+from ..geometry import _head64 as _head
+from ..schema import require_head
 
 __all__ = [
-    "OUTCOMES",
-    "MEDIATION_OUTCOME_ALIASES",
-    "MEDIATOR_KINDS",
-    "rescale",
-    "rotate",
-    "match",
-    "rescale_study",
-    "rotate_study",
-    "match_study",
-    "temperature_vs_scaling",
-    "rescale_features",
-    "rotate_features",
-    "set_cosine",
-    "quantile_match",
-    "match_features",
-    "FeatureTransform",
-    "Rescale",
-    "Rotate",
-    "InterventionModel",
-    "robust_dose_response",
-    "plot_dose_response",
-    "share_vs_mediation",
+    "OUTCOMES", "MEDIATION_OUTCOME_ALIASES", "MEDIATOR_KINDS", "rescale", "rotate", "match",
+    "temperature_vs_scaling", "rescale_features", "rotate_features", "set_cosine", "quantile_match",
+    "match_features", "TOWARD", "MATCH_WHAT"
 ]
 
 #: Outcomes reported for every grid point (each with ``_ci_low`` / ``_ci_high``).
@@ -124,10 +87,6 @@ def _check_options(n_bins: int, n_boot: int, ci: float) -> None:
         raise ConfigError(f"n_boot: expected an integer >= 0 (0: no intervals), got {n_boot!r}")
     if not isinstance(ci, (int, float, np.floating)) or not 0 < float(ci) < 1:
         raise ConfigError(f"ci: expected a confidence level in (0, 1), e.g. 0.95, got {ci!r}")
-
-
-_choice = check_choice
-_generator = check_random_state
 
 
 def _seed(gen: np.random.Generator) -> int:
@@ -315,7 +274,7 @@ def _check_centers(centers: Any, n_classes: int, n_features: int, name: str = "c
         if set(centers.dims) != {"class", "feature"}:
             raise ConfigError(f"{name}: expected a DataArray with dims ('class', 'feature'), got {centers.dims}")
         centers = centers.transpose("class", "feature").values
-    if isinstance(centers, torch.Tensor):
+    if callable(getattr(centers, "detach", None)):  # a torch tensor (duck-typed: this module needs no torch)
         centers = centers.detach().cpu().numpy()
     c = np.asarray(centers, dtype=np.float64)
     if c.shape != (n_classes, n_features):
@@ -517,7 +476,7 @@ def rescale(ds: xr.Dataset, scales: Any = None, *, target_rms: Any = None, per_s
         mode = "per_sample" if per_sample else "global"
         extra_coords["target_rms"] = targets
     n_features = ds.sizes["feature"]
-    seed = _seed(_generator(rng))
+    seed = _seed(check_random_state(rng))
     n_sum = _n_sums(n_bins, 1)
 
     def block(f: np.ndarray, y: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -549,7 +508,7 @@ def _resolve_centers(ds: xr.Dataset, center: Any) -> np.ndarray:
     """``(K, F)`` float64 centers: a kind for ``cg.geometry.class_centers`` or an explicit array."""
     K, F = ds.sizes["class"], ds.sizes["feature"]
     if isinstance(center, str):
-        _choice(center, "center", CENTER_KINDS)
+        check_choice(center, "center", CENTER_KINDS)
         return _check_centers(class_centers(ds, kind=center), K, F, name=f"class_centers(kind={center!r})")
     return _check_centers(center, K, F, name="center")
 
@@ -595,11 +554,11 @@ def rotate(ds: xr.Dataset, alphas: Any, *, toward: str = "predicted", center: An
     _run(ds, "interventions.rotate")
     W, b = _head(ds, "interventions.rotate")
     _check_options(n_bins, n_boot, ci)
-    toward = _choice(toward, "toward", TOWARD)
+    toward = check_choice(toward, "toward", TOWARD)
     grid = _grid(alphas, "alphas", maximum=1.0)
     centers = _resolve_centers(ds, center)
     n_features = ds.sizes["feature"]
-    seed = _seed(_generator(rng))
+    seed = _seed(check_random_state(rng))
     n_sum = _n_sums(n_bins, 2)
 
     def block(f: np.ndarray, y: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -751,8 +710,8 @@ class _Matcher:
     @classmethod
     def build(cls, control: xr.Dataset, treated: Sequence[xr.Dataset], what: str, toward: str, center: Any,
               label: str) -> "_Matcher":
-        what = _choice(what, "what", MATCH_WHAT)
-        toward = _choice(toward, "toward", TOWARD)
+        what = check_choice(what, "what", MATCH_WHAT)
+        toward = check_choice(toward, "toward", TOWARD)
         return cls(control, _pooled_targets(treated, what, toward, center, label), what, toward, center, label)
 
     def arrays(self) -> list[np.ndarray]:
@@ -789,7 +748,7 @@ def match_features(control: xr.Dataset, treated: xr.Dataset | Sequence[xr.Datase
     xarray.Dataset
         ``run_id`` = ``<control run_id>-matched-<what>``; attrs ``matched_to``, ``matched_what``.
     """
-    from .schema import from_arrays
+    from ..schema import from_arrays
 
     runs = _runs_list(treated, "treated")
     m = _Matcher.build(control, runs, what, toward, center, "interventions.match_features")
@@ -889,7 +848,7 @@ def match(control: xr.Dataset, treated: xr.Dataset, what: str = "magnitude", *, 
         raise SchemaError(f"treated: expected one run (xarray.Dataset), got {type(treated).__name__}; "
                           "for several runs use match_study")
     m = _Matcher.build(control, [treated], what, toward, center, "interventions.match")
-    gen = _generator(rng)
+    gen = check_random_state(rng)
     seed_c, seed_t = _seed(gen), _seed(gen)
     cm = _run_sums(control, m.W, m.b, n_bins, n_boot, seed_c, m)
     Wt, bt = _head(treated, "interventions.match (treated run)")
@@ -903,728 +862,3 @@ def match(control: xr.Dataset, treated: xr.Dataset, what: str = "magnitude", *, 
                               "the quantile map is held fixed",
                     quantile_method="inverted_cdf at mid-ranks")
     return df
-
-
-# ---------------------------------------------------------------------------------------------
-# study level: runs as the resampling unit
-# ---------------------------------------------------------------------------------------------
-def _as_study(study: Any):
-    from .study import Study, open_study
-
-    if isinstance(study, Study):
-        return study
-    if isinstance(study, (str, os.PathLike)):
-        return open_study(study)
-    raise ConfigError(f"study: expected a causalgeom.Study or a study folder path, got {type(study).__name__}")
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def _study_groups(study: Any, runs: Sequence[str] | None, by: str | Sequence[str]) -> tuple[Any, list[str], list[str]]:
-    study = _as_study(study)
-    table = study.runs
-    if table.empty:
-        raise ConfigError(f"study {study.path} has no complete runs")
-    by = [by] if isinstance(by, str) else list(by)
-    missing = [c for c in by if c not in table.columns]
-    if missing:
-        raise ConfigError(f"by: unknown run-table columns {missing}; available: {sorted(map(str, table.columns))}")
-    if runs is not None:
-        unknown = [r for r in runs if r not in set(table["run_id"])]
-        if unknown:
-            raise ConfigError(f"runs: unknown run ids {unknown}; study runs: {table['run_id'].tolist()}")
-        table = table.set_index("run_id").loc[list(runs)].reset_index()
-    labels = ["/".join(_fmt(row[c]) for c in by if not _missing(row[c])) or "nan" for _, row in table.iterrows()]
-    return study, table["run_id"].tolist(), labels
-
-
-def _cluster_bootstrap(per_run: xr.Dataset, groups: Sequence[str], dim: str, n_boot: int, ci: float,
-                       gen: np.random.Generator) -> xr.Dataset:
-    """Mean over runs per group with a percentile bootstrap that resamples runs within each group."""
-    names = list(dict.fromkeys(groups))
-    groups_arr = np.asarray(groups, dtype=object)
-    data_vars: dict[str, Any] = {}
-    for var in [v for v in per_run.data_vars if dim in per_run[v].dims]:
-        arr = np.asarray(per_run[var].transpose("run", dim).values, dtype=np.float64)
-        mean = np.full((len(names), arr.shape[1]), np.nan)
-        lo, hi = mean.copy(), mean.copy()
-        for i, g in enumerate(names):
-            rows = arr[groups_arr == g]
-            mean[i] = rows.mean(axis=0)
-            if rows.shape[0] >= 2 and n_boot > 0:
-                idx = gen.integers(0, rows.shape[0], size=(n_boot, rows.shape[0]))
-                lo[i], hi[i] = percentile_ci(rows[idx].mean(axis=1), ci)
-        data_vars[var] = (("group", dim), mean)
-        if var in OUTCOMES:
-            data_vars[f"{var}_ci_low"] = (("group", dim), lo)
-            data_vars[f"{var}_ci_high"] = (("group", dim), hi)
-        data_vars[f"{var}_per_run"] = (("run", dim), arr)
-    counts = [int(np.sum(groups_arr == g)) for g in names]
-    return xr.Dataset(data_vars, coords={"group": names, dim: per_run[dim].values, "run": per_run["run"].values,
-                                         "run_group": ("run", list(groups)), "n_runs": ("group", counts)})
-
-
-def _study_grid(fn: Callable[..., xr.Dataset], dim: str, study: Any, runs: Sequence[str] | None,
-                by: str | Sequence[str], n_boot: int, ci: float, rng: Any, kwargs: dict[str, Any]) -> xr.Dataset:
-    _check_options(kwargs.get("n_bins", 15), n_boot, ci)
-    study, run_ids, groups = _study_groups(study, runs, by)
-    per_run = []
-    for rid in run_ids:
-        res = fn(study[rid], n_boot=0, **kwargs)
-        res = res[[v for v in res.data_vars if not v.endswith(("_ci_low", "_ci_high"))]]
-        if "target_rms" in res.coords:  # the factor differs per run: align runs on the target instead
-            res = res.assign(scale_factor=res["scale"]).swap_dims(scale="target_rms").drop_vars("scale")
-        per_run.append(res)
-    if "target_rms" in per_run[0].dims:
-        dim = "target_rms"
-    stacked = xr.concat(per_run, dim=pd.Index(run_ids, name="run"), coords="minimal", compat="override",
-                        join="exact", combine_attrs="drop")
-    seed = _seed(_generator(rng))
-    out = _cluster_bootstrap(stacked, groups, dim, n_boot, ci, np.random.default_rng(seed))
-    out.attrs.update(intervention=per_run[0].attrs["intervention"], study=str(study.path),
-                     by=[by] if isinstance(by, str) else list(by), n_boot=int(n_boot), ci=float(ci),
-                     bootstrap="percentile over runs within each group (runs are the resampling unit)",
-                     bootstrap_seed=seed, n_bins=int(kwargs.get("n_bins", 15)))
-    for key in ("toward", "center", "mode"):
-        if key in per_run[0].attrs:
-            out.attrs[key] = per_run[0].attrs[key]
-    return out
-
-
-def rescale_study(study: Any, scales: Any = None, *, target_rms: Any = None, per_sample: bool = False,
-                  runs: Sequence[str] | None = None, by: str | Sequence[str] = ("regularizer", "strength"),
-                  n_bins: int = 15, n_boot: int = 1000, ci: float = 0.95, rng: Any = None) -> xr.Dataset:
-    """:func:`rescale` on every run of a study, aggregated per group of runs with runs as the resampling unit.
-
-    Parameters
-    ----------
-    study : causalgeom.Study or path
-    scales, target_rms, per_sample, n_bins
-        As in :func:`rescale` (``target_rms`` may also name a group, e.g. ``"label_smoothing/0.1"``:
-        the pooled RMS of that group's runs).
-    runs : sequence of str, optional
-        Run ids (default: all complete runs).
-    by : str or sequence of str
-        Run-table columns whose values define the groups (labels joined by ``/``).
-    n_boot, ci, rng
-        Cluster bootstrap: runs are resampled with replacement within each group (groups of one
-        run get NaN intervals).
-
-    Returns
-    -------
-    xarray.Dataset
-        Dims ``(group, scale)``: each outcome (mean over the group's runs) with ``_ci_low`` /
-        ``_ci_high``; ``<outcome>_per_run`` (run, scale); coordinates ``run_group`` and ``n_runs``.
-        With ``target_rms`` the grid dim is ``target_rms`` (each run's factor differs) and
-        ``scale_factor`` holds the factors.
-    """
-    if isinstance(target_rms, str):
-        st, run_ids, groups = _study_groups(study, None, by)
-        chosen = [r for r, g in zip(run_ids, groups) if g == target_rms]
-        if not chosen:
-            raise ConfigError(f"target_rms: no runs in group {target_rms!r}; groups: {sorted(set(groups))}")
-        mss = [(_run_rms(ds) ** 2, ds.sizes["sample"]) for ds in (st[r] for r in chosen)]
-        target_rms = math.sqrt(sum(m * n for m, n in mss) / sum(n for _, n in mss))
-        study = st
-    return _study_grid(rescale, "scale", study, runs, by, n_boot, ci, rng,
-                       dict(scales=scales, target_rms=target_rms, per_sample=per_sample, n_bins=n_bins))
-
-
-def rotate_study(study: Any, alphas: Any, *, toward: str = "predicted", center: Any = "minimal_loss",
-                 runs: Sequence[str] | None = None, by: str | Sequence[str] = ("regularizer", "strength"),
-                 n_bins: int = 15, n_boot: int = 1000, ci: float = 0.95, rng: Any = None) -> xr.Dataset:
-    """:func:`rotate` on every run of a study (centers per run), aggregated as in :func:`rescale_study`.
-
-    Returns
-    -------
-    xarray.Dataset
-        Dims ``(group, alpha)``; see :func:`rescale_study`.
-    """
-    return _study_grid(rotate, "alpha", study, runs, by, n_boot, ci, rng,
-                       dict(alphas=alphas, toward=toward, center=center, n_bins=n_bins))
-
-
-def match_study(study: Any, control: str = "ce", treated: str = "label_smoothing", what: str = "magnitude", *,
-                by: str | Sequence[str] = "regularizer", toward: str = "true", center: Any = "minimal_loss",
-                n_bins: int = 15, n_boot: int = 1000, ci: float = 0.95, rng: Any = None) -> pd.DataFrame:
-    """:func:`match` at the study level: every control run is matched to the pooled treated runs.
-
-    The target distribution pools the per-sample values of all runs in the treated group. Outcomes
-    are averaged over runs (control and matched over control runs, treated over treated runs) and
-    the share is ``(mean matched - mean control) / (mean treated - mean control)``. Intervals: cluster
-    bootstrap resampling control runs (with their matched counterparts) and treated runs
-    independently, percentile (NaN when a group has fewer than 2 runs).
-
-    Parameters
-    ----------
-    study : causalgeom.Study or path
-    control, treated : str
-        Group labels (values of ``by``), e.g. ``"ce"`` and ``"label_smoothing"``.
-    what, toward, center, n_bins
-        As in :func:`match`.
-    by : str or sequence of str
-        Run-table columns defining the groups.
-    n_boot, ci, rng
-        Cluster bootstrap settings.
-
-    Returns
-    -------
-    pandas.DataFrame
-        As :func:`match`, plus ``df.attrs["per_run"]`` (a DataFrame of per-run outcomes).
-    """
-    _check_options(n_bins, n_boot, ci)
-    st, run_ids, groups = _study_groups(study, None, by)
-    c_ids = [r for r, g in zip(run_ids, groups) if g == control]
-    t_ids = [r for r, g in zip(run_ids, groups) if g == treated]
-    for name, value, ids in (("control", control, c_ids), ("treated", treated, t_ids)):
-        if not ids:
-            raise ConfigError(f"{name}: no runs in group {value!r} (by={by!r}); groups: {sorted(set(groups))}")
-    what = _choice(what, "what", MATCH_WHAT)
-    toward = _choice(toward, "toward", TOWARD)
-    label = "interventions.match_study"
-    t_runs = [st[r] for r in t_ids]
-    pooled = _pooled_targets(t_runs, what, toward, center, label)
-    rows = []
-    c_out, m_out, t_out = [], [], []
-    for rid in c_ids:
-        m = _Matcher(st[rid], pooled, what, toward, center, label)
-        sums = _run_sums(st[rid], m.W, m.b, n_bins, 0, 0, m)
-        c_out.append(_outcome_matrix(sums[0], n_bins)[0])
-        m_out.append(_outcome_matrix(sums[1], n_bins)[0])
-        rows += [{"run_id": rid, "arm": "control", **dict(zip(OUTCOMES, c_out[-1]))},
-                 {"run_id": rid, "arm": "matched", **dict(zip(OUTCOMES, m_out[-1]))}]
-    for rid, ds in zip(t_ids, t_runs):
-        W, b = _head(ds, f"{label} (treated run)")
-        t_out.append(_outcome_matrix(_run_sums(ds, W, b, n_bins, 0, 0)[0], n_bins)[0])
-        rows.append({"run_id": rid, "arm": "treated", **dict(zip(OUTCOMES, t_out[-1]))})
-    C, M, T = (np.asarray(x) for x in (c_out, m_out, t_out))
-    gen = _generator(rng)
-    seed = _seed(gen)
-    boot = np.random.default_rng(seed)
-    reps_c, reps_m, reps_t = [C.mean(0)], [M.mean(0)], [T.mean(0)]
-    if n_boot > 0 and len(c_ids) >= 2 and len(t_ids) >= 2:
-        ic = boot.integers(0, len(c_ids), size=(n_boot, len(c_ids)))
-        it = boot.integers(0, len(t_ids), size=(n_boot, len(t_ids)))
-        reps_c += list(C[ic].mean(1))
-        reps_m += list(M[ic].mean(1))
-        reps_t += list(T[it].mean(1))
-    df = _share_frame(np.asarray(reps_c), np.asarray(reps_t), np.asarray(reps_m), ci)
-    df.attrs.update(what=what, toward=toward, center=_center_label(center), control=control, treated=treated,
-                    control_runs=c_ids, treated_runs=t_ids, n_bins=int(n_bins), n_boot=int(n_boot), ci=float(ci),
-                    bootstrap="percentile over runs (cluster bootstrap; control and treated runs resampled "
-                              "independently)", bootstrap_seed=seed, per_run=pd.DataFrame(rows))
-    return df
-
-
-# ---------------------------------------------------------------------------------------------
-# inside the model
-# ---------------------------------------------------------------------------------------------
-class FeatureTransform(nn.Module):
-    """An intervention ``T`` on the head's input: ``forward(h, *, head, labels) -> h'`` (differentiable in ``h``).
-
-    ``head`` is the final :class:`torch.nn.Linear` (for transforms that need the prediction) and
-    ``labels`` the true classes of the batch (a 0-d tensor: one class for every row), or ``None``
-    if none were set (:meth:`InterventionModel.set_labels`).
-    """
-
-    #: Name of the grid dimension this transform's parameter spans (``"scale"``, ``"alpha"``).
-    grid_dim = "transform"
-
-    @property
-    def needs_labels(self) -> bool:
-        """True if the transform uses the true labels."""
-        return False
-
-    @property
-    def grid_value(self) -> float:
-        """The transform's parameter (its coordinate on the grid dimension)."""
-        raise NotImplementedError
-
-    def forward(self, h: torch.Tensor, *, head: nn.Linear, labels: torch.Tensor | None = None) -> torch.Tensor:
-        raise NotImplementedError
-
-
-class Rescale(FeatureTransform):
-    """``h -> s h`` (see :func:`rescale_features`); ``s = 1`` returns ``h`` itself.
-
-    Parameters
-    ----------
-    scale : float >= 0
-    """
-
-    grid_dim = "scale"
-
-    def __init__(self, scale: float):
-        super().__init__()
-        self.scale = float(_grid(scale, "scale", minimum=0.0)[0])
-
-    @property
-    def grid_value(self) -> float:
-        return self.scale
-
-    def forward(self, h: torch.Tensor, *, head: nn.Linear, labels: torch.Tensor | None = None) -> torch.Tensor:
-        return h if self.scale == 1.0 else h * self.scale
-
-    def extra_repr(self) -> str:
-        return f"scale={self.scale:g}"
-
-
-def _safe_norm(x: torch.Tensor) -> torch.Tensor:
-    """Row norms with a finite (zero) gradient at 0."""
-    sq = (x * x).sum(dim=1)
-    return torch.sqrt(torch.clamp(sq, min=torch.finfo(x.dtype).tiny)) * (sq > 0)
-
-
-class Rotate(FeatureTransform):
-    """Move ``h`` toward its class center by a fraction ``alpha`` of the angle, keeping ``||h||``.
-
-    The map of :func:`rotate_features`, in torch and differentiable in ``h``: the center is chosen
-    per sample (a piecewise-constant choice) and the rotation is smooth, so gradient attacks run
-    through it. ``alpha = 0`` returns ``h`` itself.
-
-    Parameters
-    ----------
-    alpha : float <= 1
-    centers : tensor, array or DataArray, shape (K, F)
-        Class centers, e.g. ``cg.geometry.class_centers(ds)`` (kept as a float32 buffer, so it moves
-        with ``.to(device)``).
-    toward : {"predicted", "true"}
-        ``"predicted"``: the class the head predicts from the unmodified ``h`` (no labels needed).
-        ``"true"``: the true class, set through :meth:`InterventionModel.set_labels` (an oracle).
-    """
-
-    grid_dim = "alpha"
-
-    def __init__(self, alpha: float, centers: Any, toward: str = "predicted"):
-        super().__init__()
-        self.alpha = float(_grid(alpha, "alpha", maximum=1.0)[0])
-        self.toward = _choice(toward, "toward", TOWARD)
-        shape = tuple(np.shape(centers))
-        if len(shape) != 2:
-            raise ConfigError(f"centers: expected shape (n_classes, n_features), got {shape}")
-        c = _check_centers(centers, *shape)
-        self.register_buffer("centers", torch.as_tensor(c, dtype=torch.float32))
-
-    @property
-    def needs_labels(self) -> bool:
-        return self.toward == "true"
-
-    @property
-    def grid_value(self) -> float:
-        return self.alpha
-
-    def _classes(self, h: torch.Tensor, head: nn.Linear, labels: torch.Tensor | None) -> torch.Tensor:
-        if self.toward == "predicted":
-            with torch.no_grad():  # not through `head(...)`: that would re-enter the hook
-                return nn.functional.linear(h, head.weight, head.bias).argmax(dim=1)
-        if labels is None:
-            raise ConfigError("Rotate(toward='true') needs the true labels: call InterventionModel.set_labels(y) "
-                              "(a tensor of the batch's labels, or one class for all rows) before the forward")
-        labels = labels.to(h.device)
-        if labels.ndim == 0:
-            return labels.expand(h.shape[0])
-        if labels.shape[0] != h.shape[0]:
-            raise ConfigError(f"Rotate(toward='true'): labels were set for {labels.shape[0]} samples but the "
-                              f"batch has {h.shape[0]}; set each batch's labels (or one class for all rows)")
-        return labels
-
-    def forward(self, h: torch.Tensor, *, head: nn.Linear, labels: torch.Tensor | None = None) -> torch.Tensor:
-        if h.ndim != 2 or h.shape[1] != self.centers.shape[1]:
-            raise ConfigError(f"Rotate: expected head input of shape (n, {self.centers.shape[1]}), "
-                              f"got {tuple(h.shape)}")
-        if self.alpha == 0.0:
-            return h
-        c = self.centers.to(h.dtype)[self._classes(h, head, labels)]
-        norm = _safe_norm(h)
-        u = h / torch.where(norm > 0, norm, torch.ones_like(norm))[:, None]
-        v = c / c.norm(dim=1, keepdim=True)
-        cos = (u * v).sum(dim=1)
-        w = u - cos[:, None] * v
-        sin = _safe_norm(w)
-        bad = sin < _ORTHO_EPS
-        w = w / torch.where(bad, torch.ones_like(sin), sin)[:, None]
-        if bool(bad.any()):
-            fallback = torch.as_tensor(_orthonormal_fallback(v[bad].detach().cpu().double().numpy()),
-                                       dtype=h.dtype, device=h.device)
-            w = torch.where(bad[:, None], torch.zeros_like(w), w).index_put((bad.nonzero()[:, 0],), fallback)
-        phi = torch.clamp((1.0 - self.alpha) * torch.atan2(sin, cos), 0.0, math.pi)
-        return norm[:, None] * (torch.cos(phi)[:, None] * v + torch.sin(phi)[:, None] * w)
-
-    def extra_repr(self) -> str:
-        return f"alpha={self.alpha:g}, toward={self.toward!r}, centers={tuple(self.centers.shape)}"
-
-
-class InterventionModel(nn.Module):
-    """``head o T o backbone``: the model with the intervention ``T`` applied to the head's input.
-
-    A forward pre-hook on the head is registered for the duration of each forward call only, so
-    the wrapped model is untouched outside it and any architecture whose head is an ``nn.Linear``
-    works. Differentiable end to end: attacks run through ``T``.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        Classifier ending in a linear head (pixel-space input).
-    transform : FeatureTransform
-        :class:`Rescale` or :class:`Rotate`.
-    head_name : str, optional
-        Qualified name of the head (default: found by :func:`causalgeom.extract.find_head`).
-
-    Notes
-    -----
-    True-class rotation needs the labels of the rows it sees. Attacks call the model on
-    sub-batches (restarts, samples already broken, samples misclassified clean are skipped), so a
-    per-row label tensor cannot follow them. :meth:`set_labels` therefore also takes a single class,
-    used for every row: attack the samples of one class at a time (what
-    :func:`robust_dose_response` does). A per-row tensor works for plain forwards.
-    """
-
-    def __init__(self, model: nn.Module, transform: FeatureTransform, head_name: str | None = None):
-        super().__init__()
-        if not isinstance(model, nn.Module):
-            raise ConfigError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-        if not isinstance(transform, FeatureTransform):
-            raise ConfigError("transform: expected a causalgeom.interventions.FeatureTransform (Rescale, Rotate), "
-                              f"got {type(transform).__name__}")
-        from .extract import find_head
-
-        name, _ = find_head(model, head_name)
-        self.model = model
-        self.transform = transform
-        self.head_name = name
-        self._labels: torch.Tensor | None = None
-
-    @property
-    def head(self) -> nn.Linear:
-        """The wrapped model's final linear layer."""
-        return self.model.get_submodule(self.head_name)
-
-    def set_labels(self, labels: int | torch.Tensor | None) -> None:
-        """True labels for ``Rotate(toward="true")``: a tensor ``(n,)`` matching the next batches, one class
-        (int or 0-d tensor) for every row, or ``None`` to clear them."""
-        if labels is None:
-            self._labels = None
-            return
-        t = torch.as_tensor(labels)
-        if t.dtype.is_floating_point or t.dtype == torch.bool or t.ndim > 1:
-            raise ConfigError(f"labels: expected an int class or a 1-d integer tensor, got dtype {t.dtype} "
-                              f"shape {tuple(t.shape)}")
-        self._labels = t.long()
-
-    @contextlib.contextmanager
-    def labels(self, labels: int | torch.Tensor) -> Iterator["InterventionModel"]:
-        """Context manager: :meth:`set_labels` inside, cleared on exit."""
-        self.set_labels(labels)
-        try:
-            yield self
-        finally:
-            self._labels = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        def pre_hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-            return (self.transform(args[0], head=module, labels=self._labels), *args[1:])
-
-        handle = self.head.register_forward_pre_hook(pre_hook)
-        try:
-            return self.model(x)
-        finally:
-            handle.remove()
-
-
-def _grid_of(transforms: Sequence[FeatureTransform]) -> tuple[str, np.ndarray]:
-    if isinstance(transforms, FeatureTransform) or not transforms:
-        raise ConfigError("transforms: expected a non-empty sequence of FeatureTransform objects "
-                          f"(e.g. [Rescale(s) for s in scales]), got {transforms!r}")
-    for t in transforms:
-        if not isinstance(t, FeatureTransform):
-            raise ConfigError(f"transforms: expected FeatureTransform objects (Rescale, Rotate), got {type(t).__name__}")
-    dims = {t.grid_dim for t in transforms}
-    if len(dims) == 1 and "transform" not in dims:
-        values = np.asarray([t.grid_value for t in transforms], dtype=np.float64)
-        if np.unique(values).size == values.size:
-            return dims.pop(), values
-    return "transform", np.asarray([repr(t) for t in transforms], dtype=object)
-
-
-def robust_dose_response(model: nn.Module, x: torch.Tensor, y: torch.Tensor, transforms: Sequence[FeatureTransform],
-                         attacks: Any, eps: Sequence[float], *, head_name: str | None = None,
-                         batch_size: int | None = 256, n_boot: int = 1000, ci: float = 0.95, rng: Any = None,
-                         generator: torch.Generator | None = None) -> xr.Dataset:
-    """Robust accuracy of ``head o T o backbone`` for each transform ``T``, attack and ``eps``.
-
-    Runs :func:`causalgeom.attacks.sweep` on :class:`InterventionModel` ``(model, T)``. For a
-    transform that needs labels (``Rotate(toward="true")``) the samples are attacked one class at a
-    time with that class set as the label of every row (see :class:`InterventionModel`).
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        Classifier, pixel-space input; evaluated in eval mode.
-    x : tensor, shape (N, C, H, W)
-        Inputs in [0, 1], on the model's device.
-    y : tensor of int, shape (N,)
-    transforms : sequence of FeatureTransform
-        The grid, e.g. ``[Rescale(s) for s in scales]`` or ``[Rotate(a, C) for a in alphas]``.
-    attacks : attack or sequence of attacks
-        ``cg.attacks.PGD(...)`` etc. (anything :func:`causalgeom.attacks.sweep` accepts).
-    eps : sequence of float
-        Attack budgets.
-    head_name : str, optional
-        The head (default: :func:`causalgeom.extract.find_head`).
-    batch_size : int, optional
-        Passed to ``sweep``.
-    n_boot, ci, rng
-        Percentile bootstrap over samples (Poisson(1) weights, the same for every grid point).
-    generator : torch.Generator, optional
-        Source of the attacks' randomness (default: ``sweep``'s, a generator seeded with 0).
-
-    Returns
-    -------
-    xarray.Dataset
-        ``robust_accuracy`` (grid, attack, eps) with ``_ci_low`` / ``_ci_high``; ``clean_accuracy``
-        (grid) with intervals; ``adv_correct`` (grid, attack, eps, sample). The grid dim is
-        ``scale`` (all :class:`Rescale`), ``alpha`` (all :class:`Rotate`) or ``transform``.
-    """
-    from . import attacks as cg_attacks
-
-    dim, coord = _grid_of(transforms)
-    _check_options(1, n_boot, ci)
-    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-        raise ConfigError(f"x, y: expected torch tensors, got {type(x).__name__}, {type(y).__name__}")
-    y = y.long()
-    if x.shape[0] != y.shape[0] or x.shape[0] == 0:
-        raise ConfigError(f"x, y: expected the same non-zero number of samples, got {x.shape[0]} and {y.shape[0]}")
-    n = x.shape[0]
-    adv, clean = [], []
-    names: list[str] = []
-    eps_grid: np.ndarray | None = None
-    for t in transforms:
-        wrapped = InterventionModel(model, t, head_name)
-        groups = ([(None, torch.arange(n, device=y.device))] if not t.needs_labels else
-                  [(int(k), (y == k).nonzero()[:, 0]) for k in torch.unique(y).tolist()])
-        a_t = None
-        c_t = np.zeros(n, dtype=bool)
-        for k, rows in groups:
-            xb, yb = x[rows], y[rows]
-            with wrapped.labels(k) if k is not None else contextlib.nullcontext():
-                out = cg_attacks.sweep(wrapped, xb, yb, attacks, eps, generator=generator, batch_size=batch_size)
-                with torch.no_grad():
-                    pred = torch.cat([wrapped(xb[i:i + (batch_size or n)]).argmax(dim=1)
-                                      for i in range(0, xb.shape[0], batch_size or n)])
-            if a_t is None:
-                a_t = np.zeros(out["adv_correct"].shape[:2] + (n,), dtype=bool)
-                names, eps_grid = [str(s) for s in out["attack"]], np.asarray(out["eps"], dtype=np.float64)
-            rows_np = rows.cpu().numpy()
-            a_t[..., rows_np] = out["adv_correct"]
-            c_t[rows_np] = (pred == yb.to(pred.device)).cpu().numpy()
-        adv.append(a_t)
-        clean.append(c_t)
-    adv_arr = np.stack(adv)  # (G, A, E, N)
-    clean_arr = np.stack(clean).astype(np.float64)  # (G, N)
-    seed = _seed(_generator(rng))
-    w = _poisson_weights(seed, n_boot, 0, n)  # (R, N)
-    wsum = w.sum(axis=1)
-    rob = np.einsum("rn,gaen->rgae", w, adv_arr.astype(np.float64)) / wsum[:, None, None, None]
-    cl = (w @ clean_arr.T) / wsum[:, None]
-    rlo, rhi = percentile_ci(rob[1:], ci)
-    clo, chi = percentile_ci(cl[1:], ci)
-    grid_dims = (dim, "attack", "eps")
-    return xr.Dataset(
-        {"robust_accuracy": (grid_dims, rob[0]), "robust_accuracy_ci_low": (grid_dims, rlo),
-         "robust_accuracy_ci_high": (grid_dims, rhi),
-         "clean_accuracy": ((dim,), cl[0]), "clean_accuracy_ci_low": ((dim,), clo),
-         "clean_accuracy_ci_high": ((dim,), chi),
-         "adv_correct": ((dim, "attack", "eps", "sample"), adv_arr)},
-        coords={dim: coord, "attack": np.asarray(names, dtype=object), "eps": eps_grid},
-        attrs={"intervention": "robust_dose_response", "n_samples": int(n), "n_boot": int(n_boot), "ci": float(ci),
-               "bootstrap": "percentile, Poisson(1) resampling weights over samples", "bootstrap_seed": seed,
-               "transforms": [repr(t) for t in transforms]})
-
-
-# ---------------------------------------------------------------------------------------------
-# reporting
-# ---------------------------------------------------------------------------------------------
-_GRID_DIMS = ("scale", "alpha", "target_rms", "transform")
-_IDENTITY = {"scale": 1.0, "alpha": 0.0}
-
-
-def plot_dose_response(result: xr.Dataset, outcomes: Sequence[str] | str | None = None, *, ax: Any = None) -> Any:
-    """Dose-response plot: each outcome against ``s`` or ``alpha``, with its interval band.
-
-    Extra dimensions (``group`` of a study result, ``attack`` x ``eps`` of
-    :func:`robust_dose_response`) become separate lines. A dashed vertical line marks the identity
-    (``s = 1`` / ``alpha = 0``). Uses matplotlib's object-oriented API (Agg canvas, no display).
-
-    Parameters
-    ----------
-    result : xarray.Dataset
-        Output of :func:`rescale`, :func:`rotate`, their study forms, or :func:`robust_dose_response`.
-    outcomes : str or sequence of str, optional
-        Variables to plot (default: :data:`OUTCOMES` present in ``result``, else
-        ``robust_accuracy``).
-    ax : matplotlib Axes or sequence of Axes, optional
-        One per outcome (default: a new figure with one panel per outcome).
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    if not isinstance(result, xr.Dataset):
-        raise ConfigError(f"result: expected an xarray.Dataset from rescale/rotate/robust_dose_response, "
-                          f"got {type(result).__name__}")
-    dims = [d for d in _GRID_DIMS if d in result.dims]
-    if not dims:
-        raise ConfigError(f"result: expected a dimension among {list(_GRID_DIMS)}, got dims {list(result.dims)}")
-    dim = dims[0]
-    if outcomes is None:
-        outcomes = [o for o in OUTCOMES if o in result] or [v for v in ("robust_accuracy",) if v in result]
-    elif isinstance(outcomes, str):
-        outcomes = [outcomes]
-    unknown = [o for o in outcomes if o not in result.data_vars or dim not in result[o].dims]
-    if unknown or not outcomes:
-        allowed = [v for v in result.data_vars if dim in result[v].dims and not v.endswith(("_ci_low", "_ci_high"))]
-        raise ConfigError(f"outcomes: unknown {unknown or outcomes}; allowed: {allowed}")
-    if ax is None:
-        fig = Figure(figsize=(3.6 * len(outcomes), 3.2), layout="constrained")
-        FigureCanvasAgg(fig)
-        axes = list(np.atleast_1d(fig.subplots(1, len(outcomes), squeeze=False)[0]))
-    else:
-        axes = list(ax) if isinstance(ax, (list, tuple, np.ndarray)) else [ax]
-        if len(axes) != len(outcomes):
-            raise ConfigError(f"ax: expected {len(outcomes)} Axes (one per outcome), got {len(axes)}")
-        fig = axes[0].figure
-    numeric = dim != "transform"
-    x = result[dim].values if numeric else np.arange(result.sizes[dim])
-    for a, name in zip(axes, outcomes):
-        var = result[name]
-        others = [d for d in var.dims if d != dim]
-        stacked = var.stack(_line=others) if others else var.expand_dims(_line=[0])
-        for i in range(stacked.sizes["_line"]):
-            line = stacked.isel(_line=i)
-            label = ", ".join(f"{_fmt(line[d].item())}" for d in others) if others else None
-            handle = a.plot(x, line.transpose(dim).values, marker="o", ms=3, label=label)[0]
-            lo, hi = f"{name}_ci_low", f"{name}_ci_high"
-            if lo in result and hi in result:
-                sel = {d: line[d].item() for d in others}
-                band_lo = result[lo].sel(sel).transpose(dim).values if others else result[lo].values
-                band_hi = result[hi].sel(sel).transpose(dim).values if others else result[hi].values
-                if np.any(np.isfinite(band_lo)):
-                    a.fill_between(x, band_lo, band_hi, color=handle.get_color(), alpha=0.2, lw=0)
-        if dim in _IDENTITY:
-            a.axvline(_IDENTITY[dim], color="0.5", ls="--", lw=0.8)
-        if not numeric:
-            a.set_xticks(x, [str(v) for v in result[dim].values], rotation=30, ha="right", fontsize=7)
-        a.set_xlabel({"scale": "scale s", "alpha": "rotation fraction α"}.get(dim, dim))
-        a.set_ylabel(name.replace("_", " "))
-        if others and stacked.sizes["_line"] > 1:
-            a.legend(fontsize=7, title=" × ".join(others), title_fontsize=7)
-    title = result.attrs.get("run_id") or result.attrs.get("study")
-    if title and ax is None:
-        fig.suptitle(f"{result.attrs.get('intervention', '')}: {title}", fontsize=9)
-    return fig
-
-
-def _mediation_parts(mediation_result: Any) -> tuple[pd.DataFrame, list[str] | None]:
-    """The summary table (columns outcome, effect, estimate, ci_low, ci_high) and the mediator names."""
-    if isinstance(mediation_result, pd.DataFrame):
-        table, mediators = mediation_result, mediation_result.attrs.get("mediators")
-    elif callable(getattr(mediation_result, "summary", None)):
-        table, mediators = mediation_result.summary(), list(getattr(mediation_result, "mediators", []) or [])
-    else:
-        raise ConfigError("mediation_result: expected a causalgeom.causal.MediationResult or its summary() "
-                          f"DataFrame, got {type(mediation_result).__name__}")
-    missing = [c for c in ("outcome", "effect", "estimate", "ci_low", "ci_high") if c not in table.columns]
-    if missing:
-        raise ConfigError(f"mediation_result: its summary lacks columns {missing}; got {list(table.columns)}")
-    return table, mediators
-
-
-def _mediator_kind(effect: str, mediators: list[str] | None) -> str | None:
-    """Which intervention (``what``) a ``prop_mediated...`` effect corresponds to, or None."""
-    path = effect[len("prop_mediated"):]
-    if path:
-        name = path.strip("[]")
-        return None if "->" in name else MEDIATOR_KINDS.get(name)
-    kinds = {MEDIATOR_KINDS.get(m) for m in (mediators or [])}
-    if len(kinds) == 1 and None not in kinds:
-        return kinds.pop()
-    return "both" if kinds == {"magnitude", "cosine"} else None
-
-
-def share_vs_mediation(match_result: pd.DataFrame | Mapping[str, pd.DataFrame] | Sequence[pd.DataFrame],
-                       mediation_result: Any, *, outcome: str | None = None) -> pd.DataFrame:
-    """Compare the interventional share with the mediation analysis' proportion mediated.
-
-    Both estimate the fraction of the treated-control difference in an outcome that goes through a
-    mediator: the proportion mediated from observational variation (indirect / total effect,
-    :func:`causalgeom.causal.mediate`), the interventional share by setting the mediator
-    (:func:`match`). Agreement supports the mediation model; a gap points at confounding of the
-    mediator, nonlinearity, or a mediator proxy that misses part of the mechanism.
-
-    Parameters
-    ----------
-    match_result : DataFrame, or mapping / sequence of DataFrames
-        Output(s) of :func:`match` / :func:`match_study`; ``df.attrs["what"]`` (or the mapping's keys)
-        names the intervention: ``"magnitude"``, ``"cosine"`` or ``"both"``.
-    mediation_result : MediationResult or its ``summary()`` DataFrame
-        Its ``prop_mediated[m]`` rows (or ``prop_mediated`` with one mediator) are paired with the
-        intervention on the same quantity (``rms``/``norm`` -> magnitude, ``cos_true``/``cos_pred``
-        -> cosine; see :data:`MEDIATOR_KINDS`); the joint ``prop_mediated`` of a magnitude and a
-        cosine mediator pairs with ``what="both"``.
-    outcome : str, optional
-        Keep only this mediation outcome (e.g. ``"overconfidence"``); outcomes are paired through
-        :data:`MEDIATION_OUTCOME_ALIASES` (``overconfidence`` -> ``signed_ece``, ``correct`` ->
-        ``accuracy``, ``confidence`` -> ``mean_confidence``; same names otherwise).
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per paired (mediator, outcome): ``what``, ``mediation_effect``, ``outcome``,
-        ``intervention_outcome``, ``interventional_share`` with ``_ci_low`` / ``_ci_high``,
-        ``proportion_mediated`` with ``_ci_low`` / ``_ci_high``, and ``difference`` (share -
-        proportion).
-
-    Raises
-    ------
-    ConfigError
-        If nothing can be paired (the message lists what each side has).
-    """
-    if isinstance(match_result, pd.DataFrame):
-        results = {match_result.attrs.get("what"): match_result}
-    elif isinstance(match_result, Mapping):
-        results = dict(match_result)
-    else:
-        results = {}
-        for r in match_result:
-            if not isinstance(r, pd.DataFrame):
-                raise ConfigError(f"match_result: expected DataFrames from interventions.match, got {type(r).__name__}")
-            results[r.attrs.get("what")] = r
-    table, mediators = _mediation_parts(mediation_result)
-    rows = []
-    for rec in table[table["effect"].astype(str).str.startswith("prop_mediated")].itertuples(index=False):
-        kind = _mediator_kind(str(rec.effect), mediators)
-        iv_outcome = MEDIATION_OUTCOME_ALIASES.get(rec.outcome, rec.outcome)
-        if kind not in results or iv_outcome not in OUTCOMES or (outcome is not None and rec.outcome != outcome):
-            continue
-        share = results[kind].loc[iv_outcome]
-        rows.append({"what": kind, "mediation_effect": rec.effect, "outcome": rec.outcome,
-                     "intervention_outcome": iv_outcome, "interventional_share": share["share"],
-                     "interventional_share_ci_low": share["share_ci_low"],
-                     "interventional_share_ci_high": share["share_ci_high"],
-                     "proportion_mediated": rec.estimate, "proportion_mediated_ci_low": rec.ci_low,
-                     "proportion_mediated_ci_high": rec.ci_high, "difference": share["share"] - rec.estimate})
-    if not rows:
-        effects = sorted(set(table["effect"].astype(str)))
-        raise ConfigError(f"share_vs_mediation: nothing to pair: interventions {sorted(map(str, results))}, "
-                          f"mediation mediators {mediators}, effects {effects}, outcomes "
-                          f"{sorted(set(map(str, table['outcome'])))}" + (f" (outcome={outcome!r})" if outcome else ""))
-    return pd.DataFrame(rows)
