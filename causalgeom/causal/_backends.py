@@ -16,7 +16,9 @@ from ._design import Design
 
 __all__ = ["statsmodels_mediation", "dowhy_point", "refute", "REFUTERS"]
 
-#: DoWhy refuters run by `refute` (names of ``CausalModel.refute_estimate``'s ``method_name``).
+# refute() re-estimates through .estimators and .mediation (imported inside it)
+
+#: Refuters run by `refute`: run-level placebo and run-subset refuters (this package), DoWhy's random common cause.
 REFUTERS = ("placebo_treatment_refuter", "random_common_cause", "data_subset_refuter")
 
 
@@ -194,73 +196,173 @@ def dowhy_point(design: Design) -> dict[str, list[float]]:
 def refute(result: Any, *, methods: tuple[str, ...] = REFUTERS, num_simulations: int = 20,
            rng: np.random.Generator | int | None = 0, subset_fraction: float = 0.8, alpha: float = 0.05
            ) -> pd.DataFrame:
-    """Run DoWhy's refuters on the direct and indirect effects of a `MediationResult`.
+    """Refuters of the direct and indirect effects of a `MediationResult` that respect the run design.
 
     Parameters
     ----------
     result : MediationResult
-        From `causalgeom.causal.mediate` (any method) with a linear outcome model without interaction. DoWhy's
-        mediation estimator takes one mediator: with several, each mediator is refuted in its own
-        single-mediator model (the ``mediator`` column says which; its indirect effect is then the effect
-        through that mediator alone, not ``indirect[m]`` of the joint model).
+        From `causalgeom.causal.mediate` (method ``"regression"`` models are refitted, whatever ``method`` was).
     methods : tuple of str
-        Any of ``"placebo_treatment_refuter"`` (treatment permuted across rows: effects should vanish),
-        ``"random_common_cause"`` (an independent random covariate added: effects should not move),
-        ``"data_subset_refuter"`` (re-estimated on random subsets: effects should not move).
+        ``"placebo_treatment_refuter"``: the treatment labels are permuted **across runs** (never images), all
+        relabelings when there are at most ``num_simulations`` of them, else ``num_simulations`` random ones; the
+        effects are re-estimated with the same models and pairing. ``new_effect`` is the mean placebo effect,
+        ``p_value`` the randomization p-value of the original estimate among the placebo ones (share with
+        ``|placebo| >= |estimate|``, the observed labelling included); passed when ``p_value <= alpha``.
+        When the design cannot reach ``alpha`` (3 + 3 runs: the smallest p-value is 0.1) the status is
+        "inconclusive", not "failed".
+        ``"data_subset_refuter"``: **runs** are dropped — ``num_simulations`` random subsets keeping
+        ``subset_fraction`` of the runs of each arm (at least 2) — and the effects re-estimated; ``p_value`` is
+        the normal-approximation p-value of the estimate among the subset estimates (DoWhy's test); passed when
+        ``p_value >= alpha``. Not run when an arm has fewer than 3 runs.
+        ``"random_common_cause"``: DoWhy's refuter (an independent random covariate added; linear outcome without
+        interaction, one mediator at a time as DoWhy's mediation estimator takes one mediator).
     num_simulations : int
-        Simulations per refuter (DoWhy's default is 100; kept small because the sample table is large).
+        Relabelings, subsets or DoWhy simulations per refuter.
     rng : numpy.random.Generator or int or None
-        Seeds DoWhy's ``random_state``.
     subset_fraction : float
-        Fraction of rows kept by the data-subset refuter.
+        Share of the runs of each arm kept by the subset refuter.
     alpha : float
-        Level of DoWhy's significance test behind ``passed``.
+        Level of the tests behind ``passed``.
 
     Returns
     -------
     pandas.DataFrame
-        ``outcome, mediator, effect, refuter, estimate, new_effect, p_value, passed`` — ``passed`` is True when
-        DoWhy's test does not reject (placebo: the placebo effects are compatible with 0; others: the new effects
-        are compatible with the estimate). The table is also stored as ``result.refutations``.
-
-    Notes
-    -----
-    DoWhy's refuters resample and permute rows (samples), not runs: they probe the model, not the cluster
-    design; read them with that in mind.
+        ``outcome, mediator, effect, refuter, estimate, new_effect, p_value, passed, status``. ``status`` is
+        "passed", "failed", "inconclusive" or "not run" (with the reason after a colon); ``passed`` is True,
+        False or None (not run / inconclusive) — a missing p-value never reads as passed. Also stored as
+        ``result.refutations``.
     """
     design = getattr(result, "_design", None)
     if design is None:
-        raise QueryError("refute: expected a MediationResult from causalgeom.causal.mediate")
-    if result._options.get("outcome_model", "linear") != "linear" or result._options.get("interaction"):
-        raise QueryError("refute: needs a result with outcome_model='linear' and interaction=False")
+        raise QueryError("refute: expected a MediationResult from causalgeom.causal.mediate (with its design; "
+                         "results of mediate_study have no per-sample rows)")
     unknown = [m for m in methods if m not in REFUTERS]
     if unknown:
         raise QueryError(f"refute: unknown refuter(s) {unknown}; allowed: {list(REFUTERS)}")
+    if "random_common_cause" in methods and (result._options.get("outcome_model", "linear") != "linear"
+                                             or result._options.get("interaction")):
+        raise QueryError("refute: random_common_cause (DoWhy) needs a result with outcome_model='linear' and "
+                         "interaction=False; choose methods=('placebo_treatment_refuter', 'data_subset_refuter')")
     if isinstance(rng, np.random.Generator):
-        seed = int(rng.integers(2**31 - 1))
+        gen = rng
     elif rng is None or isinstance(rng, (int, np.integer)):
-        seed = int(np.random.default_rng(rng).integers(2**31 - 1))
+        gen = np.random.default_rng(rng)
     else:
         raise QueryError(f"rng: expected a numpy Generator, an int seed or None, got {type(rng).__name__}")
+    from .estimators import LinearMediation
+
+    opts = result._options
+    est = LinearMediation(design, outcome_model=opts.get("outcome_model", "linear"),
+                          interaction=opts.get("interaction", False), ordered=opts.get("ordered", False),
+                          paired=opts.get("paired"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        point = est.point()[0]
+    names = est.names
+    keep = [e for e, n in enumerate(names) if n == "direct" or n.startswith("indirect")]
+    rows: list[dict[str, Any]] = []
+
+    def add(refuter: str, new: np.ndarray | None, p: np.ndarray | None, status_of: Any) -> None:
+        for l, y in enumerate(design.outcomes):
+            for e in keep:
+                pe = np.nan if p is None else float(p[e, l])
+                st = status_of(pe)
+                rows.append(dict(outcome=y, mediator=", ".join(design.mediators), effect=names[e], refuter=refuter,
+                                 estimate=float(point[e, l]), new_effect=np.nan if new is None else float(new[e, l]),
+                                 p_value=pe, passed=True if st == "passed" else (False if st == "failed" else None),
+                                 status=st))
+
+    for method in methods:
+        if method == "placebo_treatment_refuter":
+            why = None
+            if design.estimand != "runs" or design.run_T is None:
+                why = "not run: the treatment cannot be permuted across runs (one run per arm, or it varies within runs)"
+            if why:
+                add(method, None, None, lambda p, w=why: w)
+                continue
+            from .inference import randomization_floor, randomization_pvalue, relabelings
+            from .mediation import _refit
+
+            floor, C = randomization_floor(design.run_T)
+            labels, exact = relabelings(design.run_T, num_simulations, gen)
+            if exact and labels.shape[0] > num_simulations + 1:
+                labels, exact = np.stack([gen.permutation(design.run_T) for _ in range(num_simulations)]), False
+            null = est.relabeled(labels)
+            if null is None:
+                null = np.stack([_refit(est, design, lab) for lab in labels])
+            p = randomization_pvalue(point, null, exact)
+            p_min = floor if exact else 1.0 / (labels.shape[0] + 1)
+            add(method, np.nanmean(null, axis=0), p,
+                lambda pe, m=p_min: ("not run: no p-value" if np.isnan(pe) else "passed" if pe <= alpha else
+                                     (f"inconclusive: the smallest p-value this design gives is {m:.3g} > "
+                                      f"alpha = {alpha:g}" if m > alpha else "failed")))
+        elif method == "data_subset_refuter":
+            if design.estimand != "runs" or design.run_T is None:
+                add(method, None, None, lambda p: "not run: runs cannot be dropped (one run per arm)")
+                continue
+            arms = [np.flatnonzero(design.run_T == v) for v in np.unique(design.run_T)]
+            sizes = [max(2, int(round(subset_fraction * a.size))) for a in arms]
+            if any(a.size < 3 or k >= a.size for a, k in zip(arms, sizes)):
+                add(method, None, None, lambda p: "not run: fewer than 3 runs in an arm, none can be dropped")
+                continue
+            reps = []
+            for _ in range(num_simulations):
+                kept = np.concatenate([gen.choice(a, size=k, replace=False) for a, k in zip(arms, sizes)])
+                reps.append(_subset_point(est, design, kept))
+            reps = np.stack(reps)
+            mean, sd = np.nanmean(reps, 0), np.nanstd(reps, 0, ddof=1)
+            from scipy import stats
+
+            with np.errstate(divide="ignore", invalid="ignore"):
+                p = 2 * stats.norm.sf(np.abs(point - mean) / sd)
+            add(method, mean, p, lambda pe: "not run: no p-value" if np.isnan(pe) else
+                ("passed" if pe >= alpha else "failed"))
+        else:
+            rows += _dowhy_random_common_cause(design, num_simulations, int(gen.integers(2**31 - 1)), alpha)
+    out = pd.DataFrame(rows, columns=["outcome", "mediator", "effect", "refuter", "estimate", "new_effect", "p_value",
+                                      "passed", "status"])
+    result.refutations = out
+    return out
+
+
+def _subset_point(est: Any, design: Design, kept_runs: np.ndarray) -> np.ndarray:
+    """Point estimate on the rows of the runs ``kept_runs`` (same models and pairing)."""
+    import dataclasses
+
+    from .estimators import LinearMediation
+
+    rows = np.isin(design.run_codes, kept_runs)
+    remap = np.full(int(design.run_codes.max()) + 1, -1)
+    remap[np.sort(kept_runs)] = np.arange(kept_runs.size)
+    codes = remap[design.run_codes[rows]]
+    d2 = dataclasses.replace(design, T=design.T[rows], M=design.M[rows], X=design.X[rows], Y=design.Y[rows],
+                             codes=codes, run_codes=codes, cluster_names=design.cluster_names[np.sort(kept_runs)],
+                             run_T=design.run_T[np.sort(kept_runs)],
+                             images=None if design.images is None else design.images[rows])
+    e2 = LinearMediation(d2, outcome_model=est.outcome_model, interaction=est.interaction, ordered=est.ordered,
+                         paired=est.paired)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return e2.point()[0]
+
+
+def _dowhy_random_common_cause(design: Design, num_simulations: int, seed: int, alpha: float) -> list[dict]:
+    """DoWhy's random-common-cause refuter, one single-mediator model per mediator (unpaired rows)."""
     rows = []
     with _quiet():
         for l, y in enumerate(design.outcomes):
             for j, med in enumerate(design.mediators):
                 for kind, name in (("nde", "direct"), ("nie", "indirect")):
                     model, estimand, estimate = _fit_dowhy(design, l, kind, j)
-                    for i, method in enumerate(methods):
-                        kw: dict[str, Any] = dict(num_simulations=num_simulations,
-                                                  random_state=np.random.RandomState((seed + 7919 * i) % 2**31))
-                        if method == "placebo_treatment_refuter":
-                            kw["placebo_type"] = "permute"
-                        if method == "data_subset_refuter":
-                            kw["subset_fraction"] = subset_fraction
-                        ref = model.refute_estimate(estimand, estimate, method_name=method, **kw)
-                        p = (ref.refutation_result or {}).get("p_value", np.nan)
-                        p = float(np.asarray(p).ravel()[0]) if p is not None else np.nan
-                        rows.append(dict(outcome=y, mediator=med, effect=name, refuter=method,
-                                         estimate=float(estimate.value), new_effect=float(ref.new_effect),
-                                         p_value=p, passed=bool(np.isnan(p) or p >= alpha)))
-    out = pd.DataFrame(rows)
-    result.refutations = out
-    return out
+                    ref = model.refute_estimate(estimand, estimate, method_name="random_common_cause",
+                                                num_simulations=num_simulations,
+                                                random_state=np.random.RandomState(seed % 2**31))
+                    p = (ref.refutation_result or {}).get("p_value", np.nan)
+                    p = float(np.asarray(p).ravel()[0]) if p is not None else np.nan
+                    status = "not run: DoWhy gave no p-value" if np.isnan(p) else ("passed" if p >= alpha else
+                                                                                    "failed")
+                    rows.append(dict(outcome=y, mediator=med, effect=name, refuter="random_common_cause",
+                                     estimate=float(estimate.value), new_effect=float(ref.new_effect), p_value=p,
+                                     passed=True if status == "passed" else (False if status == "failed" else None),
+                                     status=status))
+    return rows
