@@ -443,7 +443,9 @@ def run_moments(study: Any, columns: Sequence[str], *, run_ids: Sequence[str] | 
     ids = list(study.run_ids if run_ids is None else run_ids)
     columns = list(columns)
     lazy = [_lazy_moments(study[r], columns, center) for r in ids]
-    values = compute(*lazy)
+    import dask
+
+    values = dask.compute(*lazy)  # Delayed trees (not arrays): dask.compute, on the active client if any
     return {r: _unpack(v, len(columns)) for r, v in zip(ids, values)}
 
 

@@ -131,7 +131,11 @@ def test_mediate_study_equals_mediate_on_the_table(cluster, study, kw):
         assert len(ts.data) >= 4 * 4  # one task per chunk and run, at least
         a, b = ref.summary(), res.summary()
         # same estimator, different summation order (per-run moments vs rows): floating-point tolerance
-        pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-7, atol=1e-9)
+        pd.testing.assert_frame_equal(a.drop(columns="note"), b.drop(columns="note"), check_exact=False, rtol=1e-7,
+                                      atol=1e-9)
+        # the overlap check needs the rows: mediate_study has no "extrapolated" marks, the other notes agree
+        strip = lambda s: s.str.replace(r"^extrapolated(; )?", "", regex=True)  # noqa: E731
+        assert list(strip(a.note)) == list(b.note) and res.overlap.empty
         np.testing.assert_allclose(res.replicates, ref.replicates, rtol=1e-7, atol=1e-10)
         pd.testing.assert_frame_equal(res.sensitivity, ref.sensitivity, check_exact=False, rtol=1e-8)
         assert (res.resampling, res.estimator, res.n_clusters, res.design) == (
