@@ -86,10 +86,22 @@ def sample_reduce(func: Callable[..., np.ndarray], *arrays: Any, shape: Sequence
     return da.stack(parts).sum(axis=0)
 
 
+def _is_dask_collection(x: Any) -> bool:
+    """A dask array, ``dask.delayed`` object or other dask collection (not an xarray object)."""
+    if is_dask(x):
+        return True
+    if isinstance(x, (xr.Dataset, xr.DataArray, xr.Variable)) or not hasattr(x, "__dask_graph__"):
+        return False
+    from dask.base import is_dask_collection
+
+    return is_dask_collection(x)
+
+
 def compute(*objs: Any) -> tuple[Any, ...]:
     """Compute dask-backed objects in one pass (shared chunks are read once); others pass through.
 
-    Accepts xarray Datasets / DataArrays, dask arrays, and dicts / lists / tuples of them. The
+    The one compute of causalgeom (``causalgeom.distributed.compute`` is this function). Accepts xarray
+    Datasets / DataArrays, dask arrays, ``dask.delayed`` objects, and dicts / lists / tuples of them. The
     underlying dask arrays are computed with one ``dask.compute`` call and put back into copies of
     the xarray objects. (Handing xarray objects whose variables share graph layers to
     ``dask.compute`` directly loses dependencies under graph optimization in this dask/xarray
@@ -108,7 +120,7 @@ def compute(*objs: Any) -> tuple[Any, ...]:
             return ("dict", {k: collect(v) for k, v in obj.items()})
         if isinstance(obj, (list, tuple)):
             return ("seq", type(obj), [collect(v) for v in obj])
-        if is_dask(obj):
+        if _is_dask_collection(obj):
             arrays.append(obj)
             return ("arr", len(arrays) - 1)
         return ("raw", obj)
@@ -150,7 +162,7 @@ def _is_lazy(obj: Any) -> bool:
         return any(_is_lazy(v) for v in obj.values())
     if isinstance(obj, (list, tuple)):
         return any(_is_lazy(v) for v in obj)
-    return is_dask(obj)
+    return _is_dask_collection(obj)
 
 
 def check_run(ds: Any, what: str) -> xr.Dataset:

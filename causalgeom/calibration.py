@@ -22,7 +22,7 @@ import xarray as xr
 from ._blocks import check_run, compute, is_dask, raw, require_vars, sample_reduce
 from ._util.checks import check_choice
 from ._util.rng import check_random_state
-from .errors import SchemaError
+from .errors import ConfigError, SchemaError
 
 __all__ = [
     "BINNINGS",
@@ -58,7 +58,7 @@ _HEAD = 5
 # ----------------------------------------------------------------------------------------------
 def _check_bins(n_bins: Any) -> int:
     if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
-        raise ValueError(f"n_bins: expected a positive integer, got {n_bins!r}")
+        raise ConfigError(f"n_bins: expected a positive integer, got {n_bins!r}")
     return int(n_bins)
 
 
@@ -66,9 +66,9 @@ def _check_temperature(temperature: Any) -> float:
     try:
         t = float(temperature)
     except (TypeError, ValueError):
-        raise ValueError(f"temperature: expected a positive number, got {temperature!r}") from None
+        raise ConfigError(f"temperature: expected a positive number, got {temperature!r}") from None
     if not (t > 0 and math.isfinite(t)):
-        raise ValueError(f"temperature: expected a positive finite number, got {temperature!r}")
+        raise ConfigError(f"temperature: expected a positive finite number, got {temperature!r}")
     return t
 
 
@@ -192,7 +192,7 @@ def _calibration_error(stats: np.ndarray, norm: str) -> float:
         return float(np.max(np.abs(gap[nonempty])))
     if norm == "signed":
         return float(np.sum(w * gap))
-    raise ValueError(f"norm: expected one of {list(NORMS)}, got {norm!r}")  # pragma: no cover
+    raise ConfigError(f"norm: expected one of {list(NORMS)}, got {norm!r}")  # pragma: no cover
 
 
 def _run_stats_block(x: np.ndarray, labels: np.ndarray, n_bins: int, temperature: float = 1.0,
@@ -536,7 +536,7 @@ def fit_temperature(calib_ds: xr.Dataset, *, bounds: tuple[float, float] = (1e-3
     logits, labels = _inputs(calib_ds, "fit_temperature")
     t_lo, t_hi = (float(b) for b in bounds)
     if not (0 < t_lo < t_hi < math.inf):
-        raise ValueError(f"bounds: expected 0 < low < high < inf, got {bounds!r}")
+        raise ConfigError(f"bounds: expected 0 < low < high < inf, got {bounds!r}")
     lo, hi = 1.0 / t_hi, 1.0 / t_lo  # bracket for beta
 
     def evaluate(beta: float) -> np.ndarray:
@@ -621,9 +621,9 @@ def bootstrap_ci(ds: xr.Dataset, metric: str | Callable[[xr.Dataset], Any], n_bo
     """
     check_run(ds, "bootstrap_ci")
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 2:
-        raise ValueError(f"n_boot: expected an integer >= 2, got {n_boot!r}")
+        raise ConfigError(f"n_boot: expected an integer >= 2, got {n_boot!r}")
     if not (0 < float(level) < 1):
-        raise ValueError(f"level: expected a number in (0, 1), got {level!r}")
+        raise ConfigError(f"level: expected a number in (0, 1), got {level!r}")
     rng = check_random_state(rng)
     n_bins = _check_bins(n_bins)
     check_choice(binning, "binning", BINNINGS)
@@ -644,7 +644,7 @@ def bootstrap_ci(ds: xr.Dataset, metric: str | Callable[[xr.Dataset], Any], n_bo
             return float(metric(ds if idx is None else ds.isel(sample=idx)))
         name = getattr(metric, "__name__", "metric")
     else:
-        raise ValueError(f"metric: expected one of {list(BOOTSTRAP_METRICS)} or a callable, got {metric!r}")
+        raise ConfigError(f"metric: expected one of {list(BOOTSTRAP_METRICS)} or a callable, got {metric!r}")
     estimate = f(None)
     reps = np.array([f(rng.integers(0, n, n)) for _ in range(int(n_boot))])
     alpha = (1.0 - float(level)) / 2.0

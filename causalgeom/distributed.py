@@ -27,7 +27,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -38,9 +38,13 @@ from ._blocks import compute
 from ._util.dask import CONNECT_TIMEOUT, SCHEDULER_ENV, active_client, client, current_client, worker_loss_translated
 from .errors import ConfigError, IncompleteStoreError, QueryError, WorkerLostError
 
+if TYPE_CHECKING:  # annotations only: this module imports torch inside the functions that need it
+    import torch
+
 __all__ = [
     "client", "compute", "current_client", "active_client", "worker_loss_translated", "WorkerLostError",
-    "SCHEDULER_ENV", "CONNECT_TIMEOUT", "RankInfo", "torchrun_env", "rank_device", "barrier", "extract", "extract_study", "run_grid",
+    "SCHEDULER_ENV", "CONNECT_TIMEOUT", "RankInfo", "torchrun_env", "rank_device", "barrier", "extract", "extract_study",
+    "run_grid",
     "SAMPLE_MOMENT_COLUMNS", "RunMoments", "run_moments", "mediate_study",
 ]
 
@@ -83,7 +87,7 @@ def torchrun_env(environ: Mapping[str, str] | None = None) -> RankInfo:
     return RankInfo(rank, world, local, bool(env.get("MASTER_ADDR")) and world > 1)
 
 
-def rank_device(device: Any = "auto", info: RankInfo | None = None) -> str:
+def rank_device(device: str | torch.device = "auto", info: RankInfo | None = None) -> str:
     """The device of this rank: ``"cuda"`` / ``"auto"`` (with CUDA) -> ``cuda:LOCAL_RANK``; others unchanged."""
     import torch
 
@@ -147,8 +151,8 @@ def _check_complete(paths: Sequence[Path], info: RankInfo) -> None:
             f"{info.world} (or `causalgeom extract ... --shard r/{info.world}`)")
 
 
-def extract(model: Any, data: Any, out: str | os.PathLike, *, device: Any = "auto", wait: bool | None = None,
-            **kwargs: Any) -> Path:
+def extract(model: torch.nn.Module, data: Any, out: str | os.PathLike, *, device: str | torch.device = "auto",
+            wait: bool | None = None, **kwargs: Any) -> Path:
     """This rank's share of ``causalgeom.extract(model, data, out, ...)`` in a ``torchrun`` job.
 
     Every rank calls this with the same arguments; rank ``r`` of ``w`` fills the ``r``-th contiguous
@@ -188,8 +192,8 @@ def extract(model: Any, data: Any, out: str | os.PathLike, *, device: Any = "aut
     return path
 
 
-def extract_study(runs_dir: str | os.PathLike, study_dir: str | os.PathLike | None = None, *, device: Any = "auto",
-                  wait: bool | None = None, **kwargs: Any) -> list[Path]:
+def extract_study(runs_dir: str | os.PathLike, study_dir: str | os.PathLike | None = None, *,
+                  device: str | torch.device = "auto", wait: bool | None = None, **kwargs: Any) -> list[Path]:
     """This rank's share of ``causalgeom.extract.extract_runs`` (every finished training run) in a ``torchrun`` job.
 
     Every rank walks the same runs in the same order and fills its shard of each run's store;
@@ -219,34 +223,10 @@ def run_grid(grid: Any, out_dir: str | os.PathLike, progress: bool = False, *,
              overrides: Mapping[str, Any] | None = None, scheduler: Any = None) -> list[Path]:
     """Train every run of ``grid`` on a Dask cluster, one :func:`causalgeom.train.train_run` per task.
 
-    `causalgeom.train.run_grid` (the one grid runner) with a cluster by default: ``scheduler=None`` means the
-    client of the enclosing :func:`client` block, else a new LocalCluster for this call (``train.run_grid``'s
-    ``scheduler=True``). Same contract otherwise: every run validated before any starts, ``OUT/runs/RUN_ID``
-    folders, finished runs skipped, partial ones resumed, a run locked by another process skipped with a
-    warning. Workers must see ``out_dir`` (shared file system on a real cluster).
-
-    Parameters
-    ----------
-    grid : GridConfig or path to a TOML file
-    out_dir : path
-    progress : bool
-        A bar over finished runs (the workers train silently).
-    overrides : dict, optional
-        Shared TrainConfig fields replacing the grid's.
-    scheduler : str or Client, optional
-        As in :func:`client`.
-
-    Returns
-    -------
-    list of pathlib.Path
-        The run folders, in grid order.
-
-    Raises
-    ------
-    ConfigError
-        Any invalid run, before the first starts.
-    WorkerLostError
-        A run kept killing its worker (finished runs are kept; re-run to resume the others).
+    `causalgeom.train.run_grid` (the one grid runner; same parameters, return value and errors) with a
+    cluster by default: ``scheduler=None`` means the client of the enclosing :func:`client` block, else a new
+    LocalCluster for this call (``train.run_grid``'s ``scheduler=True``), and no progress bar by default.
+    Workers must see ``out_dir`` (shared file system on a real cluster).
     """
     from .train import run_grid as _run_grid
 

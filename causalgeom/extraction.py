@@ -394,7 +394,7 @@ def _shard(shard: Any) -> tuple[int, int] | None:
     return rank, world
 
 
-def _base_seed(generator: Any) -> int:
+def _base_seed(generator: torch.Generator | int | None) -> int:
     if generator is None:
         return 0
     if isinstance(generator, torch.Generator):

@@ -20,7 +20,8 @@ import numpy as np
 import xarray as xr
 
 from ._blocks import check_run, compute, is_dask, raw, require_vars, sample_reduce
-from .errors import SchemaError
+from ._util.checks import check_choice
+from .errors import ConfigError, SchemaError
 from .schema import require_head
 
 __all__ = [
@@ -74,9 +75,9 @@ def _rows(n: int) -> np.ndarray:
 def _check_scales(values: Any, name: str) -> np.ndarray:
     arr = np.asarray(values, dtype=np.float64).ravel()
     if arr.size == 0 or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
-        raise ValueError(f"{name}: expected a non-empty list of positive finite numbers, got {values!r}")
+        raise ConfigError(f"{name}: expected a non-empty list of positive finite numbers, got {values!r}")
     if arr.size > 1 and np.any(np.diff(arr) <= 0):
-        raise ValueError(f"{name}: expected strictly increasing values, got {arr.tolist()}")
+        raise ConfigError(f"{name}: expected strictly increasing values, got {arr.tolist()}")
     return arr
 
 
@@ -174,9 +175,9 @@ def _resolve_smoothing(ds: xr.Dataset, smoothing: float | None) -> float:
     try:
         eps = float(smoothing)
     except (TypeError, ValueError):
-        raise ValueError(f"smoothing: expected a number in [0, 1) or None, got {smoothing!r}") from None
+        raise ConfigError(f"smoothing: expected a number in [0, 1) or None, got {smoothing!r}") from None
     if not (0.0 <= eps < 1.0):
-        raise ValueError(f"smoothing: expected a number in [0, 1) or None, got {smoothing!r}")
+        raise ConfigError(f"smoothing: expected a number in [0, 1) or None, got {smoothing!r}")
     return eps
 
 
@@ -281,8 +282,7 @@ def class_centers(ds: xr.Dataset, kind: str = "minimal_loss", smoothing: float |
         For ``"minimal_loss"`` / ``"weight"`` on a dump without ``head_weight``.
     """
     check_run(ds, "class_centers")
-    if kind not in CENTER_KINDS:
-        raise ValueError(f"kind: expected one of {list(CENTER_KINDS)}, got {kind!r}")
+    check_choice(kind, "kind", CENTER_KINDS)
     attrs: dict[str, Any] = {"kind": kind, "run_id": ds.attrs.get("run_id")}
     if kind == "weight":
         W, _ = _head64(ds, "class_centers(kind='weight')")
@@ -323,7 +323,7 @@ def _centers_array(ds: xr.Dataset, kind: str, smoothing: float | None, centers: 
     C = np.asarray(getattr(centers, "values", centers), dtype=np.float64)
     K, d = int(ds.sizes["class"]), int(ds.sizes["feature"])
     if C.shape != (K, d):
-        raise ValueError(f"centers: expected shape (class, feature) = ({K}, {d}), got {C.shape}")
+        raise ConfigError(f"centers: expected shape (class, feature) = ({K}, {d}), got {C.shape}")
     return C, str(getattr(centers, "attrs", {}).get("kind", "given"))
 
 
@@ -461,11 +461,10 @@ def compare_centers(ds: xr.Dataset, kinds: Sequence[str] = CENTER_KINDS, *, leve
 
     check_run(ds, "compare_centers")
     if not (0 < float(level) < 1):
-        raise ValueError(f"level: expected a number in (0, 1), got {level!r}")
+        raise ConfigError(f"level: expected a number in (0, 1), got {level!r}")
     kinds = list(kinds)
     for k in kinds:
-        if k not in CENTER_KINDS:
-            raise ValueError(f"kinds: expected values from {list(CENTER_KINDS)}, got {k!r}")
+        check_choice(k, "kinds", CENTER_KINDS)
     conf_lazy = per_sample(ds)["confidence"]
     cos_lazy = [cosine_to_center(ds, kind=k, smoothing=smoothing) for k in kinds]
     conf, *coss = compute(conf_lazy, *cos_lazy)
@@ -580,7 +579,7 @@ def confidence_grid(ds: xr.Dataset, scales: Sequence[float] | None = None, angle
     s = _check_scales(DEFAULT_SCALES if scales is None else scales, "scales")
     a = np.asarray(DEFAULT_ANGLES if angles is None else angles, dtype=np.float64).ravel()
     if a.size == 0 or not np.all(np.isfinite(a)):
-        raise ValueError(f"angles: expected a non-empty list of finite angles (radians), got {angles!r}")
+        raise ConfigError(f"angles: expected a non-empty list of finite angles (radians), got {angles!r}")
     C, kind = _centers_array(ds, kind, smoothing, None)
     cn = np.linalg.norm(C, axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):

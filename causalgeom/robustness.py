@@ -14,7 +14,7 @@ import numpy as np
 import xarray as xr
 
 from ._blocks import check_run, compute, require_vars
-from .errors import SchemaError
+from .errors import ConfigError, SchemaError
 
 __all__ = [
     "robust_accuracy",
@@ -102,7 +102,7 @@ def robust_accuracy_ci(ds: xr.Dataset, level: float = 0.95) -> xr.Dataset:
     """
     _require_attacks(ds, "robust_accuracy_ci")
     if not (0 < float(level) < 1):
-        raise ValueError(f"level: expected a number in (0, 1), got {level!r}")
+        raise ConfigError(f"level: expected a number in (0, 1), got {level!r}")
     k = compute(ds["adv_correct"].sum("sample"))[0]
     n = int(ds.sizes["sample"])
     lo, hi = wilson_interval(k.values, np.full(k.shape, n), level)

@@ -21,7 +21,7 @@ import xarray as xr
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from .errors import IncompleteStoreError, SchemaError, StoreError, StoreExistsError
+from .errors import ConfigError, IncompleteStoreError, SchemaError, StoreError, StoreExistsError
 from ._util.io import file_lock
 from .schema import validate
 
@@ -117,7 +117,7 @@ def save(ds: xr.Dataset, path: str | os.PathLike, *, mode: str = "w-", sample_ch
         The store's path.
     """
     if mode not in ("w-", "w"):
-        raise ValueError(f"mode: expected 'w-' (refuse to overwrite) or 'w' (overwrite), got {mode!r}")
+        raise ConfigError(f"mode: expected 'w-' (refuse to overwrite) or 'w' (overwrite), got {mode!r}")
     path = Path(path)
     validate(ds, check_values=check_values)
     _check_parent(path)
@@ -127,7 +127,7 @@ def save(ds: xr.Dataset, path: str | os.PathLike, *, mode: str = "w-", sample_ch
         raise StoreExistsError(f"store {path} already exists; pass mode='w' to overwrite it")
     chunk = int(sample_chunk or default_sample_chunk(ds))
     if chunk <= 0:
-        raise ValueError(f"sample_chunk: expected a positive integer, got {sample_chunk!r}")
+        raise ConfigError(f"sample_chunk: expected a positive integer, got {sample_chunk!r}")
     with store_lock(path):
         if path.exists() and mode == "w-":  # re-check under the lock
             raise StoreExistsError(f"store {path} already exists; pass mode='w' to overwrite it")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Union
 
 import pandas as pd
 import xarray as xr
@@ -13,7 +13,7 @@ from .errors import IncompleteStoreError, StoreError, StoreExistsError
 from .schema import check_run_id
 from .store import COMPLETE_ATTR, open as open_run, read_attrs, save
 
-__all__ = ["Study", "open_study", "ATTR_COLUMNS"]
+__all__ = ["Study", "StudyLike", "open_study", "ATTR_COLUMNS"]
 
 #: Columns of `Study.runs`, in order (attributes missing from a run are NaN).
 ATTR_COLUMNS = ("run_id", "model", "dataset", "split", "regularizer", "strength", "regularizer_params", "seed",
@@ -128,6 +128,10 @@ class Study:
     def __repr__(self) -> str:
         runs = self.run_ids
         return f"<causalgeom.Study {self.path} with {len(runs)} runs: {', '.join(runs[:6])}{' ...' if len(runs) > 6 else ''}>"
+
+
+#: What functions taking a study accept: a `Study` or the path of a study folder.
+StudyLike = Union[Study, str, os.PathLike]
 
 
 def open_study(path: str | os.PathLike, *, create: bool = False) -> Study:

@@ -18,7 +18,8 @@ import xarray as xr
 
 from ._blocks import check_run, compute
 from .calibration import _check_bins, _finish_run_stats, _lazy_run_stats
-from .errors import HeadMissingError
+from ._util.checks import check_choice
+from .errors import ConfigError, HeadMissingError
 from .geometry import CENTER_KINDS, cosine_to_center, magnitude
 from .study import Study
 from .table import robust_key
@@ -57,8 +58,7 @@ def run_metrics(ds: xr.Dataset, n_bins: int = 15, *, center_kind: str = "minimal
 
     check_run(ds, "run_metrics")
     n_bins = _check_bins(n_bins)
-    if center_kind not in CENTER_KINDS:
-        raise ValueError(f"center_kind: expected one of {list(CENTER_KINDS)}, got {center_kind!r}")
+    check_choice(center_kind, "center_kind", CENTER_KINDS)
     a = ds.attrs
     row: dict[str, Any] = {
         "run_id": a.get("run_id"), "regularizer": a.get("regularizer"),
@@ -160,7 +160,7 @@ def paper_table(study_or_frame: Study | pd.DataFrame, ci: float = 0.95, *,
     from scipy import stats
 
     if not (0 < float(ci) < 1):
-        raise ValueError(f"ci: expected a number in (0, 1), got {ci!r}")
+        raise ConfigError(f"ci: expected a number in (0, 1), got {ci!r}")
     if isinstance(study_or_frame, Study):
         frame = run_frame(study_or_frame, progress=progress)
     elif isinstance(study_or_frame, pd.DataFrame):
@@ -171,13 +171,13 @@ def paper_table(study_or_frame: Study | pd.DataFrame, ci: float = 0.95, *,
     by = list(by)
     missing = [c for c in by if c not in frame.columns]
     if missing:
-        raise ValueError(f"by: columns {missing} are not in the frame (columns: {list(frame.columns)})")
+        raise ConfigError(f"by: columns {missing} are not in the frame (columns: {list(frame.columns)})")
     if metrics is None:
         metrics = _metric_columns(frame, by)
     else:
         bad = [m for m in metrics if m not in frame.columns]
         if bad:
-            raise ValueError(f"metrics: columns {bad} are not in the frame")
+            raise ConfigError(f"metrics: columns {bad} are not in the frame")
     rows = []
     if frame.empty:
         return pd.DataFrame(columns=[*by, "n_runs", *[f"{m}{s}" for m in metrics for s in ("", "_low", "_high")]])

@@ -18,7 +18,7 @@ from ..causal import percentile_ci
 from ..errors import ConfigError
 from ..geometry import class_centers
 from .._util.checks import check_choice
-from .._util.rng import check_random_state
+from .._util.rng import RngLike, check_random_state
 from .posthoc import (TOWARD, _ORTHO_EPS, _check_centers, _check_options, _grid, _orthonormal_fallback,
                       _poisson_weights, _seed)
 
@@ -257,7 +257,7 @@ def _grid_of(transforms: Sequence[FeatureTransform]) -> tuple[str, np.ndarray]:
 
 def robust_dose_response(model: nn.Module, x: torch.Tensor, y: torch.Tensor, transforms: Sequence[FeatureTransform],
                          attacks: Any, eps: Sequence[float], *, head_name: str | None = None,
-                         batch_size: int | None = 256, n_boot: int = 1000, ci: float = 0.95, rng: Any = None,
+                         batch_size: int | None = 256, n_boot: int = 1000, ci: float = 0.95, rng: RngLike = None,
                          generator: torch.Generator | None = None) -> xr.Dataset:
     """Robust accuracy of ``head o T o backbone`` for each transform ``T``, attack and ``eps``.
 

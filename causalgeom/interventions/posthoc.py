@@ -28,11 +28,11 @@ from .._blocks import NUMPY_BLOCK_ROWS, check_run, compute, is_dask, raw, requir
 from ..causal import percentile_ci
 from ..calibration import _bin_index, _sample_stats_block, _softmax_block
 from .._util.checks import check_choice
-from .._util.rng import check_random_state
 from ..errors import ConfigError, SchemaError
 from ..geometry import CENTER_KINDS, class_centers, cosine_to_center, magnitude
 from ..geometry import _head64 as _head
 from ..schema import require_head
+from .._util.rng import RngLike, check_random_state
 
 __all__ = [
     "OUTCOMES", "MEDIATION_OUTCOME_ALIASES", "MEDIATOR_KINDS", "rescale", "rotate", "match",
@@ -411,7 +411,7 @@ def _target_rms_values(target_rms: Any) -> np.ndarray:
 
 
 def rescale(ds: xr.Dataset, scales: Any = None, *, target_rms: Any = None, per_sample: bool = False,
-            n_bins: int = 15, n_boot: int = 1000, ci: float = 0.95, rng: Any = None) -> xr.Dataset:
+            n_bins: int = 15, n_boot: int = 1000, ci: float = 0.95, rng: RngLike = None) -> xr.Dataset:
     """Set the feature magnitude, ``h -> s h``, and measure calibration (post hoc, from features + head).
 
     Logits are recomputed as ``s (h W^T) + b``; the direction of every ``h`` is unchanged.
@@ -518,7 +518,7 @@ def _center_label(center: Any) -> str:
 
 
 def rotate(ds: xr.Dataset, alphas: Any, *, toward: str = "predicted", center: Any = "minimal_loss",
-           n_bins: int = 15, n_boot: int = 1000, ci: float = 0.95, rng: Any = None) -> xr.Dataset:
+           n_bins: int = 15, n_boot: int = 1000, ci: float = 0.95, rng: RngLike = None) -> xr.Dataset:
     """Set the feature direction: move each ``h`` toward its class center by a fraction ``alpha`` of the angle.
 
     ``h' = ||h|| (cos(phi) v + sin(phi) w)``, ``phi = clip((1 - alpha) theta, 0, pi)`` (see
@@ -808,7 +808,7 @@ def _run_sums(ds: xr.Dataset, W: np.ndarray, b: np.ndarray, n_bins: int, n_boot:
 
 def match(control: xr.Dataset, treated: xr.Dataset, what: str = "magnitude", *, toward: str = "true",
           center: Any = "minimal_loss", n_bins: int = 15, n_boot: int = 1000, ci: float = 0.95,
-          rng: Any = None) -> pd.DataFrame:
+          rng: RngLike = None) -> pd.DataFrame:
     """Give a control run the treated run's magnitude or cosine distribution; report the interventional share.
 
     * ``what="magnitude"``: each control feature is rescaled so that its RMS ``||h|| / sqrt(F)`` becomes

@@ -20,7 +20,8 @@ from ..errors import ConfigError
 from ..geometry import magnitude
 from ..geometry import _head64 as _head
 from .._util.checks import check_choice
-from .._util.rng import check_random_state
+from .._util.rng import RngLike, check_random_state
+from ..study import StudyLike
 from .posthoc import (MATCH_WHAT, OUTCOMES, TOWARD, _Matcher, _center_label, _check_options, _outcome_matrix,
                       _pooled_targets, _run_rms, _run_sums, _seed, _share_frame, rescale, rotate)
 
@@ -30,7 +31,7 @@ __all__ = ["rescale_study", "rotate_study", "match_study"]
 # ---------------------------------------------------------------------------------------------
 # study level: runs as the resampling unit
 # ---------------------------------------------------------------------------------------------
-def _as_study(study: Any):
+def _as_study(study: StudyLike):
     from ..study import Study, open_study
 
     if isinstance(study, Study):
@@ -48,7 +49,8 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _study_groups(study: Any, runs: Sequence[str] | None, by: str | Sequence[str]) -> tuple[Any, list[str], list[str]]:
+def _study_groups(study: StudyLike, runs: Sequence[str] | None, by: str | Sequence[str]
+                  ) -> tuple[Any, list[str], list[str]]:
     study = _as_study(study)
     table = study.runs
     if table.empty:
@@ -92,8 +94,8 @@ def _cluster_bootstrap(per_run: xr.Dataset, groups: Sequence[str], dim: str, n_b
                                          "run_group": ("run", list(groups)), "n_runs": ("group", counts)})
 
 
-def _study_grid(fn: Callable[..., xr.Dataset], dim: str, study: Any, runs: Sequence[str] | None,
-                by: str | Sequence[str], n_boot: int, ci: float, rng: Any, kwargs: dict[str, Any]) -> xr.Dataset:
+def _study_grid(fn: Callable[..., xr.Dataset], dim: str, study: StudyLike, runs: Sequence[str] | None,
+                by: str | Sequence[str], n_boot: int, ci: float, rng: RngLike, kwargs: dict[str, Any]) -> xr.Dataset:
     _check_options(kwargs.get("n_bins", 15), n_boot, ci)
     study, run_ids, groups = _study_groups(study, runs, by)
     per_run = []
@@ -119,9 +121,9 @@ def _study_grid(fn: Callable[..., xr.Dataset], dim: str, study: Any, runs: Seque
     return out
 
 
-def rescale_study(study: Any, scales: Any = None, *, target_rms: Any = None, per_sample: bool = False,
+def rescale_study(study: StudyLike, scales: Any = None, *, target_rms: Any = None, per_sample: bool = False,
                   runs: Sequence[str] | None = None, by: str | Sequence[str] = ("regularizer", "strength"),
-                  n_bins: int = 15, n_boot: int = 1000, ci: float = 0.95, rng: Any = None) -> xr.Dataset:
+                  n_bins: int = 15, n_boot: int = 1000, ci: float = 0.95, rng: RngLike = None) -> xr.Dataset:
     """:func:`rescale` on every run of a study, aggregated per group of runs with runs as the resampling unit.
 
     Parameters
@@ -158,9 +160,9 @@ def rescale_study(study: Any, scales: Any = None, *, target_rms: Any = None, per
                        dict(scales=scales, target_rms=target_rms, per_sample=per_sample, n_bins=n_bins))
 
 
-def rotate_study(study: Any, alphas: Any, *, toward: str = "predicted", center: Any = "minimal_loss",
+def rotate_study(study: StudyLike, alphas: Any, *, toward: str = "predicted", center: Any = "minimal_loss",
                  runs: Sequence[str] | None = None, by: str | Sequence[str] = ("regularizer", "strength"),
-                 n_bins: int = 15, n_boot: int = 1000, ci: float = 0.95, rng: Any = None) -> xr.Dataset:
+                 n_bins: int = 15, n_boot: int = 1000, ci: float = 0.95, rng: RngLike = None) -> xr.Dataset:
     """:func:`rotate` on every run of a study (centers per run), aggregated as in :func:`rescale_study`.
 
     Returns
@@ -172,9 +174,9 @@ def rotate_study(study: Any, alphas: Any, *, toward: str = "predicted", center: 
                        dict(alphas=alphas, toward=toward, center=center, n_bins=n_bins))
 
 
-def match_study(study: Any, control: str = "ce", treated: str = "label_smoothing", what: str = "magnitude", *,
+def match_study(study: StudyLike, control: str = "ce", treated: str = "label_smoothing", what: str = "magnitude", *,
                 by: str | Sequence[str] = "regularizer", toward: str = "true", center: Any = "minimal_loss",
-                n_bins: int = 15, n_boot: int = 1000, ci: float = 0.95, rng: Any = None) -> pd.DataFrame:
+                n_bins: int = 15, n_boot: int = 1000, ci: float = 0.95, rng: RngLike = None) -> pd.DataFrame:
     """:func:`match` at the study level: every control run is matched to the pooled treated runs.
 
     The target distribution pools the per-sample values of all runs in the treated group. Outcomes
