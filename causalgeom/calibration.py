@@ -4,7 +4,7 @@ Every metric is computed from sufficient statistics that are sums over samples (
 confidences and of correctness per bin, sums of per-sample losses), produced by one numpy
 function of a block of samples. The Dataset entry points (``ece(ds)``, ...) and the array entry
 points (``outcomes_from_logits``, ``ece_from_probs``) share these block functions and the
-private ``_calibration_error`` that turns bin statistics into a number (torchmetrics style:
+private ``calibration_error`` that turns bin statistics into a number (torchmetrics style:
 one ``_compute`` behind a functional and a streaming front). On dask-backed dumps the
 statistics are reduced chunk by chunk along ``sample`` (bounded memory). Definitions and
 references: ``docs/methods_metrics.md``.
@@ -23,6 +23,8 @@ from ._blocks import check_run, compute, is_dask, raw, require_vars, sample_redu
 from ._util.checks import check_choice
 from ._util.rng import check_random_state
 from .errors import ConfigError, SchemaError
+from .kernels import (bin_index, calibration_error, mass_bin_stats, sample_stats_block, softmax_block,
+                      width_bin_stats)
 
 __all__ = [
     "BINNINGS",
@@ -75,132 +77,19 @@ def _check_temperature(temperature: Any) -> float:
 # ----------------------------------------------------------------------------------------------
 # block functions (numpy, one block of samples)
 # ----------------------------------------------------------------------------------------------
-def _softmax_block(x: np.ndarray, temperature: float = 1.0, probs: bool = False) -> np.ndarray:
-    """Class probabilities (n, K) in float64 from logits (or pass probabilities through)."""
-    z = np.asarray(x, dtype=np.float64)
-    if probs:
-        return z
-    if temperature != 1.0:
-        z = z / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def _sample_stats_block(x: np.ndarray, labels: np.ndarray, temperature: float = 1.0,
-                        probs: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per-sample confidence, prediction, correctness, NLL and Brier score of one block.
-
-    Parameters
-    ----------
-    x : ndarray, shape (n, K)
-        Logits (``probs=False``) or probabilities (``probs=True``).
-    labels : ndarray of int, shape (n,)
-
-    Returns
-    -------
-    confidence, prediction, correct, nll, brier : ndarrays, shape (n,)
-    """
-    labels = np.asarray(labels).astype(np.int64, copy=False)
-    n = labels.shape[0]
-    rows = np.arange(n)
-    if probs:
-        p = np.asarray(x, dtype=np.float64)
-        pred = p.argmax(axis=1)
-        conf = p[rows, pred]
-        py = p[rows, labels]
-        with np.errstate(divide="ignore"):
-            nll = -np.log(np.clip(py, np.finfo(np.float64).tiny, None))
-    else:
-        z = np.asarray(x, dtype=np.float64)
-        if temperature != 1.0:
-            z = z / temperature
-        pred = z.argmax(axis=1)
-        m = z[rows, pred]
-        e = np.exp(z - m[:, None])
-        s = e.sum(axis=1)
-        p = e / s[:, None]
-        conf = 1.0 / s  # exp(max - max) / sum
-        nll = (m + np.log(s)) - z[rows, labels]
-        py = p[rows, labels]
-    brier = np.einsum("ij,ij->i", p, p) - 2.0 * py + 1.0
-    return conf, pred, pred == labels, nll, brier
-
-
-def _bin_index(conf: np.ndarray, n_bins: int) -> np.ndarray:
-    """Equal-width bin of each confidence: bin i holds [i/M, (i+1)/M), the last bin also holds 1."""
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    return np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, n_bins - 1)
-
-
-def _width_bin_stats(conf: np.ndarray, correct: np.ndarray, n_bins: int) -> np.ndarray:
-    """(3, n_bins): count, sum of confidence, sum of correctness per equal-width bin."""
-    idx = _bin_index(conf, n_bins)
-    return np.stack([
-        np.bincount(idx, minlength=n_bins).astype(np.float64),
-        np.bincount(idx, weights=conf, minlength=n_bins),
-        np.bincount(idx, weights=np.asarray(correct, dtype=np.float64), minlength=n_bins),
-    ])
-
-
-def _mass_bin_stats(conf: np.ndarray, correct: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Equal-mass bins: sort by confidence (stable) and cut into ``n_bins`` groups of sizes differing by <= 1.
-
-    Returns the (3, n_bins) statistics and each bin's lowest and highest confidence.
-    """
-    conf = np.asarray(conf, dtype=np.float64)
-    correct = np.asarray(correct, dtype=np.float64)
-    order = np.argsort(conf, kind="stable")
-    groups = np.array_split(order, n_bins)
-    stats = np.zeros((3, n_bins))
-    lo = np.full(n_bins, np.nan)
-    hi = np.full(n_bins, np.nan)
-    for i, g in enumerate(groups):
-        if g.size:
-            stats[:, i] = g.size, conf[g].sum(), correct[g].sum()
-            lo[i], hi[i] = conf[g[0]], conf[g[-1]]
-    return stats, lo, hi
-
-
 def _top_label_bin_block(p: np.ndarray, labels: np.ndarray, n_bins: int) -> np.ndarray:
     """(3, M) equal-width bin statistics straight from probabilities (no float64 copy of the block)."""
     pred = p.argmax(axis=1)
     conf = np.take_along_axis(p, pred[:, None], axis=1)[:, 0].astype(np.float64)
-    return _width_bin_stats(conf, pred == np.asarray(labels), n_bins)
-
-
-def _calibration_error(stats: np.ndarray, norm: str) -> float:
-    """The shared ``_compute``: calibration error from (3, M) bin statistics.
-
-    ``l1``: sum_b w_b |conf_b - acc_b|; ``l2``: sqrt(sum_b w_b (conf_b - acc_b)^2) (as torchmetrics);
-    ``max``: max_b |conf_b - acc_b| over non-empty bins; ``signed``: sum_b w_b (conf_b - acc_b).
-    ``w_b`` = share of samples in bin b; empty bins contribute nothing.
-    """
-    count, sconf, sacc = np.asarray(stats, dtype=np.float64)
-    total = count.sum()
-    if total <= 0:
-        return float("nan")
-    nonempty = count > 0
-    gap = np.zeros_like(count)
-    gap[nonempty] = (sconf[nonempty] - sacc[nonempty]) / count[nonempty]
-    w = count / total
-    if norm == "l1":
-        return float(np.sum(w * np.abs(gap)))
-    if norm == "l2":
-        return float(math.sqrt(max(float(np.sum(w * gap ** 2)), 0.0)))
-    if norm == "max":
-        return float(np.max(np.abs(gap[nonempty])))
-    if norm == "signed":
-        return float(np.sum(w * gap))
-    raise ConfigError(f"norm: expected one of {list(NORMS)}, got {norm!r}")  # pragma: no cover
+    return width_bin_stats(conf, pred == np.asarray(labels), n_bins)
 
 
 def _run_stats_block(x: np.ndarray, labels: np.ndarray, n_bins: int, temperature: float = 1.0,
                      probs: bool = False) -> np.ndarray:
     """Flat sufficient statistics of one block: [n, #correct, sum conf, sum nll, sum brier, bins(3, M)]."""
-    conf, _, correct, nl, br = _sample_stats_block(x, labels, temperature, probs)
+    conf, _, correct, nl, br = sample_stats_block(x, labels, temperature, probs)
     head = np.array([conf.shape[0], correct.sum(), conf.sum(), nl.sum(), br.sum()], dtype=np.float64)
-    return np.concatenate([head, _width_bin_stats(conf, correct, n_bins).ravel()])
+    return np.concatenate([head, width_bin_stats(conf, correct, n_bins).ravel()])
 
 
 def _finish_run_stats(vec: np.ndarray, n_bins: int) -> dict[str, float]:
@@ -210,8 +99,8 @@ def _finish_run_stats(vec: np.ndarray, n_bins: int) -> dict[str, float]:
     bins = vec[_HEAD:].reshape(3, n_bins)
     return {
         "accuracy": float(vec[_CORRECT] / n),
-        "ece": _calibration_error(bins, "l1"),
-        "signed_ece": _calibration_error(bins, "signed"),
+        "ece": calibration_error(bins, "l1"),
+        "signed_ece": calibration_error(bins, "signed"),
         "nll": float(vec[_NLL] / n),
         "brier": float(vec[_BRIER] / n),
         "mean_confidence": float(vec[_CONF] / n),
@@ -221,9 +110,9 @@ def _finish_run_stats(vec: np.ndarray, n_bins: int) -> dict[str, float]:
 def _classwise_stats_block(x: np.ndarray, labels: np.ndarray, n_bins: int, temperature: float = 1.0,
                            probs: bool = False) -> np.ndarray:
     """(3, K, M): per class k and equal-width bin of p_k: count, sum of p_k, sum of 1[y = k]."""
-    p = _softmax_block(x, temperature, probs)
+    p = softmax_block(x, temperature, probs)
     n, K = p.shape
-    idx = _bin_index(p, n_bins) + np.arange(K)[None, :] * n_bins
+    idx = bin_index(p, n_bins) + np.arange(K)[None, :] * n_bins
     hit = (np.asarray(labels)[:, None] == np.arange(K)[None, :]).astype(np.float64)
     size = K * n_bins
     return np.stack([
@@ -297,7 +186,7 @@ def per_sample(ds: xr.Dataset, *, temperature: float = 1.0) -> xr.Dataset:
         logits = logits.chunk({"class": -1})
 
     def block(x: np.ndarray, y: np.ndarray):
-        conf, _, correct, nl, br = _sample_stats_block(x, y, t)
+        conf, _, correct, nl, br = sample_stats_block(x, y, t)
         return conf, correct, nl, br
 
     conf, correct, nl, br = xr.apply_ufunc(
@@ -365,7 +254,7 @@ def ece(ds: xr.Dataset, n_bins: int = 15, binning: str = "width", norm: str = "l
     check_choice(norm, "norm", NORMS)
     t = _check_temperature(temperature)
     stats = _binned_stats(ds, n_bins, binning, t, "ece")
-    return _scalar(_calibration_error(stats, norm), "ece", n_bins=n_bins, binning=binning, norm=norm,
+    return _scalar(calibration_error(stats, norm), "ece", n_bins=n_bins, binning=binning, norm=norm,
                    temperature=t)
 
 
@@ -375,7 +264,7 @@ def _binned_stats(ds: xr.Dataset, n_bins: int, binning: str, t: float, what: str
         vec = compute(_lazy_run_stats(ds, n_bins, t, what))[0]
         return np.asarray(vec)[_HEAD:].reshape(3, n_bins)
     conf, correct, _, _ = _vectors(ds, t, what)
-    return _mass_bin_stats(conf, correct, n_bins)[0]
+    return mass_bin_stats(conf, correct, n_bins)[0]
 
 
 def signed_ece(ds: xr.Dataset, n_bins: int = 15, binning: str = "width", *, temperature: float = 1.0) -> xr.DataArray:
@@ -395,7 +284,7 @@ def signed_ece(ds: xr.Dataset, n_bins: int = 15, binning: str = "width", *, temp
     check_choice(binning, "binning", BINNINGS)
     t = _check_temperature(temperature)
     stats = _binned_stats(ds, n_bins, binning, t, "signed_ece")
-    return _scalar(_calibration_error(stats, "signed"), "signed_ece", n_bins=n_bins, binning=binning,
+    return _scalar(calibration_error(stats, "signed"), "signed_ece", n_bins=n_bins, binning=binning,
                    temperature=t)
 
 
@@ -429,7 +318,7 @@ def classwise_ece(ds: xr.Dataset, n_bins: int = 15, norm: str = "l1", *, per_cla
     K = int(ds.sizes["class"])
     stats = np.asarray(compute(sample_reduce(lambda x, y: _classwise_stats_block(x, y, n_bins, t),
                                              logits, labels, shape=(3, K, n_bins)))[0])
-    per = np.array([_calibration_error(stats[:, k, :], norm) for k in range(K)])
+    per = np.array([calibration_error(stats[:, k, :], norm) for k in range(K)])
     if per_class:
         return xr.DataArray(per, dims=("class",), name="classwise_ece",
                             attrs={"n_bins": n_bins, "norm": norm, "temperature": t})
@@ -470,7 +359,7 @@ def reliability(ds: xr.Dataset, n_bins: int = 15, binning: str = "width", *, tem
         lo, hi = edges[:-1], edges[1:]
     else:
         conf, correct, _, _ = _vectors(ds, t, "reliability")
-        stats, lo, hi = _mass_bin_stats(conf, correct, n_bins)
+        stats, lo, hi = mass_bin_stats(conf, correct, n_bins)
     count, sconf, sacc = stats
     with np.errstate(invalid="ignore", divide="ignore"):
         c = np.where(count > 0, sconf / count, np.nan)
@@ -580,9 +469,9 @@ def _metric_from_vectors(name: str, conf: np.ndarray, correct: np.ndarray, nl: n
         return float(nl.mean())
     if name == "brier":
         return float(br.mean())
-    stats = (_width_bin_stats(conf, correct, n_bins) if binning == "width"
-             else _mass_bin_stats(conf, correct, n_bins)[0])
-    return _calibration_error(stats, "signed" if name == "signed_ece" else norm)
+    stats = (width_bin_stats(conf, correct, n_bins) if binning == "width"
+             else mass_bin_stats(conf, correct, n_bins)[0])
+    return calibration_error(stats, "signed" if name == "signed_ece" else norm)
 
 
 def bootstrap_ci(ds: xr.Dataset, metric: str | Callable[[xr.Dataset], Any], n_boot: int = 1000,
@@ -743,5 +632,10 @@ def ece_from_probs(probs: Any, labels: Any, n_bins: int = 15, binning: str = "wi
         y = np.asarray(compute(y)[0])
         rows = np.arange(x.shape[0])
         pred = x.argmax(axis=1)
-        stats = _mass_bin_stats(x[rows, pred], pred == y, n_bins)[0]
-    return _calibration_error(stats, norm)
+        stats = mass_bin_stats(x[rows, pred], pred == y, n_bins)[0]
+    return calibration_error(stats, norm)
+
+
+# Old private names, still imported by causalgeom.causal.decompose (use causalgeom.kernels instead).
+_bin_index, _sample_stats_block, _width_bin_stats, _calibration_error = (bin_index, sample_stats_block,
+                                                                          width_bin_stats, calibration_error)

@@ -46,7 +46,8 @@ from .models import _Capture, _OutputCheck, find_head
 from .models import eval_mode as _eval_mode
 from .store import encoding_for, is_complete, mark_complete, store_lock
 
-__all__ = ["extract", "ExtractConfig", "find_head", "extract_checkpoint", "extract_runs", "PROGRESS_DIR", "DEFAULT_BATCH_SIZE"]
+__all__ = ["extract", "ExtractConfig", "find_head", "extract_checkpoint", "extract_runs", "PROGRESS_DIR",
+           "DEFAULT_BATCH_SIZE"]
 
 #: Folder inside a store being extracted: ``plan.json`` and one marker file per finished sample chunk.
 PROGRESS_DIR = ".progress"

@@ -22,7 +22,7 @@ import xarray as xr
 from ._blocks import check_run, compute, is_dask, raw, require_vars, sample_reduce
 from ._util.checks import check_choice
 from .errors import ConfigError, SchemaError
-from .schema import require_head
+from .kernels import head64
 
 __all__ = [
     "CENTER_KINDS",
@@ -56,11 +56,6 @@ SMOOTHING_KEYS = ("label_smoothing", "smoothing", "ls_eps", "eps", "epsilon")
 # ----------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------
-def _head64(ds: xr.Dataset, what: str) -> tuple[np.ndarray, np.ndarray]:
-    W, b = require_head(ds, what)
-    return np.asarray(W.values, dtype=np.float64), np.asarray(b.values, dtype=np.float64)
-
-
 def _chunked(da_: xr.DataArray, *core: str) -> xr.DataArray:
     """Make the core dims single-chunked for ``apply_ufunc(dask="parallelized")``."""
     if is_dask(da_) and core:
@@ -285,10 +280,10 @@ def class_centers(ds: xr.Dataset, kind: str = "minimal_loss", smoothing: float |
     check_choice(kind, "kind", CENTER_KINDS)
     attrs: dict[str, Any] = {"kind": kind, "run_id": ds.attrs.get("run_id")}
     if kind == "weight":
-        W, _ = _head64(ds, "class_centers(kind='weight')")
+        W, _ = head64(ds, "class_centers(kind='weight')")
         C = W
     elif kind == "minimal_loss":
-        W, b = _head64(ds, "class_centers(kind='minimal_loss')")
+        W, b = head64(ds, "class_centers(kind='minimal_loss')")
         eps = _resolve_smoothing(ds, smoothing)
         C, info = minimal_loss_centers(W, b, eps)
         attrs.update(info)
@@ -526,7 +521,7 @@ def cone_test(ds: xr.Dataset, scales: Sequence[float] | None = None, with_bias: 
     HeadMissingError
     """
     check_run(ds, "cone_test")
-    W, b = _head64(ds, "cone_test")
+    W, b = head64(ds, "cone_test")
     require_vars(ds, ("features",), "cone_test")
     s = _check_scales(DEFAULT_SCALES if scales is None else scales, "scales")
     bias = b if with_bias else np.zeros_like(b)
@@ -574,7 +569,7 @@ def confidence_grid(ds: xr.Dataset, scales: Sequence[float] | None = None, angle
     HeadMissingError
     """
     check_run(ds, "confidence_grid")
-    W, b = _head64(ds, "confidence_grid")
+    W, b = head64(ds, "confidence_grid")
     require_vars(ds, ("features", "logits"), "confidence_grid")
     s = _check_scales(DEFAULT_SCALES if scales is None else scales, "scales")
     a = np.asarray(DEFAULT_ANGLES if angles is None else angles, dtype=np.float64).ravel()
@@ -653,7 +648,7 @@ def gradient_split(ds: xr.Dataset, smoothing: float | None = None) -> xr.Dataset
     HeadMissingError
     """
     check_run(ds, "gradient_split")
-    W, b = _head64(ds, "gradient_split")
+    W, b = head64(ds, "gradient_split")
     require_vars(ds, ("features", "label"), "gradient_split")
     eps = _resolve_smoothing(ds, smoothing)
     K = W.shape[0]
@@ -729,7 +724,7 @@ def neural_collapse(ds: xr.Dataset, *, include_head: bool = True) -> xr.Dataset:
     """
     check_run(ds, "neural_collapse")
     require_vars(ds, ("features", "logits", "label"), "neural_collapse")
-    W = _head64(ds, "neural_collapse (NC2 weights, NC3; pass include_head=False to skip)")[0] if include_head else None
+    W = head64(ds, "neural_collapse (NC2 weights, NC3; pass include_head=False to skip)")[0] if include_head else None
     means, counts = _class_means(ds)
     present = counts > 0
     N = counts.sum()
@@ -784,10 +779,13 @@ def head_stats(ds: xr.Dataset) -> xr.Dataset:
     HeadMissingError
     """
     check_run(ds, "head_stats")
-    W, b = _head64(ds, "head_stats")
+    W, b = head64(ds, "head_stats")
     wn = np.linalg.norm(W, axis=1)
     return xr.Dataset({
         "w_norm": ("class", wn), "w_norm_mean": float(wn.mean()), "w_norm_cv": float(wn.std() / wn.mean()),
         "bias": ("class", b), "bias_std": float(b.std()), "bias_range": float(b.max() - b.min()),
         "bias_norm": float(np.linalg.norm(b - b.mean())), "bias_to_weight": float(b.std() / wn.mean()),
     }, attrs={"run_id": ds.attrs.get("run_id")})
+
+
+_head64 = head64  # old private name (use causalgeom.kernels.head64)

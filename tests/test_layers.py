@@ -52,7 +52,8 @@ MODULE_LAYER: dict[str, str] = {
     "schema": "dump", "store": "dump", "study": "dump", "adapters": "dump",
     "data": "pipeline", "models": "pipeline", "train": "pipeline", "attacks": "pipeline", "extraction": "pipeline",
     "extract": "pipeline",  # the shim that makes `causalgeom.extract` the function
-    "_blocks": "metrics", "geometry": "metrics", "calibration": "metrics", "robustness": "metrics",
+    "_blocks": "metrics", "kernels": "metrics", "geometry": "metrics", "calibration": "metrics",
+    "robustness": "metrics",
     "table": "metrics", "summary": "metrics",
     "interventions": "interventions",
     "report": "report", "demo": "report",

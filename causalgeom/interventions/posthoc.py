@@ -26,12 +26,11 @@ import xarray as xr
 
 from .._blocks import NUMPY_BLOCK_ROWS, check_run, compute, is_dask, raw, require_vars, sample_reduce
 from ..causal import percentile_ci
-from ..calibration import _bin_index, _sample_stats_block, _softmax_block
-from .._util.checks import check_choice
 from ..errors import ConfigError, SchemaError
 from ..geometry import CENTER_KINDS, class_centers, cosine_to_center, magnitude
-from ..geometry import _head64 as _head
+from ..kernels import bin_index, head64, sample_stats_block, softmax_block
 from ..schema import require_head
+from .._util.checks import check_choice
 from .._util.rng import RngLike, check_random_state
 
 __all__ = [
@@ -139,13 +138,13 @@ def _weighted_sums(logits: np.ndarray, labels: np.ndarray, w: np.ndarray, n_bins
     :mod:`causalgeom.calibration`), then per equal-width confidence bin the sum of
     ``conf - correct``, then the extra per-sample values.
     """
-    conf, _, correct, nll, brier = _sample_stats_block(logits, labels)
+    conf, _, correct, nll, brier = sample_stats_block(logits, labels)
     correct = correct.astype(np.float64)
     n = conf.shape[0]
     cols = np.zeros((n, _n_sums(n_bins, len(extra))))
     cols[:, 0] = 1.0
     cols[:, 1], cols[:, 2], cols[:, 3], cols[:, 4] = correct, conf, nll, brier
-    cols[np.arange(n), 5 + _bin_index(conf, n_bins)] = conf - correct
+    cols[np.arange(n), 5 + bin_index(conf, n_bins)] = conf - correct
     for j, value in enumerate(extra):
         cols[:, 5 + n_bins + j] = value
     return w @ cols
@@ -454,7 +453,7 @@ def rescale(ds: xr.Dataset, scales: Any = None, *, target_rms: Any = None, per_s
         On invalid arguments.
     """
     _run(ds, "interventions.rescale")
-    W, b = _head(ds, "interventions.rescale")
+    W, b = head64(ds, "interventions.rescale")
     _check_options(n_bins, n_boot, ci)
     if (scales is None) == (target_rms is None):
         given = "<Dataset>" if isinstance(target_rms, xr.Dataset) else repr(target_rms)
@@ -552,7 +551,7 @@ def rotate(ds: xr.Dataset, alphas: Any, *, toward: str = "predicted", center: An
     HeadMissingError, ConfigError
     """
     _run(ds, "interventions.rotate")
-    W, b = _head(ds, "interventions.rotate")
+    W, b = head64(ds, "interventions.rotate")
     _check_options(n_bins, n_boot, ci)
     toward = check_choice(toward, "toward", TOWARD)
     grid = _grid(alphas, "alphas", maximum=1.0)
@@ -616,7 +615,7 @@ def temperature_vs_scaling(ds: xr.Dataset, scales: Any, *, n_bins: int = 15) -> 
     Guo et al. (2017), temperature scaling.
     """
     _run(ds, "interventions.temperature_vs_scaling")
-    W, b = _head(ds, "interventions.temperature_vs_scaling")
+    W, b = head64(ds, "interventions.temperature_vs_scaling")
     _check_options(n_bins, 0, 0.95)
     grid = _grid(scales, "scales", minimum=np.nextafter(0, 1))
     n_sum = _n_sums(n_bins, 0)
@@ -633,7 +632,7 @@ def temperature_vs_scaling(ds: xr.Dataset, scales: Any, *, n_bins: int = 15) -> 
 
     def dprob(f: np.ndarray) -> np.ndarray:  # (..., F) -> (..., n_grid): max_k |p_scaling - p_temperature|
         z0 = f.astype(np.float64).reshape(-1, f.shape[-1]) @ W.T
-        out = np.stack([np.abs(_softmax_block(s * z0 + b) - _softmax_block(s * (z0 + b))).max(axis=1)
+        out = np.stack([np.abs(softmax_block(s * z0 + b) - softmax_block(s * (z0 + b))).max(axis=1)
                         for s in grid], axis=-1)
         return out.reshape(f.shape[:-1] + (grid.size,))
 
@@ -681,7 +680,7 @@ def _pooled_targets(treated: Sequence[xr.Dataset], what: str, toward: str, cente
     rms, cos = [], []
     for t in treated:
         _run(t, f"{label} (treated run)")
-        _head(t, f"{label} (treated run)")
+        head64(t, f"{label} (treated run)")
         r, c, _ = _per_sample_values(t, _resolve_centers(t, center) if use_cos else None, toward)
         rms.append(r)
         if use_cos:
@@ -696,7 +695,7 @@ class _Matcher:
                  toward: str, center: Any, label: str):
         self.what, self.toward = what, toward
         _run(control, f"{label} (control run)")
-        self.W, self.b = _head(control, f"{label} (control run)")
+        self.W, self.b = head64(control, f"{label} (control run)")
         pooled_rms, pooled_cos = pooled
         self.centers = _resolve_centers(control, center) if pooled_cos is not None else None
         self.rms, cos, self.classes = _per_sample_values(control, self.centers, toward)
@@ -851,7 +850,7 @@ def match(control: xr.Dataset, treated: xr.Dataset, what: str = "magnitude", *, 
     gen = check_random_state(rng)
     seed_c, seed_t = _seed(gen), _seed(gen)
     cm = _run_sums(control, m.W, m.b, n_bins, n_boot, seed_c, m)
-    Wt, bt = _head(treated, "interventions.match (treated run)")
+    Wt, bt = head64(treated, "interventions.match (treated run)")
     tt = _run_sums(treated, Wt, bt, n_bins, n_boot, seed_t)
     df = _share_frame(_outcome_matrix(cm[0], n_bins), _outcome_matrix(tt[0], n_bins),
                       _outcome_matrix(cm[1], n_bins), ci)

@@ -18,10 +18,10 @@ import xarray as xr
 from ..causal import percentile_ci
 from ..errors import ConfigError
 from ..geometry import magnitude
-from ..geometry import _head64 as _head
+from ..kernels import head64
+from ..study import StudyLike
 from .._util.checks import check_choice
 from .._util.rng import RngLike, check_random_state
-from ..study import StudyLike
 from .posthoc import (MATCH_WHAT, OUTCOMES, TOWARD, _Matcher, _center_label, _check_options, _outcome_matrix,
                       _pooled_targets, _run_rms, _run_sums, _seed, _share_frame, rescale, rotate)
 
@@ -224,7 +224,7 @@ def match_study(study: StudyLike, control: str = "ce", treated: str = "label_smo
         rows += [{"run_id": rid, "arm": "control", **dict(zip(OUTCOMES, c_out[-1]))},
                  {"run_id": rid, "arm": "matched", **dict(zip(OUTCOMES, m_out[-1]))}]
     for rid, ds in zip(t_ids, t_runs):
-        W, b = _head(ds, f"{label} (treated run)")
+        W, b = head64(ds, f"{label} (treated run)")
         t_out.append(_outcome_matrix(_run_sums(ds, W, b, n_bins, 0, 0)[0], n_bins)[0])
         rows.append({"run_id": rid, "arm": "treated", **dict(zip(OUTCOMES, t_out[-1]))})
     C, M, T = (np.asarray(x) for x in (c_out, m_out, t_out))

@@ -1,0 +1,148 @@
+"""Numpy kernels of the metrics: one block of samples in, per-sample or binned statistics out.
+
+The one copy of each formula that calibration, the interventions and the decomposition share: softmax,
+per-sample confidence / correctness / NLL / Brier score, equal-width and equal-mass confidence bins, the
+calibration error of binned statistics, and the float64 head of a run. Pure numpy; no dask, no xarray
+except `head64`'s argument.
+
+References
+----------
+Guo, Pleiss, Sun, Weinberger (2017), "On Calibration of Modern Neural Networks", ICML (ECE, equal-width bins).
+Nixon et al. (2019), "Measuring Calibration in Deep Learning", CVPR Workshops (equal-mass bins, L2 / max norms).
+Brier (1950), "Verification of forecasts expressed in terms of probability", Monthly Weather Review.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import xarray as xr
+
+from .errors import ConfigError
+from .schema import require_head
+
+__all__ = ["ERROR_NORMS", "softmax_block", "sample_stats_block", "bin_index", "width_bin_stats", "mass_bin_stats",
+           "calibration_error", "head64"]
+
+#: Norms of `calibration_error`: l1 (ECE), l2 (RMS calibration error), max (MCE), signed (signed ECE).
+ERROR_NORMS = ("l1", "l2", "max", "signed")
+
+
+def softmax_block(x: np.ndarray, temperature: float = 1.0, probs: bool = False) -> np.ndarray:
+    """Class probabilities (n, K) in float64 from logits (or pass probabilities through)."""
+    z = np.asarray(x, dtype=np.float64)
+    if probs:
+        return z
+    if temperature != 1.0:
+        z = z / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def sample_stats_block(x: np.ndarray, labels: np.ndarray, temperature: float = 1.0,
+                        probs: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-sample confidence, prediction, correctness, NLL and Brier score of one block.
+
+    Parameters
+    ----------
+    x : ndarray, shape (n, K)
+        Logits (``probs=False``) or probabilities (``probs=True``).
+    labels : ndarray of int, shape (n,)
+
+    Returns
+    -------
+    confidence, prediction, correct, nll, brier : ndarrays, shape (n,)
+    """
+    labels = np.asarray(labels).astype(np.int64, copy=False)
+    n = labels.shape[0]
+    rows = np.arange(n)
+    if probs:
+        p = np.asarray(x, dtype=np.float64)
+        pred = p.argmax(axis=1)
+        conf = p[rows, pred]
+        py = p[rows, labels]
+        with np.errstate(divide="ignore"):
+            nll = -np.log(np.clip(py, np.finfo(np.float64).tiny, None))
+    else:
+        z = np.asarray(x, dtype=np.float64)
+        if temperature != 1.0:
+            z = z / temperature
+        pred = z.argmax(axis=1)
+        m = z[rows, pred]
+        e = np.exp(z - m[:, None])
+        s = e.sum(axis=1)
+        p = e / s[:, None]
+        conf = 1.0 / s  # exp(max - max) / sum
+        nll = (m + np.log(s)) - z[rows, labels]
+        py = p[rows, labels]
+    brier = np.einsum("ij,ij->i", p, p) - 2.0 * py + 1.0
+    return conf, pred, pred == labels, nll, brier
+
+
+def bin_index(conf: np.ndarray, n_bins: int) -> np.ndarray:
+    """Equal-width bin of each confidence: bin i holds [i/M, (i+1)/M), the last bin also holds 1."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    return np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, n_bins - 1)
+
+
+def width_bin_stats(conf: np.ndarray, correct: np.ndarray, n_bins: int) -> np.ndarray:
+    """(3, n_bins): count, sum of confidence, sum of correctness per equal-width bin."""
+    idx = bin_index(conf, n_bins)
+    return np.stack([
+        np.bincount(idx, minlength=n_bins).astype(np.float64),
+        np.bincount(idx, weights=conf, minlength=n_bins),
+        np.bincount(idx, weights=np.asarray(correct, dtype=np.float64), minlength=n_bins),
+    ])
+
+
+def mass_bin_stats(conf: np.ndarray, correct: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Equal-mass bins: sort by confidence (stable) and cut into ``n_bins`` groups of sizes differing by <= 1.
+
+    Returns the (3, n_bins) statistics and each bin's lowest and highest confidence.
+    """
+    conf = np.asarray(conf, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.float64)
+    order = np.argsort(conf, kind="stable")
+    groups = np.array_split(order, n_bins)
+    stats = np.zeros((3, n_bins))
+    lo = np.full(n_bins, np.nan)
+    hi = np.full(n_bins, np.nan)
+    for i, g in enumerate(groups):
+        if g.size:
+            stats[:, i] = g.size, conf[g].sum(), correct[g].sum()
+            lo[i], hi[i] = conf[g[0]], conf[g[-1]]
+    return stats, lo, hi
+
+
+def calibration_error(stats: np.ndarray, norm: str) -> float:
+    """Calibration error from (3, M) bin statistics (the one formula behind ECE, signed ECE and their variants).
+
+    ``l1``: sum_b w_b |conf_b - acc_b|; ``l2``: sqrt(sum_b w_b (conf_b - acc_b)^2) (as torchmetrics);
+    ``max``: max_b |conf_b - acc_b| over non-empty bins; ``signed``: sum_b w_b (conf_b - acc_b).
+    ``w_b`` = share of samples in bin b; empty bins contribute nothing.
+    """
+    count, sconf, sacc = np.asarray(stats, dtype=np.float64)
+    total = count.sum()
+    if total <= 0:
+        return float("nan")
+    nonempty = count > 0
+    gap = np.zeros_like(count)
+    gap[nonempty] = (sconf[nonempty] - sacc[nonempty]) / count[nonempty]
+    w = count / total
+    if norm == "l1":
+        return float(np.sum(w * np.abs(gap)))
+    if norm == "l2":
+        return float(math.sqrt(max(float(np.sum(w * gap ** 2)), 0.0)))
+    if norm == "max":
+        return float(np.max(np.abs(gap[nonempty])))
+    if norm == "signed":
+        return float(np.sum(w * gap))
+    raise ConfigError(f"norm: expected one of {list(ERROR_NORMS)}, got {norm!r}")  # pragma: no cover
+
+
+def head64(ds: xr.Dataset, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(W (K, F), b (K,))`` of the run's head as float64 arrays; `HeadMissingError` naming ``what`` without one."""
+    W, b = require_head(ds, what)
+    return np.asarray(W.values, dtype=np.float64), np.asarray(b.values, dtype=np.float64)
