@@ -1,9 +1,13 @@
 """The scripted report: one self-contained HTML file (figures embedded), a Markdown twin, and PNG figures.
 
-``cg.report(study, out="report.html", query=...)`` runs the whole analysis of a study (paper table,
-reliability diagrams, magnitude and cosine distributions, cone test, interventions, mediation with
-refuters and sensitivity) from stored dumps only, and writes it. It computes nothing itself: every
-number comes from `summary`, `calibration`, `geometry`, `table`, `causal` and `interventions`.
+``cg.report(study, out="report.html", query=...)`` runs the whole analysis of a study from stored dumps only
+and writes it. It leads with a short summary and the head-based decomposition (`causal.decompose`: what
+changed, which mechanism carries it, how sure, on a named estimand); the paper table, reliability diagrams,
+magnitude and cosine distributions, cone test, interventions, regression mediation (with its design,
+estimand and overlap, compared with the decomposition on the same estimand), refuters and sensitivity
+follow. It computes nothing itself: every number comes from `summary`, `calibration`, `geometry`, `table`,
+`causal` and `interventions`. Numbers with an interval are rounded to what the interval supports
+(`round_to_interval`); attack budgets are written as k/255 (`eps_label`).
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ import base64
 import datetime as _dt
 import html
 import io
+import math
 import os
+import re
 import sys
 import types
 import warnings
@@ -26,11 +32,84 @@ import pandas as pd
 from .errors import CausalGeomError, QueryError
 from .study import Study, open_study
 
-__all__ = ["report", "Section", "SECTION_IDS", "default_queries"]
+__all__ = ["report", "Section", "SECTION_IDS", "default_queries", "eps_label", "round_to_interval", "format_ci",
+           "DECOMPOSE_OUTCOMES"]
 
 #: Section ids, in order; the HTML has one ``<section id=...>`` for each (the rendering test checks them).
-SECTION_IDS = ("provenance", "paper-table", "reliability", "distributions", "cone-test", "interventions",
-               "mediation", "refuters-sensitivity", "findings")
+SECTION_IDS = ("summary", "decomposition", "provenance", "paper-table", "reliability", "distributions", "cone-test",
+               "interventions", "mediation", "refuters-sensitivity", "findings")
+#: Outcomes of the report's decomposition (``robust_accuracy`` is added when the dumps store ``adv_features``).
+DECOMPOSE_OUTCOMES = ("signed_ece", "ece", "nll", "accuracy")
+_OUTCOME_WORDS = {"signed_ece": "overconfidence (signed ECE = mean confidence − accuracy)", "ece": "ECE",
+                  "nll": "NLL", "accuracy": "accuracy", "robust_accuracy": "robust accuracy"}
+
+
+def eps_label(eps: float) -> str:
+    """An attack budget on the pixel scale [0, 1] as ``k/255`` when it is one (``8/255``), else 3 significant digits."""
+    k = float(eps) * 255.0
+    if math.isfinite(k) and k > 0 and abs(k - round(k)) < 1e-3 * max(1.0, k):
+        return f"{int(round(k))}/255"
+    return f"{float(eps):.3g}"
+
+
+def _relabel_eps(text: str) -> str:
+    """``robust_acc[pgd-linf@0.0313725]`` → ``robust_acc[pgd-linf@8/255]`` (display only)."""
+    return re.sub(r"@([0-9.]+(?:[eE][+-]?[0-9]+)?)\]", lambda m: f"@{eps_label(float(m.group(1)))}]", str(text))
+
+
+def _decimals(low: float, high: float) -> int | None:
+    """Decimals that keep the first significant digit of the interval's half-width, plus one."""
+    half = (float(high) - float(low)) / 2.0
+    if not (math.isfinite(half) and half > 0):
+        return None
+    return max(0, -math.floor(math.log10(half)) + 1)
+
+
+def round_to_interval(estimate: float, low: float, high: float) -> tuple[str, str, str]:
+    """Estimate and interval as strings rounded to what the interval supports.
+
+    The number of decimals keeps the first significant digit of the half-width ``(high − low) / 2`` plus
+    one more (e.g. half-width 0.034 → 3 decimals: ``-0.081 (-0.115 to -0.048)``). A degenerate or
+    missing interval leaves 3 significant digits.
+    """
+    d = _decimals(low, high)
+    if d is None:
+        return tuple("" if not _finite(v) else f"{float(v):+.3g}" for v in (estimate, low, high))  # type: ignore[return-value]
+    return tuple(f"{float(v):+.{d}f}" if _finite(v) else "" for v in (estimate, low, high))  # type: ignore[return-value]
+
+
+def _finite(v: Any) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def format_ci(estimate: float, low: float, high: float, level: float = 0.95) -> str:
+    """``"-0.081 (95% CI -0.115 to -0.048)"``, rounded by `round_to_interval`."""
+    e, lo, hi = round_to_interval(estimate, low, high)
+    if _decimals(low, high) is None:  # no interval, or one of width 0 (no variation): the estimate alone
+        return e
+    return f"{e} ({int(round(100 * level))}% CI {lo} to {hi})"
+
+
+def _rounded_table(df: pd.DataFrame, cols: tuple[str, str, str] = ("estimate", "ci_low", "ci_high")) -> pd.DataFrame:
+    """Each row's estimate and interval as strings rounded to that row's interval; p-values to 2 significant digits."""
+    out = df.copy()
+    est, lo, hi = cols
+    if est in out.columns:
+        vals = [round_to_interval(r[est], r[lo], r[hi]) for r in df.to_dict("records")]
+        for j, c in enumerate(cols):
+            out[c] = [v[j] for v in vals]
+    for c in ("p_value", "p_floor"):
+        if c in out.columns:
+            out[c] = [("" if not _finite(v) else f"{float(v):.2g}") for v in df[c]]
+    if "share" in out.columns:
+        out["share"] = [("" if not _finite(v) else f"{100 * float(v):.0f}%") for v in df["share"]]
+    for c in out.columns:
+        if out[c].dtype == object:
+            out[c] = out[c].map(lambda v: _relabel_eps(v) if isinstance(v, str) else v)
+    return out
 
 
 @dataclass
@@ -167,7 +246,7 @@ def report(study: Study | str | os.PathLike, out: str | os.PathLike = "report.ht
         q.check(ctx.frame(q))
     out.parent.mkdir(parents=True, exist_ok=True)
     builders: list[Callable[[], Section]] = [
-        ctx.provenance, ctx.paper_table, ctx.reliability, ctx.distributions, ctx.cone_test,
+        ctx.summary, ctx.decomposition_section, ctx.provenance, ctx.paper_table, ctx.reliability, ctx.distributions, ctx.cone_test,
         (ctx.interventions if interventions else ctx.skipped_interventions), ctx.mediation,
         (lambda: ctx.refuters_sensitivity(refute)), ctx.findings]
     sections = []
@@ -190,9 +269,10 @@ class _Context:
         self.paper: pd.DataFrame | None = None
         self.mediation_results: list[Any] = []
         self.intervention_results: dict[str, Any] = {}
-        self.share_table: pd.DataFrame | None = None
         self.robust: dict[str, Any] = {}
         self.notes: list[str] = []
+        self._decomp: list[tuple[str, Any, Any, Any]] | None = None  # (treatment, control, treated, result | error)
+        self.versus: pd.DataFrame | None = None
 
     @property
     def sample_frame(self) -> pd.DataFrame:
@@ -207,6 +287,76 @@ class _Context:
         for rec in self.runs.sort_values(["regularizer", "run_id"]).to_dict("records"):
             out.setdefault(str(rec.get("regularizer")), []).append(rec["run_id"])
         return out
+
+    # -- the decomposition (computed once, shown first) -------------------------------------------
+    def comparisons(self) -> list[tuple[str, Any, Any]]:
+        """(treatment, control, treated) of every query whose treatment is a run attribute, in query order."""
+        out: list[tuple[str, Any, Any]] = []
+        for q in self.queries:
+            key = (str(q.treatment), q.control, q.treated)
+            if q.treatment in self.runs.columns and q.control is not None and key not in out:
+                out.append(key)
+        return out
+
+    def decompositions(self) -> list[tuple[str, Any, Any, Any]]:
+        """`causal.decompose` of every comparison (its result, or the error that prevented it)."""
+        if self._decomp is None:
+            from . import causal
+
+            first = self.study[self.runs.iloc[0]["run_id"]]
+            outcomes = list(DECOMPOSE_OUTCOMES) + (["robust_accuracy"] if "adv_features" in first.variables else [])
+            self._decomp = []
+            for treatment, control, treated in self.comparisons():
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", RuntimeWarning)
+                        res = causal.decompose(self.study, treatment=treatment, control=control, treated=treated,
+                                               outcome=outcomes, n_boot=500, rng=np.random.default_rng(0))
+                except (CausalGeomError, ValueError) as exc:
+                    res = exc
+                    self.notes.append(f"Decomposition of {treated} vs {control}: not computed ({exc}).")
+                self._decomp.append((treatment, control, treated, res))
+        return self._decomp
+
+    def summary(self) -> Section:
+        s = Section("summary", "Summary: what changed, which mechanism carries it, how sure")
+        for text in summary_text(self.decompositions(), len(self.runs)):
+            s.add_text(text)
+        return s
+
+    def decomposition_section(self) -> Section:
+        s = Section("decomposition", "Why: the head-based decomposition (logits = W·h + b)")
+        s.add_text("For every control × treated pair of runs, each test image's feature h is split into its "
+                   "magnitude ‖h‖ and direction h/‖h‖; the head (W, b), the magnitude and the direction are each "
+                   "taken from the control or the treated run (8 worlds, logits computed exactly), and the "
+                   "treated − control gap is split among the three by Shapley averaging over the 6 orders of "
+                   "switching them. The shares add up to the total exactly. 'switched first' is a factor's effect with "
+                   "everything else from the control run (pure, control network); 'switched last' with everything "
+                   "else from the treated run (total, treated network). Methods: docs/methods_causal.md.")
+        any_ok = False
+        for treatment, control, treated, res in self.decompositions():
+            label = f"{treatment} = {treated} vs {control}"
+            if isinstance(res, Exception):
+                s.add_text(f"{label}: not computed — {res}")
+                continue
+            any_ok = True
+            s.add_text(f"{label}. {res.describe()}")
+            summ = res.summary()
+            s.tables[f"decomposition_{_slug(str(treated))}"] = summ
+            s.tables[f"decomposition_switch_{_slug(str(treated))}"] = res.switch_effects
+            s.add_table(_rounded_table(summ), f"Decomposition of the {treated} − {control} gap (estimate and "
+                                              f"{int(round(100 * res.ci_level))}% interval rounded to what the "
+                                              "interval supports; share of the total, blank when the total's "
+                                              "interval includes 0).")
+            s.add_table(_rounded_table(res.switch_effects), "The extreme orders behind each share: the factor "
+                                                            "switched first (others from the control run) or last "
+                                                            "(others from the treated run).")
+            s.add_figure(f"decomposition_{_slug(str(treated))}", res.plot(),
+                         f"Head-based decomposition, {treated} vs {control}: total and shares with intervals.")
+        if not any_ok:
+            s.add_text("No decomposition could be computed (it needs the head W, b in the dumps and two arms "
+                       "that scored the same images).")
+        return s
 
     # -- sections ----------------------------------------------------------------------------
     def provenance(self) -> Section:
@@ -241,9 +391,11 @@ class _Context:
                                   zip(shown.pop("regularizer"), shown.pop("strength"))])
         shown = shown.set_index("group").T.reset_index().rename(columns={"index": "metric"})
         shown.columns.name = None
+        shown["metric"] = shown["metric"].map(_relabel_eps)
         s.add_table(shown, "Mean ± half-width of the 95% t-interval over seeds (the unit of replication is the "
                            "training run; n_runs per column). robust_acc[ATTACK@ε] is the accuracy under the attack "
-                           "at budget ε (pixel scale [0, 1]); robust_auc the normalized area under that curve.")
+                           "at budget ε (k/255 on the pixel scale [0, 1]); robust_auc the normalized area under that "
+                           "curve.")
         s.tables["paper_table"] = self.paper
         return s
 
@@ -374,42 +526,57 @@ class _Context:
             self.mediation_results.append((q, res))
             for w in caught:  # e.g. too few runs per arm: the caveat belongs next to the numbers
                 s.add_text(f"Caution ({w.category.__name__}): {w.message}")
-            s.add_table(res.summary(), f"{label}; mediators {', '.join(q.mediators)}. {res.describe()}")
-            s.tables[f"mediation_{i}_{_slug(str(q.treated))}"] = res.summary()
+            for what in ("estimand", "design", "inference"):
+                text = getattr(res, what, None)
+                if text:
+                    s.add_text(f"{label} — {what}: {text}.")
+            summ = res.summary()
+            shown = summ.assign(outcome=summ["outcome"].map(_relabel_eps))
+            s.add_table(_rounded_table(shown) if {"ci_low", "ci_high"} <= set(shown.columns) else shown,
+                        f"{label}; mediators {', '.join(q.mediators)} (estimates rounded to their intervals; note: "
+                        f"'extrapolated' where the mediator's supports do not overlap, 'not estimable' for a "
+                        f"proportion mediated whose total may be 0). {res.describe()}")
+            s.tables[f"mediation_{i}_{_slug(str(q.treated))}"] = summ
+            overlap = getattr(res, "overlap", None)
+            if isinstance(overlap, pd.DataFrame) and len(overlap):
+                s.add_table(overlap, f"{label}: overlap of each mediator across the arms (share of the treated "
+                                     "runs' values inside the control range and vice versa; natural effects are "
+                                     "model extrapolation where the supports do not overlap).")
+                s.tables[f"overlap_{i}_{_slug(str(q.treated))}"] = overlap
+            else:
+                s.add_text(f"{label}: no overlap check available from this mediation result.")
+            mundlak = getattr(res, "mundlak", None)
+            if isinstance(mundlak, pd.DataFrame) and len(mundlak):
+                s.add_table(mundlak, f"{label}: within-image vs between-image (Mundlak) slopes of each "
+                                     "mediator → outcome relation.")
             s.add_figure(f"forest_{i}_{_slug(str(q.treated))}", res.plot(),
                          f"Forest plot: {label} (estimates with {int(round(100 * res.ci_level))}% intervals).")
         if not self.mediation_results:
             s.add_text("No mediation query could be estimated.")
         else:
-            self._share_vs_mediation(s)
+            self._versus_decomposition(s)
         return s
 
-    def _share_vs_mediation(self, s: Section) -> None:
-        """Interventional share (matching the control runs to the treated runs) next to the proportion mediated."""
-        from . import interventions as iv
-
-        rows = []
-        for q, res in self.mediation_results:
-            if q.treatment != "regularizer":
-                continue
-            try:
-                matches = {what: iv.match_study(self.study, control=str(q.control), treated=str(q.treated), what=what,
-                                                n_boot=200, rng=np.random.default_rng(0))
-                           for what in ("magnitude", "cosine", "both")}
-                table = iv.share_vs_mediation(matches, res)
-            except (CausalGeomError, ValueError) as exc:
-                self.notes.append(f"Interventional share for {q.treated}: not computed ({exc}).")
-                continue
-            rows.append(table.assign(treated=str(q.treated)))
-        if rows:
-            table = pd.concat(rows, ignore_index=True)
-            self.share_table = table
-            s.tables["share_vs_mediation"] = table
-            s.add_table(table, "Interventional share vs proportion mediated: the fraction of the treated−control gap "
-                               "closed by giving the control runs the treated runs' magnitude (quantile matching of "
-                               "RMS), cosine, or both, next to the mediation analysis' proportion mediated through "
-                               "the same quantity (intervals: cluster bootstrap over runs). Agreement supports the "
-                               "mediation model; a gap points at confounding, nonlinearity or a proxy mediator.")
+    def _versus_decomposition(self, s: Section) -> None:
+        """Regression mediation next to the decomposition, on the same estimand (total indirect, treated network)."""
+        table = mediation_vs_decomposition(self.mediation_results, self.decompositions())
+        if table is None or not len(table):
+            return
+        self.versus = table
+        s.tables["mediation_vs_decomposition"] = table
+        shown = table.copy()
+        for a in ("mediation", "decomposition"):
+            vals = [round_to_interval(r[a], r[f"{a}_ci_low"], r[f"{a}_ci_high"]) for r in table.to_dict("records")]
+            for j, c in enumerate((a, f"{a}_ci_low", f"{a}_ci_high")):
+                shown[c] = [v[j] for v in vals]
+        s.add_table(shown, "Regression mediation vs the head-based decomposition on the same estimand: the "
+                           "mediation's indirect effect through a mediator is a total natural indirect effect (the "
+                           "treated network: head and the other factors from the treated runs), so it is set beside "
+                           "the decomposition's effect of switching the matching factor last (rms ↔ magnitude, "
+                           "cos_true ↔ direction), both averaged over training runs. The decomposition computes "
+                           "its worlds exactly; the mediation estimates them from a regression model, so a "
+                           "difference measures that model's error (functional form, the proxy mediator), not "
+                           "confounding by itself.")
 
     def refuters_sensitivity(self, refute: bool) -> Section:
         from . import causal
@@ -433,8 +600,8 @@ class _Context:
 
     def findings(self) -> Section:
         s = Section("findings", "Findings in plain language")
-        for text in findings_text(self.paper, self.mediation_results, self.intervention_results, self.share_table,
-                                  self.robust):
+        for text in findings_text(self.paper, self.mediation_results, self.intervention_results, self.robust,
+                                  self.versus):
             s.add_text(text)
         for note in self.notes:
             s.add_text(note)
@@ -472,26 +639,154 @@ def _dataset_table(ds: Any, dim: str) -> pd.DataFrame:
     return ds[keep].to_dataframe().reset_index()
 
 
-def _ci(rec: dict[str, Any]) -> str:
-    return f"{rec['estimate']:+.3g} (CI {rec['ci_low']:+.3g} to {rec['ci_high']:+.3g})"
+def _ci(rec: dict[str, Any], level: float = 0.95) -> str:
+    return format_ci(rec["estimate"], rec["ci_low"], rec["ci_high"], level)
 
 
 def _excludes_zero(rec: dict[str, Any]) -> bool:
     return bool(rec["ci_low"] > 0 or rec["ci_high"] < 0)
 
 
+def _estimand_sentence(results: list[Any], n_runs: int) -> str:
+    """The first sentence of the summary: which estimand the numbers below are about."""
+    kinds = {"runs" if r.estimand.startswith("average effect over training runs") else "model" for r in results}
+    if kinds == {"runs"}:
+        return ("Estimand: every number below is an effect over training runs — the runs of each regularizer are "
+                "samples of its training procedure, intervals and p-values come from the variation between runs, "
+                "and test images are paired across runs.")
+    if kinds == {"model"}:
+        return ("Estimand: model-conditional: these models, inference over test images — with one run per arm the "
+                "effect over training runs is undefined, so the intervals say how sure we are about these models on "
+                "this test set, not about retraining.")
+    return ("Estimand: mixed — comparisons with >= 2 runs per arm are effects over training runs; those with one run "
+            "in an arm are model-conditional (these models, inference over test images); each line says which.")
+
+
+def _how_sure(res: Any, tot: dict[str, Any]) -> str:
+    level = int(round(100 * res.ci_level))
+    inside = not _excludes_zero(tot)
+    text = (f"the total's {level}% interval {'includes' if inside else 'excludes'} 0")
+    if _finite(tot.get("p_value")):
+        p, floor = float(tot["p_value"]), float(tot["p_floor"])
+        n = len(res.control_runs) + len(res.treated_runs)
+        if p <= floor * (1 + 1e-9):
+            text += (f"; randomization p = {p:.2g}, the smallest p-value {len(res.control_runs)} + "
+                     f"{len(res.treated_runs)} runs can give")
+        else:
+            text += f"; randomization p = {p:.2g} (over the {n} runs; floor {floor:.2g})"
+    else:
+        text += " (image bootstrap, conditional on these models)"
+    return text
+
+
+def summary_text(decompositions: list[tuple[str, Any, Any, Any]], n_runs: int) -> list[str]:
+    """The report's opening paragraphs: estimand first, then per comparison what changed, which mechanism, how sure."""
+    ok = [(t, c, tr, r) for t, c, tr, r in decompositions if not isinstance(r, Exception)]
+    if not ok:
+        failed = "; ".join(f"{tr} vs {c}: {r}" for _, c, tr, r in decompositions) or "no comparison was requested"
+        return ["Estimand: none — the head-based decomposition could not be computed "
+                f"({failed}); the regression mediation below states its own estimand and design."]
+    out = [_estimand_sentence([r for *_, r in ok], n_runs)]
+    for treatment, control, treated, res in ok:
+        summ = res.summary()
+        sentences = []
+        for outcome in [o for o in ("signed_ece", "robust_accuracy") if o in res.outcomes] or [res.outcomes[0]]:
+            g = {r["component"]: r for r in summ[summ.outcome == outcome].to_dict("records")}
+            tot = g["total"]
+            factors = [f for f in res.factors if f in g]
+            parts = [f"{f} {_ci(g[f], res.ci_level)}" for f in factors]
+            clear = [f for f in factors if _excludes_zero(g[f])]
+            what = _OUTCOME_WORDS.get(outcome, outcome)
+            if outcome == "robust_accuracy" and res.eps is not None:
+                what += f" under {res.attack} at ε = {eps_label(res.eps)}"
+            text = (f"{treated} vs {control}, {what}: the treated runs differ by {_ci(tot, res.ci_level)}; "
+                    f"it splits into {', '.join(parts)}.")
+            if clear and _excludes_zero(tot):
+                main = max(clear, key=lambda f: abs(g[f]["estimate"]))
+                share = g[main].get("share")
+                text += (f" Mechanism: mostly the {main}" + (f" ({100 * share:.0f}% of the change)"
+                                                            if _finite(share) else "")
+                         + (f"; also {', '.join(f for f in clear if f != main)}" if len(clear) > 1 else "") + ".")
+            elif clear:
+                text += (f" The total may be 0, but the {', '.join(clear)} share(s) do not: the factors pull in "
+                         "opposite directions.")
+            else:
+                text += " No factor's interval excludes 0."
+            text += f" How sure: {_how_sure(res, tot)}."
+            sentences.append(text)
+        out.append(" ".join(sentences))
+    return out
+
+
+_MEDIATOR_FACTOR = {"rms": "magnitude", "norm": "magnitude", "cos_true": "direction", "cos_pred": "direction"}
+
+
+def _decomposition_outcome(outcome: str, res: Any) -> str | None:
+    if outcome in ("overconfidence", "signed_ece"):
+        return "signed_ece"
+    if outcome in ("nll", "ece", "accuracy", "brier"):
+        return outcome
+    m = re.match(r"robust\[(.+)@([0-9.eE+-]+)\]$", outcome)
+    if m and res.eps is not None and m.group(1) == res.attack and math.isclose(float(m.group(2)), res.eps,
+                                                                               rel_tol=1e-4):
+        return "robust_accuracy"
+    return None
+
+
+def mediation_vs_decomposition(mediation: list[Any], decompositions: list[tuple[str, Any, Any, Any]]) -> pd.DataFrame | None:
+    """Mediation indirect effects next to the decomposition's switch-last effects (same estimand and network).
+
+    Returns
+    -------
+    DataFrame or None
+        treated, outcome, mediator, factor, mediation (+ ci), decomposition (+ ci), estimand.
+    """
+    rows = []
+    for q, med in mediation:
+        match = [r for t, c, tr, r in decompositions
+                 if not isinstance(r, Exception) and t == q.treatment and str(tr) == str(q.treated)
+                 and str(c) == str(q.control)]
+        if not match:
+            continue
+        dec = match[0]
+        msum = med.summary()
+        sw = dec.switch_effects
+        for rec in msum.to_dict("records"):
+            eff = rec["effect"]
+            m = re.match(r"indirect\[(.+)\]$", eff)
+            mediator = m.group(1) if m else (q.mediators[0] if eff == "indirect" and len(q.mediators) == 1 else None)
+            factor = _MEDIATOR_FACTOR.get(mediator or "")
+            outcome = _decomposition_outcome(str(rec["outcome"]), dec)
+            if factor is None or outcome is None or outcome not in dec.outcomes:
+                continue
+            d = sw[(sw.outcome == outcome) & (sw.factor == factor) & (sw.switched == "last")]
+            if d.empty:
+                continue
+            d = d.iloc[0]
+            rows.append({"treated": str(q.treated), "outcome": _relabel_eps(rec["outcome"]), "mediator": mediator,
+                         "factor": factor, "mediation": rec["estimate"], "mediation_ci_low": rec["ci_low"],
+                         "mediation_ci_high": rec["ci_high"], "decomposition": d["estimate"],
+                         "decomposition_ci_low": d["ci_low"], "decomposition_ci_high": d["ci_high"],
+                         "note": rec.get("note", "") or "",
+                         "estimand": "total indirect, treated network; " + (
+                             "over training runs" if dec.estimand.startswith("average") else "model-conditional")})
+    return pd.DataFrame(rows) if rows else None
+
+
 def findings_text(paper: pd.DataFrame | None, mediation: list[Any], interventions: dict[str, Any],
-                  share: pd.DataFrame | None = None, robust: dict[str, Any] | None = None) -> list[str]:
+                  robust: dict[str, Any] | None = None, versus: pd.DataFrame | None = None) -> list[str]:
     """Plain-language paragraphs: what the numbers support and what they do not.
 
     One paragraph on calibration per regularizer (over- or underconfident, by the t-interval of the signed
     ECE over runs), one per mediation question and outcome (total, direct and indirect effects with their
-    cluster-bootstrap intervals; a path is "supported" when its interval excludes 0), one per intervention,
-    and the caveats that apply to all of them.
+    intervals, design and estimand; a path is "supported" when its interval excludes 0; the proportion
+    mediated only where it is estimable), one comparing mediation with the decomposition on the same
+    estimand, one per intervention, and the caveats that apply to all of them. Numbers are rounded to what
+    their intervals support; attack budgets are written as k/255.
     """
     out: list[str] = []
     if paper is not None and "signed_ece" in paper.columns:
-        parts = []
+        parts, under = [], []
         for rec in paper.to_dict("records"):
             sece, lo, hi = rec.get("signed_ece"), rec.get("signed_ece_low"), rec.get("signed_ece_high")
             if sece is None or pd.isna(sece):
@@ -502,10 +797,12 @@ def findings_text(paper: pd.DataFrame | None, mediation: list[Any], intervention
                 verdict = "underconfident"
             else:
                 verdict = "neither clearly over- nor underconfident"
-            parts.append(f"{rec.get('regularizer')} is {verdict} (signed ECE {sece:+.3f}, 95% t-interval "
-                         f"{lo:+.3f} to {hi:+.3f} over {rec.get('n_runs', '?')} runs)")
+            e, l_, h_ = round_to_interval(sece, lo, hi)
+            parts.append(f"{rec.get('regularizer')} is {verdict} (signed ECE {e}, 95% t-interval "
+                         f"{l_} to {h_} over {rec.get('n_runs', '?')} runs)")
+            if verdict == "underconfident":
+                under.append(str(rec.get("regularizer")))
         if parts:
-            under = [p.split(" is ")[0] for p in parts if "underconfident" in p]
             text = "Calibration: " + "; ".join(parts) + "."
             if under:
                 text += (f" Note that {', '.join(under)} made the model underconfident: the regularizer "
@@ -513,6 +810,7 @@ def findings_text(paper: pd.DataFrame | None, mediation: list[Any], intervention
             out.append(text)
     for q, res in mediation:
         summ = res.summary()
+        level = getattr(res, "ci_level", 0.95)
         for outcome, g in summ.groupby("outcome", sort=False):
             recs = {r["effect"]: r for r in g.to_dict("records")}
             total, direct = recs.get("total"), recs.get("direct")
@@ -522,27 +820,46 @@ def findings_text(paper: pd.DataFrame | None, mediation: list[Any], intervention
             for m in q.mediators:
                 r = recs.get(f"indirect[{m}]") or (recs.get("indirect") if len(q.mediators) == 1 else None)
                 if r is not None:
-                    paths.append(f"through {m} {_ci(r)} — " + ("supported" if _excludes_zero(r) else
-                                                               "not supported (the interval includes 0)"))
-            text = (f"{q.treated} vs {q.control}, outcome {outcome}: total effect {_ci(total)}"
-                    + (f", direct effect {_ci(direct)}" if direct else "") + "; indirect effects: "
-                    + "; ".join(paths) + ".")
+                    note = f" [{r['note']}]" if r.get("note") else ""
+                    paths.append(f"through {m} {_ci(r, level)}{note} — " + (
+                        "supported" if _excludes_zero(r) else "not supported (the interval includes 0)"))
+            text = (f"Mediation, {q.treated} vs {q.control}, outcome {_relabel_eps(outcome)}: total effect "
+                    f"{_ci(total, level)}" + (f", direct effect {_ci(direct, level)}" if direct else "")
+                    + "; indirect effects: " + "; ".join(paths) + ".")
             pm = recs.get("prop_mediated")
-            if pm is not None and _excludes_zero(total):
-                text += f" Proportion mediated: {_ci(pm)}."
+            if pm is not None and _finite(pm.get("estimate")) and _excludes_zero(total):
+                text += f" Proportion mediated: {_ci(pm, level)}."
             elif pm is not None:
-                text += " The proportion mediated is not interpreted: the total effect's interval includes 0."
-            text += (f" Intervals: {int(round(100 * res.ci_level))}% {res.resampling_unit} bootstrap over "
-                     f"{res.n_clusters} runs.")
+                text += (" The proportion mediated is not estimable here (the total's interval includes 0 or the "
+                         "paths have opposite signs), so it is not given.")
+            for what in ("estimand", "design"):
+                if getattr(res, what, None):
+                    text += f" {what.capitalize()}: {getattr(res, what)}."
+            if getattr(res, "inference", None):
+                text += f" Intervals: {res.inference}."
             out.append(text)
+    if versus is not None and len(versus):
+        parts = []
+        for r in versus.to_dict("records"):
+            e1 = format_ci(r["mediation"], r["mediation_ci_low"], r["mediation_ci_high"])
+            e2 = format_ci(r["decomposition"], r["decomposition_ci_low"], r["decomposition_ci_high"])
+            overlap = (r["mediation_ci_low"] <= r["decomposition_ci_high"]
+                       and r["decomposition_ci_low"] <= r["mediation_ci_high"])
+            parts.append(f"{r['treated']}, {r['outcome']} through {r['mediator']}: mediation {e1} vs the "
+                         f"decomposition's {r['factor']} switched last {e2} — intervals "
+                         f"{'overlap' if overlap else 'do not overlap'}")
+        out.append("Mediation against the decomposition on the same estimand (total indirect effect, treated "
+                   "network): " + "; ".join(parts) + ". The decomposition's worlds are computed from the head, "
+                   "not modelled, so where the two differ the regression model (linear form, a scalar proxy of "
+                   "a vector mediator) is what to doubt.")
     if interventions.get("rescale") is not None:
         rs = interventions["rescale"]
         e = np.asarray(rs["signed_ece"].values)
         sc = np.asarray(rs["scale"].values)
         acc = np.asarray(rs["accuracy"].values)
         out.append(f"Intervention on magnitude (run {interventions['control_run']}): rescaling every feature by s "
-                   f"from {sc.min():g} to {sc.max():g} moves the signed ECE from {e[0]:+.3f} to {e[-1]:+.3f} while "
-                   f"accuracy stays within {acc.min():.3f}–{acc.max():.3f}. "
+                   f"from {sc.min():g} to {sc.max():g} moves the signed ECE from {e[0]:+.2f} to {e[-1]:+.2f} while "
+                   f"accuracy stays within {acc.min():.2f}–{acc.max():.2f}. "
                    + ("Smaller magnitude lowers confidence, as the magnitude → calibration path predicts; this is "
                       "an intervention on the stored representation, not on training."
                       if e[0] < e[-1] else "This does not show smaller magnitude lowering confidence."))
@@ -551,12 +868,14 @@ def findings_text(paper: pd.DataFrame | None, mediation: list[Any], intervention
         ra = res["robust_accuracy"].isel(attack=0, eps=-1)
         lo, hi = res["robust_accuracy_ci_low"].isel(attack=0, eps=-1), res["robust_accuracy_ci_high"].isel(attack=0, eps=-1)
         grid = np.asarray(res[dim].values, dtype=float)
-        pts = ", ".join(f"{dim}={g:g}: {a:.2f} ({l:.2f}–{h:.2f})" for g, a, l, h in
-                        zip(grid, ra.values, lo.values, hi.values))
+        pts = []
+        for g, a, l_, h_ in zip(grid, ra.values, lo.values, hi.values):
+            e_, lo_, hi_ = round_to_interval(a, l_, h_)
+            pts.append(f"{dim}={g:g}: {e_.lstrip('+')} ({lo_.lstrip('+')}–{hi_.lstrip('+')})")
         what = ("rescaling the feature (magnitude only)" if dim == "scale"
                 else "rotating the feature toward its predicted-class center (direction only)")
         sentences = [f"Inside the model (run {res.attrs.get('run_id')}), {what} gives robust accuracy at "
-                     f"ε={float(ra['eps']) * 255:.0f}/255 of {pts}."]
+                     f"ε = {eps_label(float(ra['eps']))} of {', '.join(pts)}."]
         if dim == "alpha" and ra.values[-1] > ra.values[0]:
             sentences.append("Higher cosine to the center goes with higher robustness, as the cosine → robustness "
                              "path predicts.")
@@ -564,27 +883,11 @@ def findings_text(paper: pd.DataFrame | None, mediation: list[Any], intervention
             sentences.append("Caution: attacks through a rescaled head can be weakened by saturated gradients "
                              "(gradient masking) rather than made harder.")
         out.append(" ".join(sentences))
-    if share is not None and len(share):
-        for treated, g in share.groupby("treated", sort=False):
-            parts = []
-            for r in g.to_dict("records"):
-                agree = (r["interventional_share_ci_low"] <= r["proportion_mediated_ci_high"]
-                         and r["proportion_mediated_ci_low"] <= r["interventional_share_ci_high"])
-                what = {"both": "magnitude and cosine together"}.get(r["what"], r["what"])
-                parts.append(f"setting the {what} closes {r['interventional_share']:.2f} "
-                             f"({r['interventional_share_ci_low']:.2f}–{r['interventional_share_ci_high']:.2f}) of the "
-                             f"{r['intervention_outcome']} gap vs a proportion mediated of {r['proportion_mediated']:.2f} "
-                             f"({r['proportion_mediated_ci_low']:.2f}–{r['proportion_mediated_ci_high']:.2f}) — "
-                             + ("the two agree" if agree else "the two disagree"))
-            out.append(f"Interventions vs mediation, {treated} vs ce: " + "; ".join(parts) + ". Where they disagree, "
-                       "the observational (within-study) mediation model does not capture what setting the "
-                       "mediator does; the interventional share is the more direct evidence for the stored "
-                       "representation, the mediation estimate the one that accounts for training variation.")
     if mediation:
-        out.append("Caveats: natural direct and indirect effects assume no unmeasured confounding of the "
-                   "mediator–outcome relation (see the sensitivity table: the ρ at which each path would vanish); "
-                   "the treatment is assigned per training run, so the intervals resample runs, and with few runs "
-                   "per arm they are rough.")
+        out.append("Caveats: regression mediation assumes no unmeasured confounding of the mediator–outcome relation "
+                   "beyond what pairing by image removes (see the sensitivity table: the ρ at which each path would "
+                   "vanish); the treatment is assigned per training run, so inference is over runs, and with few runs "
+                   "per arm no p-value can fall below the design's floor.")
     if not out:
         out.append("No finding could be stated from this study.")
     return out

@@ -12,18 +12,39 @@ import pytest
 import causalgeom as cg
 from causalgeom.report import SECTION_IDS
 
-from .conftest import make_run
+
+
+def crossed_run(run_id: str, reg: str, strength: float, scale: float, seed: int, *, n: int = 150, d: int = 8,
+                k: int = 4) -> "xr.Dataset":
+    """A run on the shared test images (same labels and image difficulty in every run; own head and noise)."""
+    img = np.random.default_rng(0)
+    labels = img.integers(0, k, n)
+    base = img.normal(size=(k, d))
+    latent = base[labels] + 0.8 * img.normal(size=(n, d))
+    rng = np.random.default_rng(seed)
+    W = (base + 0.3 * rng.normal(size=(k, d))).astype(np.float32)
+    b = (0.1 * rng.normal(size=k)).astype(np.float32)
+    f = (scale * (latent + 0.3 * rng.normal(size=(n, d)))).astype(np.float32)
+    eps = [2 / 255, 8 / 255]
+    adv = np.stack([f - 30 * e * W[labels] for e in eps])[None].astype(np.float32)  # (attack, eps, sample, feature)
+    z = adv @ W.T + b
+    zy = np.take_along_axis(z, labels[None, None, :, None], axis=-1)[..., 0]
+    margin = (zy - np.where(np.eye(k, dtype=bool)[labels][None, None], -np.inf, z).max(-1)).astype(np.float32)
+    ds = cg.from_arrays(f, f @ W.T + b, labels, head_weight=W, head_bias=b, adv_correct=margin > 0, adv_margin=margin,
+                        attacks=["pgd-linf"], eps=eps,
+                        attrs={"run_id": run_id, "regularizer": reg, "strength": strength, "seed": seed,
+                               "regularizer_params": {"label_smoothing": strength}})
+    ds["adv_features"] = (("attack", "eps", "sample", "feature"), adv)
+    return ds
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     path = tmp_path_factory.mktemp("study")
     s = cg.open_study(path, create=True)
-    for reg, scale, strength in (("ce", 1.0, 0.0), ("label_smoothing", 0.5, 0.1)):
+    for reg, scale, strength in (("ce", 2.0, 0.0), ("label_smoothing", 0.7, 0.1)):
         for seed in range(3):
-            s.add(make_run(n=150, d=8, k=4, seed=10 * seed + (reg == "ce"), run_id=f"{reg}-s{seed}",
-                           regularizer=reg, strength=strength, scale=scale,
-                           regularizer_params={"label_smoothing": strength}))
+            s.add(crossed_run(f"{reg}-s{seed}", reg, strength, scale, 10 * seed + (reg == "ce")))
     return s
 
 
@@ -97,3 +118,38 @@ def test_renders_in_headless_chromium(written, tmp_path):
     loaded = re.search(r'data-images-loaded="(\d+)"', html)
     assert loaded, "the page's load handler did not run"
     assert int(loaded.group(1)) == n_figures  # every embedded figure decoded in the browser
+
+
+def test_report_leads_with_the_decomposition_and_names_the_estimand_first(written):
+    out, _ = written
+    md = out.with_suffix(".md").read_text()
+    sections = re.findall(r"^## (.+)$", md, re.M)
+    assert sections[0].startswith("Summary") and sections[1].startswith("Why: the head-based decomposition")
+    first_para = md.split("## Summary")[1].split("\n\n")[1]
+    assert first_para.startswith("Estimand: every number below is an effect over training runs")
+    summary = md.split("## Summary")[1].split("## Why")[0]
+    assert "label_smoothing vs ce" in summary and "Mechanism:" in summary and "How sure:" in summary
+    assert "the smallest p-value 3 + 3 runs can give" in summary  # 2 / C(6, 3) = 0.1: never a smaller p
+    assert "ε = 8/255" in summary  # budgets as k/255
+    assert "decomposition_label_smoothing" in re.findall(r"data-figure='([^']+)'", out.read_text())
+
+
+def test_mediation_tables_state_design_estimand_and_overlap(written):
+    out, _ = written
+    med = out.with_suffix(".md").read_text().split("## Mediation analysis")[1].split("## Refuters")[0]
+    assert "estimand:" in med and "design:" in med and "overlap of each mediator" in med
+    assert "Regression mediation vs the head-based decomposition on the same estimand" in med
+    assert "evidence of confounding" not in out.read_text() and "points at confounding" not in out.read_text()
+    assert (out.parent / "tables" / "mediation_vs_decomposition.csv").exists()
+
+
+def test_eps_labels_and_rounding_to_the_interval():
+    from causalgeom.report import eps_label, format_ci, round_to_interval
+
+    assert eps_label(8 / 255) == "8/255" and eps_label(np.float32(2 / 255)) == "2/255" and eps_label(0.3) == "0.3"
+    # half-width 0.034: first significant digit at 1e-2, plus one → 3 decimals
+    assert round_to_interval(-0.08123, -0.115, -0.047) == ("-0.081", "-0.115", "-0.047")
+    # half-width 2.5: 1 decimal
+    assert round_to_interval(12.3456, 9.8, 14.8) == ("+12.3", "+9.8", "+14.8")
+    assert format_ci(0.5, 0.5, 0.5) == "+0.5"  # degenerate interval: 3 significant digits, no CI
+    assert format_ci(-0.0651, -0.0723, -0.0578) == "-0.0651 (95% CI -0.0723 to -0.0578)"

@@ -736,7 +736,8 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
               f"runs; each pair's gap split among {mode_text} by Shapley averaging over the {math.factorial(k)} "
               f"orders of {2 ** k} worlds (logits = W·h + b)")
     if need_adv:
-        design += f"; robust outcomes from the attacked images' features ({sel_attack}, ε = {sel_eps:.4g})"
+        design += (f"; robust outcomes from the attacked images' features ({sel_attack}, ε = {sel_eps:.4g} = "
+                   f"{sel_eps * 255:.3g}/255)")
     return DecompositionResult(table=table, per_pair=per_pair, per_image=per_image, switch_effects=switch, estimand=est_text, design=design,
                                inference=inf_text, factors=facs, outcomes=outcomes, treatment=treatment,
                                control=control, treated=treated, control_runs=c_ids, treated_runs=t_ids,
