@@ -302,7 +302,8 @@ def _world_stats(runs: tuple[_Run, _Run], factors: tuple[str, ...], mode: str, a
 # inference helpers
 # ----------------------------------------------------------------------------------------------
 def _relabelings(n: int, n_treated: int, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
-    """Boolean (R, n) treated masks: all C(n, n_treated) when few (exact), else random draws (first = observed)."""
+    """Boolean (R, n) treated masks: all C(n, n_treated) when few (exact, the observed one included), else
+    `MAX_EXACT_RELABELINGS` uniform random draws (the observed labeling enters through the +1 correction)."""
     total = math.comb(n, n_treated)
     if total <= MAX_EXACT_RELABELINGS:
         masks = np.zeros((total, n), dtype=bool)
