@@ -21,11 +21,11 @@ from .adapters import import_dump
 
 __version__ = "0.1.0"
 
-#: Sub-modules imported on first use; `extract` and `report` are callable modules (``cg.extract(...)``,
-#: ``cg.report(...)`` call their main function).
+#: Sub-modules imported on first use. ``cg.extract`` is the extraction function itself (``causalgeom/extract.py``
+#: puts it in ``sys.modules``; see docs/CONTRACTS.md); ``cg.report(...)`` calls the report's main function.
 _SUBMODULES = ("geometry", "calibration", "robustness", "summary", "causal", "interventions", "attacks", "train",
                "data", "models", "extract", "report", "table", "demo", "distributed", "adapters", "store",
-               "testing")
+               "testing", "kernels", "extraction")
 
 __all__ = [
     "CausalGeomError", "ConfigError", "DumpImportError", "HeadMissingError", "IncompleteStoreError",

@@ -38,22 +38,8 @@ from .models import _Capture, find_head
 from .models import eval_mode as _eval_mode
 
 __all__ = [
-    "Attack",
-    "FGSM",
-    "PGD",
-    "TorchAttack",
-    "Transfer",
-    "AttackPreset",
-    "REFERENCE",
-    "STANDARD_EPS",
-    "LOSSES",
-    "NORMS",
-    "sweep",
-    "parse_attack",
-    "parse_eps",
-    "resolve",
-    "as_attack",
-    "margin",
+    "Attack", "FGSM", "PGD", "TorchAttack", "Transfer", "AttackPreset", "REFERENCE", "STANDARD_EPS", "LOSSES",
+    "NORMS", "sweep", "parse_attack", "parse_eps", "resolve", "as_attack", "margin"
 ]
 
 #: Allowed ``norm`` values.

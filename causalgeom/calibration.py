@@ -27,25 +27,14 @@ from .kernels import (bin_index, calibration_error, mass_bin_stats, sample_stats
                       width_bin_stats)
 
 __all__ = [
-    "BINNINGS",
-    "NORMS",
-    "per_sample",
-    "accuracy",
-    "mean_confidence",
-    "ece",
-    "signed_ece",
-    "classwise_ece",
-    "nll",
-    "brier",
-    "reliability",
-    "fit_temperature",
-    "bootstrap_ci",
-    "outcomes_from_logits",
-    "ece_from_probs",
-    "BOOTSTRAP_METRICS",
+    "BINNINGS", "NORMS", "per_sample", "accuracy", "mean_confidence", "ece", "signed_ece", "classwise_ece",
+    "nll", "brier", "reliability", "fit_temperature", "bootstrap_ci", "outcomes_from_logits", "ece_from_probs",
+    "BOOTSTRAP_METRICS"
 ]
 
+#: Confidence binnings of `ece`: equal-width or equal-mass bins.
 BINNINGS = ("width", "mass")
+#: Norms of `ece` over the bins (see `causalgeom.kernels.calibration_error`).
 NORMS = ("l1", "l2", "max")
 #: Metric names `bootstrap_ci` resamples from per-sample statistics.
 BOOTSTRAP_METRICS = ("accuracy", "mean_confidence", "overconfidence", "ece", "signed_ece", "nll", "brier")

@@ -56,6 +56,14 @@ SMOOTHING_KEYS = ("label_smoothing", "smoothing", "ls_eps", "eps", "epsilon")
 # ----------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------
+def _run_head(ds: xr.Dataset, what: str, names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Check that ``ds`` is a run with a head and the variables ``names``; its head as float64 ``(W, b)``."""
+    check_run(ds, what)
+    W, b = head64(ds, what)
+    require_vars(ds, names, what)
+    return W, b
+
+
 def _chunked(da_: xr.DataArray, *core: str) -> xr.DataArray:
     """Make the core dims single-chunked for ``apply_ufunc(dask="parallelized")``."""
     if is_dask(da_) and core:
@@ -520,9 +528,7 @@ def cone_test(ds: xr.Dataset, scales: Sequence[float] | None = None, with_bias: 
     ------
     HeadMissingError
     """
-    check_run(ds, "cone_test")
-    W, b = head64(ds, "cone_test")
-    require_vars(ds, ("features",), "cone_test")
+    W, b = _run_head(ds, "cone_test", ("features",))
     s = _check_scales(DEFAULT_SCALES if scales is None else scales, "scales")
     bias = b if with_bias else np.zeros_like(b)
 
@@ -568,9 +574,7 @@ def confidence_grid(ds: xr.Dataset, scales: Sequence[float] | None = None, angle
     ------
     HeadMissingError
     """
-    check_run(ds, "confidence_grid")
-    W, b = head64(ds, "confidence_grid")
-    require_vars(ds, ("features", "logits"), "confidence_grid")
+    W, b = _run_head(ds, "confidence_grid", ("features", "logits"))
     s = _check_scales(DEFAULT_SCALES if scales is None else scales, "scales")
     a = np.asarray(DEFAULT_ANGLES if angles is None else angles, dtype=np.float64).ravel()
     if a.size == 0 or not np.all(np.isfinite(a)):
@@ -647,9 +651,7 @@ def gradient_split(ds: xr.Dataset, smoothing: float | None = None) -> xr.Dataset
     ------
     HeadMissingError
     """
-    check_run(ds, "gradient_split")
-    W, b = head64(ds, "gradient_split")
-    require_vars(ds, ("features", "label"), "gradient_split")
+    W, b = _run_head(ds, "gradient_split", ("features", "label"))
     eps = _resolve_smoothing(ds, smoothing)
     K = W.shape[0]
     Q = smoothed_targets(K, eps)

@@ -126,6 +126,26 @@ def _aligned(idx: np.ndarray) -> Iterator[slice]:
         pos = end
 
 
+def _weighted_blocks(f: np.ndarray, y: np.ndarray, idx: np.ndarray, seed: int, n_boot: int
+                     ) -> Iterator[tuple[slice, np.ndarray, np.ndarray, np.ndarray]]:
+    """``(sl, features float64, labels, bootstrap weights (1 + n_boot, n))`` of each aligned sub-block of ``idx``."""
+    for sl in _aligned(idx):
+        yield sl, f[sl].astype(np.float64), y[sl], _poisson_weights(seed, n_boot, int(idx[sl][0]),
+                                                                    int(idx[sl][-1]) + 1)
+
+
+def _grid_sums(ds: xr.Dataset, n_grid: int, n_boot: int, n_sum: int, seed: int,
+               add: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]) -> np.ndarray:
+    """Weighted sums ``(n_grid, 1 + n_boot, n_sum)`` over the run: ``add(x, y, w, out)`` adds one sub-block's."""
+    def block(f: np.ndarray, y: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        out = np.zeros((n_grid, 1 + n_boot, n_sum))
+        for _, x, yy, w in _weighted_blocks(f, y, idx, seed, n_boot):
+            add(x, yy, w, out)
+        return out
+
+    return _reduce(block, [raw(ds["features"]), raw(ds["label"])], (n_grid, 1 + n_boot, n_sum))
+
+
 def _n_sums(n_bins: int, n_extra: int) -> int:
     return 5 + n_bins + n_extra
 
@@ -478,23 +498,18 @@ def rescale(ds: xr.Dataset, scales: Any = None, *, target_rms: Any = None, per_s
     seed = _seed(check_random_state(rng))
     n_sum = _n_sums(n_bins, 1)
 
-    def block(f: np.ndarray, y: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        out = np.zeros((grid.size, 1 + n_boot, n_sum))
-        for sl in _aligned(idx):
-            x = f[sl].astype(np.float64)
-            w = _poisson_weights(seed, n_boot, int(idx[sl][0]), int(idx[sl][-1]) + 1)
-            z0 = x @ W.T
-            ms = np.einsum("ij,ij->i", x, x) / n_features
-            rms = np.sqrt(ms)
-            for g, s in enumerate(grid):
-                if mode == "per_sample":
-                    factor = np.divide(targets[g], rms, out=np.ones_like(rms), where=rms > 0)
-                    out[g] += _weighted_sums(factor[:, None] * z0 + b, y[sl], w, n_bins, [factor**2 * ms])
-                else:
-                    out[g] += _weighted_sums(s * z0 + b, y[sl], w, n_bins, [s * s * ms])
-        return out
+    def add(x: np.ndarray, yy: np.ndarray, w: np.ndarray, out: np.ndarray) -> None:
+        z0 = x @ W.T
+        ms = np.einsum("ij,ij->i", x, x) / n_features
+        rms = np.sqrt(ms)
+        for g, s in enumerate(grid):
+            if mode == "per_sample":
+                factor = np.divide(targets[g], rms, out=np.ones_like(rms), where=rms > 0)
+                out[g] += _weighted_sums(factor[:, None] * z0 + b, yy, w, n_bins, [factor**2 * ms])
+            else:
+                out[g] += _weighted_sums(s * z0 + b, yy, w, n_bins, [s * s * ms])
 
-    sums = _reduce(block, [raw(ds["features"]), raw(ds["label"])], (grid.size, 1 + n_boot, n_sum))
+    sums = _grid_sums(ds, grid.size, n_boot, n_sum, seed, add)
     vals = {k: v.T for k, v in _finish(sums, n_bins, ["feature_ms"]).items()}  # (n_rep, n_grid)
     attrs = _base_attrs(ds, "rescale", n_bins, n_boot, ci, seed)
     attrs["mode"] = mode
@@ -560,26 +575,21 @@ def rotate(ds: xr.Dataset, alphas: Any, *, toward: str = "predicted", center: An
     seed = _seed(check_random_state(rng))
     n_sum = _n_sums(n_bins, 2)
 
-    def block(f: np.ndarray, y: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        out = np.zeros((grid.size, 1 + n_boot, n_sum))
-        for sl in _aligned(idx):
-            x, yy = f[sl].astype(np.float64), y[sl]
-            w = _poisson_weights(seed, n_boot, int(idx[sl][0]), int(idx[sl][-1]) + 1)
-            logits0 = x @ W.T + b
-            cls = logits0.argmax(axis=1) if toward == "predicted" else yy
-            norm, v, ortho, theta = _basis(x, centers[cls])
-            vW, oW = v @ W.T, ortho @ W.T
-            ms = norm**2 / n_features
-            for g, alpha in enumerate(grid):
-                if alpha == 0.0:
-                    out[g] += _weighted_sums(logits0, yy, w, n_bins, [ms, np.cos(theta)])
-                    continue
-                phi = _angle_after(theta, alpha)
-                logits = norm[:, None] * (np.cos(phi)[:, None] * vW + np.sin(phi)[:, None] * oW) + b
-                out[g] += _weighted_sums(logits, yy, w, n_bins, [ms, np.cos(phi)])
-        return out
+    def add(x: np.ndarray, yy: np.ndarray, w: np.ndarray, out: np.ndarray) -> None:
+        logits0 = x @ W.T + b
+        cls = logits0.argmax(axis=1) if toward == "predicted" else yy
+        norm, v, ortho, theta = _basis(x, centers[cls])
+        vW, oW = v @ W.T, ortho @ W.T
+        ms = norm**2 / n_features
+        for g, alpha in enumerate(grid):
+            if alpha == 0.0:
+                out[g] += _weighted_sums(logits0, yy, w, n_bins, [ms, np.cos(theta)])
+                continue
+            phi = _angle_after(theta, alpha)
+            logits = norm[:, None] * (np.cos(phi)[:, None] * vW + np.sin(phi)[:, None] * oW) + b
+            out[g] += _weighted_sums(logits, yy, w, n_bins, [ms, np.cos(phi)])
 
-    sums = _reduce(block, [raw(ds["features"]), raw(ds["label"])], (grid.size, 1 + n_boot, n_sum))
+    sums = _grid_sums(ds, grid.size, n_boot, n_sum, seed, add)
     extra = ["feature_ms", "cos_to_center"]
     vals = {k: v.T for k, v in _finish(sums, n_bins, extra).items()}
     attrs = _base_attrs(ds, "rotate", n_bins, n_boot, ci, seed)
@@ -792,9 +802,7 @@ def _run_sums(ds: xr.Dataset, W: np.ndarray, b: np.ndarray, n_bins: int, n_boot:
     def block(f: np.ndarray, y: np.ndarray, *rest: np.ndarray) -> np.ndarray:
         idx = rest[-1]
         out = np.zeros((n_arms, 1 + n_boot, n_sum))
-        for sl in _aligned(idx):
-            x, yy = f[sl].astype(np.float64), y[sl]
-            w = _poisson_weights(seed, n_boot, int(idx[sl][0]), int(idx[sl][-1]) + 1)
+        for sl, x, yy, w in _weighted_blocks(f, y, idx, seed, n_boot):
             out[0] += _weighted_sums(x @ W.T + b, yy, w, n_bins)
             if matcher is not None:
                 xm = matcher.features(x, *(r[sl] for r in rest[:-1]))
