@@ -10,8 +10,11 @@ store that `open` would accept.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import shutil
+import stat
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -36,6 +39,10 @@ __all__ = [
     "default_sample_chunk",
     "encoding_for",
     "read_attrs",
+    "build_manifest",
+    "check_store",
+    "has_manifest",
+    "MANIFEST_VERSION",
 ]
 
 COMPLETE_ATTR = "causalgeom_complete"
@@ -174,9 +181,15 @@ def _remove_stale_partials(path: Path) -> None:
 
 
 def mark_complete(path: str | os.PathLike, **info: Any) -> None:
-    """Write the completion mark (root attribute ``causalgeom_complete``) of the store at ``path``."""
+    """Write the completion mark (root attribute ``causalgeom_complete``) of the store at ``path``.
+
+    The mark holds ``info``, ``schema_version`` and the store's manifest (`build_manifest`: every array's shape,
+    dtype, chunk grid and chunk-key encoding, every file's size and checksum), against which `check_store`
+    compares the store later. Call it last, once every chunk is written.
+    """
+    manifest = build_manifest(path)
     group = zarr.open_group(str(path), mode="r+", zarr_format=3)
-    group.attrs[COMPLETE_ATTR] = {"schema_version": 1, **info}
+    group.attrs[COMPLETE_ATTR] = {"schema_version": 1, **info, "manifest": manifest}
 
 
 def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
@@ -186,6 +199,13 @@ def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
         raise StoreError(f"no store at {path}")
     if not path.is_dir():
         raise StoreError(f"{path} is a file, not a Zarr store folder")
+    meta = path / "zarr.json"
+    if os.path.lexists(meta):
+        mode = os.lstat(meta).st_mode
+        if stat.S_ISLNK(mode):
+            raise StoreError(f"store {path}: zarr.json is a symbolic link; refusing to read it")
+        if not stat.S_ISREG(mode):
+            raise StoreError(f"store {path}: zarr.json is a {_kind(mode)}, not a regular file; refusing to read it")
     try:
         group = zarr.open_group(str(path), mode="r", zarr_format=3)
     except Exception as exc:  # noqa: BLE001 - zarr raises several types for a non-store
@@ -199,6 +219,257 @@ def is_complete(path: str | os.PathLike) -> bool:
         return COMPLETE_ATTR in read_attrs(path)
     except StoreError:
         return False
+
+
+# -- manifest: what a complete store holds, recorded in its completion mark ----------------------------------------
+#: Version of the manifest layout in the completion mark.
+MANIFEST_VERSION = 1
+#: Top-level entries a store may hold that the manifest does not cover: extraction's progress folder
+#: (``extraction.PROGRESS_DIR``), deleted right after the completion mark is written.
+_UNTRACKED_TOP = frozenset({".progress"})
+#: Largest metadata document (``zarr.json``) read; a bigger one is refused rather than parsed.
+_MAX_META_BYTES = 64 * 2**20
+_KIND = {stat.S_IFIFO: "FIFO (named pipe)", stat.S_IFCHR: "character device", stat.S_IFBLK: "block device",
+         stat.S_IFSOCK: "socket", stat.S_IFDIR: "folder"}
+
+
+def _kind(mode: int) -> str:
+    return _KIND.get(stat.S_IFMT(mode), "special file")
+
+
+def _walk(path: Path) -> dict[str, int]:
+    """Every file of the store at ``path`` (relative key -> size), found with ``lstat`` (nothing is opened).
+
+    Raises `StoreError` for a FIFO, device or socket, and for a symbolic link that leaves the store or does not
+    point to a regular file: reading any of them could block or read data from elsewhere.
+    """
+    root = os.path.realpath(path)
+    files: dict[str, int] = {}
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        try:
+            entries = list(os.scandir(os.path.join(root, rel) if rel else root))
+        except OSError as exc:
+            raise StoreError(f"store {path}: cannot list {rel or '.'}: {exc.strerror}") from None
+        for e in entries:
+            key = f"{rel}/{e.name}" if rel else e.name
+            if not rel and e.name in _UNTRACKED_TOP:
+                continue
+            st = e.stat(follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(key)
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                target = os.path.realpath(os.path.join(root, key))
+                if os.path.commonpath([root, target]) != root:
+                    raise StoreError(f"store {path}: {key} is a symbolic link leaving the store (to {target}); "
+                                     "refusing to read it")
+                try:
+                    st = os.stat(target)
+                except OSError as exc:
+                    raise StoreError(f"store {path}: {key} is a symbolic link that cannot be followed "
+                                     f"({exc.strerror}); refusing to read it") from None
+                if not stat.S_ISREG(st.st_mode):
+                    raise StoreError(f"store {path}: {key} is a symbolic link to a {_kind(st.st_mode)}, not a "
+                                     "regular file; refusing to read it")
+            elif not stat.S_ISREG(st.st_mode):
+                raise StoreError(f"store {path}: {key} is a {_kind(st.st_mode)}, not a regular file; "
+                                 "refusing to read it")
+            files[key] = st.st_size
+    return files
+
+
+def _read_regular(path: Path, limit: int | None = None) -> bytes:
+    """Bytes of ``path``, opened without blocking and checked to be a regular file (``fstat``) before reading."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise StoreError(f"{path} is a {_kind(st.st_mode)}, not a regular file; refusing to read it")
+        if limit is not None and st.st_size > limit:
+            raise StoreError(f"{path} holds {st.st_size} bytes, over the {limit}-byte limit for metadata")
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            return fh.read()
+    finally:
+        os.close(fd)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise StoreError(f"{path} is not a regular file; refusing to read it")
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    finally:
+        os.close(fd)
+    return h.hexdigest()
+
+
+def _root_digest(meta: dict[str, Any]) -> str:
+    """Digest of the root metadata without the completion mark (which holds this digest)."""
+    meta = json.loads(json.dumps(meta))
+    (meta.get("attributes") or {}).pop(COMPLETE_ATTR, None)
+    return _digest(json.dumps(meta, sort_keys=True).encode())
+
+
+def _load_meta(path: Path, key: str) -> dict[str, Any]:
+    try:
+        meta = json.loads(_read_regular(path / key, _MAX_META_BYTES))
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, StoreError):
+            raise
+        raise StoreError(f"store {path}: metadata {key} is not readable JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise StoreError(f"store {path}: metadata {key} is not a JSON object")
+    return meta
+
+
+def _array_summary(meta: dict[str, Any]) -> dict[str, Any]:
+    """The parts of an array's metadata the manifest records: shape, dtype, chunk grid, chunk-key encoding."""
+    grid = meta.get("chunk_grid") or {}
+    return {"shape": meta.get("shape"), "data_type": meta.get("data_type"),
+            "chunk_shape": (grid.get("configuration") or {}).get("chunk_shape"),
+            "chunk_key_encoding": meta.get("chunk_key_encoding"), "dimension_names": meta.get("dimension_names")}
+
+
+def build_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of the store at ``path``: every array's metadata summary, every file's size and digest.
+
+    Returns
+    -------
+    dict
+        ``{"version", "hash", "root", "arrays": {name: {shape, data_type, chunk_shape, chunk_key_encoding,
+        dimension_names}}, "files": {key: [size, digest]}}``. ``key`` is the file's path inside the store
+        (chunks such as ``features/c/0/0`` and each array's ``zarr.json``); the root ``zarr.json``, which
+        will hold the manifest, is covered by ``root``, the digest of its content without the completion mark.
+        Digests are BLAKE2b-128 of the file's bytes.
+    """
+    path = Path(path)
+    files = _walk(path)
+    root_meta = _load_meta(path, "zarr.json")
+    arrays = {}
+    out_files = {}
+    for key, size in sorted(files.items()):
+        if key == "zarr.json":
+            continue
+        out_files[key] = [size, _file_digest(path / key)]
+        if key.endswith("/zarr.json"):
+            meta = _load_meta(path, key)
+            if meta.get("node_type") == "array":
+                arrays[key[: -len("/zarr.json")]] = _array_summary(meta)
+    return {"version": MANIFEST_VERSION, "hash": "blake2b-128", "root": _root_digest(root_meta),
+            "arrays": arrays, "files": out_files}
+
+
+def _owner(key: str) -> str:
+    """The array a file belongs to, as users name it: ``'features'`` for ``features/c/0/0``."""
+    head, sep, _ = key.partition("/")
+    return f"variable {head!r}" if sep else "the root"
+
+
+def check_store(path: str | os.PathLike, *, hashes: bool = True) -> bool:
+    """Compare the store at ``path`` with the manifest in its completion mark.
+
+    Parameters
+    ----------
+    path : path-like
+        A complete store.
+    hashes : bool
+        Also read every file and compare its digest (otherwise only names, sizes, file types and metadata).
+
+    Returns
+    -------
+    bool
+        True if the store has a manifest (and matches it); False for a store written before manifests existed,
+        for which only the file types, the chunk count and the sample count are checked.
+
+    Raises
+    ------
+    IncompleteStoreError
+        Files that the manifest lists are missing (and nothing else is wrong).
+    StoreError
+        Extra, renamed, swapped, resized or altered files; metadata (shape, dtype, chunk grid, chunk-key
+        encoding, attributes) that disagrees with the mark; a FIFO, device or outside symbolic link.
+    """
+    path = Path(path)
+    files = _walk(path)
+    attrs = read_attrs(path)
+    mark = attrs.get(COMPLETE_ATTR)
+    if not isinstance(mark, dict):
+        raise IncompleteStoreError(f"store {path} was not completely written (no completion mark)")
+    manifest = mark.get("manifest")
+    if manifest is None:
+        return False
+    if not isinstance(manifest, dict) or manifest.get("version") != MANIFEST_VERSION \
+            or not isinstance(manifest.get("files"), dict) or not isinstance(manifest.get("arrays"), dict):
+        raise StoreError(f"store {path}: the manifest in its completion mark is malformed or of an unknown version")
+    problems: list[str] = []
+    missing_only = True
+    meta_reported: set[str] = set()
+    expected: dict[str, list] = manifest["files"]
+    root_meta = _load_meta(path, "zarr.json")
+    if _root_digest(root_meta) != manifest.get("root"):
+        problems.append("the root metadata (zarr.json: attributes) differs from the one recorded in the completion mark")
+        missing_only = False
+    for name, rec in manifest["arrays"].items():
+        key = f"{name}/zarr.json"
+        if key not in files or not isinstance(rec, dict):
+            continue  # reported as missing below
+        try:
+            now = _array_summary(_load_meta(path, key))
+        except StoreError as exc:
+            problems.append(str(exc))
+            missing_only = False
+            continue
+        for field, value in now.items():
+            if value != rec.get(field):
+                problems.append(f"variable {name!r}: metadata {field} is {value!r} but the completion mark records "
+                                f"{rec.get(field)!r}")
+                missing_only = False
+                meta_reported.add(key)
+    missing = sorted(set(expected) - set(files))
+    extra = sorted(set(files) - set(expected) - {"zarr.json"})
+    by_digest: dict[str, str] = {}
+    for key, rec in expected.items():
+        by_digest.setdefault(rec[1], key)
+    extra_digest = {}
+    if hashes and missing:
+        extra_digest = {k: _file_digest(path / k) for k in extra}
+    for key in missing:
+        moved = [k for k, d in extra_digest.items() if d == expected[key][1]]
+        problems.append(f"{_owner(key)}: chunk file {key} is missing" +
+                        (f" (renamed to {moved[0]}?)" if moved else ""))
+    for key in extra:
+        problems.append(f"{_owner(key)}: extra file {key} that the completion mark does not list")
+        missing_only = False
+    for key in sorted(set(expected) & set(files)):
+        size, digest = expected[key]
+        now = _file_digest(path / key) if hashes else None
+        if files[key] == size and (now is None or now == digest) or key in meta_reported:
+            continue
+        if key.endswith("zarr.json"):
+            problems.append(f"{_owner(key)}: metadata file {key} was edited (it differs from the completion mark)")
+            missing_only = False
+            continue
+        what = (f"holds {files[key]} bytes, the completion mark records {size}" if files[key] != size
+                else "its checksum differs from the completion mark")
+        other = by_digest.get(now) if now is not None else None
+        problems.append(f"{_owner(key)}: file {key} is corrupted ({what}"
+                        f"{f'; it holds the content of {other} (swapped or copied)' if other else ''})")
+        missing_only = False
+    if problems:
+        shown = problems[:8] + ([f"... and {len(problems) - 8} more"] if len(problems) > 8 else [])
+        cls = IncompleteStoreError if missing_only else StoreError
+        raise cls(f"store {path} is damaged: " + "; ".join(shown))
+    return True
 
 
 def _expected_chunk_files(path: Path, ds: xr.Dataset) -> list[str]:
@@ -226,8 +497,11 @@ def open(path: str | os.PathLike, *, verify: bool | str = "auto", check_values: 
     path : path-like
         The store folder.
     verify : bool or "auto"
-        Read every chunk once to check its CRC32C checksum (``"auto"``: only for stores under
-        256 MiB). Missing chunk files are always detected.
+        Read every file once and compare it with the checksums of the manifest in the completion mark
+        (`check_store`; for a store written before manifests existed, decode every chunk to check its CRC32C
+        checksum). ``"auto"``: only for stores under 256 MiB, once per process. Missing, extra and resized
+        files, metadata that disagrees with the mark, FIFOs, devices and symbolic links leaving the store are
+        detected on every open (this reads no data).
     check_values : bool
         Also run the value checks of `validate` (reads the data once).
 
@@ -247,18 +521,25 @@ def open(path: str | os.PathLike, *, verify: bool | str = "auto", check_values: 
         raise IncompleteStoreError(
             f"store {path} was not completely written (no completion mark){' - it is a temporary folder' if partial else ''}; "
             "re-run the command that writes it (extraction resumes where it stopped)")
+    if verify == "auto":
+        verify = _verify_key(path) not in _VERIFIED and _store_bytes(path) <= AUTO_VERIFY_BYTES
+    # file types, names, sizes and metadata before zarr reads anything (a FIFO would block it)
+    manifest = check_store(path, hashes=bool(verify))
     try:
         ds = xr.open_zarr(path, consolidated=False, zarr_format=3, chunks={})
     except Exception as exc:  # noqa: BLE001
         raise StoreError(f"cannot open {path} as an xarray Dataset: {exc}") from None
-    ds.attrs.pop(COMPLETE_ATTR, None)
-    problems = _expected_chunk_files(path, ds)
-    if problems:
-        raise IncompleteStoreError(f"store {path} is damaged: " + "; ".join(problems))
-    if verify == "auto":
-        verify = _verify_key(path) not in _VERIFIED and _store_bytes(path) <= AUTO_VERIFY_BYTES
+    mark = ds.attrs.pop(COMPLETE_ATTR, None)
+    if not manifest:
+        problems = _expected_chunk_files(path, ds)
+        n = mark.get("n_samples") if isinstance(mark, dict) else None
+        if n is not None and "sample" in ds.sizes and ds.sizes["sample"] != n:
+            problems.append(f"the arrays hold {ds.sizes['sample']} samples but the completion mark records {n}")
+        if problems:
+            raise IncompleteStoreError(f"store {path} is damaged: " + "; ".join(problems))
     if verify:
-        _verify_loaded(ds, path)
+        if not manifest:
+            _verify_loaded(ds, path)
         _VERIFIED.add(_verify_key(path))
     try:
         validate(ds, check_values=check_values)
@@ -277,7 +558,7 @@ def _verify_key(path: Path) -> tuple[str, int]:
 
 
 def _store_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return sum(_walk(path).values())
 
 
 def _verify_loaded(ds: xr.Dataset, path: Path) -> None:
@@ -295,5 +576,12 @@ def _verify_loaded(ds: xr.Dataset, path: Path) -> None:
 
 
 def verify(path: str | os.PathLike) -> xr.Dataset:
-    """Open ``path`` and read every chunk once, checking checksums and values; return the Dataset."""
+    """Open ``path`` and read every file once, checking it against the manifest (or, for a store without one,
+    every chunk's checksum) and checking all values; return the Dataset. See `has_manifest` to tell the two apart."""
     return open(path, verify=True, check_values=True)
+
+
+def has_manifest(path: str | os.PathLike) -> bool:
+    """True if the completion mark of the store at ``path`` holds a manifest (stores written before it did not)."""
+    mark = read_attrs(path).get(COMPLETE_ATTR)
+    return isinstance(mark, dict) and "manifest" in mark

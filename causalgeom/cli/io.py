@@ -85,14 +85,24 @@ def _validate(args: argparse.Namespace) -> int:
     if _is_study(path):
         study = open_study(path)
         for run_id in study.run_ids:
-            verify(study.run_path(run_id))
-            print(f"ok  {run_id}")
+            run_path = study.run_path(run_id)
+            verify(run_path)
+            print(f"ok  {run_id}{_manifest_note(run_path)}")
         for name in study.incomplete:
             print(f"INCOMPLETE  {name}")
         return 1 if study.incomplete else 0
     verify(path)
-    print(f"ok  {path}")
+    print(f"ok  {path}{_manifest_note(path)}")
     return 0
+
+
+def _manifest_note(path: Path) -> str:
+    from ..store import has_manifest
+
+    if has_manifest(path):
+        return " (every file matches the manifest in its completion mark)"
+    return (" (no manifest: written before causalgeom recorded one; chunk checksums and values were checked, "
+            "but missing or extra chunks are found only by counting; re-save the run to add a manifest)")
 
 
 def _parse_attrs(items: list[str]) -> dict:
