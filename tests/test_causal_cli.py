@@ -31,8 +31,8 @@ def test_mediate_study_from_options(study, capsys):
     assert "indirect[rms]" in out.out and "NAIVE" in out.out
     folder = study.path.parent / "study_mediation"
     s = pd.read_csv(folder / "mediation_summary.csv")
-    assert list(s.columns) == ["query", "outcome", "effect", "estimate", "ci_low", "ci_high", "p_value", "n_runs",
-                               "n_samples"]
+    assert list(s.columns) == ["query", "outcome", "effect", "estimate", "ci_low", "ci_high", "p_value", "p_floor",
+                               "note", "n_runs", "n_samples"]
     assert (folder / "mediation_summary.parquet").exists() and (folder / "mediation_sensitivity.csv").exists()
     assert (folder / "forest.png").stat().st_size > 0 and "###" in (folder / "mediation.md").read_text()
     (q,) = read_queries(folder / "query.toml")

@@ -100,9 +100,14 @@ def test_missing_file(tmp_path):
 def test_run_and_kwargs():
     table, _ = simulate_mediation(n_runs_per_arm=5, n_samples=20, rng=0)
     q = Query(treatment="regularizer", control="ce", treated="treated", mediators=["m1"], outcomes=["y"],
-              covariates=["x"], n_boot=50, seed=1)
+              covariates=["x"], n_boot=50, seed=1, inference="bootstrap")
     res = q.run(table)
     assert isinstance(res, MediationResult) and res.n_boot == 50
+    assert res.design.startswith("paired by image")  # paired_by="auto" reaches mediate
+    perm = Query(treatment="regularizer", mediators=["m1"], outcomes=["y"], inference="permutation",
+                 paired_by=None).run(table)
+    assert perm.design == "unpaired: paired_by=None" and "randomization" in perm.p_value_method
+    assert Query.loads(Query(treatment="t", mediators="m", outcomes="y", paired_by=None).dumps()).paired_by is None
     again = q.run(table)
     pd.testing.assert_frame_equal(res.summary(), again.summary())  # the seed makes it reproducible
     kw = q.mediate_kwargs("y")

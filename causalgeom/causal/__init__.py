@@ -22,7 +22,9 @@ from __future__ import annotations
 
 from ._design import MIN_CLUSTERS_CONTINUOUS, MIN_CLUSTERS_PER_ARM
 from .estimators import RHO_GRID, effect_names
-from .mediation import FewClustersWarning, bootstrap_pvalue, mediate, percentile_ci
+from .mediation import DEFAULT_INFERENCE, FewClustersWarning, bootstrap_pvalue, mediate, percentile_ci
+from .inference import randomization_floor
+from .options import ESTIMANDS, INFERENCE, PAIRED_BY
 from .query import Query, read_queries, write_queries
 from .results import MediationResult
 from ._backends import REFUTERS, refute
@@ -32,4 +34,5 @@ from .decompose import DecompositionResult, decompose
 
 __all__ = ["mediate", "MediationResult", "Query", "read_queries", "write_queries", "refute", "FewClustersWarning",
            "MIN_CLUSTERS_PER_ARM", "MIN_CLUSTERS_CONTINUOUS", "RHO_GRID", "effect_names", "percentile_ci",
-           "bootstrap_pvalue", "REFUTERS", "simulate_mediation", "decompose", "DecompositionResult"]
+           "bootstrap_pvalue", "REFUTERS", "simulate_mediation", "DEFAULT_INFERENCE", "INFERENCE", "PAIRED_BY",
+           "ESTIMANDS", "randomization_floor", "decompose", "DecompositionResult"]

@@ -89,8 +89,9 @@ class Query:
         Bootstrap replicates (statsmodels: simulation replicates).
     seed : int or None
         Seed of the `numpy.random.Generator` used by `run` (``None``: fresh entropy).
-    bootstrap : {"cluster", "cluster+samples", "naive"}
-        Resampling scheme (see `causalgeom.causal.mediate`).
+    bootstrap : {"cluster", "cluster+samples", "naive", "two-way"}, optional
+        Resampling scheme of ``inference="bootstrap"`` (see `causalgeom.causal.mediate`; giving it alone selects
+        the bootstrap).
     ci_level : float
         Confidence level of the intervals.
     outcome_model : {"auto", "linear", "logistic"}
@@ -124,7 +125,7 @@ class Query:
     method: str = "regression"
     n_boot: int = 1000
     seed: int | None = 0
-    bootstrap: str = "cluster"
+    bootstrap: str | None = None
     ci_level: float = 0.95
     outcome_model: str = "auto"
     inference: str | None = None
@@ -161,7 +162,8 @@ class Query:
             raise QueryError(f"cluster: expected a column name or None, got {self.cluster!r}")
         _check_choice("level", self.level, LEVELS)
         _check_choice("method", self.method, METHODS)
-        _check_choice("bootstrap", self.bootstrap, BOOTSTRAP_SCHEMES)
+        if self.bootstrap is not None:
+            _check_choice("bootstrap", self.bootstrap, BOOTSTRAP_SCHEMES)
         _check_choice("outcome_model", self.outcome_model, OUTCOME_MODELS)
         _check_choice("treatment_type", self.treatment_type, TREATMENT_TYPES)
         if self.inference is not None:
@@ -227,9 +229,11 @@ class Query:
         from ._design import build_design
 
         kw = self.mediate_kwargs()
-        build_design(table, **{k: kw[k] for k in ("treatment", "mediators", "outcome", "control", "treated",
-                                                  "covariates", "cluster", "treatment_type", "level",
-                                                  "bootstrap", "outcome_model")})
+        args = {k: kw[k] for k in ("treatment", "mediators", "outcome", "control", "treated", "covariates", "cluster",
+                                   "treatment_type", "level", "outcome_model", "paired_by", "estimand")}
+        inference = kw["inference"] or ("bootstrap" if kw["bootstrap"] else "cr2")
+        build_design(table, bootstrap=(kw["bootstrap"] or "cluster") if inference == "bootstrap" else "cluster",
+                     **args)
 
     def table_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of `causalgeom.table.study_frame` (``Study.to_frame``) for this query."""

@@ -13,7 +13,7 @@ __all__ = ["register"]
 _EPILOG = """examples:
   causalgeom mediate demo_out/study --query q.toml
   causalgeom mediate demo_out/study --treatment regularizer --control ce --treated label_smoothing \\
-      --mediators rms,cos_true --outcome overconfidence --n-boot 2000 --seed 1
+      --mediators rms,cos_true --outcome overconfidence --inference permutation
   causalgeom mediate table.parquet --treatment strength --mediators rms --outcome nll --level run
 
 Options given on the command line override the query file's. Results go to --out (default: a folder
@@ -23,10 +23,11 @@ mediation.md, forest.png and the query actually run (query.toml).
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("mediate", help="mediation analysis (direct / indirect effects with cluster-bootstrap CIs)",
+    p = sub.add_parser("mediate", help="mediation analysis (direct / indirect effects, runs paired by image)",
                        description="Estimate total, natural direct and natural indirect effects of a treatment "
                                    "(regularizer or its strength) through mediators (magnitude, cosine) on "
-                                   "outcomes (calibration, robustness), with intervals from a bootstrap over runs.",
+                                   "outcomes (calibration, robustness); runs paired by test image, intervals and "
+                                   "p-values with runs as the unit of inference.",
                        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("study", help="study folder, or an analysis table (.csv / .parquet)")
     p.add_argument("--query", help="TOML query file ([query] or several [[query]] tables)")
@@ -39,18 +40,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cluster", help="cluster column (default run_id; 'none': rows are independent)")
     p.add_argument("--level", choices=("sample", "run"), help="analysis table level (default sample)")
     p.add_argument("--method", choices=("regression", "statsmodels", "dowhy"))
-    p.add_argument("--bootstrap", choices=("cluster", "cluster+samples", "naive"))
+    p.add_argument("--inference", choices=("cr2", "permutation", "bootstrap"),
+                   help="cr2 (default): CR2 standard errors, t(G-2) intervals; permutation: exact run-level "
+                        "randomization p-values (CR2 intervals); bootstrap: percentile intervals of --bootstrap")
+    p.add_argument("--bootstrap", choices=("cluster", "cluster+samples", "naive", "two-way"),
+                   help="bootstrap scheme (selects --inference bootstrap when that is not given)")
+    p.add_argument("--paired-by", dest="paired_by", choices=("auto", "sample", "none"),
+                   help="pair runs by test image (image fixed effects): auto (default: when every run scored the "
+                        "same images), sample (required), none")
+    p.add_argument("--estimand", choices=("auto", "runs", "model"),
+                   help="runs: effect over training runs; model: these models, inference over test images "
+                        "(auto: model when an arm has one run)")
     p.add_argument("--n-boot", type=int, help="bootstrap replicates (default 1000)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--ci-level", type=float, help="confidence level (default 0.95)")
-    p.add_argument("--outcome-model", choices=("linear", "logistic"))
+    p.add_argument("--outcome-model", choices=("auto", "linear", "logistic"),
+                   help="auto (default): logistic for 0/1 outcomes, else linear")
     p.add_argument("--interaction", action="store_true", default=None, help="treatment x mediator terms")
     p.add_argument("--ordered", action="store_true", default=None, help="two mediators, first causes second")
     p.add_argument("--treatment-type", choices=("auto", "categorical", "continuous"))
     p.add_argument("--attack", help="comma-separated attacks whose robustness columns to build")
     p.add_argument("--eps", help="comma-separated eps values whose robustness columns to build")
     p.add_argument("--center", choices=("minimal_loss", "mean", "weight"), help="class centers of the cosines")
-    p.add_argument("--refute", action="store_true", help="also run DoWhy's refuters (one mediator)")
+    p.add_argument("--refute", action="store_true",
+                   help="also run the refuters (placebo over runs, run subsets, DoWhy's random common cause)")
     p.add_argument("--out", help="output folder (default: STUDY_mediation next to the study)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_mediate)
@@ -72,7 +85,7 @@ def _queries(args: argparse.Namespace) -> list[Any]:
     base: list[dict[str, Any]] = [q.to_dict() for q in read_queries(args.query)] if args.query else [{}]
     over: dict[str, Any] = {}
     for key in ("treatment", "level", "method", "bootstrap", "seed", "ci_level", "outcome_model", "interaction",
-                "ordered", "treatment_type", "center"):
+                "ordered", "treatment_type", "center", "inference", "estimand"):
         v = getattr(args, key)
         if v is not None:
             over[key] = v
@@ -94,6 +107,8 @@ def _queries(args: argparse.Namespace) -> list[Any]:
             raise QueryError(f"--eps: expected comma-separated numbers, got {args.eps!r}") from None
     if args.cluster is not None:
         over["cluster"] = None if args.cluster.lower() == "none" else args.cluster
+    if args.paired_by is not None:
+        over["paired_by"] = None if args.paired_by == "none" else args.paired_by
     out = []
     for b in base:
         d = {**b, **over}
