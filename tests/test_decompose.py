@@ -329,3 +329,15 @@ def test_switch_effects_of_a_single_changed_factor_equal_the_total(tmp_path):
     sw = res.switch_effects.set_index(["factor", "switched"])["estimate"]
     assert sw["head", "first"] == pytest.approx(tot, abs=1e-12) and sw["head", "last"] == pytest.approx(tot, abs=1e-12)
     assert abs(sw["magnitude", "first"]) < 1e-12 and abs(sw["direction", "last"]) < 1e-12
+
+
+def test_monte_carlo_randomization_keeps_the_plus_one_correction(crossed, monkeypatch):
+    import importlib
+
+    dec = importlib.import_module("causalgeom.causal.decompose")  # the module (cg.causal.decompose is the function)
+    monkeypatch.setattr(dec, "MAX_EXACT_RELABELINGS", 9)  # C(6, 3) = 20 > 9: random relabelings
+    res = dec.decompose(crossed, control="ce", treated="mixup", outcome="nll", rng=np.random.default_rng(1))
+    assert "Monte Carlo, 9 relabelings" in res.inference
+    summ = res.summary()
+    assert (summ.p_value >= 1 / 10 - 1e-12).all()  # (hits + 1) / (B + 1) >= 1 / (B + 1)
+    assert ((summ.p_value * 10).round(9) % 1 == 0).all()  # multiples of 1 / (B + 1)
