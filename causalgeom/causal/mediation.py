@@ -335,7 +335,9 @@ def run_inference(est: LinearMediation, design: Design, point: np.ndarray, *, in
                                  + "; use inference='cr2' or 'bootstrap'")
             labels, exact = relabelings(design.run_T, max(n_boot, 1), rng)
             null = est.relabeled(labels)
-            if null is None:
+            if null is None:  # refit per relabeling: enumerate only up to n_boot of them, else Monte Carlo
+                if labels.shape[0] > max(n_boot, 1):
+                    labels, exact = np.stack([rng.permutation(design.run_T) for _ in range(max(n_boot, 1))]), False
                 null = np.stack([_refit(est, design, lab) for lab in labels])
             pv = randomization_pvalue(point, null, exact)
             out.update(pv=pv, null=null, n_used=int(labels.shape[0]),
