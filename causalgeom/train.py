@@ -1004,11 +1004,6 @@ class _Inline:
 def _grid_executor(scheduler: Any, executor: Any) -> Iterator[Any]:
     """The executor of `run_grid` (None: train here), from its ``scheduler`` / ``executor`` arguments."""
     if executor is not None:
-        if scheduler not in (None, False):
-            raise ConfigError("run_grid: give scheduler or executor, not both")
-        if not callable(getattr(executor, "submit", None)):
-            raise ConfigError(f"executor: expected an object with submit(fn, *args) (a concurrent.futures "
-                              f"Executor or a dask.distributed.Client), got {type(executor).__name__}")
         yield executor
         return
     if scheduler is False:
@@ -1066,6 +1061,12 @@ def run_grid(grid: GridConfig | str | os.PathLike, out_dir: str | os.PathLike, p
     Every run is validated before any starts. A run locked by another process is skipped with a warning.
     A run that fails does not stop the others; the first failure is raised once all have been tried.
     """
+    if executor is not None:
+        if scheduler not in (None, False):
+            raise ConfigError("run_grid: give scheduler or executor, not both")
+        if not callable(getattr(executor, "submit", None)):
+            raise ConfigError(f"executor: expected an object with submit(fn, *args) (a concurrent.futures "
+                              f"Executor or a dask.distributed.Client), got {type(executor).__name__}")
     if not isinstance(grid, GridConfig):
         grid = load_grid(grid)
     configs = grid.expand(**dict(overrides or {}))

@@ -148,3 +148,46 @@ def test_make_study(tmp_path):
                                0.7 * make_run(n=30, d=4, k=3, seed=12)["features"].values, rtol=1e-6)
     with pytest.raises(ConfigError, match="n_runs: expected at least 2"):
         make_study(tmp_path / "t", n_runs=1)
+
+
+# --------------------------------------------------------------------------------------------- run_grid
+class _InlineExecutor:
+    """A concurrent.futures-style executor that runs each call at submit time (records the calls)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def submit(self, fn, *args):
+        from concurrent.futures import Future
+
+        self.calls.append(args)
+        fut = Future()
+        try:
+            fut.set_result(fn(*args))
+        except Exception as exc:  # noqa: BLE001 - handed to the caller through the future
+            fut.set_exception(exc)
+        return fut
+
+
+@pytest.mark.slow  # trains twice (about 3 s)
+def test_run_grid_takes_an_executor(tmp_path):
+    torch = pytest.importorskip("torch")
+    from causalgeom import train
+
+    grid = train.GridConfig.from_dict({"name": "tiny", "seeds": [0], "regularizers": [{"name": "ce"}], "train": {
+        "epochs": 1, "batch_size": 32, "max_train_samples": 32, "num_threads": 1}})  # digits, small_cnn
+    ref = train.run_grid(grid, tmp_path / "here", progress=False, scheduler=False)
+    ex = _InlineExecutor()
+    dirs = train.run_grid(grid, tmp_path / "there", progress=False, executor=ex)
+    assert [d.name for d in dirs] == [d.name for d in ref] == ["ce-s0"] and len(ex.calls) == 1
+    # the same training computation in the same process: the checkpoints are identical
+    assert (dirs[0] / "checkpoint.pt").exists() and train.run_status(dirs[0]) == "done"
+    wa = torch.load(ref[0] / "checkpoint.pt", weights_only=True)["model"]
+    wb = torch.load(dirs[0] / "checkpoint.pt", weights_only=True)["model"]
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert train.run_grid(grid, tmp_path / "there", progress=False, executor=ex) == dirs and len(ex.calls) == 1
+    with pytest.raises(ConfigError, match="give scheduler or executor, not both"):
+        train.run_grid(grid, tmp_path / "x", progress=False, scheduler="local", executor=ex)
+    with pytest.raises(ConfigError, match="executor: expected an object with submit"):
+        train.run_grid(grid, tmp_path / "y", progress=False, executor=object())
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()  # refused before anything is written
