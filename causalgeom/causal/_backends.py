@@ -281,7 +281,6 @@ def refute(result: Any, *, methods: tuple[str, ...] = REFUTERS, num_simulations:
                 add(method, None, None, lambda p, w=why: w)
                 continue
             from .inference import randomization_floor, randomization_pvalue, relabelings
-            from .mediation import _refit
 
             floor, C = randomization_floor(design.run_T)
             labels, exact = relabelings(design.run_T, num_simulations, gen)
@@ -289,7 +288,7 @@ def refute(result: Any, *, methods: tuple[str, ...] = REFUTERS, num_simulations:
                 labels, exact = np.stack([gen.permutation(design.run_T) for _ in range(num_simulations)]), False
             null = est.relabeled(labels)
             if null is None:
-                null = np.stack([_refit(est, design, lab) for lab in labels])
+                null = np.stack([est.refit_relabeled(lab) for lab in labels])
             p = randomization_pvalue(point, null, exact)
             p_min = floor if exact else 1.0 / (labels.shape[0] + 1)
             add(method, np.nanmean(null, axis=0), p,

@@ -517,6 +517,19 @@ class LinearMediation:
         S = (L0 @ A0 @ L0.T)[None] + L1 @ A1 @ L0.T + L0 @ A1 @ L1.T + L1 @ A2 @ L1.T
         return self.effects_from_grams(S)
 
+    def refit_relabeled(self, run_T: np.ndarray) -> np.ndarray:
+        """Point estimate (E, L) refitted with the runs' treatments replaced by ``run_T`` (R,) (slow path of the
+        randomization test and the placebo refuter)."""
+        import dataclasses
+
+        d = self.design
+        d2 = dataclasses.replace(d, T=np.asarray(run_T, dtype=float)[d.run_codes])
+        e2 = LinearMediation(d2, outcome_model=self.outcome_model, interaction=self.interaction,
+                             ordered=self.ordered, paired=self.paired)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return e2.point()[0]
+
     def mundlak(self) -> "object":
         """Within-image, between-image and pooled slope of each mediator in the linear outcome model.
 

@@ -368,15 +368,8 @@ def run_inference(est: LinearMediation, design: Design, point: np.ndarray, *, in
 
 
 def _refit(est: LinearMediation, design: Design, run_T: np.ndarray) -> np.ndarray:
-    """Point estimate with the runs' treatments replaced by ``run_T`` (slow path of the randomization test)."""
-    import dataclasses
-
-    d2 = dataclasses.replace(design, T=np.asarray(run_T, dtype=float)[design.run_codes])
-    e2 = LinearMediation(d2, outcome_model=est.outcome_model, interaction=est.interaction, ordered=est.ordered,
-                         paired=est.paired)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return e2.point()[0]
+    """Point estimate with the runs' treatments replaced by ``run_T`` (see `LinearMediation.refit_relabeled`)."""
+    return est.refit_relabeled(run_T)
 
 
 def overlap_table(design: Design) -> pd.DataFrame:
