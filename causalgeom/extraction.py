@@ -31,7 +31,7 @@ import shutil
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -41,10 +41,13 @@ from . import attacks as _attacks
 from ._util import torch as _torch_util
 from ._util.io import atomic_write, file_lock
 from .errors import ConfigError, SchemaError, StoreError, StoreExistsError
-from .schema import SCHEMA_VERSION, RUN_ID_PATTERN, check_run_id, normalize_attrs, package_versions, validate
 from .models import _Capture, _OutputCheck, find_head
 from .models import eval_mode as _eval_mode
+from .schema import SCHEMA_VERSION, RUN_ID_PATTERN, check_run_id, normalize_attrs, package_versions, validate
 from .store import encoding_for, is_complete, mark_complete, store_lock
+
+if TYPE_CHECKING:  # xarray is imported where a store is built
+    import xarray as xr
 
 __all__ = ["extract", "ExtractConfig", "find_head", "extract_checkpoint", "extract_runs", "PROGRESS_DIR",
            "DEFAULT_BATCH_SIZE"]
@@ -524,6 +527,61 @@ class _Job:
     prepare: Callable[[], None] | None
 
 
+def _template(n: int, chunk: int, W: np.ndarray, b: np.ndarray | None, atks: list, grid: list[float],
+              save_adv: bool, attrs: dict[str, Any]) -> xr.Dataset:
+    """The store's skeleton: a validated schema-v1 Dataset of lazy zeros with the final shapes and chunks."""
+    import dask.array as da
+    import xarray as xr
+
+    K, F_ = W.shape
+    A, E = len(atks), len(grid)
+
+    def lazy(shape: tuple[int, ...], dtype: Any, axis: int) -> Any:
+        chunks = tuple(chunk if i == axis else s for i, s in enumerate(shape))
+        return da.zeros(shape, dtype=dtype, chunks=chunks)
+
+    dv: dict[str, Any] = {
+        "features": (("sample", "feature"), lazy((n, F_), np.float32, 0)),
+        "logits": (("sample", "class"), lazy((n, K), np.float32, 0)),
+        "label": (("sample",), lazy((n,), np.int64, 0)),
+        "head_weight": (("class", "feature"), W),
+    }
+    if b is not None:
+        dv["head_bias"] = (("class",), b)
+    coords: dict[str, Any] = {}
+    if atks:
+        dv["adv_correct"] = (("attack", "eps", "sample"), lazy((A, E, n), bool, 2))
+        dv["adv_margin"] = (("attack", "eps", "sample"), lazy((A, E, n), np.float32, 2))
+        dv["min_flip_eps"] = (("attack", "sample"), lazy((A, n), np.float32, 1))
+        if save_adv:
+            dv["adv_features"] = (("attack", "eps", "sample", "feature"), lazy((A, E, n, F_), np.float32, 2))
+            dv["adv_logits"] = (("attack", "eps", "sample", "class"), lazy((A, E, n, K), np.float32, 2))
+        coords["attack"] = ("attack", np.asarray([a.name for a in atks], dtype=object))
+        coords["eps"] = ("eps", np.asarray(grid, dtype=np.float64))
+    ds = xr.Dataset(dv, coords=coords, attrs=attrs)
+    validate(ds, check_values=False)
+    return ds
+
+
+def _layout(n_features: int, n_classes: int, atks: list, n_eps: int, save_adv: bool
+            ) -> dict[str, tuple[int, tuple[int, ...], np.dtype]]:
+    """Per variable: the axis of ``sample``, the shape of one sample's block, the dtype (what the writer fills)."""
+    A, E = len(atks), n_eps
+    layout: dict[str, tuple[int, tuple[int, ...], np.dtype]] = {
+        "features": (0, (n_features,), np.dtype(np.float32)),
+        "logits": (0, (n_classes,), np.dtype(np.float32)),
+        "label": (0, (), np.dtype(np.int64)),
+    }
+    if atks:
+        layout["adv_correct"] = (2, (A, E), np.dtype(bool))
+        layout["adv_margin"] = (2, (A, E), np.dtype(np.float32))
+        layout["min_flip_eps"] = (1, (A,), np.dtype(np.float32))
+        if save_adv:
+            layout["adv_features"] = (2, (A, E, n_features), np.dtype(np.float32))
+            layout["adv_logits"] = (2, (A, E, n_classes), np.dtype(np.float32))
+    return layout
+
+
 def extract(model: nn.Module, data: Any, out: str | os.PathLike, config: ExtractConfig | None = None,
             **options: Any) -> Path:
     """Run ``model`` over ``data`` and stream a schema-v1 run into the Zarr store ``out``.
@@ -595,8 +653,6 @@ def extract(model: nn.Module, data: Any, out: str | os.PathLike, config: Extract
     ------
     ConfigError, SchemaError, StoreExistsError, StoreLockedError
     """
-    import xarray as xr
-
     cfg = ExtractConfig.from_options(config, **options)
     cfg.check()
     if not isinstance(model, nn.Module):
@@ -651,46 +707,9 @@ def extract(model: nn.Module, data: Any, out: str | os.PathLike, config: Extract
     })
 
     def build_template() -> xr.Dataset:
-        import dask.array as da
+        return _template(n, chunk, W, b, atks, grid, save_adv, full_attrs)
 
-        def lazy(shape, dtype, axis):
-            chunks = tuple(chunk if i == axis else s for i, s in enumerate(shape))
-            return da.zeros(shape, dtype=dtype, chunks=chunks)
-
-        dv: dict[str, Any] = {
-            "features": (("sample", "feature"), lazy((n, F_), np.float32, 0)),
-            "logits": (("sample", "class"), lazy((n, K), np.float32, 0)),
-            "label": (("sample",), lazy((n,), np.int64, 0)),
-            "head_weight": (("class", "feature"), W),
-        }
-        if b is not None:
-            dv["head_bias"] = (("class",), b)
-        coords: dict[str, Any] = {}
-        if atks:
-            dv["adv_correct"] = (("attack", "eps", "sample"), lazy((A, E, n), bool, 2))
-            dv["adv_margin"] = (("attack", "eps", "sample"), lazy((A, E, n), np.float32, 2))
-            dv["min_flip_eps"] = (("attack", "sample"), lazy((A, n), np.float32, 1))
-            if save_adv:
-                dv["adv_features"] = (("attack", "eps", "sample", "feature"), lazy((A, E, n, F_), np.float32, 2))
-                dv["adv_logits"] = (("attack", "eps", "sample", "class"), lazy((A, E, n, K), np.float32, 2))
-            coords["attack"] = ("attack", np.asarray([a.name for a in atks], dtype=object))
-            coords["eps"] = ("eps", np.asarray(grid, dtype=np.float64))
-        ds = xr.Dataset(dv, coords=coords, attrs=full_attrs)
-        validate(ds, check_values=False)
-        return ds
-
-    layout: dict[str, tuple[int, tuple[int, ...], np.dtype]] = {
-        "features": (0, (F_,), np.dtype(np.float32)),
-        "logits": (0, (K,), np.dtype(np.float32)),
-        "label": (0, (), np.dtype(np.int64)),
-    }
-    if atks:
-        layout["adv_correct"] = (2, (A, E), np.dtype(bool))
-        layout["adv_margin"] = (2, (A, E), np.dtype(np.float32))
-        layout["min_flip_eps"] = (1, (A,), np.dtype(np.float32))
-        if save_adv:
-            layout["adv_features"] = (2, (A, E, F_), np.dtype(np.float32))
-            layout["adv_logits"] = (2, (A, E, K), np.dtype(np.float32))
+    layout = _layout(F_, K, atks, len(grid), save_adv)
 
     if not out.parent.exists():
         try:
