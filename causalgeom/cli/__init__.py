@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 
 from ..errors import CausalGeomError
 from . import _scale
@@ -27,13 +29,25 @@ EPILOG = """examples:
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (``causalgeom CMD: error: ...``) and exit with status 2.
+
+    Sub-command parsers are of the same class (``add_subparsers`` uses the parent's class).
+    """
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="causalgeom",
         description="Causal analysis of how soft-label regularizers change calibration and robustness "
                     "through representation geometry.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"causalgeom {_version()}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (accepted anywhere on the command line)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _MODULES:
         try:
@@ -53,8 +67,67 @@ def _version() -> str:
     return __version__
 
 
+#: Environment variable that, set to a non-empty value other than ``0``, acts like ``--debug``.
+DEBUG_ENV = "CAUSALGEOM_DEBUG"
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _explain(exc: BaseException) -> tuple[str, int]:
+    """The class of mistake and the exit status for an exception that reached the command line boundary.
+
+    Bad input (exit status 2): causalgeom's own errors, and what libraries raise for a file or value the user gave
+    (missing, unreadable or mistyped files, tables pandas cannot parse, names that are not there, values out of
+    range). Anything else is a bug in causalgeom or a library (exit status 1).
+    """
+    import pandas as pd
+
+    if isinstance(exc, CausalGeomError):
+        return "error", 2
+    if isinstance(exc, (pd.errors.ParserError, pd.errors.EmptyDataError)):
+        return "error (unreadable table)", 2
+    if isinstance(exc, UnicodeError):
+        return "error (file is not UTF-8 text)", 2
+    if isinstance(exc, FileNotFoundError):
+        return "error (no such file or folder)", 2
+    if isinstance(exc, PermissionError):
+        return "error (permission denied)", 2
+    if isinstance(exc, (IsADirectoryError, NotADirectoryError, FileExistsError)):
+        return "error (a file or folder is in the way)", 2
+    if isinstance(exc, OSError):
+        return "error (cannot read or write a file)", 2
+    if isinstance(exc, (KeyError, IndexError)):
+        return "error (unknown name or index)", 2
+    if isinstance(exc, (ValueError, TypeError, OverflowError)):
+        return "error (invalid value)", 2
+    if isinstance(exc, MemoryError):
+        return "error (out of memory; use a smaller input or more memory)", 1
+    return "internal error", 1
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, CausalGeomError):
+        return _one_line(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return _one_line(f"{exc.strerror}{where}")
+    if isinstance(exc, KeyError) and exc.args:
+        return _one_line(exc.args[0] if isinstance(exc.args[0], str) else f"{exc.args[0]!r} not found")
+    return _one_line(f"{type(exc).__name__}: {exc}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``causalgeom`` command. Returns the exit status."""
+    """Entry point of the ``causalgeom`` command. Returns the exit status.
+
+    Every error becomes one line on stderr, ``causalgeom COMMAND: error (CLASS OF MISTAKE): MESSAGE``, with exit
+    status 2 for bad input (usage errors included) and 1 for an internal error; ``--debug`` (anywhere on the
+    command line) or the environment variable ``CAUSALGEOM_DEBUG=1`` prints the traceback instead.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -62,12 +135,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(_scale.call(args) or 0)
-    except CausalGeomError as exc:
-        print(f"causalgeom {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"causalgeom {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - the boundary: explain everything in one line
+        if debug:
+            traceback.print_exc()
+        what, status = _explain(exc)
+        hint = "" if debug or status == 2 else " (re-run with --debug for the traceback, and please report it)"
+        print(f"causalgeom {args.command}: {what}: {_message(exc)}{hint}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":  # pragma: no cover
