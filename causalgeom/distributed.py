@@ -462,6 +462,71 @@ def _grams(design: Any, moments: list[RunMoments], t_run: np.ndarray, interactio
     return out
 
 
+def _paired_grams(study: Any, kept: list[str], columns: list[str], K: int, q: int, t_run: np.ndarray,
+                  interaction: bool, center: str) -> tuple[np.ndarray | None, str]:
+    """Per-run Gram matrices of the within-image demeaned rows, from two more passes over the chunks.
+
+    Pass 1 sums every column (and ``t_r M``) over the runs, image by image (an ``n_images × c`` accumulator);
+    pass 2 takes, per run, the moments of ``[w - mean_i(w), M, mean_i(t M)]``; the Gram matrix of
+    ``V = [1, T, M~, X~, (T Mc)~, Y~]`` (as in `LinearMediation` with image fixed effects) is a linear map of
+    them. Returns ``(None, reason)`` when the runs do not hold the same sample ids in the same order.
+    """
+    import dask
+    import dask.array as da
+
+    runs = [study[r] for r in kept]
+    ids = [np.asarray(ds["sample"].values) if "sample" in ds.coords else np.arange(int(ds.sizes["sample"]))
+           for ds in runs]
+    if any(i.shape != ids[0].shape or not np.array_equal(i, ids[0]) for i in ids[1:]):
+        return None, "the runs did not score the same sample ids in the same order"
+    if np.unique(ids[0]).size != ids[0].size:
+        return None, "sample ids repeat within a run"
+    R, n_img, c = len(runs), int(ids[0].size), len(columns)
+    W = []
+    for ds in runs:
+        cache: dict[str, Any] = {}
+        W.append(da.stack([_lazy_column(ds, col, cache, center) for col in columns], axis=1).rechunk({1: -1}))
+    total = W[0]
+    tm = W[0][:, :K] * t_run[0]
+    for r in range(1, R):
+        total = total + W[r]
+        tm = tm + W[r][:, :K] * t_run[r]
+    wbar, qbar = dask.compute(total / R, tm / R)
+    lazy = []
+    block = dask.delayed(_moments_block, pure=True)
+    for r in range(R):
+        ch = W[r].chunks[0]
+        v = da.concatenate([W[r] - da.from_array(wbar, chunks=(ch, c)), W[r][:, :K],
+                            da.from_array(qbar, chunks=(ch, K))], axis=1).rechunk({1: -1})
+        lazy.append(_tree([block(b) for b in v.to_delayed().ravel()]))
+    moments = [_unpack(v, c + 2 * K) for v in dask.compute(*lazy)]
+    mM = wbar[:, :K].mean(0)  # global mean of the mediators (balanced: mean of the image means)
+    tbar = float(np.mean(t_run))
+    L = c - K - q
+    p = 2 + K + q + (K if interaction else 0) + L
+    G = np.zeros((R, p, p))
+    for r, (m, t) in enumerate(zip(moments, t_run)):
+        c2 = c + 2 * K
+        Gz = np.empty((1 + c2, 1 + c2))
+        Gz[0, 0] = m.n
+        Gz[0, 1:] = Gz[1:, 0] = m.n * m.mean
+        Gz[1:, 1:] = m.comoment + m.n * np.outer(m.mean, m.mean)
+        B = np.zeros((p, 1 + c2))
+        B[0, 0] = 1.0
+        B[1, 0] = t
+        B[2:2 + K + q, 1:1 + K + q] = np.eye(K + q)
+        row = 2 + K + q
+        if interaction:
+            for j in range(K):
+                B[row + j, 0] = -mM[j] * (t - tbar)
+                B[row + j, 1 + c + j] = t
+                B[row + j, 1 + c + K + j] = -1.0
+            row += K
+        B[row:row + L, 1 + K + q:1 + c] = np.eye(L)
+        G[r] = B @ Gz @ B.T
+    return G, f"paired by image: image fixed effects absorbed by within-image demeaning ({n_img} images × {R} runs)"
+
+
 def mediate_study(study: Any, *, treatment: str, mediators: str | Sequence[str], outcome: str | Sequence[str],
                   control: Any = None, treated: Any = None, covariates: Sequence[str] = (), n_boot: int = 1000,
                   rng: np.random.Generator | int | None = None, ci_level: float = 0.95, interaction: bool = False,
@@ -490,10 +555,11 @@ def mediate_study(study: Any, *, treatment: str, mediators: str | Sequence[str],
         ``cluster="run_id"``, ``level="sample"``); ``inference`` "cr2", "permutation" or "bootstrap"
         (``bootstrap="cluster"`` only: the other schemes need the rows).
     paired_by : {"auto", "sample"} or None
-        Pairing by image is not available out of core: image fixed effects need, for every run, the
-        cross-moments of its rows with the per-image means over all runs (a second pass over the chunks
-        with an n_images accumulator), which is not implemented. ``"auto"`` and None give the unpaired
-        analysis, stated in ``result.design``; ``"sample"`` raises `QueryError`.
+        As in ``mediate``: image fixed effects by within-image demeaning when every run holds the same
+        sample ids (in the same order), from two more passes over the chunks (per-image sums over the
+        runs, an ``n_images × columns`` accumulator, then each run's moments about those image means).
+        ``"sample"`` raises `QueryError` when the runs cannot be paired; None turns it off. The Mundlak
+        table and the overlap check need the rows and are left empty.
     estimand : {"auto", "runs"}
         Only the effect over runs (the model-conditional estimand needs the per-image rows).
     center : str
@@ -520,10 +586,6 @@ def mediate_study(study: Any, *, treatment: str, mediators: str | Sequence[str],
 
     inference, bootstrap = resolve_inference(inference, bootstrap)
     _check_options("regression", bootstrap, "linear", n_boot, ci_level, inference, paired_by, estimand)
-    if paired_by == "sample":
-        raise QueryError("paired_by='sample': mediate_study cannot pair runs by image out of core (image fixed "
-                         "effects need every run's cross-moments with the per-image means, not implemented); use "
-                         "cg.causal.mediate(study.to_frame(), paired_by='sample') or paired_by=None here")
     if estimand == "model":
         raise QueryError("estimand='model': mediate_study supports the effect over runs only (inference over "
                          "images needs the per-image rows); use cg.causal.mediate(study.to_frame(), "
@@ -587,13 +649,23 @@ def mediate_study(study: Any, *, treatment: str, mediators: str | Sequence[str],
         control_label=meta.control_label, treated_label=meta.treated_label, strata=meta.strata,
         strata_note=meta.strata_note, clusters_per_arm=dict(meta.clusters_per_arm), n_runs=len(kept),
         n_dropped=n_dropped, level="sample", notes=list(meta.notes), n_rows=n_rows, run_codes=meta.codes,
-        run_names=meta.cluster_names, run_T=meta.run_T, estimand="runs",
-        design_text=("unpaired: paired_by=None" if paired_by is None else "unpaired: pairing by image is not "
-                     "available out of core (causalgeom.distributed.mediate_study); cg.causal.mediate on "
-                     "study.to_frame() pairs the runs"))
-    G = _grams(design, moments, t_run, interaction)
+        run_names=meta.cluster_names, run_T=meta.run_T, estimand="runs", design_text="unpaired: paired_by=None")
+    G = None
+    if paired_by is not None:
+        G, text = _paired_grams(study, kept, columns, K, q, t_run, interaction, center)
+        if G is None and paired_by == "sample":
+            raise QueryError(f"paired_by='sample': the runs cannot be paired by image: {text}; use paired_by=None "
+                             "for an unpaired analysis")
+        design.design_text = text if G is not None else f"unpaired: {text}"
+    paired = G is not None
+    if paired and interaction and inference == "permutation":
+        raise QueryError("inference='permutation' with paired runs and interaction=True refits per relabeling and "
+                         "needs the rows; use cg.causal.mediate(study.to_frame(), ...) or inference='cr2'")
+    if G is None:
+        G = _grams(design, moments, t_run, interaction)
 
     est = moment_mediation(design, G, interaction=interaction, ordered=ordered)
+    est.paired = paired
     notes = list(design.notes)
     if n_dropped:
         notes.append(f"{n_dropped} rows with other levels of {treatment!r} were left out")
@@ -601,10 +673,10 @@ def mediate_study(study: Any, *, treatment: str, mediators: str | Sequence[str],
     inf = run_inference(est, design, point, inference=inference, bootstrap=bootstrap, n_boot=n_boot, rng=rng,
                         ci_level=ci_level, notes=notes)
     notes.append("computed from per-run sufficient statistics on Dask (causalgeom.distributed.mediate_study); "
-                 "the overlap check and the refuters need the per-sample table (cg.causal.mediate on "
-                 "study.to_frame())")
+                 "the overlap check, the Mundlak table and the refuters need the per-sample table (cg.causal.mediate "
+                 "on study.to_frame())")
     return build_result(est, design, point, None, inf, method="regression",
-                        estimator=_estimator_text(design, "linear", interaction, ordered), notes=notes,
+                        estimator=_estimator_text(design, "linear", interaction, ordered, paired), notes=notes,
                         ci_level=ci_level, outcome_model="linear", interaction=interaction, ordered=ordered,
                         bootstrap=bootstrap, inference=inference, overlap=None, keep_design=False)
 

@@ -142,12 +142,33 @@ def test_mediate_study_equals_mediate_on_the_table(cluster, study, kw):
             ref.resampling, ref.estimator, ref.n_clusters, ref.design)
 
 
-def test_mediate_study_refuses_pairing_it_cannot_do(cluster, study):
-    with pytest.raises(QueryError, match="cannot pair runs by image out of core"):
-        distributed.mediate_study(study, treatment="regularizer", mediators="rms", outcome="nll",
-                                  paired_by="sample")
-    res = distributed.mediate_study(study, treatment="regularizer", mediators="rms", outcome="nll", n_boot=0)
-    assert res.design.startswith("unpaired: pairing by image is not available out of core")
+@pytest.mark.parametrize("interaction", [False, True], ids=["additive", "interaction"])
+def test_mediate_study_paired_by_image_equals_mediate(cluster, study, interaction):
+    kw = dict(treatment="regularizer", mediators=["rms", "cos_true"], outcome="overconfidence", rng=3, n_boot=200,
+              interaction=interaction)
+    with in_process():
+        ref = cg.causal.mediate(study.to_frame(progress=False), inference="bootstrap", **kw)
+    res = distributed.mediate_study(study, inference="bootstrap", **kw)
+    assert ref.design.startswith("paired by image") and res.design == ref.design
+    a, b = ref.summary(), res.summary()
+    # per-run moments about the image means vs demeaned rows: floating-point summation order only
+    pd.testing.assert_frame_equal(a.drop(columns="note"), b.drop(columns="note"), check_exact=False, rtol=1e-7,
+                                  atol=1e-9)
+    np.testing.assert_allclose(res.replicates, ref.replicates, rtol=1e-7, atol=1e-10)
+    assert res.estimator == ref.estimator
+    cr = distributed.mediate_study(study, **kw).summary()  # default CR2 from the same per-run Gram matrices
+    with in_process():
+        cref = cg.causal.mediate(study.to_frame(progress=False), **kw).summary()
+    pd.testing.assert_frame_equal(cref.drop(columns="note"), cr.drop(columns="note"), check_exact=False, rtol=1e-6,
+                                  atol=1e-9)
+
+
+def test_mediate_study_pairing_errors(cluster, study):
+    res = distributed.mediate_study(study, treatment="regularizer", mediators="rms", outcome="nll", n_boot=0,
+                                    paired_by=None)
+    assert res.design == "unpaired: paired_by=None"
+    with pytest.raises(QueryError, match="estimand='model': mediate_study supports the effect over runs only"):
+        distributed.mediate_study(study, treatment="regularizer", mediators="rms", outcome="nll", estimand="model")
 
 
 def test_mediate_study_errors_like_mediate(cluster, study):
