@@ -341,3 +341,55 @@ def test_monte_carlo_randomization_keeps_the_plus_one_correction(crossed, monkey
     summ = res.summary()
     assert (summ.p_value >= 1 / 10 - 1e-12).all()  # (hits + 1) / (B + 1) >= 1 / (B + 1)
     assert ((summ.p_value * 10).round(9) % 1 == 0).all()  # multiples of 1 / (B + 1)
+
+
+def _seeded_study(tmp_path, rotate_treated: bool = False, n_seeds: int = 4):
+    """Runs matched by seed: seed s trains both arms from the same start (same basis), unless rotated."""
+    labels, base, latent = _images(5)
+    runs = []
+    for s in range(n_seeds):
+        r = np.random.default_rng(100 + s)
+        W, b = base + 0.3 * r.normal(size=(K, D)), 0.1 * r.normal(size=K)
+        f = 2.0 * (latent + 0.3 * r.normal(size=(N, D)))
+        Wt = 0.8 * W + 0.1 * r.normal(size=(K, D))
+        ft = 0.6 * f + 0.2 * r.normal(size=(N, D))
+        if rotate_treated:  # another network computing the same function in other feature coordinates
+            Q = np.linalg.qr(r.normal(size=(D, D)))[0]
+            Wt, ft = Wt @ Q.T, ft @ Q.T
+        for arm, (W_, b_, f_) in (("ce", (W, b, f)), ("mixup", (Wt, b, ft))):
+            ds = _run(f"{arm}-s{s}", arm, W_, b_, f_, labels)
+            ds.attrs["seed"] = s
+            runs.append(ds)
+    return _study(tmp_path, runs)
+
+
+def test_seed_matched_pairs_use_paired_inference(tmp_path):
+    from scipy import stats
+
+    s = _seeded_study(tmp_path)
+    res = decompose(s, control="ce", treated="mixup", outcome=["nll", "signed_ece"])
+    assert res.pairing == "seed" and len(res.per_pair.groupby(["control_run", "treated_run"])) == 4
+    assert all(c.split("-")[1] == t.split("-")[1] for c, t in zip(res.per_pair.control_run, res.per_pair.treated_run))
+    summ = res.summary()
+    np.testing.assert_allclose(summ.p_floor, 2 / 2 ** 4, rtol=1e-12)  # sign flips of 4 pairs: 16 patterns
+    assert (summ.p_value >= 2 / 16 - 1e-12).all() and "sign-flip" in res.inference
+    assert res.alignment.aligned.all()
+    # the total's interval is the paired t-interval of the per-seed outcome differences
+    yc = np.array([float(cg.calibration.nll(s[f"ce-s{i}"])) for i in range(4)])
+    yt = np.array([float(cg.calibration.nll(s[f"mixup-s{i}"])) for i in range(4)])
+    ci = stats.ttest_rel(yt, yc).confidence_interval(0.95)
+    tot = summ[(summ.outcome == "nll") & (summ.component == "total")].iloc[0]
+    assert (tot.ci_low, tot.ci_high) == pytest.approx((ci.low, ci.high), abs=1e-5)  # float32 logits vs W·h + b
+    every = decompose(s, control="ce", treated="mixup", outcome="nll", pairs="all")
+    assert every.pairing == "all" and len(every.per_pair.groupby(["control_run", "treated_run"])) == 16
+
+
+def test_unaligned_feature_bases_are_flagged(tmp_path):
+    s = _seeded_study(tmp_path, rotate_treated=True, n_seeds=2)
+    with pytest.warns(RuntimeWarning, match="unaligned feature bases"):
+        res = decompose(s, control="ce", treated="mixup", outcome="nll")
+    assert not res.alignment.aligned.any()
+    assert (res.alignment.head_swap_accuracy < res.alignment.own_accuracy - 0.2).all()
+    assert any("only the total" in n for n in res.notes)
+    with pytest.raises(cg.QueryError, match="pairs: expected one of"):
+        decompose(s, control="ce", treated="mixup", pairs="matched")

@@ -33,7 +33,7 @@ from ..calibration import _bin_index, _calibration_error, _sample_stats_block, _
 from ..errors import QueryError
 
 __all__ = ["decompose", "DecompositionResult", "shapley_values", "FACTORS", "DECOMPOSE_OUTCOMES",
-           "PER_IMAGE_OUTCOMES", "ESTIMANDS", "MAX_EXACT_RELABELINGS"]
+           "PER_IMAGE_OUTCOMES", "ESTIMANDS", "PAIRINGS", "MAX_EXACT_RELABELINGS"]
 
 #: Factors a decomposition can swap between runs ("cosine": the cosine to the class center only, see `decompose`).
 FACTORS = ("head", "magnitude", "direction", "cosine")
@@ -43,6 +43,9 @@ DECOMPOSE_OUTCOMES = ("signed_ece", "ece", "nll", "accuracy", "brier", "robust_a
 PER_IMAGE_OUTCOMES = ("signed_ece", "nll", "accuracy", "brier", "robust_accuracy", "robust_margin")
 #: ``estimand=`` values: over training runs, conditional on these models, or chosen from the design.
 ESTIMANDS = ("auto", "runs", "model")
+#: ``pairs=`` values: control and treated runs matched by their ``seed`` attribute, all control × treated pairs,
+#: or seed-matched when every seed trained both arms.
+PAIRINGS = ("auto", "seed", "all")
 #: Up to this many run relabelings the randomization test enumerates them all (exact p-value); beyond, Monte Carlo.
 MAX_EXACT_RELABELINGS = 20_000
 
@@ -316,6 +319,41 @@ def _relabelings(n: int, n_treated: int, rng: np.random.Generator) -> tuple[np.n
     return masks, False
 
 
+def _seed_matches(study: Any, c_ids: list[str], t_ids: list[str]) -> tuple[list[tuple[str, str]] | None, str]:
+    """Control/treated run ids matched one to one by their ``seed`` attribute, or None and the reason."""
+    runs = study.runs.set_index("run_id")
+    if "seed" not in runs.columns:
+        return None, "the runs have no 'seed' attribute"
+    cs, ts = runs.loc[c_ids, "seed"], runs.loc[t_ids, "seed"]
+    if cs.isna().any() or ts.isna().any():
+        return None, "some runs have no seed"
+    if cs.duplicated().any() or ts.duplicated().any() or set(cs) != set(ts):
+        return None, (f"the control seeds {sorted(map(str, cs))} and treated seeds {sorted(map(str, ts))} do not "
+                      "match one to one")
+    by_seed = {seed: rid for rid, seed in ts.items()}
+    return [(rid, by_seed[seed]) for rid, seed in cs.items()], ""
+
+
+def _sign_flips(n: int, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
+    """Boolean (R, n) swap patterns: all 2^n when few (exact), else random ones (+1 correction applies)."""
+    if 2 ** n <= MAX_EXACT_RELABELINGS:
+        return np.array(list(itertools.product([False, True], repeat=n)), dtype=bool).reshape(-1, n), True
+    return rng.random((MAX_EXACT_RELABELINGS, n)) < 0.5, False
+
+
+def _paired_t(values: np.ndarray, level: float) -> tuple[float, float, float]:
+    """Mean and t-interval (df n − 1) of paired observations."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=np.float64)
+    est = float(v.mean())
+    se = float(v.std(ddof=1)) / math.sqrt(v.size)
+    if se <= _TOL * max(1.0, abs(est)):
+        return est, est, est
+    half = float(stats.t.ppf(0.5 + level / 2, v.size - 1)) * se
+    return est, est - half, est + half
+
+
 def _hoeffding_t(F: np.ndarray, level: float) -> tuple[float, float, float]:
     """Estimate, CI of the mean of F (n_c, n_t) over control × treated pairs (two-sample U-statistic)."""
     from scipy import stats
@@ -361,6 +399,12 @@ class DecompositionResult:
         ``v(N) − v(N ∖ {j})``, switching it last with everything else from the treated run (a *total*
         indirect effect, under the treated network). Columns outcome, factor, switched, estimate, ci_low,
         ci_high, p_value, p_floor, note.
+    alignment : pandas.DataFrame
+        Per run pair: ``own_accuracy`` (mean of the two runs' accuracies), ``head_swap_accuracy`` (mean accuracy
+        of the two worlds where only the head is swapped), ``aligned`` (the swap keeps at least half of the
+        above-chance accuracy). Unaligned pairs combine coordinates of different networks.
+    pairing : str
+        ``"seed"`` or ``"all"`` (see `decompose`'s ``pairs``).
     estimand, design, inference : str
         What is estimated, how runs and images are paired, how intervals and p-values are computed.
     """
@@ -369,6 +413,8 @@ class DecompositionResult:
     per_pair: pd.DataFrame
     per_image: pd.DataFrame | None
     switch_effects: pd.DataFrame
+    alignment: pd.DataFrame
+    pairing: str
     estimand: str
     design: str
     inference: str
@@ -468,7 +514,7 @@ def _runs_of(study: Any, treatment: str, level: Any, name: str) -> list[str]:
 def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", treated: Any = "mixup",
               outcome: str | Sequence[str] = "signed_ece", factors: Sequence[str] = ("head", "magnitude", "direction"),
               *, n_boot: int = 1000, rng: np.random.Generator | int | None = None, ci_level: float = 0.95,
-              estimand: str = "auto", n_bins: int = 15, attack: str | None = None,
+              estimand: str = "auto", pairs: str = "auto", n_bins: int = 15, attack: str | None = None,
               eps: float | None = None) -> DecompositionResult:
     """Split the treated − control gap of an outcome into head, feature magnitude and feature direction shares.
 
@@ -515,6 +561,14 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
     estimand : {"auto", "runs", "model"}
         ``"runs"``: the average effect over training runs (needs >= 2 runs per arm); ``"model"``: these
         models, inference over test images; ``"auto"``: runs when both arms have >= 2 runs, else model.
+    pairs : {"auto", "seed", "all"}
+        Which control and treated runs are paired. Head and direction can only be swapped between runs whose
+        feature coordinates correspond: two independently initialised networks have unrelated feature bases
+        (``W_t · u_c`` is then close to chance), while runs trained from the same seed (same initialisation)
+        stay largely aligned. ``"seed"``: pair each control run with the treated run of the same ``seed``
+        attribute (error if the seeds do not match one to one); ``"all"``: all n_c × n_t pairs; ``"auto"``:
+        ``"seed"`` when the seeds match one to one, else ``"all"``. ``result.alignment`` reports, per pair,
+        the accuracy kept when only the head is swapped, and a note flags unaligned pairs.
     n_bins : int
         Bins of the ECE.
     attack, eps
@@ -536,6 +590,11 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
     of every run pair (within-arm pairs included); two-sided, |statistic| >= |observed|. Its floor, the
     smallest p-value the design can give, is 2 / C(n, n_t) with equal arms (the mirrored labeling gives
     −observed) and 1 / C(n, n_t) otherwise; it is reported in ``p_floor``.
+
+    With seed-matched pairs (``pairs="seed"``) the pair values are paired observations: the interval is the
+    t-interval over the n pairs (df n − 1) and the p-value the exact sign-flip randomization test (within each
+    pair the arm labels are swapped, all 2^n patterns; more than `MAX_EXACT_RELABELINGS`: Monte Carlo with
+    the +1 correction), whose floor is 2 / 2^n (0.0625 for 5 pairs).
 
     Model-conditional (``estimand="model"``): the same point estimate; the interval is the percentile
     bootstrap over test images, resampled together for all runs (paired), ``n_boot`` replicates; no
@@ -563,6 +622,8 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
     facs, mode = _check_factors(user_factors)
     if estimand not in ESTIMANDS:
         raise QueryError(f"estimand: expected one of {list(ESTIMANDS)}, got {estimand!r}")
+    if pairs not in PAIRINGS:
+        raise QueryError(f"pairs: expected one of {list(PAIRINGS)}, got {pairs!r}")
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 2:
         raise QueryError(f"n_boot: expected an integer >= 2, got {n_boot!r}")
     try:
@@ -580,9 +641,14 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
     c_ids = _runs_of(study, treatment, control, "control")
     t_ids = _runs_of(study, treatment, treated, "treated")
     n_c, n_t = len(c_ids), len(t_ids)
+    matched, why = _seed_matches(study, c_ids, t_ids)
+    if pairs == "seed" and matched is None:
+        raise QueryError(f"pairs='seed': {why}; use pairs='all'")
+    pairing = "seed" if (pairs == "seed" or (pairs == "auto" and matched is not None)) else "all"
+    n_units = len(matched) if pairing == "seed" else min(n_c, n_t)
     if estimand == "auto":
-        estimand = "runs" if min(n_c, n_t) >= 2 else "model"
-    elif estimand == "runs" and min(n_c, n_t) < 2:
+        estimand = "runs" if n_units >= 2 else "model"
+    elif estimand == "runs" and n_units < 2:
         raise QueryError(f"estimand='runs': the effect over training runs needs >= 2 runs per arm to estimate its "
                          f"variance, got {n_c} {control!r} and {n_t} {treated!r} runs; use estimand='model' (these "
                          "models, inference over test images)")
@@ -622,10 +688,13 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
                        + list(range(n_main, n_main + k)))
 
     # pair values F[i, j] (outcome, component) for the pairs the inference needs
-    if estimand == "runs":
-        pair_list = list(itertools.combinations(range(len(all_ids)), 2))
+    if pairing == "seed":
+        cross_pairs = [(c_ids.index(c), n_c + t_ids.index(t)) for c, t in matched]
+        pair_list = list(cross_pairs)
     else:
-        pair_list = [(i, n_c + j) for i in range(n_c) for j in range(n_t)]
+        cross_pairs = [(i, n_c + j) for i in range(n_c) for j in range(n_t)]
+        pair_list = (list(itertools.combinations(range(len(all_ids)), 2)) if estimand == "runs" else list(cross_pairs))
+    align_rows = []
     n_all = len(all_ids)
     F = {o: np.zeros((len(names), n_all, n_all)) for o in outcomes}
     per_image_sum = {o: np.zeros((n_main, labels.shape[0])) for o in outcomes if o in PER_IMAGE_OUTCOMES}
@@ -635,6 +704,11 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
         worlds = _world_stats(pair, facs, mode, adv=False)
         adv_worlds = _world_stats(pair, facs, mode, adv=True) if need_adv else None
         is_cross = i < n_c <= j
+        if is_cross:
+            acc = [float(w["correct"].mean()) for w in worlds]
+            full = len(worlds) - 1
+            align_rows.append({"control_run": all_ids[i], "treated_run": all_ids[j], "own_accuracy": (acc[0] + acc[-1]) / 2,
+                               "head_swap_accuracy": (acc[1] + acc[full ^ 1]) / 2})
         for o in outcomes:
             ws = adv_worlds if o in _ROBUST else worlds
             v = np.array([_run_outcome(o, w, n_bins) for w in ws])
@@ -648,14 +722,45 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
             boot_stats.append((worlds, adv_worlds))
 
     cross = np.ix_(range(n_c), range(n_c, n_all))
+    ci_idx = np.array([i for i, _ in cross_pairs])
+    cj_idx = np.array([j for _, j in cross_pairs])
     per_pair = pd.DataFrame([
         {"control_run": all_ids[i], "treated_run": all_ids[j], "outcome": o, "component": name,
          "value": float(F[o][m, i, j])}
-        for o in outcomes for i in range(n_c) for j in range(n_c, n_all) for m, name in enumerate(names[:n_main])])
+        for o in outcomes for i, j in cross_pairs for m, name in enumerate(names[:n_main])])
+    chance = 1.0 / loaded[all_ids[0]].W.shape[0]
+    alignment = pd.DataFrame(align_rows)
+    kept = (alignment["head_swap_accuracy"] - chance) / np.maximum(alignment["own_accuracy"] - chance, 1e-12)
+    alignment["aligned"] = kept >= 0.5
 
     table_rows = []
     notes: list[str] = []
-    if estimand == "runs":
+    if estimand == "runs" and pairing == "seed":
+        n_p = len(cross_pairs)
+        signs, exact = _sign_flips(n_p, gen)
+        n_relab = signs.shape[0]
+        floor = 2.0 / 2 ** n_p
+        if not exact:
+            floor = max(floor, 1.0 / (n_relab + 1))
+        for o in outcomes:
+            for m, name in enumerate(names):
+                val = F[o][m][ci_idx, cj_idx]
+                rev = F[o][m][cj_idx, ci_idx]  # the pair value with the two runs' roles swapped
+                est, lo, hi = _paired_t(val, level)
+                stat = np.where(signs, rev[None, :], val[None, :]).mean(axis=1)
+                tol = 1e-9 * max(1.0, abs(est))
+                hits = np.abs(stat) >= abs(est) - tol
+                p = float(hits.mean()) if exact else float((hits.sum() + 1) / (n_relab + 1))
+                p = max(p, floor)
+                note = "p at the design's floor" if p <= floor * (1 + 1e-9) else ""
+                table_rows.append(dict(outcome=o, component=name, estimate=est, ci_low=lo, ci_high=hi, p_value=p,
+                                       p_floor=floor, note=note))
+        est_text = (f"average effect over training runs (runs as the population): the mean over the {n_p} "
+                    f"control × treated run pairs matched by seed")
+        inf_text = (f"{int(round(100 * level))}% t-intervals over the {n_p} seed-matched run pairs (df {n_p - 1}); "
+                    f"two-sided p-values from a sign-flip randomization test (arm labels swapped within pairs; "
+                    f"{'all' if exact else 'Monte Carlo,'} {n_relab} patterns; smallest possible p = {floor:.3g})")
+    elif estimand == "runs":
         masks, exact = _relabelings(n_all, n_t, gen)
         n_relab = masks.shape[0]
         R = math.comb(n_all, n_t)
@@ -693,12 +798,12 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
             reps = _components(v_boot.T).T
             alpha = (1 - level) / 2
             for m, name in enumerate(names):
-                est = float(F[o][m][cross].mean())
+                est = float(F[o][m][ci_idx, cj_idx].mean())
                 lo, hi = np.quantile(reps[:, m], [alpha, 1 - alpha])
                 table_rows.append(dict(outcome=o, component=name, estimate=est, ci_low=float(lo), ci_high=float(hi),
                                        p_value=np.nan, p_floor=np.nan, note=""))
         est_text = ("model-conditional: these models, inference over test images" + (
-            f" (the {n_c} × {n_t} run pairs averaged)" if n_c * n_t > 1 else ""))
+            f" (the {len(cross_pairs)} run pairs averaged)" if len(cross_pairs) > 1 else ""))
         inf_text = (f"{int(round(100 * level))}% percentile bootstrap over test images, paired (the same resampled "
                     f"images for every run), {int(n_boot)} replicates; no p-value")
         if min(n_c, n_t) < 2:
@@ -722,7 +827,7 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
 
     per_image = None
     if per_image_sum:
-        n_cross = n_c * n_t
+        n_cross = len(cross_pairs)
         frames = []
         for o, arr in per_image_sum.items():
             d = {"sample": ref_ids, "outcome": o}
@@ -734,12 +839,24 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
                  "head (W, b), feature magnitude, cosine to the true-class minimal-loss center of the head in use, "
                  "and the rest of the direction")
     design = (f"paired by image: {labels.shape[0]} test images scored by all {n_c} {control!r} and {n_t} {treated!r} "
-              f"runs; each pair's gap split among {mode_text} by Shapley averaging over the {math.factorial(k)} "
+              f"runs; " + ("runs paired by seed (same initialisation); " if pairing == "seed" else
+                           "all control × treated run pairs; ")
+              + f"each pair's gap split among {mode_text} by Shapley averaging over the {math.factorial(k)} "
               f"orders of {2 ** k} worlds (logits = W·h + b)")
     if need_adv:
         design += (f"; robust outcomes from the attacked images' features ({sel_attack}, ε = {sel_eps:.4g} = "
                    f"{sel_eps * 255:.3g}/255)")
-    return DecompositionResult(table=table, per_pair=per_pair, per_image=per_image, switch_effects=switch, estimand=est_text, design=design,
+    n_bad = int((~alignment["aligned"]).sum())
+    if n_bad:
+        msg = (f"{n_bad} of {len(alignment)} run pairs have unaligned feature bases (swapping only the head keeps less "
+               f"than half of the above-chance accuracy; see .alignment): their worlds combine the coordinates of "
+               f"different networks, so their head and direction shares (and the magnitude share, averaged over those "
+               f"worlds) are not interpretable; only the total is. "
+               + ("Pair runs that share an initialisation (pairs='seed')." if pairing == "all" else ""))
+        notes.append(msg)
+        warnings.warn(f"decompose: {msg}", RuntimeWarning, stacklevel=2)
+    return DecompositionResult(table=table, per_pair=per_pair, per_image=per_image, switch_effects=switch,
+                               alignment=alignment, pairing=pairing, estimand=est_text, design=design,
                                inference=inf_text, factors=facs, outcomes=outcomes, treatment=treatment,
                                control=control, treated=treated, control_runs=c_ids, treated_runs=t_ids,
                                ci_level=level, attack=sel_attack if need_adv else None,

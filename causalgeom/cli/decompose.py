@@ -21,7 +21,7 @@ randomization p-values, never below the design's floor); with 1 run per arm it i
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..causal.decompose import DECOMPOSE_OUTCOMES, ESTIMANDS
+    from ..causal.decompose import DECOMPOSE_OUTCOMES, ESTIMANDS, PAIRINGS
 
     p = sub.add_parser("decompose", help="head / magnitude / direction decomposition of a treated − control gap",
                        description="Split the treated − control gap of an outcome into the shares of the head "
@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="head,magnitude,direction (default) or head,magnitude,cosine")
     p.add_argument("--estimand", choices=ESTIMANDS, default="auto",
                    help="runs (>= 2 runs per arm), model (these models), auto (default)")
+    p.add_argument("--pairs", choices=PAIRINGS, default="auto",
+                   help="seed (runs matched by seed: same initialisation, aligned features), all (every control x "
+                        "treated pair), auto (default: seed when the seeds match one to one)")
     p.add_argument("--n-boot", type=int, default=1000, help="image-bootstrap replicates (model estimand)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--ci-level", type=float, default=0.95, help="confidence level (default 0.95)")
@@ -74,7 +77,7 @@ def _decompose(args: argparse.Namespace) -> int:
     res = decompose(study, treatment=args.treatment, control=_level(args.control, study, args.treatment),
                     treated=_level(args.treated, study, args.treatment), outcome=_split(args.outcomes),
                     factors=tuple(_split(args.factors)), n_boot=args.n_boot, rng=args.seed, ci_level=args.ci_level,
-                    estimand=args.estimand, attack=args.attack, eps=args.eps)
+                    estimand=args.estimand, pairs=args.pairs, attack=args.attack, eps=args.eps)
     print(f"== {args.treatment} = {res.treated!r} vs {res.control!r}: head-based decomposition ==")
     print(res.describe())
     with pd.option_context("display.width", 140, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
