@@ -14,69 +14,148 @@ from typing import Any, Mapping
 import numpy as np
 import xarray as xr
 
-from .errors import DumpImportError, SchemaError, UnsafeFileError
+from .errors import ConfigError, DumpImportError, SchemaError, UnsafeFileError
 from .schema import from_arrays
 
-__all__ = ["import_dump", "import_study", "read_arrays", "FEATURE_KEYS", "LOGIT_KEYS", "LABEL_KEYS", "HEAD_PREFIXES",
-           "MAX_HEADER_BYTES"]
+__all__ = ["import_dump", "import_study", "read_arrays", "default_max_bytes", "FEATURE_KEYS", "LOGIT_KEYS",
+           "LABEL_KEYS", "HEAD_PREFIXES", "MAX_HEADER_BYTES"]
 
 FEATURE_KEYS = ("features", "feats", "feature", "embeddings", "penultimate", "h")
 LOGIT_KEYS = ("logits", "outputs", "output", "scores")
 LABEL_KEYS = ("label", "labels", "targets", "target", "y")
 #: State-dict prefixes searched for the final linear layer (``PREFIX.weight`` / ``PREFIX.bias``).
 HEAD_PREFIXES = ("fc", "classifier", "head", "linear", "classifier.1", "classifier.6", "heads.head", "head.fc")
-#: Refuse files whose declared array sizes exceed this (checked before allocation).
+#: Upper bound of the total declared size of an ``.npz`` (checked before allocation), whatever ``max_bytes`` says.
 MAX_HEADER_BYTES = 64 * 2**30
 
 
-def _check_npy_header(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
-    """Refuse an ``.npy`` member whose header declares more bytes than the member holds (numpy would allocate the
-    declared size before reading)."""
-    if not info.filename.endswith(".npy"):
-        return
-    fmt = np.lib.format
+def default_max_bytes() -> int:
+    """Default limit on the memory one imported array may take: half of the memory available now (psutil)."""
     try:
-        with zf.open(info) as fh:
-            version = fmt.read_magic(fh)
-            if version == (1, 0):
-                shape, _, dtype = fmt.read_array_header_1_0(fh)
-            elif version == (2, 0):
-                shape, _, dtype = fmt.read_array_header_2_0(fh)
-            else:
-                return  # other versions: numpy's own checks apply
-            header = fh.tell()
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise DumpImportError(f"{path}: member {info.filename!r} is not a valid .npy array ({exc})") from None
-    if dtype.hasobject:
-        return  # refused as pickled objects when read
-    nbytes = dtype.itemsize
+        import psutil
+
+        return int(psutil.virtual_memory().available // 2)
+    except Exception:  # noqa: BLE001 - no psutil or no /proc: a fixed 8 GiB
+        return 8 * 2**30
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return str(n)  # pragma: no cover
+
+
+def _limit(max_bytes: int | None) -> int:
+    if max_bytes is None:
+        return default_max_bytes()
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes <= 0:
+        raise ConfigError(f"max_bytes: expected a positive integer (bytes), got {max_bytes!r}")
+    return int(max_bytes)
+
+
+#: numpy dtype kinds an imported array may have: bool, signed/unsigned integers, floats.
+_NUMERIC_KINDS = "biuf"
+_KIND_NAMES = {"c": "complex", "O": "Python objects", "U": "text strings", "S": "byte strings", "V": "raw/structured",
+               "M": "datetimes", "m": "time deltas"}
+
+
+def _check_declared(path: Path, member: str, shape: tuple[int, ...], dtype: np.dtype | str, itemsize: int,
+                    limit: int, kind: str | None = None) -> int:
+    """Refuse a declared array whose dtype means nothing in the schema or whose size exceeds ``limit``.
+
+    Returns the size in bytes (computed with Python integers, so a huge shape cannot overflow).
+    """
+    if kind is not None and kind not in _NUMERIC_KINDS:
+        raise DumpImportError(f"{path}: array {member!r} has dtype {dtype} ({_KIND_NAMES.get(kind, kind)}), which has "
+                              "no meaning in the dump schema; store numbers (float features/logits, integer labels)")
+    if any(not isinstance(s, (int, np.integer)) or isinstance(s, bool) or s < 0 for s in shape):
+        raise DumpImportError(f"{path}: array {member!r} declares an invalid shape {shape!r}")
+    nbytes = int(itemsize)
     for side in shape:
         nbytes *= int(side)
-    if nbytes != info.file_size - header:
-        raise DumpImportError(f"{path}: member {info.filename!r} declares shape {tuple(shape)} of {dtype} "
-                              f"({nbytes} bytes) but holds {info.file_size - header} bytes of data")
+    if nbytes > limit:
+        raise DumpImportError(f"{path}: array {member!r} declares shape {tuple(int(s) for s in shape)} of {dtype}, "
+                              f"{_fmt_bytes(nbytes)} in memory, over the limit of {_fmt_bytes(limit)} "
+                              "(max_bytes= / --max-bytes to raise it)")
+    return nbytes
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
+def _npy_header(fh: Any) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """Parse an ``.npy`` header of any version (1.0, 2.0, 3.0) without reading the data: shape, fortran, dtype, size."""
+    import ast
+    import struct
+
+    magic = fh.read(8)
+    if len(magic) != 8 or magic[:6] != b"\x93NUMPY":
+        raise ValueError("not an .npy array (no NUMPY magic)")
+    major = magic[6]
+    if major == 1:
+        (hlen,) = struct.unpack("<H", fh.read(2))
+        start = 10
+    elif major in (2, 3):
+        (hlen,) = struct.unpack("<I", fh.read(4))
+        start = 12
+    else:
+        raise ValueError(f"unknown .npy format version {major}.{magic[7]}")
+    if hlen > 1 << 20:
+        raise ValueError(f"header of {hlen} bytes")
+    raw = fh.read(hlen)
+    if len(raw) != hlen:
+        raise ValueError("truncated header")
+    header = ast.literal_eval(raw.decode("utf8" if major == 3 else "latin1"))
+    if not isinstance(header, dict) or not {"descr", "fortran_order", "shape"} <= set(header) \
+            or not isinstance(header["shape"], tuple):
+        raise ValueError(f"header is not an .npy header dict: {raw[:80]!r}")
+    dtype = np.lib.format.descr_to_dtype(header["descr"])
+    return header["shape"], bool(header["fortran_order"]), dtype, start + hlen
+
+
+def _read_npz(path: Path, limit: int) -> dict[str, np.ndarray]:
+    """Read every member of an ``.npz`` (with or without the ``.npy`` suffix, any ``.npy`` version) after checking
+    each declared shape and dtype against ``limit`` and against the bytes the member holds."""
+    import struct
+
     try:
         zf = zipfile.ZipFile(path)
-    except zipfile.BadZipFile:
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
         raise DumpImportError(f"{path}: not a valid .npz file (not a zip archive)") from None
+    out: dict[str, np.ndarray] = {}
     with zf:
-        declared = sum(i.file_size for i in zf.infolist())
-        if declared > MAX_HEADER_BYTES:
-            raise DumpImportError(f"{path}: declares {declared} bytes of arrays, over the limit {MAX_HEADER_BYTES}")
-        for info in zf.infolist():
-            _check_npy_header(path, zf, info)
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            raise UnsafeFileError(f"{path}: holds pickled object arrays; refusing to unpickle an untrusted file") from None
-        raise DumpImportError(f"{path}: cannot read .npz ({exc})") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise DumpImportError(f"{path}: cannot read .npz ({exc})") from None
+        members = [i for i in zf.infolist() if not i.is_dir()]
+        total = 0
+        names: dict[str, str] = {}
+        for info in members:
+            name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            if name in names:
+                raise DumpImportError(f"{path}: members {names[name]!r} and {info.filename!r} both name array {name!r}")
+            names[name] = info.filename
+            try:
+                with zf.open(info) as fh:
+                    shape, _, dtype, header = _npy_header(fh)
+            except (ValueError, SyntaxError, TypeError, OSError, EOFError, struct.error, zipfile.BadZipFile,
+                    NotImplementedError, RuntimeError) as exc:
+                raise DumpImportError(f"{path}: member {info.filename!r} is not a valid .npy array ({exc})") from None
+            if dtype.hasobject:
+                raise UnsafeFileError(f"{path}: member {info.filename!r} holds pickled object arrays; refusing to "
+                                      "unpickle an untrusted file")
+            nbytes = _check_declared(path, info.filename, shape, dtype, dtype.itemsize, limit, dtype.kind)
+            if nbytes != info.file_size - header:
+                raise DumpImportError(f"{path}: member {info.filename!r} declares shape {tuple(shape)} of {dtype} "
+                                      f"({nbytes} bytes) but holds {info.file_size - header} bytes of data")
+            total += nbytes
+        if total > min(limit, MAX_HEADER_BYTES):
+            raise DumpImportError(f"{path}: its arrays together take {_fmt_bytes(total)}, over the limit of "
+                                  f"{_fmt_bytes(min(limit, MAX_HEADER_BYTES))} (max_bytes= / --max-bytes)")
+        for info in members:
+            try:
+                with zf.open(info) as fh:
+                    out[info.filename[:-4] if info.filename.endswith(".npy") else info.filename] = \
+                        np.lib.format.read_array(fh, allow_pickle=False)
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError) as exc:
+                raise DumpImportError(f"{path}: cannot read member {info.filename!r} ({exc})") from None
+    return out
 
 
 def _flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -95,27 +174,89 @@ def _flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _read_pt(path: Path) -> dict[str, Any]:
+def _torch_load(path: Path, mmap: bool) -> Any:
     import pickle
 
     import torch
 
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         raise UnsafeFileError(
             f"{path}: refused — loading it would need to unpickle arbitrary objects "
             f"(torch.load(weights_only=True) said: {str(exc).splitlines()[0]}). Save a plain dict of "
             "tensors instead") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+
+
+#: torch dtypes an imported tensor may have (numbers and booleans; no complex, float8, quantized or bit types).
+_TORCH_OK = ("bool", "uint8", "int8", "int16", "int32", "int64", "uint16", "uint32", "uint64", "float16", "bfloat16",
+             "float32", "float64")
+
+
+def _check_tensor(path: Path, key: str, t: Any, limit: int) -> np.ndarray:
+    """A tensor of a ``.pt`` file as numpy, after checking its layout, dtype and materialized size.
+
+    The size is ``numel * element_size``: what the tensor takes once contiguous, so an expanded (stride-0) tensor
+    or a view declares its full size even though its storage is small.
+    """
+    import torch
+
+    if t.layout != torch.strided:
+        raise DumpImportError(f"{path}: tensor {key!r} has layout {t.layout} (sparse or other); the dump schema "
+                              "needs dense tensors (call .to_dense() before saving)")
+    if t.is_quantized or t.is_meta:
+        raise DumpImportError(f"{path}: tensor {key!r} is {'quantized' if t.is_quantized else 'a meta tensor'}; "
+                              "the dump schema needs plain numbers")
+    name = str(t.dtype).removeprefix("torch.")
+    if name not in _TORCH_OK:
+        raise DumpImportError(f"{path}: tensor {key!r} has dtype {name}, which has no meaning in the dump schema "
+                              "(complex, float8, quantized and bit types are refused); store float32 / int64")
+    _check_declared(path, key, tuple(t.shape), name, t.element_size(), limit)
+    t = t.detach()
+    if t.dtype == torch.bfloat16:
+        t = t.float()
+    return np.ascontiguousarray(t.numpy())
+
+
+def _read_pt(path: Path, limit: int) -> dict[str, Any]:
+    import torch
+
+    try:
+        try:
+            obj = _torch_load(path, mmap=True)  # storages are mapped, not read: sizes are checked before any copy
+        except RuntimeError as exc:
+            if "mmap" not in str(exc) and "zip" not in str(exc).lower():
+                raise
+            if path.stat().st_size > limit:
+                raise DumpImportError(f"{path}: a legacy (non-zip) torch file of {_fmt_bytes(path.stat().st_size)}, "
+                                      f"over the limit of {_fmt_bytes(limit)}") from None
+            obj = _torch_load(path, mmap=False)  # legacy format: storages take at most the file's size
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, TypeError, KeyError, IndexError,
+            AttributeError) as exc:
+        if isinstance(exc, DumpImportError):
+            raise
         raise DumpImportError(f"{path}: cannot read as a torch file ({type(exc).__name__}: {exc})") from None
     if isinstance(obj, torch.Tensor) or not isinstance(obj, Mapping):
         raise DumpImportError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
     flat = _flatten(obj)
-    return {k: v for k, v in flat.items() if isinstance(v, (torch.Tensor, np.ndarray)) or k == "attrs"}
+    out: dict[str, Any] = {}
+    for k, v in flat.items():
+        if isinstance(v, torch.Tensor):
+            out[k] = _check_tensor(path, k, v, limit)
+        elif isinstance(v, np.ndarray):
+            _check_declared(path, k, v.shape, v.dtype, v.dtype.itemsize, limit, v.dtype.kind)
+            out[k] = v
+        elif k == "attrs":
+            out[k] = v
+    return out
 
 
-def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+#: safetensors dtype names with their item sizes; any other (complex, float8, 4-bit...) is refused.
+_ST_DTYPES = {"BOOL": 1, "U8": 1, "I8": 1, "U16": 2, "I16": 2, "F16": 2, "BF16": 2, "U32": 4, "I32": 4, "F32": 4,
+              "U64": 8, "I64": 8, "F64": 8}
+
+
+def _read_safetensors(path: Path, limit: int) -> dict[str, np.ndarray]:
     import json
     import struct
 
@@ -129,14 +270,44 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
             raise DumpImportError(f"{path}: safetensors header length {n} is larger than the file allows")
         try:
             header = json.loads(fh.read(n))
-        except ValueError:
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise DumpImportError(f"{path}: safetensors header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise DumpImportError(f"{path}: safetensors header is a JSON {type(header).__name__}; expected an object "
+                              "mapping tensor names to {dtype, shape, data_offsets}")
+    total = 0
     for key, info in header.items():
         if key == "__metadata__":
             continue
-        start, end = info.get("data_offsets", (0, 0))
-        if end > size - 8 - n or start > end:
+        if not isinstance(info, dict) or not isinstance(info.get("dtype"), str) \
+                or not isinstance(info.get("shape"), list) or not isinstance(info.get("data_offsets"), list) \
+                or len(info["data_offsets"]) != 2 \
+                or not all(isinstance(o, int) and not isinstance(o, bool) for o in info["data_offsets"]):
+            raise DumpImportError(f"{path}: tensor {key!r}: header entry must be {{dtype: str, shape: [int...], "
+                                  f"data_offsets: [start, end]}}, got {str(info)[:120]}")
+        if info["dtype"] not in _ST_DTYPES:
+            raise DumpImportError(f"{path}: tensor {key!r} has dtype {info['dtype']}, which has no meaning in the dump "
+                                  f"schema; expected one of {sorted(_ST_DTYPES)}")
+        nbytes = _check_declared(path, key, tuple(info["shape"]), info["dtype"], _ST_DTYPES[info["dtype"]], limit)
+        start, end = info["data_offsets"]
+        if end > size - 8 - n or start > end or start < 0:
             raise DumpImportError(f"{path}: tensor {key!r} declares bytes {start}..{end} past the end of the file")
+        if end - start != nbytes:
+            raise DumpImportError(f"{path}: tensor {key!r} declares shape {tuple(info['shape'])} of {info['dtype']} "
+                                  f"({nbytes} bytes) but its offsets hold {end - start} bytes")
+        total += nbytes
+    if total > limit:
+        raise DumpImportError(f"{path}: its tensors together take {_fmt_bytes(total)}, over the limit of "
+                              f"{_fmt_bytes(limit)} (max_bytes= / --max-bytes)")
+    if any(isinstance(i, dict) and i.get("dtype") == "BF16" for i in header.values()):
+        from safetensors.torch import load_file as load_torch
+
+        try:
+            return {k: _check_tensor(path, k, v, limit) for k, v in load_torch(str(path)).items()}
+        except DumpImportError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+            raise DumpImportError(f"{path}: cannot read safetensors ({exc})") from None
     from safetensors.numpy import load_file
 
     try:
@@ -145,20 +316,102 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
         raise DumpImportError(f"{path}: cannot read safetensors ({exc})") from None
 
 
-def _from_xarray(ds: xr.Dataset, attrs: Mapping[str, Any] | None) -> xr.Dataset:
-    """Rebuild a Dataset through `from_arrays`, so dtypes are normalized (netCDF3 has no int64)."""
+#: Dimension names each variable of an xarray/netCDF dump must carry (any order; they are transposed to this one).
+_XR_DIMS = {"features": ("sample", "feature"), "logits": ("sample", "class"), "label": ("sample",),
+            "head_weight": ("class", "feature"), "head_bias": ("class",), "adv_correct": ("attack", "eps", "sample"),
+            "adv_margin": ("attack", "eps", "sample")}
+
+
+def _check_xarray_sizes(ds: xr.Dataset, where: str, limit: int) -> None:
+    """Refuse variables of a (lazily opened) Dataset whose size exceeds ``limit`` or whose dtype is not numeric."""
+    total = 0
+    for name in [n for n in _XR_DIMS if n in ds.variables] + [c for c in ("attack", "eps") if c in ds.variables]:
+        var = ds.variables[name]
+        kind = var.dtype.kind if name != "attack" else None
+        total += _check_declared(Path(where), name, tuple(var.shape), var.dtype, var.dtype.itemsize, limit, kind)
+    if total > limit:
+        raise DumpImportError(f"{where}: its variables together take {_fmt_bytes(total)}, over the limit of "
+                              f"{_fmt_bytes(limit)} (max_bytes= / --max-bytes)")
+
+
+def _from_xarray(ds: xr.Dataset, attrs: Mapping[str, Any] | None, where: str = "xarray dump") -> xr.Dataset:
+    """Rebuild a Dataset through `from_arrays`, so dtypes are normalized (netCDF3 has no int64).
+
+    Variables are matched by name and dimension name, never by position: each variable of `_XR_DIMS` must carry
+    exactly those dimension names, and attack outcomes need ``attack`` and ``eps`` coordinates.
+    """
     missing = [v for v in ("features", "label") if v not in ds.variables]
     if missing:
-        raise DumpImportError(f"xarray dump: variable(s) {missing} missing; variables: {sorted(ds.variables)}")
-    get = lambda name: ds[name].values if name in ds.variables else None  # noqa: E731
+        raise DumpImportError(f"{where}: variable(s) {missing} missing; variables: {sorted(ds.variables)}")
+    for name, dims in _XR_DIMS.items():
+        if name in ds.variables and set(ds[name].dims) != set(dims):
+            raise DumpImportError(f"{where}: variable {name!r} has dims {tuple(ds[name].dims)}; expected {dims} "
+                                  "(rename them, e.g. ds.rename({'old': 'new'}), before importing)")
+    get = lambda name: ds[name].transpose(*_XR_DIMS[name]).values if name in ds.variables else None  # noqa: E731
     adv = {}
-    if "adv_correct" in ds.variables:
-        adv = dict(adv_correct=get("adv_correct").astype(bool), adv_margin=get("adv_margin"),
-                   attacks=[str(a) for a in ds["attack"].values], eps=[float(e) for e in ds["eps"].values])
+    if "adv_correct" in ds.variables or "adv_margin" in ds.variables:
+        absent = [c for c in ("attack", "eps") if c not in ds.variables]
+        if absent:
+            raise DumpImportError(f"{where}: attack outcomes need the coordinate(s) {absent} (attack names and eps "
+                                  "values); add them with ds.assign_coords(...) - they are not guessed from positions")
+        correct = get("adv_correct")
+        if correct is not None and correct.dtype != bool:
+            if correct.dtype.kind == "f" and np.isnan(correct).any():
+                raise DumpImportError(f"{where}: variable 'adv_correct' holds {int(np.isnan(correct).sum())} NaN "
+                                      "value(s); a boolean outcome must be True/False for every sample")
+            if correct.dtype.kind not in "biuf" or not np.isin(correct, (0, 1)).all():
+                raise DumpImportError(f"{where}: variable 'adv_correct' must be boolean (or 0/1), got dtype "
+                                      f"{correct.dtype} with other values")
+            correct = correct.astype(bool)
+        eps = ds["eps"].values
+        if eps.dtype.kind not in "iuf":
+            raise DumpImportError(f"{where}: coordinate 'eps' must be numbers, got dtype {eps.dtype}")
+        adv = dict(adv_correct=correct, adv_margin=get("adv_margin"),
+                   attacks=[str(a) for a in ds["attack"].values], eps=[float(e) for e in eps])
     meta = {k: v for k, v in ds.attrs.items() if k != "schema_version"}
     meta.update(dict(attrs or {}))
-    return from_arrays(get("features"), get("logits"), get("label"), head_weight=get("head_weight"),
-                       head_bias=get("head_bias"), attrs=meta, **adv)
+    _check_numeric_attrs(meta, where)
+    try:
+        return from_arrays(get("features"), get("logits"), get("label"), head_weight=get("head_weight"),
+                           head_bias=get("head_bias"), attrs=meta, **adv)
+    except SchemaError as exc:
+        raise SchemaError(f"{where}: {exc}") from None
+
+
+#: Run attributes that must be numbers when given (``seed``: an integer).
+_NUMERIC_ATTRS = ("strength", "seed")
+
+
+def _check_numeric_attrs(meta: Mapping[str, Any], where: str) -> None:
+    for key in _NUMERIC_ATTRS:
+        if key not in meta or meta[key] is None:
+            continue
+        v = meta[key]
+        if isinstance(v, np.generic):
+            v = v.item()
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (key == "seed" and not float(v).is_integer()) \
+                or not np.isfinite(v):
+            raise DumpImportError(f"{where}: attribute {key!r} must be a {'whole number' if key == 'seed' else 'number'}"
+                                  f", got {meta[key]!r}")
+
+
+def _read_netcdf(path: Path, attrs: Mapping[str, Any], limit: int) -> xr.Dataset:
+    """Open a netCDF file lazily, check its variables' sizes and dtypes, then load and convert it."""
+    if not path.exists():
+        raise DumpImportError(f"no such file: {path}")
+    if not path.is_file():
+        raise DumpImportError(f"{path} is not a regular file; expected a netCDF file")
+    try:
+        raw = xr.open_dataset(path)
+    except Exception as exc:  # noqa: BLE001 - the netCDF backends raise OSError, ValueError, IndexError, KeyError...
+        raise DumpImportError(f"{path}: cannot read as netCDF ({type(exc).__name__}: {exc})") from None
+    with raw:
+        _check_xarray_sizes(raw, str(path), limit)
+        try:
+            raw = raw.load()
+        except Exception as exc:  # noqa: BLE001 - decoding errors of any backend
+            raise DumpImportError(f"{path}: cannot read its variables ({type(exc).__name__}: {exc})") from None
+    return _from_xarray(raw, {"source": path.name, **attrs}, where=str(path))
 
 
 def _pick(arrays: Mapping[str, Any], given: str | None, candidates: tuple[str, ...], what: str, path: Path,
@@ -177,8 +430,29 @@ def _pick(arrays: Mapping[str, Any], given: str | None, candidates: tuple[str, .
     return None
 
 
-def read_arrays(src: str | os.PathLike) -> dict[str, Any]:
-    """Read the named arrays of a ``.npz``, ``.pt``/``.pth`` or ``.safetensors`` file without unpickling."""
+def read_arrays(src: str | os.PathLike, *, max_bytes: int | None = None) -> dict[str, Any]:
+    """Read the named arrays of a ``.npz``, ``.pt``/``.pth`` or ``.safetensors`` file without unpickling.
+
+    Every array's size in memory is computed from the file's own metadata (``.npy`` headers of any version, with
+    or without the suffix; tensor shapes, also of expanded/stride-0 tensors and views; safetensors offsets) and
+    compared with ``max_bytes`` before anything is allocated. Dtypes without meaning in the schema (complex,
+    float8, object, strings, sparse or quantized layouts) are refused.
+
+    Parameters
+    ----------
+    src : path-like
+    max_bytes : int, optional
+        Largest size in bytes that one array, and all arrays together, may take in memory (default:
+        `default_max_bytes`, half the memory available now).
+
+    Raises
+    ------
+    DumpImportError
+        The message names the member and its declared size.
+    UnsafeFileError
+        The file would need unpickling.
+    """
+    limit = _limit(max_bytes)
     path = Path(src)
     if not path.exists():
         raise DumpImportError(f"no such file: {path}")
@@ -186,12 +460,14 @@ def read_arrays(src: str | os.PathLike) -> dict[str, Any]:
         raise DumpImportError(f"{path} is a folder; expected a .npz/.pt/.pth/.safetensors/.nc file "
                               "(a Zarr store is opened with cg.open)")
     suffix = path.suffix.lower()
+    if not path.is_file():
+        raise DumpImportError(f"{path} is not a regular file (a FIFO, device or socket); refusing to read it")
     if suffix == ".npz":
-        return _read_npz(path)
+        return _read_npz(path, limit)
     if suffix in (".pt", ".pth"):
-        return _read_pt(path)
+        return _read_pt(path, limit)
     if suffix == ".safetensors":
-        return _read_safetensors(path)
+        return _read_safetensors(path, limit)
     raise DumpImportError(f"{path}: unknown dump format {suffix!r}; expected one of .npz, .pt, .pth, "
                           ".safetensors, .nc (or an xarray.Dataset)")
 
@@ -199,7 +475,8 @@ def read_arrays(src: str | os.PathLike) -> dict[str, Any]:
 def import_dump(src: str | os.PathLike | xr.Dataset, out: str | os.PathLike | None = None, *,
                 features_key: str | None = None, logits_key: str | None = None, labels_key: str | None = None,
                 head: str | None = None, head_weight: Any = None, head_bias: Any = None,
-                attrs: Mapping[str, Any] | None = None, mode: str = "w-") -> xr.Dataset:
+                attrs: Mapping[str, Any] | None = None, mode: str = "w-",
+                max_bytes: int | None = None) -> xr.Dataset:
     """Import a third-party dump as a validated schema-v1 Dataset (and save it to ``out`` if given).
 
     Parameters
@@ -221,24 +498,25 @@ def import_dump(src: str | os.PathLike | xr.Dataset, out: str | os.PathLike | No
         The head given directly (overrides the file).
     attrs : mapping, optional
         Provenance attributes (``run_id``, ``regularizer``, ``seed``...); ``source`` is set to the file.
+        ``strength`` must be a number and ``seed`` a whole number.
+    max_bytes : int, optional
+        Limit on the memory one array (and all together) may take, checked from the file's metadata before
+        allocation (default: half the memory available now); see `read_arrays`.
 
     Returns
     -------
     xarray.Dataset
     """
     attrs = dict(attrs or {})
+    limit = _limit(max_bytes)
     if isinstance(src, xr.Dataset):
+        _check_xarray_sizes(src, "xarray dump", limit)
         ds = _from_xarray(src, attrs)
     elif Path(src).suffix.lower() in (".nc", ".netcdf", ".h5", ".nc4"):
-        try:
-            with xr.open_dataset(src) as raw:
-                raw = raw.load()
-        except (OSError, ValueError) as exc:
-            raise DumpImportError(f"{src}: cannot read as netCDF ({exc})") from None
-        ds = _from_xarray(raw, {"source": Path(src).name, **attrs})
+        ds = _read_netcdf(Path(src), attrs, limit)
     else:
         path = Path(src)
-        arrays = read_arrays(path)
+        arrays = read_arrays(path, max_bytes=limit)
         file_attrs: dict[str, Any] = {}
         if "attrs" in arrays and isinstance(arrays["attrs"], Mapping):
             file_attrs = dict(arrays.pop("attrs"))
@@ -260,6 +538,7 @@ def import_dump(src: str | os.PathLike | xr.Dataset, out: str | os.PathLike | No
             raise DumpImportError(f"{path}: has neither logits (looked for {list(LOGIT_KEYS)}) nor a head to "
                                   "compute them from")
         meta = {"source": path.name, **file_attrs, **attrs}
+        _check_numeric_attrs(meta, str(path))
         try:
             ds = from_arrays(feats, logits, labels, head_weight=W, head_bias=b, attrs=meta)
         except SchemaError as exc:

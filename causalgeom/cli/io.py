@@ -39,7 +39,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--attr", action="append", default=[], metavar="KEY=VALUE",
                    help="attribute for a single imported run (value parsed as JSON when it can be)")
     p.add_argument("--overwrite", action="store_true", help="replace existing runs")
+    p.add_argument("--max-bytes", type=_byte_size, metavar="SIZE",
+                   help="largest memory one array may take, e.g. 8GiB or 500MB (default: half the memory "
+                        "available); checked from each file's metadata before reading")
     p.set_defaults(func=_import)
+
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 2**10, "m": 1000**2, "mb": 1000**2, "mib": 2**20,
+          "g": 1000**3, "gb": 1000**3, "gib": 2**30, "t": 1000**4, "tb": 1000**4, "tib": 2**40}
+
+
+def _byte_size(text: str) -> int:
+    """``--max-bytes`` value: a positive number of bytes with an optional unit (B, kB, KiB, MB, MiB, GB, GiB...)."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([A-Za-z]*)\s*", text)
+    if not m or m.group(2).lower() not in _UNITS or float(m.group(1)) * _UNITS[m.group(2).lower()] < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive size such as 500MB or 8GiB, got {text!r}")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
 def _describe(ds) -> dict:
@@ -125,7 +142,7 @@ def _import(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
 
     keys = dict(features_key=args.features_key, logits_key=args.logits_key, labels_key=args.labels_key,
-                head=args.head)
+                head=args.head, max_bytes=args.max_bytes)
     mode = "w" if args.overwrite else "w-"
     dst = Path(args.dst)
     if len(args.src) == 1 and dst.suffix == ".zarr":
