@@ -351,6 +351,14 @@ class _Context:
             s.add_table(_rounded_table(res.switch_effects), "The extreme orders behind each share: the factor "
                                                             "switched first (others from the control run) or last "
                                                             "(others from the treated run).")
+            align = getattr(res, "alignment", None)
+            if isinstance(align, pd.DataFrame) and len(align):
+                s.tables[f"decomposition_alignment_{_slug(str(treated))}"] = align
+                s.add_text(f"Alignment of the feature bases ({res.pairing} pairs): swapping only the head keeps "
+                           f"{align['head_swap_accuracy'].mean():.2f} accuracy on average vs {align['own_accuracy'].mean():.2f} "
+                           f"for the runs themselves; {int(align['aligned'].sum())} of {len(align)} pairs are aligned "
+                           "(keep at least half of the above-chance accuracy). Head and direction shares are "
+                           "interpretable only for aligned pairs.")
             s.add_figure(f"decomposition_{_slug(str(treated))}", res.plot(),
                          f"Head-based decomposition, {treated} vs {control}: total and shares with intervals.")
         if not any_ok:
@@ -668,12 +676,14 @@ def _how_sure(res: Any, tot: dict[str, Any]) -> str:
     text = (f"the total's {level}% interval {'includes' if inside else 'excludes'} 0")
     if _finite(tot.get("p_value")):
         p, floor = float(tot["p_value"]), float(tot["p_floor"])
-        n = len(res.control_runs) + len(res.treated_runs)
-        if p <= floor * (1 + 1e-9):
-            text += (f"; randomization p = {p:.2g}, the smallest p-value {len(res.control_runs)} + "
-                     f"{len(res.treated_runs)} runs can give")
+        if getattr(res, "pairing", "all") == "seed":
+            units = f"{res.per_pair.groupby(['control_run', 'treated_run']).ngroups} seed-matched run pairs"
         else:
-            text += f"; randomization p = {p:.2g} (over the {n} runs; floor {floor:.2g})"
+            units = f"{len(res.control_runs)} + {len(res.treated_runs)} runs"
+        if p <= floor * (1 + 1e-9):
+            text += f"; randomization p = {p:.2g}, the smallest p-value {units} can give"
+        else:
+            text += f"; randomization p = {p:.2g} (floor {floor:.2g} with {units})"
     else:
         text += " (image bootstrap, conditional on these models)"
     return text
@@ -714,6 +724,9 @@ def summary_text(decompositions: list[tuple[str, Any, Any, Any]], n_runs: int) -
                 text += " No factor's interval excludes 0."
             text += f" How sure: {_how_sure(res, tot)}."
             sentences.append(text)
+        for note in res.notes:
+            if "unaligned" in note:
+                sentences.append(f"Caution: {note}")
         out.append(" ".join(sentences))
     return out
 
