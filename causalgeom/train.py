@@ -602,29 +602,52 @@ def _threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def _resume_checkpoint(run_dir: Path, config: TrainConfig) -> dict[str, Any] | None:
+    """The run's last checkpoint (None if there is none); ConfigError if it was trained with another config."""
+    if not (run_dir / CHECKPOINT).is_file():
+        return None
+    ckpt = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=True)
+    old = TrainConfig.from_dict(json.loads(ckpt["config"]))
+    if old.to_dict() != config.to_dict():
+        diff = {k: (v, config.to_dict()[k]) for k, v in old.to_dict().items() if config.to_dict()[k] != v}
+        raise ConfigError(f"run {config.run_id!r}: {str(run_dir)!r} holds a checkpoint trained with a different "
+                          f"config (field: (stored, given) = {diff}); use another run_id or out_dir")
+    return ckpt
+
+
+def _train_set(config: TrainConfig) -> torch.utils.data.Dataset:
+    """The training split, cut to its first ``max_train_samples`` samples when set."""
+    train_set = _data.load_dataset(config.dataset, "train", config.data_root)
+    if config.max_train_samples is not None and config.max_train_samples < len(train_set):
+        keep = list(range(config.max_train_samples))
+        train_set = train_set.subset(keep) if isinstance(train_set, _data.ArrayDataset) else \
+            torch.utils.data.Subset(train_set, keep)
+    return train_set
+
+
+def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, cfg_json: str, epoch: int,
+                     curves: list[dict[str, Any]], gen: torch.Generator, device: torch.device) -> None:
+    """Everything a resumed run needs after ``epoch`` finished epochs (weights on CPU, optimizer, curves, RNGs)."""
+    _atomic_torch_save({
+        "model": {k: v.detach().to("cpu", memory_format=torch.contiguous_format)
+                  for k, v in model.state_dict().items()},
+        "config": cfg_json, "optimizer": _optimizer_state_cpu(optimizer), "epoch": epoch,
+        "curves": json.dumps(curves), "rng": {"generator": gen.get_state(), "torch": _rng_state(device)},
+    }, path)
+
+
 def _train_locked(config: TrainConfig, run_dir: Path, progress: bool, stop_after: int | None) -> None:
     device = _device(config.device)
     info = _data.dataset_info(config.dataset, config.data_root)
     spec = _model_spec(config, info)
     cfg_json = _config_json(config, spec)
 
-    ckpt = None
-    if (run_dir / CHECKPOINT).is_file():
-        ckpt = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=True)
-        old = TrainConfig.from_dict(json.loads(ckpt["config"]))
-        if old.to_dict() != config.to_dict():
-            diff = {k: (v, config.to_dict()[k]) for k, v in old.to_dict().items() if config.to_dict()[k] != v}
-            raise ConfigError(f"run {config.run_id!r}: {str(run_dir)!r} holds a checkpoint trained with a different "
-                              f"config (field: (stored, given) = {diff}); use another run_id or out_dir")
+    ckpt = _resume_checkpoint(run_dir, config)
     for stale in run_dir.glob(".*.tmp*"):  # temp files of a run killed while saving
         stale.unlink(missing_ok=True)
     atomic_write(run_dir / CONFIG, cfg_json.encode())
 
-    train_set = _data.load_dataset(config.dataset, "train", config.data_root)
-    if config.max_train_samples is not None and config.max_train_samples < len(train_set):
-        keep = range(config.max_train_samples)
-        train_set = train_set.subset(list(keep)) if isinstance(train_set, _data.ArrayDataset) else \
-            torch.utils.data.Subset(train_set, list(keep))
+    train_set = _train_set(config)
     calib_set = _data.load_dataset(config.dataset, "calib", config.data_root)
     soft = SoftTargets.from_config(config, spec["num_classes"])
     drop_last = len(train_set) > config.batch_size
@@ -688,12 +711,7 @@ def _train_locked(config: TrainConfig, run_dir: Path, progress: bool, stop_after
                    "train_acc": acc_sum / max(seen, 1), "calib_nll": calib["nll"], "calib_acc": calib["accuracy"],
                    "calib_confidence": calib["mean_confidence"], "seconds": round(time.perf_counter() - t0, 3)}
             curves.append(row)
-            _atomic_torch_save({
-                "model": {k: v.detach().to("cpu", memory_format=torch.contiguous_format)
-                          for k, v in model.state_dict().items()},
-                "config": cfg_json, "optimizer": _optimizer_state_cpu(optimizer), "epoch": epoch + 1,
-                "curves": json.dumps(curves), "rng": {"generator": gen.get_state(), "torch": _rng_state(device)},
-            }, run_dir / CHECKPOINT)
+            _save_checkpoint(run_dir / CHECKPOINT, model, optimizer, cfg_json, epoch + 1, curves, gen, device)
             _write_curves(run_dir / CURVES, curves)
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{row['train_loss']:.3f}", calib_acc=f"{row['calib_acc']:.3f}",
@@ -702,7 +720,7 @@ def _train_locked(config: TrainConfig, run_dir: Path, progress: bool, stop_after
             bar.close()
     if len(curves) >= config.epochs:
         atomic_write(run_dir / DONE, json.dumps({"epochs": config.epochs,
-                                                        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode())
+                                                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
 
 
 def _optimizer_state_cpu(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -1102,7 +1120,7 @@ def run_grid(grid: GridConfig | str | os.PathLike, out_dir: str | os.PathLike, p
                     with _dask.worker_loss_translated(f"training run {cfg.run_id!r}"):
                         fut.result()
                 except StoreLockedError as exc:
-                    warnings.warn(f"skip {cfg.run_id}: {exc}", RuntimeWarning, stacklevel=3)
+                    warnings.warn(f"skip {cfg.run_id}: {exc}", RuntimeWarning, stacklevel=2)
                 except Exception as exc:  # noqa: BLE001 - re-raised after the other runs were tried
                     log.error("run %s failed: %s", cfg.run_id, exc)
                     first = first or exc
