@@ -7,6 +7,7 @@ No file is ever unpickled: ``.npz`` is read with ``allow_pickle=False`` and ``.p
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -17,7 +18,7 @@ import xarray as xr
 from .errors import ConfigError, DumpImportError, SchemaError, UnsafeFileError
 from .schema import from_arrays
 
-__all__ = ["import_dump", "import_study", "read_arrays", "default_max_bytes", "FEATURE_KEYS", "LOGIT_KEYS",
+__all__ = ["import_dump", "import_study", "read_arrays", "read_run_table", "default_max_bytes", "FEATURE_KEYS", "LOGIT_KEYS",
            "LABEL_KEYS", "HEAD_PREFIXES", "MAX_HEADER_BYTES"]
 
 FEATURE_KEYS = ("features", "feats", "feature", "embeddings", "penultimate", "h")
@@ -552,44 +553,45 @@ def import_dump(src: str | os.PathLike | xr.Dataset, out: str | os.PathLike | No
 
 def import_study(sources: list[str | os.PathLike], study_dir: str | os.PathLike, *,
                  run_table: str | os.PathLike | None = None, mode: str = "w-", **kwargs: Any) -> list[str]:
-    """Import several third-party dumps into one study folder.
+    """Import several third-party dumps into one study folder, all or nothing.
 
     Parameters
     ----------
     sources : list of paths
-        Dump files (any format :func:`import_dump` reads).
+        Dump files (any format :func:`import_dump` reads); their file names must differ.
     study_dir : path
-        The study folder (created if missing).
+        The study folder (created if missing). A run store, a file, or a non-empty folder holding no runs is
+        refused.
     run_table : path to a CSV, optional
         One row per dump with a ``file`` column (file name or path, matched by name) and the run's
         attributes: ``run_id`` (default: the file's stem), ``regularizer``, ``strength``, ``seed``,
-        ``model``, ... Values are stored as the runs' attributes, so the study's analysis and report
-        treat these runs exactly like causalgeom's own.
+        ``model``, ... Read as text (`read_run_table`): ids such as ``007`` and values such as ``NA`` stay as
+        written; ``strength`` and ``seed`` must be numbers. Values are stored as the runs' attributes, so the
+        study's analysis and report treat these runs exactly like causalgeom's own.
+    mode : {"w-", "w"}
+        ``"w-"`` refuses run ids the study already has; ``"w"`` replaces them.
     **kwargs
-        Passed to :func:`import_dump` (key names, head prefix).
+        Passed to :func:`import_dump` (key names, head prefix, ``max_bytes``).
 
     Returns
     -------
     list of str
         The run ids written.
-    """
-    import pandas as pd
 
+    Notes
+    -----
+    Every dump is read and validated first; then every run's lock is taken (a run being written by another
+    process refuses the whole import), each run is saved to a hidden staging store in the study folder, and only
+    then are the staged stores renamed into place. A failure before the renames leaves the study as it was.
+    """
     from .study import open_study
 
-    rows: dict[str, dict[str, Any]] = {}
-    if run_table is not None:
-        try:
-            table = pd.read_csv(run_table)
-        except (OSError, ValueError) as exc:
-            raise DumpImportError(f"run table {run_table}: cannot read as CSV ({exc})") from None
-        if "file" not in table.columns:
-            raise DumpImportError(f"run table {run_table}: needs a 'file' column naming each dump; "
-                                  f"columns: {list(table.columns)}")
-        for rec in table.to_dict("records"):
-            name = Path(str(rec.pop("file"))).name
-            rows[name] = {k: (v.item() if hasattr(v, "item") else v) for k, v in rec.items() if not pd.isna(v)}
+    rows = read_run_table(run_table) if run_table is not None else {}
     names = [Path(s).name for s in sources]
+    dup_names = sorted({n for n in names if names.count(n) > 1})
+    if dup_names:
+        raise DumpImportError(f"dump file names {dup_names} appear more than once; rows of a run table are matched "
+                              "by file name, so each dump needs its own name")
     if rows:
         unknown = sorted(set(names) - set(rows))
         if unknown:
@@ -598,6 +600,7 @@ def import_study(sources: list[str | os.PathLike], study_dir: str | os.PathLike,
     dup = sorted({r for r in run_ids if run_ids.count(r) > 1})
     if dup:
         raise DumpImportError(f"duplicate run_id(s) {dup}; give each dump a unique run_id in the run table")
+    _check_study_destination(Path(study_dir))
     # Read and validate everything first (run ids included: they become folder names), so a bad dump or run
     # table leaves the study untouched and creates nothing.
     datasets = []
@@ -605,9 +608,156 @@ def import_study(sources: list[str | os.PathLike], study_dir: str | os.PathLike,
         attrs = {**rows.get(name, {}), "run_id": run_id}
         datasets.append(import_dump(src, attrs=attrs, **kwargs))
     study = open_study(study_dir, create=True)
-    existing = sorted(set(run_ids) & set(study.run_ids)) if mode == "w-" else []
-    if existing:
-        raise DumpImportError(f"study {study.path} already has run(s) {existing}; nothing was imported")
-    for ds in datasets:
-        study.add(ds, mode=mode)
+    _publish_all(study, datasets, mode)
     return run_ids
+
+
+def _check_study_destination(path: Path) -> None:
+    """Refuse a study destination that is a run store, a file, or a non-empty folder that holds no runs."""
+    if not os.path.lexists(path):
+        return
+    if not path.is_dir():
+        raise DumpImportError(f"destination {path} is a file, not a study folder")
+    if (path / "zarr.json").exists() or path.suffix == ".zarr":
+        raise DumpImportError(f"destination {path} is a run store (RUN.zarr), not a study folder; import several "
+                              "dumps into a study folder, or one dump into a RUN.zarr path")
+    visible = [e for e in path.iterdir() if not e.name.startswith(".")]
+    if visible and not any(e.name.endswith(".zarr") and e.is_dir() for e in visible):
+        shown = sorted(e.name for e in visible)[:5]
+        raise DumpImportError(f"destination {path} is a folder holding {shown}{' ...' if len(visible) > 5 else ''} "
+                              "but no runs; give an empty or new folder, or an existing study")
+
+
+def _publish_all(study: Any, datasets: list[xr.Dataset], mode: str) -> None:
+    """Save ``datasets`` into ``study`` all or nothing: take every run's lock, stage, then rename into place."""
+    import contextlib
+    import shutil
+    import uuid
+
+    from .errors import StoreExistsError
+    from .store import save, store_lock
+
+    targets = [study.run_path(ds.attrs["run_id"]) for ds in datasets]
+    staged: list[Path] = []
+    with contextlib.ExitStack() as locks:
+        for target in sorted(targets):  # one order for every process
+            locks.enter_context(store_lock(target))
+        existing = sorted(t.stem for t in targets if os.path.lexists(t)) if mode == "w-" else []
+        if existing:
+            raise StoreExistsError(f"study {study.path} already has run(s) {existing}; nothing was imported "
+                                   "(--overwrite / mode='w' replaces them)")
+        published: list[tuple[Path, Path | None]] = []
+        try:
+            for ds, target in zip(datasets, targets):
+                tmp = target.parent / f".{target.name}.staged-{uuid.uuid4().hex[:8]}"
+                staged.append(tmp)
+                save(ds, tmp, mode="w-")
+            for tmp, target in zip(staged, targets):
+                old = None
+                if os.path.lexists(target):
+                    old = target.parent / f".{target.name}.trash-{uuid.uuid4().hex[:8]}"
+                    os.rename(target, old)
+                os.rename(tmp, target)
+                published.append((target, old))
+        except BaseException:
+            for target, old in reversed(published):  # undo the renames that happened
+                shutil.rmtree(target, ignore_errors=True)
+                if old is not None:
+                    os.rename(old, target)
+            raise
+        finally:
+            for tmp in staged:
+                shutil.rmtree(tmp, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp.parent / f".{tmp.name}.lock")
+        for _, old in published:
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+#: Run-table columns that are always text, and those that must be numbers (``seed``: a whole number).
+_TEXT_COLUMNS = ("file", "run_id", "regularizer", "model", "dataset", "split")
+_NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")
+
+
+def read_run_table(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """Read a run table (CSV) as text: file name -> the run's attributes.
+
+    Every cell is read as written (no ``NA``/``None`` conversion, no numeric coercion: run id ``007`` stays
+    ``"007"``). An empty cell leaves that attribute unset. ``strength`` must be a number and ``seed`` a whole
+    number; any other column whose non-empty cells are all plain decimal numbers (no leading zeros) becomes
+    numeric, the rest stay text. Two rows for one file are refused.
+
+    Returns
+    -------
+    dict
+        ``{file name: {column: value}}`` (the ``file`` column is matched by name, folders dropped).
+    """
+    import csv
+
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            body = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DumpImportError(f"run table {path}: cannot read as a UTF-8 CSV file "
+                              f"({getattr(exc, 'strerror', None) or exc})") from None
+    if not header:
+        raise DumpImportError(f"run table {path}: is empty; expected a header row with a 'file' column")
+    header = [h.strip() for h in header]
+    if "file" not in header:
+        raise DumpImportError(f"run table {path}: needs a 'file' column naming each dump; columns: {header}")
+    dup_cols = sorted({h for h in header if header.count(h) > 1})
+    if dup_cols or "" in header:
+        raise DumpImportError(f"run table {path}: column names must be unique and non-empty; got {header}")
+    records = []
+    for i, row in enumerate(body, start=2):
+        if not any(c.strip() for c in row):
+            continue
+        if len(row) != len(header):
+            raise DumpImportError(f"run table {path}: line {i} has {len(row)} fields, the header has {len(header)}")
+        records.append((i, dict(zip(header, row))))
+    numeric = set()
+    for col in header:
+        values = [r[col].strip() for _, r in records if r[col].strip()]
+        if col in ("strength", "seed"):
+            bad = [v for v in values if not _NUMBER.fullmatch(v) and not _is_float(v)]
+            if bad:
+                raise DumpImportError(f"run table {path}: column {col!r} must hold numbers, got {bad[:3]}")
+            if col == "seed" and any(not float(v).is_integer() for v in values):
+                raise DumpImportError(f"run table {path}: column 'seed' must hold whole numbers, got "
+                                      f"{[v for v in values if not float(v).is_integer()][:3]}")
+            numeric.add(col)
+        elif col not in _TEXT_COLUMNS and values and all(_NUMBER.fullmatch(v) for v in values):
+            numeric.add(col)
+    out: dict[str, dict[str, Any]] = {}
+    lines: dict[str, int] = {}
+    for line, rec in records:
+        name = Path(rec["file"].strip()).name
+        if not name:
+            raise DumpImportError(f"run table {path}: line {line} has an empty 'file' cell")
+        if name in out:
+            raise DumpImportError(f"run table {path}: file {name!r} has two rows (lines {lines[name]} and {line}); "
+                                  "give each dump one row")
+        lines[name] = line
+        attrs: dict[str, Any] = {}
+        for col, value in rec.items():
+            value = value.strip() if col in numeric else value
+            if col == "file" or value == "":
+                continue
+            if col in numeric:
+                num = float(value)
+                attrs[col] = int(num) if (col == "seed" or ("." not in value and "e" not in value.lower())) else num
+            else:
+                attrs[col] = value
+        out[name] = attrs
+    return out
+
+
+def _is_float(v: str) -> bool:
+    try:
+        return np.isfinite(float(v))
+    except ValueError:
+        return False
