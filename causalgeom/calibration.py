@@ -17,6 +17,7 @@ import warnings
 from typing import Any, Callable
 
 import numpy as np
+from numpy.typing import ArrayLike
 import xarray as xr
 
 from ._blocks import check_run, compute, is_dask, raw, require_vars, sample_reduce
@@ -572,7 +573,8 @@ def _as_labels(y: Any, n: int, K: int) -> Any:
     return y
 
 
-def outcomes_from_logits(logits: Any, labels: Any, n_bins: int = 15, *, temperature: float = 1.0) -> dict[str, float]:
+def outcomes_from_logits(logits: ArrayLike, labels: ArrayLike, n_bins: int = 15, *,
+                         temperature: float = 1.0) -> dict[str, float]:
     """Per-run outcome numbers from raw logits (numpy, torch or dask arrays).
 
     Parameters
@@ -600,7 +602,8 @@ def outcomes_from_logits(logits: Any, labels: Any, n_bins: int = 15, *, temperat
     return _finish_run_stats(vec, n_bins)
 
 
-def ece_from_probs(probs: Any, labels: Any, n_bins: int = 15, binning: str = "width", norm: str = "l1") -> float:
+def ece_from_probs(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15, binning: str = "width",
+                   norm: str = "l1") -> float:
     """Top-label ECE from class probabilities (numpy, torch or dask, shape (n, K)); see `ece`.
 
     The probabilities are used as given (confidence = max_k p_k, prediction = argmax_k p_k); this is

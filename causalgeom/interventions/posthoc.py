@@ -21,6 +21,7 @@ import math
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 import pandas as pd
 import xarray as xr
 
@@ -58,7 +59,7 @@ _ORTHO_EPS = 1e-9
 # ---------------------------------------------------------------------------------------------
 # argument checks
 # ---------------------------------------------------------------------------------------------
-def _grid(values: Any, name: str, *, minimum: float | None = None, maximum: float | None = None) -> np.ndarray:
+def _grid(values: ArrayLike, name: str, *, minimum: float | None = None, maximum: float | None = None) -> np.ndarray:
     """A non-empty, finite, 1-d float grid; bounds are inclusive."""
     if isinstance(values, (int, float, np.integer, np.floating)) and not isinstance(values, bool):
         values = [values]
@@ -234,7 +235,7 @@ def _base_attrs(ds: xr.Dataset, intervention: str, n_bins: int, n_boot: int, ci:
 # ---------------------------------------------------------------------------------------------
 # feature-level transforms (numpy, float64)
 # ---------------------------------------------------------------------------------------------
-def rescale_features(features: Any, scale: float | np.ndarray) -> np.ndarray:
+def rescale_features(features: ArrayLike, scale: float | np.ndarray) -> np.ndarray:
     """``h -> s h``.
 
     Parameters
@@ -288,7 +289,7 @@ def _angle_after(theta: np.ndarray, alpha: float) -> np.ndarray:
     return np.clip((1.0 - alpha) * theta, 0.0, np.pi)
 
 
-def _check_centers(centers: Any, n_classes: int, n_features: int, name: str = "centers") -> np.ndarray:
+def _check_centers(centers: ArrayLike, n_classes: int, n_features: int, name: str = "centers") -> np.ndarray:
     if isinstance(centers, xr.DataArray):
         if set(centers.dims) != {"class", "feature"}:
             raise ConfigError(f"{name}: expected a DataArray with dims ('class', 'feature'), got {centers.dims}")
@@ -307,7 +308,7 @@ def _check_centers(centers: Any, n_classes: int, n_features: int, name: str = "c
     return c
 
 
-def rotate_features(features: Any, centers: Any, classes: Any, alpha: float) -> np.ndarray:
+def rotate_features(features: ArrayLike, centers: ArrayLike, classes: ArrayLike, alpha: float) -> np.ndarray:
     """Move each ``h`` toward its class center by a fraction ``alpha`` of the angle, keeping ``||h||``.
 
     With ``theta`` the angle between ``h`` and ``c = centers[classes]`` and ``v``, ``w`` the orthonormal
@@ -347,7 +348,7 @@ def rotate_features(features: Any, centers: Any, classes: Any, alpha: float) -> 
     return norm[:, None] * (np.cos(phi)[:, None] * v + np.sin(phi)[:, None] * w)
 
 
-def set_cosine(features: Any, targets: Any, cosine: Any) -> np.ndarray:
+def set_cosine(features: ArrayLike, targets: ArrayLike, cosine: ArrayLike) -> np.ndarray:
     """Rotate each ``h`` in the plane of ``(h, t)`` to cosine ``cosine`` with ``t``, keeping ``||h||``.
 
     ``h' = ||h|| (cos(phi) v + sin(phi) w)`` with ``phi = arccos(cosine)`` and ``v``, ``w`` as in
@@ -377,7 +378,7 @@ def set_cosine(features: Any, targets: Any, cosine: Any) -> np.ndarray:
     return norm[:, None] * (np.cos(phi)[:, None] * v + np.sin(phi)[:, None] * w)
 
 
-def quantile_match(values: Any, target: Any) -> np.ndarray:
+def quantile_match(values: ArrayLike, target: ArrayLike) -> np.ndarray:
     """Map ``values`` onto the distribution of ``target`` by quantile matching.
 
     ``x_i -> Q_target(u_i)``, with ``u_i = (r_i + 1/2) / n`` the mid-rank of ``x_i`` among ``values``
@@ -423,13 +424,13 @@ def _run_rms(ds: xr.Dataset) -> float:
     return math.sqrt(float(compute((rms * rms).mean().data)[0]))
 
 
-def _target_rms_values(target_rms: Any) -> np.ndarray:
+def _target_rms_values(target_rms: ArrayLike) -> np.ndarray:
     if isinstance(target_rms, xr.Dataset):
         return np.array([_run_rms(_run(target_rms, "target_rms"))])
     return _grid(target_rms, "target_rms", minimum=0.0)
 
 
-def rescale(ds: xr.Dataset, scales: Any = None, *, target_rms: Any = None, per_sample: bool = False,
+def rescale(ds: xr.Dataset, scales: ArrayLike = None, *, target_rms: ArrayLike = None, per_sample: bool = False,
             n_bins: int = 15, n_boot: int = 1000, ci: float = 0.95, rng: RngLike = None) -> xr.Dataset:
     """Set the feature magnitude, ``h -> s h``, and measure calibration (post hoc, from features + head).
 
@@ -518,7 +519,7 @@ def rescale(ds: xr.Dataset, scales: Any = None, *, target_rms: Any = None, per_s
     return _grid_dataset(vals, "scale", grid, ci, attrs, ["feature_ms"], extra_coords)
 
 
-def _resolve_centers(ds: xr.Dataset, center: Any) -> np.ndarray:
+def _resolve_centers(ds: xr.Dataset, center: str | ArrayLike) -> np.ndarray:
     """``(K, F)`` float64 centers: a kind for ``cg.geometry.class_centers`` or an explicit array."""
     K, F = ds.sizes["class"], ds.sizes["feature"]
     if isinstance(center, str):
@@ -527,11 +528,11 @@ def _resolve_centers(ds: xr.Dataset, center: Any) -> np.ndarray:
     return _check_centers(center, K, F, name="center")
 
 
-def _center_label(center: Any) -> str:
+def _center_label(center: str | ArrayLike) -> str:
     return center if isinstance(center, str) else "given"
 
 
-def rotate(ds: xr.Dataset, alphas: Any, *, toward: str = "predicted", center: Any = "minimal_loss",
+def rotate(ds: xr.Dataset, alphas: ArrayLike, *, toward: str = "predicted", center: str | ArrayLike = "minimal_loss",
            n_bins: int = 15, n_boot: int = 1000, ci: float = 0.95, rng: RngLike = None) -> xr.Dataset:
     """Set the feature direction: move each ``h`` toward its class center by a fraction ``alpha`` of the angle.
 
@@ -597,7 +598,7 @@ def rotate(ds: xr.Dataset, alphas: Any, *, toward: str = "predicted", center: An
     return _grid_dataset(vals, "alpha", grid, ci, attrs, extra)
 
 
-def temperature_vs_scaling(ds: xr.Dataset, scales: Any, *, n_bins: int = 15) -> xr.Dataset:
+def temperature_vs_scaling(ds: xr.Dataset, scales: ArrayLike, *, n_bins: int = 15) -> xr.Dataset:
     """Feature scaling ``s (h W^T) + b`` against temperature scaling ``(h W^T + b) / T`` with ``T = 1/s``.
 
     The two differ by ``(1 - s) b`` in the logits, so they coincide exactly when ``b = 0`` (and, since
@@ -682,7 +683,7 @@ def _per_sample_values(ds: xr.Dataset, centers: np.ndarray | None,
     return (out[0], out[1], out[2].astype(np.int64)) if centers is not None else (out[0], None, None)
 
 
-def _pooled_targets(treated: Sequence[xr.Dataset], what: str, toward: str, center: Any,
+def _pooled_targets(treated: Sequence[xr.Dataset], what: str, toward: str, center: str | ArrayLike,
                     label: str) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Per-sample RMS and cosine values of the treated run(s), pooled (``None`` where ``what`` skips one;
     NaN cosines of zero features are left out)."""
@@ -702,7 +703,7 @@ class _Matcher:
     """The matched features of a control run: quantile maps of RMS and/or cosine onto the treated values."""
 
     def __init__(self, control: xr.Dataset, pooled: tuple[np.ndarray | None, np.ndarray | None], what: str,
-                 toward: str, center: Any, label: str):
+                 toward: str, center: str | ArrayLike, label: str):
         self.what, self.toward = what, toward
         _run(control, f"{label} (control run)")
         self.W, self.b = head64(control, f"{label} (control run)")
@@ -717,7 +718,7 @@ class _Matcher:
             self.target_cos, self.classes = np.full(n, np.nan), np.zeros(n, dtype=np.int64)
 
     @classmethod
-    def build(cls, control: xr.Dataset, treated: Sequence[xr.Dataset], what: str, toward: str, center: Any,
+    def build(cls, control: xr.Dataset, treated: Sequence[xr.Dataset], what: str, toward: str, center: str | ArrayLike,
               label: str) -> "_Matcher":
         what = check_choice(what, "what", MATCH_WHAT)
         toward = check_choice(toward, "toward", TOWARD)
@@ -745,7 +746,7 @@ def _runs_list(treated: Any, name: str) -> list[xr.Dataset]:
 
 
 def match_features(control: xr.Dataset, treated: xr.Dataset | Sequence[xr.Dataset], what: str = "magnitude", *,
-                   toward: str = "true", center: Any = "minimal_loss") -> xr.Dataset:
+                   toward: str = "true", center: str | ArrayLike = "minimal_loss") -> xr.Dataset:
     """The control run with matched features, as a new in-memory schema-v1 run.
 
     See :func:`match` for the definition (several treated runs are pooled, as in :func:`match_study`). Logits are recomputed from the control head; attack
@@ -814,7 +815,7 @@ def _run_sums(ds: xr.Dataset, W: np.ndarray, b: np.ndarray, n_bins: int, n_boot:
 
 
 def match(control: xr.Dataset, treated: xr.Dataset, what: str = "magnitude", *, toward: str = "true",
-          center: Any = "minimal_loss", n_bins: int = 15, n_boot: int = 1000, ci: float = 0.95,
+          center: str | ArrayLike = "minimal_loss", n_bins: int = 15, n_boot: int = 1000, ci: float = 0.95,
           rng: RngLike = None) -> pd.DataFrame:
     """Give a control run the treated run's magnitude or cosine distribution; report the interventional share.
 

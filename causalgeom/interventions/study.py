@@ -12,6 +12,7 @@ import os
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 import pandas as pd
 import xarray as xr
 
@@ -121,7 +122,7 @@ def _study_grid(fn: Callable[..., xr.Dataset], dim: str, study: StudyLike, runs:
     return out
 
 
-def rescale_study(study: StudyLike, scales: Any = None, *, target_rms: Any = None, per_sample: bool = False,
+def rescale_study(study: StudyLike, scales: ArrayLike = None, *, target_rms: ArrayLike = None, per_sample: bool = False,
                   runs: Sequence[str] | None = None, by: str | Sequence[str] = ("regularizer", "strength"),
                   n_bins: int = 15, n_boot: int = 1000, ci: float = 0.95, rng: RngLike = None) -> xr.Dataset:
     """:func:`rescale` on every run of a study, aggregated per group of runs with runs as the resampling unit.
@@ -160,7 +161,8 @@ def rescale_study(study: StudyLike, scales: Any = None, *, target_rms: Any = Non
                        dict(scales=scales, target_rms=target_rms, per_sample=per_sample, n_bins=n_bins))
 
 
-def rotate_study(study: StudyLike, alphas: Any, *, toward: str = "predicted", center: Any = "minimal_loss",
+def rotate_study(study: StudyLike, alphas: ArrayLike, *, toward: str = "predicted",
+                 center: str | ArrayLike = "minimal_loss",
                  runs: Sequence[str] | None = None, by: str | Sequence[str] = ("regularizer", "strength"),
                  n_bins: int = 15, n_boot: int = 1000, ci: float = 0.95, rng: RngLike = None) -> xr.Dataset:
     """:func:`rotate` on every run of a study (centers per run), aggregated as in :func:`rescale_study`.
@@ -175,7 +177,7 @@ def rotate_study(study: StudyLike, alphas: Any, *, toward: str = "predicted", ce
 
 
 def match_study(study: StudyLike, control: str = "ce", treated: str = "label_smoothing", what: str = "magnitude", *,
-                by: str | Sequence[str] = "regularizer", toward: str = "true", center: Any = "minimal_loss",
+                by: str | Sequence[str] = "regularizer", toward: str = "true", center: str | ArrayLike = "minimal_loss",
                 n_bins: int = 15, n_boot: int = 1000, ci: float = 0.95, rng: RngLike = None) -> pd.DataFrame:
     """:func:`match` at the study level: every control run is matched to the pooled treated runs.
 
