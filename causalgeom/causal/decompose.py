@@ -319,9 +319,9 @@ def _relabelings(n: int, n_treated: int, rng: np.random.Generator) -> tuple[np.n
     return masks, False
 
 
-def _seed_matches(study: Any, c_ids: list[str], t_ids: list[str]) -> tuple[list[tuple[str, str]] | None, str]:
+def _seed_matches(table: pd.DataFrame, c_ids: list[str], t_ids: list[str]) -> tuple[list[tuple[str, str]] | None, str]:
     """Control/treated run ids matched one to one by their ``seed`` attribute, or None and the reason."""
-    runs = study.runs.set_index("run_id")
+    runs = table.set_index("run_id")
     if "seed" not in runs.columns:
         return None, "the runs have no 'seed' attribute"
     cs, ts = runs.loc[c_ids, "seed"], runs.loc[t_ids, "seed"]
@@ -500,8 +500,7 @@ def _check_factors(factors: Any) -> tuple[tuple[str, ...], str]:
                      f"four, got {list(fs)}")
 
 
-def _runs_of(study: Any, treatment: str, level: Any, name: str) -> list[str]:
-    runs = study.runs
+def _runs_of(runs: pd.DataFrame, treatment: str, level: Any, name: str) -> list[str]:
     if treatment not in runs.columns:
         raise QueryError(f"treatment: expected a run attribute from {sorted(map(str, runs.columns))}, got {treatment!r}")
     col = runs[treatment]
@@ -518,12 +517,13 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
               eps: float | None = None) -> DecompositionResult:
     """Split the treated − control gap of an outcome into head, feature magnitude and feature direction shares.
 
-    For each control run c and treated run t (all pairs), images are paired by their ``sample`` id and
+    For each control run c and treated run t (pairs matched by seed, or all pairs: ``pairs``), images are
+    paired by their ``sample`` id and
     each image's feature ``h`` is written as ``m · u`` (``m = ||h||``, ``u = h / m``). Every world takes
     each factor from c or t, its logits are ``W (m u) + b`` and its outcome is computed from them with
     the package's calibration kernels (`causalgeom.calibration`). The total ``v(all t) − v(all c)`` is
     split by the Shapley value over the k! orders of switching factors (`shapley_values`); the shares add
-    up to the total exactly (rounding only). Run pair values are averaged over all n_c × n_t pairs.
+    up to the total exactly (rounding only). Run pair values are averaged over the pairs.
 
     Additivity: for outcomes that are means of a per-image quantity (``signed_ece`` = mean confidence −
     accuracy = mean of confidence − correct, ``nll``, ``accuracy``, ``brier``, ``robust_*``) the shares
@@ -638,10 +638,11 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
     if str(control) == str(treated):
         raise QueryError(f"treated: expected a level different from control {control!r}, got {treated!r}")
 
-    c_ids = _runs_of(study, treatment, control, "control")
-    t_ids = _runs_of(study, treatment, treated, "treated")
+    run_table = study.runs  # one scan of the study folder
+    c_ids = _runs_of(run_table, treatment, control, "control")
+    t_ids = _runs_of(run_table, treatment, treated, "treated")
     n_c, n_t = len(c_ids), len(t_ids)
-    matched, why = _seed_matches(study, c_ids, t_ids)
+    matched, why = _seed_matches(run_table, c_ids, t_ids)
     if pairs == "seed" and matched is None:
         raise QueryError(f"pairs='seed': {why}; use pairs='all'")
     pairing = "seed" if (pairs == "seed" or (pairs == "auto" and matched is not None)) else "all"
