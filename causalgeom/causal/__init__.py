@@ -14,7 +14,8 @@
 
 Modules: `query` (Query, TOML files), `estimators` (the regression estimator), `bootstrap` (resampling
 weights), `mediation` (`mediate`), `results` (`MediationResult`), `simulate` (synthetic
-structural models with known effects). Estimands, estimators, the bootstrap and the
+structural models with known effects), `decompose` (`decompose`, `DecompositionResult`: the head-based
+decomposition of a treated − control gap into head, magnitude and direction). Estimands, estimators, the bootstrap and the
 sensitivity analysis are documented in ``docs/methods_causal.md``.
 """
 
