@@ -637,3 +637,350 @@ register("query: extra top-level key", QueryError, r"unexpected top-level key\(s
     _mediate('note = "x"\n' + _QUERY))
 register("query: file that is a folder", QueryError, r"is a folder")(_mediate("", folder=True))
 register("query: file that is not UTF-8", QueryError, r"cannot read query file")(_mediate(b"\xff\xfe[query]\n"))
+
+
+# == issue 16: stores that cannot lie, imports with bounded cost, destinations, run tables ==========================
+# -- stores: every file is compared with the manifest in the completion mark; only regular files are read ----------
+def _small_store(i: Path) -> Path:
+    from causalgeom.testing import make_run
+
+    return cg.save(make_run(n=40, d=4, k=3, run_id="r", attacks=True), i / "r.zarr", sample_chunk=10)
+
+
+def _store_case(mutate, *, verify=True):
+    def run(i, o):
+        p = _small_store(i)
+        mutate(p)
+        return cg.verify(p) if verify else cg.open(p, verify=False)
+    return run
+
+
+def _edit_json(p: Path, key: str, fn) -> None:
+    import json
+
+    d = json.loads((p / key).read_text())
+    fn(d)
+    (p / key).write_text(json.dumps(d))
+
+
+def _swap(a: Path, b: Path) -> None:
+    ra, rb = a.read_bytes(), b.read_bytes()
+    a.write_bytes(rb), b.write_bytes(ra)
+
+
+def _flip(f: Path) -> None:
+    raw = bytearray(f.read_bytes())
+    raw[len(raw) // 2] ^= 0x10
+    f.write_bytes(bytes(raw))
+
+
+def _shrink_samples(p: Path) -> None:
+    for meta in p.glob("*/zarr.json"):
+        _edit_json(p, str(meta.relative_to(p)), lambda d: d["shape"].__setitem__(d["dimension_names"].index("sample"),
+                                                                                  20)
+                   if "sample" in (d.get("dimension_names") or []) else None)
+
+
+def _strip_manifest(p: Path) -> None:
+    import zarr
+
+    g = zarr.open_group(str(p), mode="r+", zarr_format=3)
+    mark = dict(g.attrs[cg.store.COMPLETE_ATTR])
+    mark.pop("manifest")
+    g.attrs[cg.store.COMPLETE_ATTR] = mark
+
+
+def _set_mark(p: Path, **kw) -> None:
+    import zarr
+
+    g = zarr.open_group(str(p), mode="r+", zarr_format=3)
+    g.attrs[cg.store.COMPLETE_ATTR] = {**dict(g.attrs[cg.store.COMPLETE_ATTR]), **kw}
+
+
+def _replace(f: Path, how) -> None:
+    f.unlink()
+    how(f)
+
+
+register("store: deleted chunk with a stray .DS_Store", StoreError, r"label/c/0 is missing.*extra file label/c/\.DS_Store")(
+    _store_case(lambda p: (_replace(p / "label/c/0", lambda f: None), (p / "label/c/.DS_Store").write_bytes(b"x"))))
+register("store: renamed chunk beside a deleted one", StoreError, r"label/c/1 is missing \(renamed to label/c/1\.orig")(
+    _store_case(lambda p: ((p / "label/c/1").rename(p / "label/c/1.orig"), (p / "label/c/0").unlink())))
+register("store: swapped chunks", StoreError, r"'logits'.*content of logits/c/\d/0 \(swapped")(
+    _store_case(lambda p: _swap(p / "logits/c/0/0", p / "logits/c/3/0")))
+register("store: chunk copied over another", StoreError, r"'features'.*content of features/c/0/0")(
+    _store_case(lambda p: (p / "features/c/2/0").write_bytes((p / "features/c/0/0").read_bytes())))
+register("store: chunk with a flipped bit", StoreError, r"'features'.*checksum differs")(
+    _store_case(lambda p: _flip(p / "features/c/1/0")))
+register("store: chunk truncated to zero bytes", StoreError, r"'label'.*holds 0 bytes")(
+    _store_case(lambda p: (p / "label/c/2").write_bytes(b"")))
+register("store: extra chunk outside the grid", StoreError, r"extra file label/c/9")(
+    _store_case(lambda p: (p / "label/c/9").write_bytes((p / "label/c/0").read_bytes())))
+register("store: sample dimension edited in metadata", StoreError, r"'features': metadata shape is \[20, 4\].*\[40, 4\]")(
+    _store_case(_shrink_samples, verify=False))
+register("store: sample dimension edited, no manifest", IncompleteStoreError, "hold 20 samples but the completion mark records 40")(
+    _store_case(lambda p: (_strip_manifest(p), _shrink_samples(p))))
+register("store: dtype edited in metadata", StoreError, r"'label': metadata data_type is 'int32'")(
+    _store_case(lambda p: _edit_json(p, "label/zarr.json", lambda d: d.update(data_type="int32")), verify=False))
+register("store: chunk-key encoding edited", StoreError, r"'logits': metadata chunk_key_encoding")(
+    _store_case(lambda p: _edit_json(p, "logits/zarr.json", lambda d: d.update(
+        chunk_key_encoding={"name": "v2", "configuration": {"separator": "."}})), verify=False))
+register("store: chunk grid edited", StoreError, r"'features': metadata chunk_shape is \[20, 4\]")(
+    _store_case(lambda p: _edit_json(p, "features/zarr.json", lambda d: d["chunk_grid"]["configuration"].update(
+        chunk_shape=[20, 4])), verify=False))
+register("store: fill value edited", StoreError, r"metadata file label/zarr.json was edited")(
+    _store_case(lambda p: _edit_json(p, "label/zarr.json", lambda d: d.update(fill_value=7))))
+register("store: dimension names swapped", StoreError, r"'adv_margin': metadata dimension_names")(
+    _store_case(lambda p: _edit_json(p, "adv_margin/zarr.json", lambda d: d.update(
+        dimension_names=list(reversed(d["dimension_names"])))), verify=False))
+register("store: root attribute edited", StoreError, "root metadata")(
+    _store_case(lambda p: _edit_json(p, "zarr.json", lambda d: d["attributes"].update(regularizer="mixup")),
+                verify=False))
+register("store: attack names altered", StoreError, r"'attack'.*attack/c/0 is corrupted")(
+    _store_case(lambda p: _flip(p / "attack/c/0")))
+register("store: eps coordinate deleted", IncompleteStoreError, r"'eps'.*eps/c/0 is missing")(
+    _store_case(lambda p: (p / "eps/c/0").unlink(), verify=False))
+register("store: array metadata deleted", IncompleteStoreError, r"features/zarr.json is missing")(
+    _store_case(lambda p: (p / "features/zarr.json").unlink(), verify=False))
+register("store: whole variable folder deleted", IncompleteStoreError, r"'head_bias'.*missing")(
+    _store_case(lambda p: __import__("shutil").rmtree(p / "head_bias"), verify=False))
+register("store: manifest of an unknown version", StoreError, "manifest .* malformed or of an unknown version")(
+    _store_case(lambda p: _set_mark(p, manifest={"version": 99}), verify=False))
+register("store: chunk replaced by a FIFO", StoreError, r"logits/c/1/0 is a FIFO \(named pipe\)")(
+    _store_case(lambda p: _replace(p / "logits/c/1/0", __import__("os").mkfifo)))
+register("store: zarr.json replaced by a FIFO", StoreError, r"zarr.json is a FIFO")(
+    _store_case(lambda p: _replace(p / "zarr.json", __import__("os").mkfifo)))
+register("store: chunk linked to a file outside", StoreError, "symbolic link leaving the store")(
+    _store_case(lambda p: _replace(p / "label/c/0", lambda f: f.symlink_to(p.parent / "outside"))))
+register("store: chunk linked to /dev/zero", StoreError, "symbolic link leaving the store")(
+    _store_case(lambda p: _replace(p / "label/c/0", lambda f: f.symlink_to("/dev/zero"))))
+register("store: chunk that is a symlink loop", StoreError, "symbolic link that cannot be followed")(
+    _store_case(lambda p: _replace(p / "label/c/0", lambda f: f.symlink_to(f))))
+register("store: chunk linked to a folder inside", StoreError, "symbolic link to a folder")(
+    _store_case(lambda p: _replace(p / "label/c/0", lambda f: f.symlink_to(p / "features"))))
+
+
+# -- imports: sizes from each file's own metadata before allocation; dtypes the schema cannot mean are refused -------
+def _npy(shape, dtype="<f4", data=b"", version=(1, 0), raw_header=None) -> bytes:
+    header = raw_header or "{'descr': %r, 'fortran_order': False, 'shape': %r, }" % (dtype, tuple(shape))
+    pre = 10 if version[0] == 1 else 12
+    header += " " * (63 - (len(header) + pre) % 64) + "\n"
+    size = struct.pack("<H" if version[0] == 1 else "<I", len(header))
+    return b"\x93NUMPY" + bytes(version) + size + header.encode("utf8" if version[0] == 3 else "latin1") + data
+
+
+def _zip_npz(members: dict, **kw):
+    def run(i, o):
+        import zipfile
+
+        with zipfile.ZipFile(i / "d.npz", "w") as z:
+            for name, payload in members.items():
+                z.writestr(name, payload)
+        return cg.import_dump(i / "d.npz", out=o / "bad.zarr", **kw)
+    return run
+
+
+def _good_members(**over):
+    import io
+
+    a = _good()
+    out = {}
+    for k in ("features", "logits", "labels"):
+        buf = io.BytesIO()
+        np.save(buf, a[k])
+        out[f"{k}.npy"] = buf.getvalue()
+    out.update(over)
+    return out
+
+
+register("npz member without .npy suffix declaring a huge shape", DumpImportError,
+         r"'features' declares shape \(1000000, 1000000\).*TiB")(
+    _zip_npz({k: v for k, v in _good_members().items() if k != "features.npy"} | {"features": _npy((10**6, 10**6))}))
+register("npz member with a version-3.0 header declaring a huge shape", DumpImportError,
+         r"'features.npy' declares shape \(1000000, 1000000\)")(
+    _zip_npz(_good_members(**{"features.npy": _npy((10**6, 10**6), version=(3, 0))})))
+register("npz member with a version-2.0 header declaring a huge shape", DumpImportError,
+         r"'logits.npy' declares shape \(1000000000000, 4\)")(
+    _zip_npz(_good_members(**{"logits.npy": _npy((10**12, 4), version=(2, 0))})))
+register("npz member with an unknown .npy version", DumpImportError, r"unknown .npy format version 9")(
+    _zip_npz(_good_members(**{"labels.npy": _npy((30,), "<i8", version=(9, 0))})))
+register("npz member with a negative shape", DumpImportError, r"invalid shape \(-30,\)")(
+    _zip_npz(_good_members(**{"labels.npy": _npy((-30,), "<i8")})))
+register("npz member with a garbage header", DumpImportError, r"'features.npy' is not a valid .npy array")(
+    _zip_npz(_good_members(**{"features.npy": _npy((), raw_header="__import__('os')")})))
+register("npz member that is not an array", DumpImportError, r"'notes.txt' is not a valid .npy array")(
+    _zip_npz(_good_members(**{"notes.txt": b"hello"})))
+register("npz with two members naming one array", DumpImportError, r"both name array 'features'")(
+    _zip_npz(_good_members(features=_npy((30, 5), data=b"\0" * 600))))
+register("npz with complex features", DumpImportError, r"'features.npy' has dtype complex64 \(complex\)")(
+    lambda i, o: _npz(i, o, features=np.zeros((30, 5), np.complex64), logits=_good()["logits"], labels=_good()["labels"]))
+register("npz with string labels", DumpImportError, r"'labels.npy' has dtype <U1 \(text strings\)")(
+    lambda i, o: _npz(i, o, features=_good()["features"], logits=_good()["logits"], labels=np.full(30, "a")))
+register("npz with byte-string logits", DumpImportError, r"'logits.npy' has dtype \|S3 \(byte strings\)")(
+    lambda i, o: _npz(i, o, features=_good()["features"], logits=np.full((30, 4), b"abc"), labels=_good()["labels"]))
+register("npz with structured features", DumpImportError, r"'features.npy' has dtype .*raw/structured")(
+    lambda i, o: _npz(i, o, features=np.zeros(30, dtype=[("a", "f4"), ("b", "f4")]), logits=_good()["logits"],
+                      labels=_good()["labels"]))
+register("npz with datetime labels", DumpImportError, r"'labels.npy' has dtype datetime64\[D\] \(datetimes\)")(
+    lambda i, o: _npz(i, o, features=_good()["features"], logits=_good()["logits"],
+                      labels=np.zeros(30, "datetime64[D]")))
+register("npz over max_bytes", DumpImportError, r"'features.npy' declares shape \(30, 5\).*over the limit of 100 B")(
+    _zip_npz(_good_members(), max_bytes=100))
+
+
+def _pt_tensors(make, **kw):
+    def run(i, o):
+        import torch
+
+        a = {k: torch.as_tensor(v) for k, v in _good().items()}
+        a.update(make(torch))
+        torch.save(a, i / "d.pt")
+        return cg.import_dump(i / "d.pt", out=o / "bad.zarr", **kw)
+    return run
+
+
+register("pt expanded (stride-0) tensor of 10^12 rows", DumpImportError,
+         r"'features' declares shape \(1000000000000, 5\) of float32, 18.19 TiB")(
+    _pt_tensors(lambda torch: {"features": torch.zeros(1, 5).expand(10**12, 5)}))
+register("pt expanded tensor over max_bytes", DumpImportError, r"'features' declares shape \(2000000, 64\).*488.28 MiB")(
+    _pt_tensors(lambda torch: {"features": torch.zeros(1, 64).expand(2 * 10**6, 64)}, max_bytes=100 * 2**20))
+register("pt sparse tensor", DumpImportError, r"'features' has layout torch.sparse_coo")(
+    _pt_tensors(lambda torch: {"features": torch.zeros(30, 5).to_sparse()}))
+register("pt complex tensor", DumpImportError, r"'logits' has dtype complex64")(
+    _pt_tensors(lambda torch: {"logits": torch.zeros(30, 4, dtype=torch.complex64)}))
+register("pt float8 tensor", DumpImportError, r"'features' has dtype float8_e4m3fn")(
+    _pt_tensors(lambda torch: {"features": torch.zeros(30, 5).to(torch.float8_e4m3fn)}))
+register("pt tensor over max_bytes", DumpImportError, r"'features' declares shape \(30, 5\) of float32, 600 B.*100 B")(
+    _pt_tensors(lambda torch: {}, max_bytes=100))
+
+
+def _st(header, body=b"", **kw):
+    def run(i, o):
+        import json
+
+        h = header if isinstance(header, bytes) else json.dumps(header).encode()
+        (i / "d.safetensors").write_bytes(struct.pack("<Q", len(h)) + h + body)
+        return cg.import_dump(i / "d.safetensors", out=o / "bad.zarr", **kw)
+    return run
+
+
+register("safetensors header that is a JSON list", DumpImportError, r"header is a JSON list; expected an object")(
+    _st([1, 2, 3]))
+register("safetensors entry that is not an object", DumpImportError, r"'features': header entry must be")(
+    _st({"features": [0, 1]}))
+register("safetensors offsets that are not integers", DumpImportError, r"'features': header entry must be")(
+    _st({"features": {"dtype": "F32", "shape": [1], "data_offsets": ["0", 4]}}, b"\0" * 4))
+register("safetensors complex dtype", DumpImportError, r"'features' has dtype C64")(
+    _st({"features": {"dtype": "C64", "shape": [1, 1], "data_offsets": [0, 8]}}, b"\0" * 8))
+register("safetensors float8 dtype", DumpImportError, r"'features' has dtype F8_E4M3")(
+    _st({"features": {"dtype": "F8_E4M3", "shape": [2, 2], "data_offsets": [0, 4]}}, b"\0" * 4))
+register("safetensors shape disagreeing with its offsets", DumpImportError, r"\(2, 2\) of F32 \(16 bytes\) but its offsets hold 4")(
+    _st({"features": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 4]}}, b"\0" * 4))
+register("safetensors huge declared shape", DumpImportError, r"'features' declares shape \(1000000, 1000000\)")(
+    _st({"features": {"dtype": "F32", "shape": [10**6, 10**6], "data_offsets": [0, 4]}}, b"\0" * 4))
+register("safetensors negative shape", DumpImportError, r"'features' declares an invalid shape")(
+    _st({"features": {"dtype": "F32", "shape": [-1, 4], "data_offsets": [0, 4]}}, b"\0" * 4))
+register("safetensors header not UTF-8", DumpImportError, r"not valid JSON")(_st(b"\xff\xfe{}  "))
+
+
+def _nc(build, **kw):
+    def run(i, o):
+        import xarray as xr
+
+        a = _good()
+        ds = xr.Dataset({"features": (("sample", "feature"), a["features"]),
+                         "logits": (("sample", "class"), a["logits"]), "label": (("sample",), a["labels"])})
+        ds = build(ds, a, xr)
+        ds.to_netcdf(i / "d.nc")
+        return cg.import_dump(i / "d.nc", out=o / "bad.zarr", **kw)
+    return run
+
+
+def _with_adv(correct, coords=True):
+    def build(ds, a, xr):
+        ds = ds.assign(adv_correct=(("attack", "eps", "sample"), correct(np.ones((1, 2, 30), bool))),
+                       adv_margin=(("attack", "eps", "sample"), np.zeros((1, 2, 30), np.float32)))
+        return ds.assign_coords(attack=["pgd"], eps=[0.0, 0.1]) if coords else ds
+    return build
+
+
+register("netCDF attack outcomes without attack/eps coordinates", DumpImportError,
+         r"need the coordinate\(s\) \['attack', 'eps'\].*not guessed from positions")(_nc(_with_adv(lambda c: c, False)))
+register("netCDF NaN in a boolean outcome", DumpImportError, r"'adv_correct' holds 1 NaN")(
+    _nc(_with_adv(lambda c: np.where(np.arange(60).reshape(1, 2, 30) == 5, np.nan, c.astype(np.float32)))))
+register("netCDF boolean outcome holding 2", DumpImportError, r"'adv_correct' must be boolean \(or 0/1\)")(
+    _nc(_with_adv(lambda c: c.astype(np.int8) * 2)))
+register("netCDF eps given as text", DumpImportError, r"'eps' has dtype object \(Python objects\)")(
+    _nc(lambda ds, a, xr: _with_adv(lambda c: c, False)(ds, a, xr).assign_coords(attack=["pgd"], eps=["a", "b"])))
+register("netCDF features with wrong dimension names", DumpImportError,
+         r"'features' has dims \('n', 'd'\); expected \('sample', 'feature'\)")(
+    _nc(lambda ds, a, xr: ds.assign(features=(("n", "d"), a["features"]))))
+register("netCDF labels with a wrong dimension name", DumpImportError, r"'label' has dims \('row',\)")(
+    _nc(lambda ds, a, xr: ds.assign(label=(("row",), a["labels"]))))
+register("netCDF non-numeric seed attribute", DumpImportError, r"attribute 'seed' must be a whole number, got 'abc'")(
+    _nc(lambda ds, a, xr: ds.assign_attrs(seed="abc")))
+register("netCDF over max_bytes", DumpImportError, r"'features' declares shape \(30, 5\) of float32.*over the limit")(
+    _nc(lambda ds, a, xr: ds, max_bytes=300))
+register("netCDF garbage file", DumpImportError, r"cannot read as netCDF")(
+    lambda i, o: ((i / "d.nc").write_bytes(b"CDF\x01" + b"\xff" * 40), cg.import_dump(i / "d.nc", out=o / "b.zarr")))
+register("netCDF file that is a folder", DumpImportError, r"is not a regular file")(
+    lambda i, o: ((i / "d.nc").mkdir(), cg.import_dump(i / "d.nc", out=o / "b.zarr")))
+register("dump that is a FIFO", DumpImportError, r"not a regular file \(a FIFO")(
+    lambda i, o: (__import__("os").mkfifo(i / "d.npz"), cg.import_dump(i / "d.npz", out=o / "b.zarr")))
+register("import attrs with a text strength", DumpImportError, r"attribute 'strength' must be a number, got 'high'")(
+    lambda i, o: (np.savez(i / "d.npz", features=_good()["features"], logits=_good()["logits"], labels=_good()["labels"]),
+                  cg.import_dump(i / "d.npz", out=o / "b.zarr", attrs={"strength": "high"})))
+register("max_bytes that is not a positive integer", ConfigError, r"max_bytes: expected a positive integer")(
+    lambda i, o: (np.savez(i / "d.npz", **{k: v for k, v in _good().items() if k in ("features", "logits", "labels")}),
+                  cg.import_dump(i / "d.npz", out=o / "b.zarr", max_bytes=-5)))
+
+
+# -- destinations and run tables ------------------------------------------------------------------------------------
+def _two_dumps(i: Path) -> list[Path]:
+    out = []
+    for k in ("a", "b"):
+        a = _good(seed=len(out))
+        np.savez(i / f"{k}.npz", features=a["features"], logits=a["logits"], labels=a["labels"])
+        out.append(i / f"{k}.npz")
+    return out
+
+
+def _table(text: str, dest=lambda i, o: o / "study"):
+    def run(i, o):
+        srcs = _two_dumps(i)
+        (i / "runs.csv").write_bytes(text.encode() if isinstance(text, str) else text)
+        return cg.adapters.import_study(srcs, dest(i, o), run_table=i / "runs.csv")
+    return run
+
+
+register("multi-run import into a run store", DumpImportError, r"is a run store \(RUN.zarr\), not a study folder")(
+    lambda i, o: cg.adapters.import_study(_two_dumps(i), _small_store(i)))
+register("multi-run import into a file", DumpImportError, r"destination .* is a file, not a study folder")(
+    lambda i, o: ((i / "x").write_text(""), cg.adapters.import_study(_two_dumps(i), i / "x")))
+register("multi-run import into a folder holding other things", DumpImportError, r"holding \[.*'notes.txt'\] but no runs")(
+    lambda i, o: ((i / "notes.txt").write_text("x"), cg.adapters.import_study(_two_dumps(i), i)))
+register("multi-run import clashing with an existing run", StoreExistsError, r"already has run\(s\) \['a'\]; nothing")(
+    lambda i, o: (cg.adapters.import_study(_two_dumps(i)[:1], i / "s"), cg.adapters.import_study(_two_dumps(i), i / "s")))
+register("same dump file twice", DumpImportError, r"\['a.npz'\] appear more than once")(
+    lambda i, o: cg.adapters.import_study([_two_dumps(i)[0]] * 2, o / "study"))
+register("run table with two rows for one file", DumpImportError, r"file 'a.npz' has two rows \(lines 2 and 4\)")(
+    _table("file,run_id\na.npz,x\nb.npz,y\na.npz,z\n"))
+register("run table with a text seed", DumpImportError, r"column 'seed' must hold numbers, got \['one'\]")(
+    _table("file,seed\na.npz,one\nb.npz,2\n"))
+register("run table with a fractional seed", DumpImportError, r"column 'seed' must hold whole numbers")(
+    _table("file,seed\na.npz,1.5\nb.npz,2\n"))
+register("run table with a text strength", DumpImportError, r"column 'strength' must hold numbers, got \['high'\]")(
+    _table("file,strength\na.npz,high\nb.npz,0.1\n"))
+register("run table with a ragged line", DumpImportError, r"line 3 has 3 fields, the header has 2")(
+    _table("file,run_id\na.npz,x\nb.npz,y,z\n"))
+register("run table that is empty", DumpImportError, r"is empty; expected a header row")(_table(""))
+register("run table that is not UTF-8", DumpImportError, r"cannot read as a UTF-8 CSV")(_table(b"\xff\xfe,\x00\n"))
+register("run table with a repeated column", DumpImportError, r"column names must be unique")(
+    _table("file,seed,seed\na.npz,1,2\nb.npz,1,2\n"))
+register("run table with an empty file cell", DumpImportError, r"line 3 has an empty 'file' cell")(
+    _table("file,run_id\na.npz,x\n,y\n"))
+register("run table that is a folder", DumpImportError, r"cannot read as a UTF-8 CSV")(
+    lambda i, o: ((i / "t.csv").mkdir(), cg.adapters.import_study(_two_dumps(i), o / "s", run_table=i / "t.csv")))
+register("lock file that is a symbolic link", StoreError, r"lock file .* is a symbolic link; refusing to follow it")(
+    lambda i, o: ((o / ".r.zarr.lock").symlink_to(i / "elsewhere"), cg.save(cg.from_arrays(
+        _good()["features"], _good()["logits"], _good()["labels"], attrs={"run_id": "r"}), o / "r.zarr")))

@@ -34,7 +34,7 @@ def test_malformed_input(case, tmp_path):
 
 
 def test_corpus_is_large_enough():
-    assert len(CASES) >= 30
+    assert len(CASES) >= 185  # 125 cases of issue 10, at least 60 more from issue 16
     assert len({c.name for c in CASES}) == len(CASES)
 
 
