@@ -29,6 +29,7 @@ from causalgeom.causal import mediate, simulate_mediation
 
 CONFIGS = [  # (label, mediate keyword arguments)
     ("CR2, t(G-2), paired [default]", dict(inference="cr2")),
+    ("wild cluster bootstrap (Webb), paired", dict(inference="wild")),
     ("cluster bootstrap, paired", dict(inference="bootstrap", bootstrap="cluster")),
     ("CR2, t(G-2), unpaired", dict(inference="cr2", paired_by=None)),
     ("cluster bootstrap, unpaired [old default]", dict(inference="bootstrap", bootstrap="cluster", paired_by=None)),

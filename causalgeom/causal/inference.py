@@ -26,7 +26,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["MAX_EXACT", "randomization_floor", "relabelings", "cr2_scores", "CR2", "delta_ratio"]
+__all__ = ["MAX_EXACT", "randomization_floor", "relabelings", "cr2_scores", "CR2", "delta_ratio", "fieller", "WEBB",
+           "wild_replicates"]
 
 #: Largest number of relabelings enumerated for an exact randomization test.
 MAX_EXACT = 20_000
@@ -150,7 +151,7 @@ class CR2:
     """
 
     def __init__(self, theta: np.ndarray, psi: np.ndarray, effects: Callable[[np.ndarray], np.ndarray]):
-        self.theta, self.psi = theta, psi
+        self.theta, self.psi, self.effects = theta, psi, effects
         self.vcov_theta = psi.T @ psi
         P = theta.size
         h = 1e-6 * np.maximum(1.0, np.abs(theta))
@@ -171,6 +172,31 @@ class CR2:
         return float(self.vcov[i[0] * L + i[1], j[0] * L + j[1]])
 
 
+#: Webb's (2014) six-point distribution: ±sqrt(1/2), ±1, ±sqrt(3/2), each with probability 1/6.
+WEBB = np.array([-np.sqrt(1.5), -1.0, -np.sqrt(0.5), np.sqrt(0.5), 1.0, np.sqrt(1.5)])
+
+
+def wild_replicates(cr2: CR2, B: int, rng: np.random.Generator, batch: int = 256) -> np.ndarray:
+    """Unrestricted wild cluster bootstrap (WCU) of the effects with Webb six-point weights.
+
+    Replicate ``b`` multiplies every cluster's (CR2-transformed) residuals by one weight ``v_bg`` shared by the
+    mediator and outcome models (so their correlation is kept); for least squares the refitted coefficients are
+    exactly ``θ* = θ + Σ_g v_bg ψ_g`` (``ψ_g`` from `cr2_scores`), and the effects are recomputed from ``θ*``
+    (Cameron, Gelbach & Miller 2008; Webb 2014; MacKinnon, Nielsen & Webb 2023 for the CR2-type residuals).
+
+    Returns
+    -------
+    ndarray, shape (B, E, L)
+    """
+    G = cr2.psi.shape[0]
+    out = []
+    for s in range(0, B, batch):
+        b = min(batch, B - s)
+        v = WEBB[rng.integers(0, 6, size=(b, G))]
+        out.append(cr2.effects(cr2.theta[None] + v @ cr2.psi))
+    return np.concatenate(out) if out else np.empty((0,) + cr2.shape)
+
+
 def t_interval(point: np.ndarray, se: np.ndarray, df: float, level: float) -> tuple[np.ndarray, np.ndarray,
                                                                                     np.ndarray]:
     """``point ± t_{df, 1-α/2} se`` and the two-sided t p-value of ``θ = 0``."""
@@ -187,6 +213,21 @@ def delta_ratio(num: float, den: float, v_num: float, v_den: float, c_nd: float)
     r = num / den
     v = v_num / num ** 2 + v_den / den ** 2 - 2 * c_nd / (num * den) if num != 0 else v_num / den ** 2
     return float(abs(r) * math.sqrt(max(v, 0.0))) if num != 0 else float(math.sqrt(max(v, 0.0)))
+
+
+def fieller(num: float, den: float, v_num: float, v_den: float, c_nd: float, q: float) -> tuple[float, float]:
+    """Fieller's (1954) interval for ``num / den``: the ``r`` with ``(num - r den)² <= q² (v_n - 2 r c + r² v_d)``.
+
+    Bounded when the denominator is significantly away from 0 (``den² > q² v_d``); otherwise ``(nan, nan)``.
+    """
+    a = den ** 2 - q ** 2 * v_den
+    b = -2.0 * (num * den - q ** 2 * c_nd)
+    c = num ** 2 - q ** 2 * v_num
+    disc = b * b - 4 * a * c
+    if a <= 0 or disc < 0:
+        return float("nan"), float("nan")
+    r1, r2 = (-b - math.sqrt(disc)) / (2 * a), (-b + math.sqrt(disc)) / (2 * a)
+    return float(min(r1, r2)), float(max(r1, r2))
 
 
 def any_nan(x: Any) -> bool:

@@ -12,7 +12,8 @@ from ..errors import QueryError
 from ._design import MIN_CLUSTERS_CONTINUOUS, MIN_CLUSTERS_PER_ARM, Design, build_design
 from .bootstrap import replicate_batches, row_strata
 from .estimators import LinearMediation
-from .inference import randomization_floor, randomization_pvalue, relabelings, t_interval, delta_ratio
+from .inference import (fieller, randomization_floor, randomization_pvalue, relabelings, t_interval,
+                        wild_replicates)
 from .options import BOOTSTRAP_SCHEMES, ESTIMANDS, INFERENCE, METHODS, OUTCOME_MODELS, PAIRED_BY
 from .results import MediationResult
 
@@ -173,11 +174,12 @@ def mediate(table: pd.DataFrame, *, treatment: str, mediators: str | Sequence[st
     treatment_type : {"auto", "categorical", "continuous"}
     level : {"sample", "run"}, optional
         Level of the table (default: ``table.attrs["level"]`` or inferred from the clusters).
-    inference : {"cr2", "permutation", "bootstrap"}, optional
+    inference : {"cr2", "permutation", "wild", "bootstrap"}, optional
         ``"cr2"`` (default, see `DEFAULT_INFERENCE`): CR2 cluster-robust standard errors of the model
         coefficients, delta method, Student t intervals with G − 2 degrees of freedom. ``"permutation"``:
         p-values from a run-level randomization test (exact when the relabelings can be enumerated), intervals
-        from CR2. ``"bootstrap"``: percentile intervals of ``bootstrap=`` (the former default). Every p-value is
+        from CR2. ``"wild"``: unrestricted wild cluster bootstrap with Webb weights (``n_boot`` replicates).
+        ``"bootstrap"``: percentile intervals of ``bootstrap=`` (the former default). Every p-value is
         at least the design's floor (`causalgeom.causal.inference.randomization_floor`).
     paired_by : {"auto", "sample"} or None
         ``"auto"``: absorb image fixed effects when every run of the compared arms scored the same ``sample``
@@ -347,6 +349,17 @@ def run_inference(est: LinearMediation, design: Design, point: np.ndarray, *, in
                                          "|θ|}}) / (n + 1)")
                                  + "; the sharp null of no treatment effect at all"))
             out["text"] = out["text"] + "; p-values from the run-level randomization test"
+    elif inference == "wild" and method != "statsmodels":
+        cr2 = est.cr2()
+        B = max(n_boot, 1)
+        reps = wild_replicates(cr2, B, rng)
+        lo, hi = percentile_ci(reps, ci_level)
+        pv = bootstrap_pvalue(reps)
+        out.update(lo=lo, hi=hi, pv=pv, reps=reps, n_used=B, cr2=None, unit=f"wild cluster ({unit_name})",
+                   text=(f"{pct} percentile intervals from an unrestricted wild cluster bootstrap (WCU) over {G} "
+                         f"clusters ({unit_name}): Webb six-point weights, one per cluster shared by the mediator "
+                         f"and outcome models, CR2-transformed residuals, {B} replicates"),
+                   p_method=P_VALUE_METHOD)
     elif inference == "bootstrap" and method != "statsmodels":
         if n_boot > 0:
             _few_clusters_warning(design, bootstrap, method, notes)
@@ -464,11 +477,10 @@ def build_result(est: LinearMediation, design: Design, point: np.ndarray, po: np
                 continue
             from scipy import stats
 
-            se = delta_ratio(num, den, v_n, v_d, c_nd)
-            qz = stats.t.ppf(0.5 + ci_level / 2, max(design.n_clusters - 2, 1)) if cr2 is not None else \
+            q = stats.t.ppf(0.5 + ci_level / 2, max(design.n_clusters - 2, 1)) if cr2 is not None else \
                 stats.norm.ppf(0.5 + ci_level / 2)
-            lo[e, l], hi[e, l] = num / den - qz * se, num / den + qz * se
-            note[e, l] = "delta-method interval; no p-value"
+            lo[e, l], hi[e, l] = fieller(num, den, v_n, v_d, c_nd, q)
+            note[e, l] = "Fieller interval; no p-value"
     # extrapolation: natural effects rest on the models where the mediator supports do not overlap
     unsupported = [] if overlap is None or not len(overlap) else list(overlap.loc[~overlap["supported"].astype(bool),
                                                                                   "mediator"])

@@ -22,8 +22,8 @@ TREATMENT_TYPES = ("auto", "categorical", "continuous")
 #: Class centers of the cosine columns (`causalgeom.geometry.class_centers`).
 CENTERS = ("minimal_loss", "mean", "weight")
 #: Inference methods: CR2 cluster-robust standard errors with t intervals, a run-level randomization
-#: (permutation) test, the bootstrap of ``bootstrap=``.
-INFERENCE = ("cr2", "permutation", "bootstrap")
+#: (permutation) test, the wild cluster bootstrap (Webb weights), the bootstrap of ``bootstrap=``.
+INFERENCE = ("cr2", "permutation", "wild", "bootstrap")
 #: Pairing of runs by test image (``None`` turns it off).
 PAIRED_BY = ("auto", "sample", None)
 #: Estimands: the effect over training runs, or of these models over test images (``"auto"``: runs when every

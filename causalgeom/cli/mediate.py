@@ -40,9 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cluster", help="cluster column (default run_id; 'none': rows are independent)")
     p.add_argument("--level", choices=("sample", "run"), help="analysis table level (default sample)")
     p.add_argument("--method", choices=("regression", "statsmodels", "dowhy"))
-    p.add_argument("--inference", choices=("cr2", "permutation", "bootstrap"),
+    p.add_argument("--inference", choices=("cr2", "permutation", "wild", "bootstrap"),
                    help="cr2 (default): CR2 standard errors, t(G-2) intervals; permutation: exact run-level "
-                        "randomization p-values (CR2 intervals); bootstrap: percentile intervals of --bootstrap")
+                        "randomization p-values (CR2 intervals); wild: wild cluster bootstrap (Webb weights); "
+                        "bootstrap: percentile intervals of --bootstrap")
     p.add_argument("--bootstrap", choices=("cluster", "cluster+samples", "naive", "two-way"),
                    help="bootstrap scheme (selects --inference bootstrap when that is not given)")
     p.add_argument("--paired-by", dest="paired_by", choices=("auto", "sample", "none"),
