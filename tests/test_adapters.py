@@ -175,3 +175,135 @@ def test_import_study_with_run_table(tmp_path, arrays):
     assert cg.open_study(tmp_path / "study").run_ids == ids
     with pytest.raises(cg.DumpImportError, match=r"dump file names \['m0.npz'\] appear more than once"):
         cg.adapters.import_study([files[0], files[0]], tmp_path / "s2")
+
+
+# -- issue 16: bounded imports read correct files exactly; destinations; run tables as text --------------------------
+def _npy_bytes(arr, version):
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, arr, version=version)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("version", [(1, 0), (2, 0), (3, 0)])
+def test_npz_members_without_suffix_and_any_npy_version_are_read_exactly(tmp_path, arrays, version):
+    import zipfile
+
+    p = tmp_path / "d.npz"
+    with zipfile.ZipFile(p, "w") as z:
+        z.writestr("features", _npy_bytes(arrays["features"], version))  # no .npy suffix
+        z.writestr("logits.npy", _npy_bytes(arrays["logits"], version))
+        z.writestr("labels.npy", _npy_bytes(arrays["labels"], version))
+    ds = cg.import_dump(p)
+    np.testing.assert_array_equal(ds.features.values, arrays["features"])
+    np.testing.assert_array_equal(ds.label.values, arrays["labels"])
+
+
+def test_declared_size_limit_is_exact(tmp_path, arrays):
+    """max_bytes compares the declared in-memory size: features of 40 x 6 float32 are 960 bytes."""
+    p = tmp_path / "d.npz"
+    np.savez(p, features=arrays["features"], logits=arrays["logits"], labels=arrays["labels"])
+    total = sum(a.nbytes for a in (arrays["features"], arrays["logits"], arrays["labels"]))
+    cg.import_dump(p, max_bytes=total)  # exactly the total: accepted
+    with pytest.raises(cg.DumpImportError, match="together take"):
+        cg.import_dump(p, max_bytes=total - 1)
+    with pytest.raises(cg.DumpImportError, match=r"'features.npy' declares shape \(40, 6\) of float32, 960 B"):
+        cg.import_dump(p, max_bytes=959)
+    assert cg.adapters.default_max_bytes() > 0
+
+
+def test_expanded_and_view_tensors_import_by_value(tmp_path, arrays):
+    """A stride-0 tensor within the limit and a view of a larger storage import as the values they show."""
+    f = torch.as_tensor(arrays["features"])
+    big = torch.zeros(100, 6)
+    big[10:50] = f
+    view = big[10:50]  # a view: storage of 100 rows, 40 shown
+    row = torch.as_tensor(arrays["features"][:1]).expand(40, 6)  # stride 0
+    torch.save({"features": view, "logits": torch.as_tensor(arrays["logits"]),
+                "labels": torch.as_tensor(arrays["labels"])}, tmp_path / "v.pt")
+    ds = cg.import_dump(tmp_path / "v.pt")
+    np.testing.assert_array_equal(ds.features.values, arrays["features"])
+    W, b = torch.as_tensor(arrays["W"]), torch.as_tensor(arrays["b"])
+    torch.save({"features": row, "labels": torch.as_tensor(arrays["labels"]), "fc.weight": W, "fc.bias": b},
+               tmp_path / "e.pt")
+    ds = cg.import_dump(tmp_path / "e.pt")
+    np.testing.assert_array_equal(ds.features.values, np.repeat(arrays["features"][:1], 40, axis=0))
+
+
+def test_bfloat16_tensor_is_widened(tmp_path, arrays):
+    f = torch.as_tensor(arrays["features"]).to(torch.bfloat16)
+    torch.save({"features": f, "labels": torch.as_tensor(arrays["labels"]), "fc.weight": torch.as_tensor(arrays["W"])},
+               tmp_path / "b.pt")
+    ds = cg.import_dump(tmp_path / "b.pt")
+    np.testing.assert_array_equal(ds.features.values, f.float().numpy())  # bfloat16 -> float32 is exact
+
+
+def test_netcdf_dims_matched_by_name_and_outcomes_as_0_1(tmp_path, arrays):
+    ds = xr.Dataset({"features": (("feature", "sample"), arrays["features"].T),  # transposed: matched by name
+                     "logits": (("sample", "class"), arrays["logits"]), "label": (("sample",), arrays["labels"]),
+                     "adv_correct": (("sample", "eps", "attack"), np.ones((40, 2, 1), np.int8)),
+                     "adv_margin": (("attack", "eps", "sample"), np.zeros((1, 2, 40), np.float32))},
+                    coords={"attack": ["pgd"], "eps": [0.0, 0.03]})
+    ds.to_netcdf(tmp_path / "d.nc")
+    back = cg.import_dump(tmp_path / "d.nc")
+    np.testing.assert_array_equal(back.features.values, arrays["features"])
+    assert back.adv_correct.dtype == bool and back.adv_correct.values.all()
+    assert list(back.attack.values) == ["pgd"] and list(back.eps.values) == [0.0, 0.03]
+
+
+def test_run_table_is_read_as_text(tmp_path, arrays):
+    files = []
+    for name in ("a", "b"):
+        np.savez(tmp_path / f"{name}.npz", features=arrays["features"], logits=arrays["logits"],
+                 labels=arrays["labels"])
+        files.append(tmp_path / f"{name}.npz")
+    (tmp_path / "runs.csv").write_text("file,run_id,regularizer,seed,strength,note,lr\n"
+                                       "a.npz,007,NA,0,0,None,0.1\nb.npz,008,ce,1,1e-1,,0.01\n")
+    rows = cg.adapters.read_run_table(tmp_path / "runs.csv")
+    assert rows["a.npz"] == {"run_id": "007", "regularizer": "NA", "seed": 0, "strength": 0, "note": "None", "lr": 0.1}
+    assert rows["b.npz"] == {"run_id": "008", "regularizer": "ce", "seed": 1, "strength": 0.1, "lr": 0.01}
+    assert cg.adapters.import_study(files, tmp_path / "s", run_table=tmp_path / "runs.csv") == ["007", "008"]
+    runs = cg.open_study(tmp_path / "s").runs.set_index("run_id")
+    assert runs.loc["007", "regularizer"] == "NA" and runs.loc["007", "note"] == "None"
+
+
+def test_multi_run_import_is_all_or_nothing_under_a_held_lock(tmp_path, arrays):
+    """Another process writing one of the runs: the import is refused before any run is published."""
+    from causalgeom.store import store_lock
+
+    files = []
+    for name in ("a", "b"):
+        np.savez(tmp_path / f"{name}.npz", features=arrays["features"], logits=arrays["logits"],
+                 labels=arrays["labels"])
+        files.append(tmp_path / f"{name}.npz")
+    study = tmp_path / "s"
+    study.mkdir()
+    with store_lock(study / "b.zarr"):
+        with pytest.raises(cg.StoreLockedError, match="b.zarr"):
+            cg.adapters.import_study(files, study)
+    assert sorted(p.name for p in study.iterdir() if not p.name.endswith(".lock")) == []
+    assert cg.adapters.import_study(files, study) == ["a", "b"]
+
+
+def test_failed_publish_leaves_the_study_as_it_was(tmp_path, arrays, monkeypatch):
+    import causalgeom.store as st
+
+    files = []
+    for name in ("a", "b"):
+        np.savez(tmp_path / f"{name}.npz", features=arrays["features"], logits=arrays["logits"],
+                 labels=arrays["labels"])
+        files.append(tmp_path / f"{name}.npz")
+    study = tmp_path / "s"
+    real, calls = st.save, []
+
+    def fail_second(ds, path, **kw):
+        calls.append(path)
+        if len(calls) == 2:
+            raise cg.StoreError("disk full")
+        return real(ds, path, **kw)
+
+    monkeypatch.setattr(st, "save", fail_second)
+    with pytest.raises(cg.StoreError, match="disk full"):
+        cg.adapters.import_study(files, study)
+    assert sorted(p.name for p in study.iterdir() if not p.name.endswith(".lock")) == []

@@ -56,3 +56,28 @@ def test_import_single_and_study(tmp_path, capsys):
     assert main(["import", str(tmp_path / "d.npz"), str(tmp_path / "st"), "--run-table",
                  str(tmp_path / "runs.csv")]) == 0
     assert cg.open_study(tmp_path / "st").runs.regularizer.tolist() == ["mixup"]
+
+
+def test_import_refuses_a_run_store_as_study_and_honours_max_bytes(tmp_path, capsys):
+    """Issue 16: `import a.npz b.npz study/ce-s0.zarr` wrote a.zarr and b.zarr inside the run store."""
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        f = rng.normal(size=(20, 3)).astype(np.float32)
+        np.savez(tmp_path / f"{name}.npz", features=f, logits=rng.normal(size=(20, 4)), labels=rng.integers(0, 4, 20))
+    store = cg.save(make_run(n=30, run_id="ce-s0"), tmp_path / "ce-s0.zarr")
+    before = sorted(p.name for p in store.rglob("*"))
+    assert main(["import", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), str(store)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is a run store" in err
+    assert sorted(p.name for p in store.rglob("*")) == before
+    assert main(["import", str(tmp_path / "a.npz"), str(tmp_path / "x.zarr"), "--max-bytes", "200B"]) == 2
+    err = capsys.readouterr().err
+    assert "'features.npy' declares shape (20, 3) of float32, 240 B in memory, over the limit of 200 B" in err
+    assert main(["import", str(tmp_path / "a.npz"), str(tmp_path / "x.zarr"), "--max-bytes", "1MiB"]) == 0
+    assert "x.zarr" in capsys.readouterr().out
+
+
+def test_validate_says_ok_with_manifest(tmp_path, capsys):
+    p = cg.save(make_run(n=30, run_id="a"), tmp_path / "a.zarr")
+    assert main(["validate", str(p)]) == 0
+    assert "every file matches the manifest" in capsys.readouterr().out
