@@ -310,8 +310,14 @@ class _Context:
                 try:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore", RuntimeWarning)
-                        res = causal.decompose(self.study, treatment=treatment, control=control, treated=treated,
-                                               outcome=outcomes, n_boot=500, rng=np.random.default_rng(0))
+                        kw = dict(treatment=treatment, control=control, treated=treated, outcome=outcomes, n_boot=500)
+                        res = causal.decompose(self.study, rng=np.random.default_rng(0), **kw)
+                        if len(res.alignment) and not res.alignment["aligned"].all():
+                            # head and direction cannot be swapped between these networks: the basis-free split
+                            res = causal.decompose(self.study, rng=np.random.default_rng(0),
+                                                   factors=("magnitude", "head_norm", "orientation"), **kw)
+                            res.notes.append("the runs' feature bases are not aligned, so the report uses the "
+                                             "basis-free split (magnitude, head norm, orientation)")
                 except (CausalGeomError, ValueError) as exc:
                     res = exc
                     self.notes.append(f"Decomposition of {treated} vs {control}: not computed ({exc}).")
@@ -704,7 +710,7 @@ def summary_text(decompositions: list[tuple[str, Any, Any, Any]], n_runs: int) -
             g = {r["component"]: r for r in summ[summ.outcome == outcome].to_dict("records")}
             tot = g["total"]
             factors = [f for f in res.factors if f in g]
-            parts = [f"{f} {_ci(g[f], res.ci_level)}" for f in factors]
+            parts = [f"{_FACTOR_WORDS.get(f, f)} {_ci(g[f], res.ci_level)}" for f in factors]
             clear = [f for f in factors if _excludes_zero(g[f])]
             what = _OUTCOME_WORDS.get(outcome, outcome)
             if outcome == "robust_accuracy" and res.eps is not None:
@@ -714,8 +720,8 @@ def summary_text(decompositions: list[tuple[str, Any, Any, Any]], n_runs: int) -
             if clear and _excludes_zero(tot):
                 main = max(clear, key=lambda f: abs(g[f]["estimate"]))
                 share = g[main].get("share")
-                text += (f" Mechanism: mostly the {main}" + (f" ({100 * share:.0f}% of the change)"
-                                                            if _finite(share) else "")
+                text += (f" Mechanism: mostly the {_FACTOR_WORDS.get(main, main)}"
+                         + (f" ({100 * share:.0f}% of the change)" if _finite(share) else "")
                          + (f"; also {', '.join(f for f in clear if f != main)}" if len(clear) > 1 else "") + ".")
             elif clear:
                 text += (f" The total may be 0, but the {', '.join(clear)} share(s) do not: the factors pull in "
@@ -725,12 +731,13 @@ def summary_text(decompositions: list[tuple[str, Any, Any, Any]], n_runs: int) -
             text += f" How sure: {_how_sure(res, tot)}."
             sentences.append(text)
         for note in res.notes:
-            if "unaligned" in note:
-                sentences.append(f"Caution: {note}")
+            if "unaligned" in note or "basis-free" in note:
+                sentences.append(f"Caution: {note}.")
         out.append(" ".join(sentences))
     return out
 
 
+_FACTOR_WORDS = {"head_norm": "head norm ‖W‖", "orientation": "orientation (head and feature directions, bias)"}
 _MEDIATOR_FACTOR = {"rms": "magnitude", "norm": "magnitude", "cos_true": "direction", "cos_pred": "direction"}
 
 

@@ -393,3 +393,28 @@ def test_unaligned_feature_bases_are_flagged(tmp_path):
     assert any("only the total" in n for n in res.notes)
     with pytest.raises(cg.QueryError, match="pairs: expected one of"):
         decompose(s, control="ce", treated="mixup", pairs="matched")
+
+
+def test_basis_free_split_survives_a_rotated_feature_basis(tmp_path):
+    labels, base, latent = _images(6)
+    rng = np.random.default_rng(7)
+    W, b = base + 0.3 * rng.normal(size=(K, D)), 0.1 * rng.normal(size=K)
+    f = 2.0 * latent
+    Q = np.linalg.qr(rng.normal(size=(D, D)))[0]  # the treated network: same function in rotated coordinates ...
+    shrink = np.exp(rng.normal(-0.5, 0.2, size=(N, 1)))  # ... with smaller features
+    runs = [_run("ce-s0", "ce", W, b, f, labels), _run("mixup-s0", "mixup", W @ Q.T, b, (shrink * f) @ Q.T, labels),
+            _run("cutmix-s0", "cutmix", 1.7 * W @ Q.T, b, f @ Q.T, labels)]  # a larger head, same features
+    s = _study(tmp_path, runs)
+    factors = ("magnitude", "head_norm", "orientation")
+    mag = decompose(s, control="ce", treated="mixup", outcome=["nll", "signed_ece"], factors=factors, n_boot=30,
+                    rng=0).summary().set_index(["outcome", "component"])["estimate"]
+    head = decompose(s, control="ce", treated="cutmix", outcome=["nll", "signed_ece"], factors=factors, n_boot=30,
+                     rng=0).summary().set_index(["outcome", "component"])["estimate"]
+    for o in ("nll", "signed_ece"):
+        # float32 storage of the rotated features and heads: the unchanged factors agree to ~1e-6
+        assert abs(mag[o, "total"]) > 1e-3 and mag[o, "magnitude"] == pytest.approx(mag[o, "total"], abs=1e-5)
+        assert abs(mag[o, "head_norm"]) < 1e-5 and abs(mag[o, "orientation"]) < 1e-5
+        assert abs(head[o, "total"]) > 1e-3 and head[o, "head_norm"] == pytest.approx(head[o, "total"], abs=1e-5)
+        assert abs(head[o, "magnitude"]) < 1e-5 and abs(head[o, "orientation"]) < 1e-5
+    with pytest.warns(RuntimeWarning, match="unaligned"):  # the head/direction split cannot be read here
+        decompose(s, control="ce", treated="mixup", outcome="nll", n_boot=30, rng=0)

@@ -35,8 +35,9 @@ from ..errors import QueryError
 __all__ = ["decompose", "DecompositionResult", "shapley_values", "FACTORS", "DECOMPOSE_OUTCOMES",
            "PER_IMAGE_OUTCOMES", "ESTIMANDS", "PAIRINGS", "MAX_EXACT_RELABELINGS"]
 
-#: Factors a decomposition can swap between runs ("cosine": the cosine to the class center only, see `decompose`).
-FACTORS = ("head", "magnitude", "direction", "cosine")
+#: Factors a decomposition can swap between runs ("cosine": the cosine to the class center only; "head_norm" and
+#: "orientation": the basis-free split, see `decompose`).
+FACTORS = ("head", "magnitude", "direction", "cosine", "head_norm", "orientation")
 #: Outcomes of `decompose` (``robust_*`` need ``adv_features``, stored by ``causalgeom extract --save-adv``).
 DECOMPOSE_OUTCOMES = ("signed_ece", "ece", "nll", "accuracy", "brier", "robust_accuracy", "robust_margin")
 #: Outcomes that are means of a per-image quantity, so that their shares also add up image by image.
@@ -215,6 +216,12 @@ def _load_run(ds: Any, order: np.ndarray | None, need_cos: bool, need_adv: bool,
 # ----------------------------------------------------------------------------------------------
 def _world_logits(runs: tuple[_Run, _Run], pick: dict[str, int], mode: str, adv: bool) -> np.ndarray:
     """Logits (n, K) of one world; ``pick[factor]`` is 0 (control) or 1 (treated)."""
+    if mode == "basisfree":  # z = ||h_M|| ||W_S||_F (u_R · W_R / ||W_R||_F) + b_R: no product across two bases
+        mag, scale, rest = runs[pick["magnitude"]], runs[pick["head_norm"]], runs[pick["orientation"]]
+        norm = mag.adv_norm if adv else mag.norm
+        unit = rest.adv_unit if adv else rest.unit
+        s_rest, s_new = np.linalg.norm(rest.W), np.linalg.norm(scale.W)
+        return (norm * (s_new / s_rest))[:, None] * (unit @ rest.W.T) + rest.b
     head = runs[pick["head"]]
     mag = runs[pick["magnitude"]]
     dirr = runs[pick["direction"]]
@@ -496,8 +503,10 @@ def _check_factors(factors: Any) -> tuple[tuple[str, ...], str]:
         return fs + ("direction",), "cosine"
     if set(fs) == {"head", "magnitude", "cosine", "direction"}:
         return fs, "cosine"
-    raise QueryError(f"factors: expected ('head', 'magnitude', 'direction'), ('head', 'magnitude', 'cosine') or all "
-                     f"four, got {list(fs)}")
+    if len(fs) == 3 and set(fs) == {"magnitude", "head_norm", "orientation"}:
+        return fs, "basisfree"
+    raise QueryError(f"factors: expected ('head', 'magnitude', 'direction'), ('head', 'magnitude', 'cosine') (or with "
+                     f"'direction' too), or ('magnitude', 'head_norm', 'orientation'), got {list(fs)}")
 
 
 def _runs_of(runs: pd.DataFrame, treatment: str, level: Any, name: str) -> list[str]:
@@ -544,6 +553,11 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
         ``"robust_accuracy"`` / ``"robust_margin"`` (true-class logit minus the best other) from the
         world logits of the attacked images' features (needs ``adv_features``: ``extract --save-adv``).
     factors : tuple of str
+        ``("magnitude", "head_norm", "orientation")`` is the basis-free split for runs whose feature bases
+        are not aligned (independently initialised networks, two public models): the logits
+        ``z = ||h|| · ||W||_F · (u · W / ||W||_F) + b`` take the feature magnitude from one run, the head's
+        Frobenius norm from one run, and the orientation (``u``, ``W / ||W||_F`` and ``b`` together) from
+        one run, so no head is ever applied to another network's features.
         ``("head", "magnitude", "direction")`` (2³ worlds), or ``("head", "magnitude", "cosine")``: the
         direction's cosine to the class center is its own factor, and ``direction`` then means the rest of
         the direction (2⁴ worlds, a fourth row ``direction``). In a world with head from run H, direction
@@ -705,7 +719,7 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
         worlds = _world_stats(pair, facs, mode, adv=False)
         adv_worlds = _world_stats(pair, facs, mode, adv=True) if need_adv else None
         is_cross = i < n_c <= j
-        if is_cross:
+        if is_cross and mode != "basisfree":
             acc = [float(w["correct"].mean()) for w in worlds]
             full = len(worlds) - 1
             align_rows.append({"control_run": all_ids[i], "treated_run": all_ids[j], "own_accuracy": (acc[0] + acc[-1]) / 2,
@@ -730,9 +744,9 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
          "value": float(F[o][m, i, j])}
         for o in outcomes for i, j in cross_pairs for m, name in enumerate(names[:n_main])])
     chance = 1.0 / loaded[all_ids[0]].W.shape[0]
-    alignment = pd.DataFrame(align_rows)
+    alignment = pd.DataFrame(align_rows, columns=["control_run", "treated_run", "own_accuracy", "head_swap_accuracy"])
     kept = (alignment["head_swap_accuracy"] - chance) / np.maximum(alignment["own_accuracy"] - chance, 1e-12)
-    alignment["aligned"] = kept >= 0.5
+    alignment["aligned"] = (kept >= 0.5).astype(bool)
 
     table_rows = []
     notes: list[str] = []
@@ -836,9 +850,11 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
             frames.append(pd.DataFrame(d))
         per_image = pd.concat(frames, ignore_index=True)
 
-    mode_text = ("head (W, b), feature magnitude ||h|| and feature direction h/||h||" if mode == "direction" else
-                 "head (W, b), feature magnitude, cosine to the true-class minimal-loss center of the head in use, "
-                 "and the rest of the direction")
+    mode_text = {"direction": "head (W, b), feature magnitude ||h|| and feature direction h/||h||",
+                 "cosine": "head (W, b), feature magnitude, cosine to the true-class minimal-loss center of the head "
+                           "in use, and the rest of the direction",
+                 "basisfree": "feature magnitude ||h||, head norm ||W||_F and orientation (W/||W||_F, h/||h|| and b "
+                              "of one run: no head is applied to another network's features)"}[mode]
     design = (f"paired by image: {labels.shape[0]} test images scored by all {n_c} {control!r} and {n_t} {treated!r} "
               f"runs; " + ("runs paired by seed (same initialisation); " if pairing == "seed" else
                            "all control × treated run pairs; ")
@@ -853,7 +869,8 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
                f"than half of the above-chance accuracy; see .alignment): their worlds combine the coordinates of "
                f"different networks, so their head and direction shares (and the magnitude share, averaged over those "
                f"worlds) are not interpretable; only the total is. "
-               + ("Pair runs that share an initialisation (pairs='seed')." if pairing == "all" else ""))
+               + ("Pair runs that share an initialisation (pairs='seed'), or " if pairing == "all" else "Use ")
+               + "the basis-free split factors=('magnitude', 'head_norm', 'orientation').")
         notes.append(msg)
         warnings.warn(f"decompose: {msg}", RuntimeWarning, stacklevel=2)
     return DecompositionResult(table=table, per_pair=per_pair, per_image=per_image, switch_effects=switch,

@@ -35,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--outcome", "--outcomes", dest="outcomes", default="signed_ece",
                    help=f"comma-separated outcomes from {', '.join(DECOMPOSE_OUTCOMES)} (default signed_ece)")
     p.add_argument("--factors", default="head,magnitude,direction",
-                   help="head,magnitude,direction (default) or head,magnitude,cosine")
+                   help="head,magnitude,direction (default), head,magnitude,cosine, or the basis-free "
+                        "magnitude,head_norm,orientation (runs with unaligned feature bases)")
     p.add_argument("--estimand", choices=ESTIMANDS, default="auto",
                    help="runs (>= 2 runs per arm), model (these models), auto (default)")
     p.add_argument("--pairs", choices=PAIRINGS, default="auto",
