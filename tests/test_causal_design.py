@@ -263,3 +263,12 @@ def test_fieller_interval_solves_its_quadratic():
     assert lo < n / d < hi
     assert fieller(n, d, vn, 0.0, 0.0, q) == pytest.approx(((n - q * 0.2) / d, (n + q * 0.2) / d), rel=1e-12)
     assert np.isnan(fieller(n, 0.1, vn, vd, c, q)[0])  # denominator not away from 0: unbounded, reported as NaN
+
+
+def test_permutation_needs_runs_and_other_methods_say_they_are_unpaired(crossed):
+    df, _ = crossed
+    one = df[df.run_id.isin(df.run_id.unique()[[0, 3]])]  # one run per arm: model-conditional estimand
+    with pytest.raises(QueryError, match="inference='permutation' relabels the treatment across runs"):
+        mediate(one, inference="permutation", **KW)
+    r = mediate(df, method="dowhy", n_boot=0, inference="bootstrap", **KW)
+    assert r.design == "unpaired: method='dowhy' fits unpaired models"

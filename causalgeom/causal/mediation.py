@@ -228,6 +228,8 @@ def mediate(table: pd.DataFrame, *, treatment: str, mediators: str | Sequence[st
                           level=level, bootstrap=bootstrap if inference == "bootstrap" else "cluster",
                           outcome_model=outcome_model,
                           paired_by=paired_by if method == "regression" else None, estimand=estimand)
+    if method != "regression" and paired_by is not None:
+        design.design_text = f"unpaired: method={method!r} fits unpaired models"
     notes = list(design.notes)
     outcome_model = resolve_outcome_model(outcome_model, design.Y, design.outcomes, notes)
     if outcome_model == "logistic":
