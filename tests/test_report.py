@@ -153,3 +153,22 @@ def test_eps_labels_and_rounding_to_the_interval():
     assert round_to_interval(12.3456, 9.8, 14.8) == ("+12.3", "+9.8", "+14.8")
     assert format_ci(0.5, 0.5, 0.5) == "+0.5"  # degenerate interval: 3 significant digits, no CI
     assert format_ci(-0.0651, -0.0723, -0.0578) == "-0.0651 (95% CI -0.0723 to -0.0578)"
+
+
+@pytest.mark.slow
+def test_unaligned_runs_get_the_basis_free_split(tmp_path):
+    s = cg.open_study(tmp_path / "study", create=True)
+    for reg, scale in (("ce", 2.0), ("label_smoothing", 0.7)):
+        for seed in range(2):
+            ds = crossed_run(f"{reg}-s{seed}", reg, 0.0, scale, 10 * seed + (reg == "ce"))
+            if reg == "label_smoothing":  # the same kind of network in other feature coordinates
+                Q = np.linalg.qr(np.random.default_rng(seed).normal(size=(8, 8)))[0].astype(np.float32)
+                ds["features"] = (("sample", "feature"), ds["features"].values @ Q.T)
+                ds["head_weight"] = (("class", "feature"), ds["head_weight"].values @ Q.T)
+                ds["adv_features"] = (("attack", "eps", "sample", "feature"), ds["adv_features"].values @ Q.T)
+            s.add(ds)
+    q = cg.causal.Query(treatment="regularizer", control="ce", treated="label_smoothing", mediators=["rms"],
+                        outcomes=["overconfidence"], n_boot=50, seed=0)
+    out = cg.report(s, out=tmp_path / "r" / "report.html", query=q, progress=False, interventions=False, refute=False)
+    summary = out.with_suffix(".md").read_text().split("## Summary")[1].split("## Why")[0]
+    assert "basis-free split" in summary and "head norm" in summary
