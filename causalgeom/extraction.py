@@ -860,6 +860,28 @@ def _dataset(name: str, split: str, root: Any):
     return data.load_dataset(name, split, root=root)
 
 
+def _check_input_shape(config: Mapping[str, Any], dataset: Any, checkpoint: Path) -> None:
+    """Refuse data whose images disagree with the input the checkpoint's model spec declares (``in_channels``,
+    ``image_size``): a 1-channel image given to a 3-channel model is broadcast by the normalization, silently."""
+    spec = config.get("model_spec") if isinstance(config.get("model_spec"), Mapping) else {}
+    want_c, want_hw = spec.get("in_channels"), spec.get("image_size")
+    if want_c is None and not want_hw:
+        return
+    try:
+        shape = tuple(int(s) for s in dataset[0][0].shape)
+    except Exception:  # noqa: BLE001 - an empty or unusual dataset: extract reports what it cannot use
+        return
+    if len(shape) != 3:
+        return
+    if want_c is not None and shape[0] != int(want_c):
+        raise ConfigError(f"checkpoint {checkpoint}: its model spec declares {int(want_c)} input channel(s), but the "
+                          f"data give images of shape {shape} (C, H, W) with {shape[0]}; extract on the data the model "
+                          "was trained on (dataset= / --data-root)")
+    if want_hw and tuple(int(s) for s in want_hw) != shape[1:]:
+        raise ConfigError(f"checkpoint {checkpoint}: its model spec declares images of size {tuple(want_hw)} (H, W), "
+                          f"but the data give {shape[1:]}; extract on the data the model was trained on")
+
+
 def extract_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, split: str = "test",
                        data_root: str | os.PathLike | None = None, dataset: Any = None, **kwargs: Any) -> Path:
     """Extract one trained run (``checkpoint.pt`` or its run folder) with its own dataset split.
@@ -896,6 +918,7 @@ def extract_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *,
         if "dataset" not in config:
             raise ConfigError(f"checkpoint {checkpoint}: its config has no 'dataset'; pass dataset=")
         dataset = _dataset(config["dataset"], split, data_root if data_root is not None else config.get("data_root"))
+    _check_input_shape(config, dataset, checkpoint)
     attrs = {**_run_attrs(config, split, checkpoint), **dict(kwargs.pop("attrs", None) or {})}
     attrs["run_id"] = run_id
     return extract(model, dataset, out, attrs=attrs, **kwargs)

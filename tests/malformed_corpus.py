@@ -984,3 +984,20 @@ register("run table that is a folder", DumpImportError, r"cannot read as a UTF-8
 register("lock file that is a symbolic link", StoreError, r"lock file .* is a symbolic link; refusing to follow it")(
     lambda i, o: ((o / ".r.zarr.lock").symlink_to(i / "elsewhere"), cg.save(cg.from_arrays(
         _good()["features"], _good()["logits"], _good()["labels"], attrs={"run_id": "r"}), o / "r.zarr")))
+
+
+# -- a checkpoint's declared input against the data (issue 16: 3 channels on 1-channel digits was broadcast) ---------
+def _ckpt_spec(**over):
+    def run(i, o):
+        spec = {**_SPEC, **over}
+        model = cg.models.build_model("small_cnn", 10, spec["in_channels"], mean=spec["mean"], std=spec["std"])
+        return _cli(["extract", _checkpoint(i, spec=spec, model=model.state_dict()), "--out", o / "r.zarr",
+                     "--no-attack", "--no-progress"])
+    return run
+
+
+register("checkpoint declaring 3 input channels extracted on 1-channel data", ConfigError,
+         r"declares 3 input channel\(s\), but the data give images of shape \(1, 8, 8\)")(
+    _ckpt_spec(in_channels=3, mean=[0.5] * 3, std=[0.25] * 3))
+register("checkpoint declaring another image size than the data", ConfigError,
+         r"declares images of size \(16, 16\) \(H, W\), but the data give \(8, 8\)")(_ckpt_spec(image_size=[16, 16]))
