@@ -93,6 +93,25 @@ def format_ci(estimate: float, low: float, high: float, level: float = 0.95) -> 
     return f"{e} ({int(round(100 * level))}% CI {lo} to {hi})"
 
 
+def _mean_pm(table: pd.DataFrame) -> pd.DataFrame:
+    """A `causalgeom.summary.paper_table` as ``"mean ± half-width"`` strings rounded to what each interval supports."""
+    metrics = [c for c in table.columns if f"{c}_low" in table.columns and f"{c}_high" in table.columns]
+    drop = {f"{m}_{s}" for m in metrics for s in ("low", "high")}
+    out = table[[c for c in table.columns if c not in drop]].copy()
+    for m in metrics:
+        vals = []
+        for mean, lo, hi in zip(table[m], table[f"{m}_low"], table[f"{m}_high"]):
+            d = _decimals(lo, hi)
+            if not _finite(mean):
+                vals.append("nan")
+            elif d is None:
+                vals.append(f"{float(mean):.4g}")
+            else:
+                vals.append(f"{float(mean):.{d}f} ± {(float(hi) - float(lo)) / 2:.{d}f}")
+        out[m] = vals
+    return out
+
+
 def _rounded_table(df: pd.DataFrame, cols: tuple[str, str, str] = ("estimate", "ci_low", "ci_high")) -> pd.DataFrame:
     """Each row's estimate and interval as strings rounded to that row's interval; p-values to 2 significant digits."""
     out = df.copy()
@@ -396,17 +415,18 @@ class _Context:
         return s
 
     def paper_table(self) -> Section:
-        from .summary import format_table, paper_table
+        from .summary import paper_table
 
         s = Section("paper-table", "The paper table: accuracy, calibration, geometry and robustness per regularizer")
         self.paper = paper_table(self.study)
-        shown = format_table(self.paper)
+        shown = _mean_pm(self.paper)
         shown.insert(0, "group", [f"{r} ({st:g})" if r != "ce" else "ce" for r, st in
                                   zip(shown.pop("regularizer"), shown.pop("strength"))])
         shown = shown.set_index("group").T.reset_index().rename(columns={"index": "metric"})
         shown.columns.name = None
         shown["metric"] = shown["metric"].map(_relabel_eps)
-        s.add_table(shown, "Mean ± half-width of the 95% t-interval over seeds (the unit of replication is the "
+        s.add_table(shown, "Mean ± half-width of the 95% t-interval over seeds, rounded to what the interval supports "
+                           "(the unit of replication is the "
                            "training run; n_runs per column). robust_acc[ATTACK@ε] is the accuracy under the attack "
                            "at budget ε (k/255 on the pixel scale [0, 1]); robust_auc the normalized area under that "
                            "curve.")

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import causalgeom as cg
@@ -153,6 +154,10 @@ def test_eps_labels_and_rounding_to_the_interval():
     assert round_to_interval(12.3456, 9.8, 14.8) == ("+12.3", "+9.8", "+14.8")
     assert format_ci(0.5, 0.5, 0.5) == "+0.5"  # degenerate interval: 3 significant digits, no CI
     assert format_ci(-0.0651, -0.0723, -0.0578) == "-0.0651 (95% CI -0.0723 to -0.0578)"
+    from causalgeom.report import _mean_pm
+
+    paper = pd.DataFrame({"regularizer": ["ce"], "nll": [0.18781], "nll_low": [0.1388], "nll_high": [0.2368]})
+    assert _mean_pm(paper)["nll"].tolist() == ["0.188 ± 0.049"] and list(_mean_pm(paper).columns) == ["regularizer", "nll"]
 
 
 @pytest.mark.slow
