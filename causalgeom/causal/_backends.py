@@ -54,7 +54,8 @@ def statsmodels_mediation(design: Design, names: list[str], outcome_model: str, 
     point, lo, hi, pv = (np.full((E, L), np.nan) for _ in range(4))
     rows = {"total": "Total effect", "direct": "ADE (control)", "indirect": "ACME (treated)",
             "prop_mediated": "Prop. mediated (treated)"}
-    family = sm.families.Binomial() if outcome_model == "logistic" else None
+    family = (sm.families.Binomial() if outcome_model == "logistic" else
+              sm.families.Binomial(link=sm.families.links.Probit()) if outcome_model == "probit" else None)
     for l in range(L):
         y = design.Y[:, l]
         if interaction:

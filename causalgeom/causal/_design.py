@@ -274,10 +274,10 @@ def build_design(table: Any, *, treatment: str, mediators: Any, outcome: Any, co
     n_dropped = int((~keep).sum())
     M = np.column_stack([_numeric(sub, c, "mediator") for c in mediators])
     Y = np.column_stack([_numeric(sub, c, "outcome") for c in outcomes])
-    if outcome_model == "logistic":
+    if outcome_model in ("logistic", "probit"):
         for j, c in enumerate(outcomes):
             if not np.isin(Y[:, j], (0.0, 1.0)).all():
-                raise QueryError(f"outcome {c!r}: outcome_model='logistic' needs a 0/1 outcome, got values such as "
+                raise QueryError(f"outcome {c!r}: outcome_model={outcome_model!r} needs a 0/1 outcome, got values such as "
                                  f"{np.unique(Y[:, j])[:5].tolist()}")
     X_parts, x_names = [], []
     if sample in covariates and cluster is not None:

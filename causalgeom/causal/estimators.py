@@ -98,6 +98,16 @@ def _expit(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def _probit(x: np.ndarray) -> np.ndarray:
+    from scipy.special import ndtr
+
+    return ndtr(x)
+
+
+def _probit_pdf(x: np.ndarray) -> np.ndarray:
+    return np.exp(-0.5 * x * x) / np.sqrt(2 * np.pi)
+
+
 @dataclass
 class _Layout:
     K: int
@@ -134,7 +144,7 @@ class LinearMediation:
     Parameters
     ----------
     design : Design
-    outcome_model : {"linear", "logistic"}
+    outcome_model : {"linear", "logistic", "probit"}
     interaction : bool
         Treatment × mediator terms in the outcome model.
     ordered : bool
@@ -162,7 +172,7 @@ class LinearMediation:
             raise QueryError(f"ordered: causally ordered mediators are supported for exactly 2 mediators, got {K}")
         if ordered and interaction:
             raise QueryError("ordered=True with interaction=True is not supported; drop one of them")
-        if ordered and outcome_model == "logistic":
+        if ordered and outcome_model != "linear":
             raise QueryError("ordered=True needs outcome_model='linear' (path-specific effects of a linear model)")
         self.design = design
         self.outcome_model = outcome_model
@@ -172,7 +182,8 @@ class LinearMediation:
         self.paired = bool(images is not None if paired is None else paired)
         if self.paired and images is None:
             raise QueryError("paired=True needs a design paired by image (design.images)")
-        self.mundlak_columns = self.paired and outcome_model == "logistic"
+        self.mundlak_columns = self.paired and outcome_model != "linear"
+        self._inv_link = _probit if outcome_model == "probit" else _expit
         self.lay = _Layout(K, design.X.shape[1], design.Y.shape[1], interaction, self.mundlak_columns)
         self.names = effect_names(design.mediators, ordered)
         self.t0, self.t1 = design.t0, design.t1
@@ -327,10 +338,18 @@ class LinearMediation:
             bl = beta[:, :, l]
             ok = False
             for _ in range(100):
-                with np.errstate(over="ignore"):
-                    mu = _expit(bl @ Z.T)  # (b, n)
-                g = (W * (y - mu)) @ Z  # (b, pz)
-                h = W * mu * (1.0 - mu)
+                if self.outcome_model == "probit":  # Fisher scoring: weights φ²/(μ(1-μ)), score φ(y-μ)/(μ(1-μ))
+                    eta = bl @ Z.T
+                    mu = np.clip(_probit(eta), 1e-12, 1 - 1e-12)
+                    phi = _probit_pdf(eta)
+                    v = mu * (1.0 - mu)
+                    g = (W * phi * (y - mu) / v) @ Z
+                    h = W * phi * phi / v
+                else:
+                    with np.errstate(over="ignore"):
+                        mu = _expit(bl @ Z.T)  # (b, n)
+                    g = (W * (y - mu)) @ Z  # (b, pz)
+                    h = W * mu * (1.0 - mu)
                 H = np.matmul(Z.T[None], h[:, :, None] * Z[None])  # (b, pz, pz)
                 H += 1e-12 * np.eye(pz)
                 step = _solve(H, g[:, :, None])[:, :, 0]
@@ -396,7 +415,7 @@ class LinearMediation:
                 Mj = self._Mc[None, :, j] + a[:, j, None] * (tm[j] - T[None, :])  # (b, n)
                 eta = eta + (bM[:, j, :] + bTM[:, j, :] * t)[:, None, :] * Mj[:, :, None]
             with np.errstate(over="ignore"):
-                return np.einsum("bn,bnl->bl", W, _expit(eta)) / Wsum[:, None]
+                return np.einsum("bn,bnl->bl", W, self._inv_link(eta)) / Wsum[:, None]
 
         t0v, t1v = np.full(K, self.t0), np.full(K, self.t1)
         po = [mean_po(self.t0, t0v), mean_po(self.t1, t0v), mean_po(self.t1, t1v)]
@@ -441,13 +460,21 @@ class LinearMediation:
             thetas.append(beta)
             psis.append(psi)
         r = lay.out_reg
-        if self.outcome_model == "logistic":
+        if self.outcome_model != "linear":
             Z = self.V[:, r]
             pz = len(r)
             for l in range(L):
                 beta = self._beta_logit[:, l]
-                mu = _expit(Z @ beta)
-                w = mu * (1.0 - mu)
+                eta = Z @ beta
+                if self.outcome_model == "probit":  # GLM working weights and score of the probit link
+                    mu = np.clip(_probit(eta), 1e-12, 1 - 1e-12)
+                    phi = _probit_pdf(eta)
+                    w = phi * phi / (mu * (1.0 - mu))
+                    score = phi * (self.design.Y[:, l] - mu) / (mu * (1.0 - mu))
+                else:
+                    mu = _expit(eta)
+                    w = mu * (1.0 - mu)
+                    score = self.design.Y[:, l] - mu
                 Gc = np.zeros((self.design.n_clusters, pz * pz))
                 step = self._row_chunk()
                 for s0 in range(0, self.design.n, step):
@@ -458,7 +485,7 @@ class LinearMediation:
                                         shape=(self.design.n_clusters, len(Zc)))
                     Gc += np.asarray(ind @ ((wc[:, None, None] * Zc[:, :, None] * Zc[:, None, :]).reshape(-1, pz * pz)))
                 Gc = Gc.reshape(-1, pz, pz)
-                Ge = self._cluster_sums((self.design.Y[:, l] - mu)[:, None] * Z)
+                Ge = self._cluster_sums(score[:, None] * Z)
                 psi, _ = cr2_scores(Gc, Ge, Gc.sum(0), kind)
                 thetas.append(beta)
                 psis.append(psi)

@@ -163,9 +163,9 @@ def mediate(table: pd.DataFrame, *, treatment: str, mediators: str | Sequence[st
         (pigeonhole bootstrap; needs pairing by image).
     ci_level : float
         Confidence level of the intervals.
-    outcome_model : {"auto", "linear", "logistic"}
+    outcome_model : {"auto", "linear", "logistic", "probit"}
         ``"auto"``: logistic when every outcome is 0/1 (g-formula, effects on the probability scale), else
-        linear.
+        linear. ``"probit"``: the probit link (as R's ``mediation`` examples), same g-formula.
     interaction : bool
         Add treatment × mediator terms to the outcome model.
     ordered : bool
@@ -232,10 +232,10 @@ def mediate(table: pd.DataFrame, *, treatment: str, mediators: str | Sequence[st
         design.design_text = f"unpaired: method={method!r} fits unpaired models"
     notes = list(design.notes)
     outcome_model = resolve_outcome_model(outcome_model, design.Y, design.outcomes, notes)
-    if outcome_model == "logistic":
+    if outcome_model in ("logistic", "probit"):
         for j, c in enumerate(design.outcomes):
             if not np.isin(design.Y[:, j], (0.0, 1.0)).all():
-                raise QueryError(f"outcome {c!r}: outcome_model='logistic' needs a 0/1 outcome, got values such as "
+                raise QueryError(f"outcome {c!r}: outcome_model={outcome_model!r} needs a 0/1 outcome, got values such as "
                                  f"{np.unique(design.Y[:, j])[:5].tolist()}")
     K = design.M.shape[1]
     if method in ("statsmodels", "dowhy") and K != 1:
@@ -264,7 +264,8 @@ def mediate(table: pd.DataFrame, *, treatment: str, mediators: str | Sequence[st
         point, lo, hi, pv, sm_note = statsmodels_mediation(design, est.names, outcome_model, interaction,
                                                           max(n_boot, 2), rng, ci_level)
         estimator = ("statsmodels.stats.mediation.Mediation (Imai, Keele & Tingley 2010, algorithm 1: "
-                     f"{'OLS' if outcome_model == 'linear' else 'binomial GLM'} outcome, OLS mediator; estimates "
+                     f"{'OLS' if outcome_model == 'linear' else 'binomial GLM (' + outcome_model + ')'} outcome, OLS "
+                     "mediator; estimates "
                      "are means over simulations)")
         inf.update(lo=lo, hi=hi, pv=pv, reps=np.empty((0,) + point.shape), n_used=max(n_boot, 2),
                    unit="per-sample parametric simulation",
@@ -643,7 +644,7 @@ def _estimator_text(design: Design, outcome_model: str, interaction: bool, order
         how = ("closed form (product of coefficients)" if not interaction
                else "closed form from the g-formula of the linear models")
     else:
-        out = "logistic outcome model" + (" with treatment × mediator terms" if interaction else "")
+        out = f"{outcome_model} outcome model" + (" with treatment × mediator terms" if interaction else "")
         how = "g-formula averaging predicted probabilities over the rows with counterfactual mediators"
     cmp = (f"{design.treatment} = {design.treated_label!r} vs {design.control_label!r}"
            if design.treatment_kind == "categorical"

@@ -14,7 +14,7 @@ METHODS = ("regression", "statsmodels", "dowhy")
 #: samples (naive), or runs crossed with images (``"two-way"``, the pigeonhole bootstrap of Owen 2007).
 BOOTSTRAP_SCHEMES = ("cluster", "cluster+samples", "naive", "two-way")
 #: Outcome models of the ``"regression"`` method (``"auto"``: logistic for 0/1 outcomes, else linear).
-OUTCOME_MODELS = ("auto", "linear", "logistic")
+OUTCOME_MODELS = ("auto", "linear", "logistic", "probit")
 #: Levels of the analysis table (`causalgeom.table.study_frame`).
 LEVELS = ("sample", "run")
 #: How the treatment column is read.

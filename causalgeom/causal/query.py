@@ -94,7 +94,7 @@ class Query:
         the bootstrap).
     ci_level : float
         Confidence level of the intervals.
-    outcome_model : {"auto", "linear", "logistic"}
+    outcome_model : {"auto", "linear", "logistic", "probit"}
         Outcome model of the ``"regression"`` method (``"auto"``: logistic for 0/1 outcomes).
     inference : {"cr2", "permutation", "bootstrap"}
         Inference method (see `causalgeom.causal.mediate`).

@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-boot", type=int, help="bootstrap replicates (default 1000)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--ci-level", type=float, help="confidence level (default 0.95)")
-    p.add_argument("--outcome-model", choices=("auto", "linear", "logistic"),
+    p.add_argument("--outcome-model", choices=("auto", "linear", "logistic", "probit"),
                    help="auto (default): logistic for 0/1 outcomes, else linear")
     p.add_argument("--interaction", action="store_true", default=None, help="treatment x mediator terms")
     p.add_argument("--ordered", action="store_true", default=None, help="two mediators, first causes second")
