@@ -112,7 +112,7 @@ def test_too_few_runs_to_resample(df):
 def test_bad_options(df):
     for kw, match in [(dict(method="bayes"), "method: unknown value 'bayes'; allowed"),
                       (dict(bootstrap="wild"), "bootstrap: unknown value"),
-                      (dict(outcome_model="probit"), "outcome_model: unknown value"),
+                      (dict(outcome_model="poisson"), "outcome_model: unknown value"),
                       (dict(n_boot=-1), "n_boot: expected an integer >= 0"),
                       (dict(ci_level=95), r"ci_level: expected a number in \(0, 1\)"),
                       (dict(rng="seed"), "rng: expected a numpy Generator"),
