@@ -232,15 +232,29 @@ def test_every_module_has_a_layer():
         layer_of(mod)  # raises KeyError naming the module
 
 
-def test_layers_import_only_downward():
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    """Edges of ``graph`` against the layer rule (`ALLOWED`), minus `UPWARD_EXCEPTIONS` (and their parents)."""
     bad = []
-    for mod, deps in import_graph().items():
+    for mod, deps in sorted(graph.items()):
         here = layer_of(mod)
         for dep in sorted(deps):
             there = layer_of(dep)
             excepted = any(mod == a and (dep == b or b.startswith(dep + ".")) for a, b in UPWARD_EXCEPTIONS)
             if there != here and there not in ALLOWED[here] and not excepted:
                 bad.append(f"{mod} ({here}) imports {dep} ({there})")
+    return bad
+
+
+def test_layer_check_flags_an_upward_import():
+    """The check itself, on made-up edges: dump -> metrics and pipeline -> metrics are refused."""
+    store, geometry, train = _now("causalgeom.store"), _now("causalgeom.geometry"), _now("causalgeom.train")
+    assert layer_violations({store: {geometry}, train: {geometry}}) == [
+        f"{store} (dump) imports {geometry} (metrics)", f"{train} (pipeline) imports {geometry} (metrics)"]
+    assert layer_violations({geometry: {store}}) == []
+
+
+def test_layers_import_only_downward():
+    bad = layer_violations(import_graph())
     assert not bad, "imports against the layer rule (docs/CONTRACTS.md):\n" + "\n".join(bad)
 
 
