@@ -74,8 +74,10 @@ def round_to_interval(estimate: float, low: float, high: float) -> tuple[str, st
     """
     d = _decimals(low, high)
     if d is None:
-        return tuple("" if not _finite(v) else f"{float(v):+.3g}" for v in (estimate, low, high))  # type: ignore[return-value]
-    return tuple(f"{float(v):+.{d}f}" if _finite(v) else "" for v in (estimate, low, high))  # type: ignore[return-value]
+        return tuple("" if not _finite(v) else f"{float(v):+.3g}"  # type: ignore[return-value]
+                     for v in (estimate, low, high))
+    return tuple(f"{float(v):+.{d}f}" if _finite(v) else ""  # type: ignore[return-value]
+                 for v in (estimate, low, high))
 
 
 def _finite(v: Any) -> bool:
@@ -265,7 +267,8 @@ def report(study: Study | str | os.PathLike, out: str | os.PathLike = "report.ht
         q.check(ctx.frame(q))
     out.parent.mkdir(parents=True, exist_ok=True)
     builders: list[Callable[[], Section]] = [
-        ctx.summary, ctx.decomposition_section, ctx.provenance, ctx.paper_table, ctx.reliability, ctx.distributions, ctx.cone_test,
+        ctx.summary, ctx.decomposition_section, ctx.provenance, ctx.paper_table, ctx.reliability, ctx.distributions,
+        ctx.cone_test,
         (ctx.interventions if interventions else ctx.skipped_interventions), ctx.mediation,
         (lambda: ctx.refuters_sensitivity(refute)), ctx.findings]
     sections = []
@@ -773,7 +776,8 @@ def _decomposition_outcome(outcome: str, res: Any) -> str | None:
     return None
 
 
-def mediation_vs_decomposition(mediation: list[Any], decompositions: list[tuple[str, Any, Any, Any]]) -> pd.DataFrame | None:
+def mediation_vs_decomposition(mediation: list[Any],
+                               decompositions: list[tuple[str, Any, Any, Any]]) -> pd.DataFrame | None:
     """Mediation indirect effects next to the decomposition's switch-last effects (same estimand and network).
 
     Returns

@@ -157,7 +157,8 @@ def test_eps_labels_and_rounding_to_the_interval():
     from causalgeom.report import _mean_pm
 
     paper = pd.DataFrame({"regularizer": ["ce"], "nll": [0.18781], "nll_low": [0.1388], "nll_high": [0.2368]})
-    assert _mean_pm(paper)["nll"].tolist() == ["0.188 ± 0.049"] and list(_mean_pm(paper).columns) == ["regularizer", "nll"]
+    assert _mean_pm(paper)["nll"].tolist() == ["0.188 ± 0.049"]
+    assert list(_mean_pm(paper).columns) == ["regularizer", "nll"]
 
 
 @pytest.mark.slow

@@ -297,7 +297,8 @@ def _image_values(name: str, stats: dict[str, np.ndarray]) -> np.ndarray:
     return stats[name]
 
 
-def _world_stats(runs: tuple[_Run, _Run], factors: tuple[str, ...], mode: str, adv: bool) -> list[dict[str, np.ndarray]]:
+def _world_stats(runs: tuple[_Run, _Run], factors: tuple[str, ...], mode: str,
+                 adv: bool) -> list[dict[str, np.ndarray]]:
     """Per-image statistics of the 2^k worlds (bit j of the world index: factor j from the treated run)."""
     out = []
     for s in range(2 ** len(factors)):
@@ -511,7 +512,8 @@ def _check_factors(factors: Any) -> tuple[tuple[str, ...], str]:
 
 def _runs_of(runs: pd.DataFrame, treatment: str, level: Any, name: str) -> list[str]:
     if treatment not in runs.columns:
-        raise QueryError(f"treatment: expected a run attribute from {sorted(map(str, runs.columns))}, got {treatment!r}")
+        raise QueryError(f"treatment: expected a run attribute from {sorted(map(str, runs.columns))}, "
+                         f"got {treatment!r}")
     col = runs[treatment]
     hit = runs[(col == level) | (col.astype(str) == str(level))]
     if hit.empty:
@@ -722,7 +724,8 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
         if is_cross and mode != "basisfree":
             acc = [float(w["correct"].mean()) for w in worlds]
             full = len(worlds) - 1
-            align_rows.append({"control_run": all_ids[i], "treated_run": all_ids[j], "own_accuracy": (acc[0] + acc[-1]) / 2,
+            align_rows.append({"control_run": all_ids[i], "treated_run": all_ids[j],
+                               "own_accuracy": (acc[0] + acc[-1]) / 2,
                                "head_swap_accuracy": (acc[1] + acc[full ^ 1]) / 2})
         for o in outcomes:
             ws = adv_worlds if o in _ROBUST else worlds
@@ -838,7 +841,8 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
         share.append(rec["estimate"] / tot["estimate"] if ok else np.nan)
     table.insert(5, "share", share)
     if table["share"].isna().any():
-        notes.append("share: NaN where the total's interval includes 0 (a share of a total that may be 0 means nothing)")
+        notes.append("share: NaN where the total's interval includes 0 (a share of a total that may be 0 means "
+                     "nothing)")
 
     per_image = None
     if per_image_sum:
@@ -890,7 +894,8 @@ def _align(ref_ids: np.ndarray, ref_order: np.ndarray, ids: np.ndarray, rid: str
     order = np.argsort(ids, kind="stable")
     if not np.array_equal(ids[order], ref_ids[ref_order]):
         missing = np.setdiff1d(ref_ids, ids)[:5]
-        raise QueryError(f"run {rid!r}: its sample ids differ from run {ref_rid!r}'s (e.g. missing {missing.tolist()}); "
+        raise QueryError(f"run {rid!r}: its sample ids differ from run {ref_rid!r}'s (e.g. missing "
+                         f"{missing.tolist()}); "
                          "decompose pairs images by their sample id, so every run must score the same images")
     out = np.empty_like(order)
     out[ref_order] = order  # position p of the reference holds id ref_ids[p] = ids[out[p]]
