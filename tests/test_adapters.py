@@ -307,3 +307,39 @@ def test_failed_publish_leaves_the_study_as_it_was(tmp_path, arrays, monkeypatch
     with pytest.raises(cg.StoreError, match="disk full"):
         cg.adapters.import_study(files, study)
     assert sorted(p.name for p in study.iterdir() if not p.name.endswith(".lock")) == []
+
+
+@pytest.mark.slow
+def test_racing_study_imports_are_all_or_nothing(tmp_path, arrays):
+    """Issue 16: when two study imports raced, the loser exited 2 but left its other runs in the study.
+
+    Two processes import {a, b} and {b, c} into one study at the same moment, twice. Afterwards the study
+    holds exactly one importer's runs ({a, b} or {b, c}, never a mix), one process succeeded, and the other got a
+    StoreLockedError or StoreExistsError.
+    """
+    import subprocess
+    import sys
+
+    for who, names in (("p1", "ab"), ("p2", "bc")):
+        (tmp_path / who).mkdir()
+        for k, name in enumerate(names):
+            np.savez(tmp_path / who / f"{name}.npz", features=arrays["features"] * (k + 1),
+                     logits=arrays["logits"] * (k + 1), labels=arrays["labels"])
+    code = ("import sys, causalgeom as cg\n"
+            "try:\n"
+            "    cg.adapters.import_study(sys.argv[2:], sys.argv[1])\n"
+            "except (cg.StoreLockedError, cg.StoreExistsError) as e:\n"
+            "    print(type(e).__name__); sys.exit(3)\n")
+    for round_ in range(2):
+        study = tmp_path / f"study{round_}"
+        procs = [subprocess.Popen([sys.executable, "-c", code, str(study),
+                                   *[str(tmp_path / who / f"{n}.npz") for n in names]],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+                 for who, names in (("p1", "ab"), ("p2", "bc"))]
+        results = [(p.wait(timeout=120), p.stdout.read(), p.stderr.read()) for p in procs]
+        codes = sorted(r[0] for r in results)
+        assert codes == [0, 3], results
+        ids = cg.open_study(study).run_ids
+        assert ids in (["a", "b"], ["b", "c"]), ids
+        assert [p.name for p in study.iterdir() if ".staged-" in p.name or ".partial-" in p.name] == []
