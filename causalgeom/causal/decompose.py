@@ -555,11 +555,6 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
         ``"robust_accuracy"`` / ``"robust_margin"`` (true-class logit minus the best other) from the
         world logits of the attacked images' features (needs ``adv_features``: ``extract --save-adv``).
     factors : tuple of str
-        ``("magnitude", "head_norm", "orientation")`` is the basis-free split for runs whose feature bases
-        are not aligned (independently initialised networks, two public models): the logits
-        ``z = ||h|| · ||W||_F · (u · W / ||W||_F) + b`` take the feature magnitude from one run, the head's
-        Frobenius norm from one run, and the orientation (``u``, ``W / ||W||_F`` and ``b`` together) from
-        one run, so no head is ever applied to another network's features.
         ``("head", "magnitude", "direction")`` (2³ worlds), or ``("head", "magnitude", "cosine")``: the
         direction's cosine to the class center is its own factor, and ``direction`` then means the rest of
         the direction (2⁴ worlds, a fourth row ``direction``). In a world with head from run H, direction
@@ -568,6 +563,11 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
         ``kind="minimal_loss"``, H's own label-smoothing eps) until its cosine to that center equals
         **run C's cosine to its own head's center**; the rest of the direction (where u points within
         the plane orthogonal to the center) is D's. Where H = D = C the feature is used as stored.
+        ``("magnitude", "head_norm", "orientation")`` is the basis-free split for runs whose feature bases
+        are not aligned (independently initialised networks, two public models): the logits
+        ``z = ||h|| · ||W||_F · (u · W / ||W||_F) + b`` take the feature magnitude from one run, the head's
+        Frobenius norm from one run, and the orientation (``u``, ``W / ||W||_F`` and ``b`` together) from
+        one run, so no head is ever applied to another network's features.
     n_boot : int
         Bootstrap replicates of the model-conditional estimand (image bootstrap).
     rng : numpy.random.Generator, int or None
