@@ -81,3 +81,15 @@ def test_validate_says_ok_with_manifest(tmp_path, capsys):
     p = cg.save(make_run(n=30, run_id="a"), tmp_path / "a.zarr")
     assert main(["validate", str(p)]) == 0
     assert "every file matches the manifest" in capsys.readouterr().out
+
+
+def test_validate_study_checks_every_run_and_names_the_damaged_one(tmp_path, capsys):
+    study = cg.open_study(tmp_path / "s", create=True)
+    for rid in ("a", "b", "c"):
+        study.add(make_run(n=30, run_id=rid))
+    (tmp_path / "s" / "b.zarr" / "label" / "c" / "0").unlink()
+    (tmp_path / "s" / "b.zarr" / "label" / "c" / ".DS_Store").write_bytes(b"x")
+    assert main(["validate", str(tmp_path / "s")]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("ok  a") and out[2].startswith("ok  c")
+    assert out[1].startswith("DAMAGED  b:") and "label/c/0 is missing" in out[1] and ".DS_Store" in out[1]

@@ -18,8 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_info)
 
     p = sub.add_parser("validate", help="check a run (or every run of a study) against schema v1",
-                       description="Open the store, verify every chunk's checksum and check all values "
-                                   "(NaN/Inf, label range, logits vs head).",
+                       description="Open the store, compare every file with the manifest in its completion mark "
+                                   "(missing, extra, renamed, swapped or altered chunks; metadata), verify every "
+                                   "chunk's checksum and check all values (NaN/Inf, label range, logits vs head). "
+                                   "A study: every run is checked; exit status 1 if any is damaged or incomplete.",
                        epilog="example: causalgeom validate demo_out/study")
     p.add_argument("path", help="a run store or a study folder")
     p.set_defaults(func=_validate)
@@ -100,14 +102,22 @@ def _validate(args: argparse.Namespace) -> int:
 
     path = Path(args.path)
     if _is_study(path):
+        from ..errors import SchemaError, StoreError
+
         study = open_study(path)
+        damaged = 0
         for run_id in study.run_ids:
             run_path = study.run_path(run_id)
-            verify(run_path)
+            try:
+                verify(run_path)
+            except (StoreError, SchemaError) as exc:  # check every run, then fail
+                print(f"DAMAGED  {run_id}: {' '.join(str(exc).split())}")
+                damaged += 1
+                continue
             print(f"ok  {run_id}{_manifest_note(run_path)}")
         for name in study.incomplete:
             print(f"INCOMPLETE  {name}")
-        return 1 if study.incomplete else 0
+        return 1 if study.incomplete or damaged else 0
     verify(path)
     print(f"ok  {path}{_manifest_note(path)}")
     return 0
