@@ -18,8 +18,8 @@ import xarray as xr
 from .errors import ConfigError, DumpImportError, SchemaError, UnsafeFileError
 from .schema import from_arrays
 
-__all__ = ["import_dump", "import_study", "read_arrays", "read_run_table", "default_max_bytes", "FEATURE_KEYS", "LOGIT_KEYS",
-           "LABEL_KEYS", "HEAD_PREFIXES", "MAX_HEADER_BYTES"]
+__all__ = ["import_dump", "import_study", "read_arrays", "read_run_table", "default_max_bytes", "FEATURE_KEYS",
+           "LOGIT_KEYS", "LABEL_KEYS", "HEAD_PREFIXES", "MAX_HEADER_BYTES"]
 
 FEATURE_KEYS = ("features", "feats", "feature", "embeddings", "penultimate", "h")
 LOGIT_KEYS = ("logits", "outputs", "output", "scores")
@@ -392,8 +392,8 @@ def _check_numeric_attrs(meta: Mapping[str, Any], where: str) -> None:
             v = v.item()
         if isinstance(v, bool) or not isinstance(v, (int, float)) or (key == "seed" and not float(v).is_integer()) \
                 or not np.isfinite(v):
-            raise DumpImportError(f"{where}: attribute {key!r} must be a {'whole number' if key == 'seed' else 'number'}"
-                                  f", got {meta[key]!r}")
+            what = "whole number" if key == "seed" else "number"
+            raise DumpImportError(f"{where}: attribute {key!r} must be a {what}, got {meta[key]!r}")
 
 
 def _read_netcdf(path: Path, attrs: Mapping[str, Any], limit: int) -> xr.Dataset:

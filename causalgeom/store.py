@@ -417,7 +417,8 @@ def check_store(path: str | os.PathLike, *, hashes: bool = True) -> bool:
     expected: dict[str, list] = manifest["files"]
     root_meta = _load_meta(path, "zarr.json")
     if _root_digest(root_meta) != manifest.get("root"):
-        problems.append("the root metadata (zarr.json: attributes) differs from the one recorded in the completion mark")
+        problems.append("the root metadata (zarr.json: attributes) differs from the one recorded in the "
+                        "completion mark")
         missing_only = False
     for name, rec in manifest["arrays"].items():
         key = f"{name}/zarr.json"
