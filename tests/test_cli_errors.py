@@ -26,6 +26,11 @@ CASES = [
     ("extract: checkpoint missing", ["extract", "nope.pt", "--no-attack"], "nothing at nope.pt"),
     ("extract: not a runs folder", ["extract", "{S}", "--no-attack", "--out", "{F}"], "no finished runs"),
     ("extract: batch size not a number", ["extract", "nope.pt", "--batch-size", "x"], "invalid int value"),
+    ("extract: out is a file", ["extract", "{K}", "--out", "{F}", "--no-attack", "--no-progress"], "Not a directory"),
+    ("extract: out store is a file", ["extract", "{K}", "--out", "{Z}", "--no-attack", "--no-progress"],
+     "a file (not a store folder) is in the way"),
+    ("extract: zero batch size", ["extract", "{K}", "--out", "{T}/r.zarr", "--no-attack", "--batch-size", "0"],
+     "batch_size: expected a positive integer, got 0"),
     ("info: run missing", ["info", "nope.zarr"], "no store"),
     ("info: a file", ["info", "{F}"], "is a file"),
     ("validate: run missing", ["validate", "{S}/nope.zarr"], "no store"),
@@ -74,13 +79,17 @@ def files(tmp_path_factory):
     (root / "empty.csv").write_text("")
     (root / "bin.csv").write_bytes(b"\xff\xfe\x00\x01")
     (root / "grid.toml").write_text('dataset = "digits"\nseeds = [0]\n[train]\nepochs = 0\n[[regularizers]]\nname = "ce"\n')
+    from .malformed_corpus import _checkpoint
+
+    (root / "ck").mkdir()
+    (root / "store.zarr").write_text("x")
     rng = np.random.default_rng(0)
     for name in ("a", "b"):
         f = rng.normal(size=(10, 3)).astype(np.float32)
         np.savez(root / f"{name}.npz", features=f, logits=f[:, :2], labels=rng.integers(0, 2, 10))
     return {"S": root / "study", "F": root / "file.txt", "R": root / "ragged.csv", "E": root / "empty.csv",
             "B": root / "bin.csv", "G": root / "grid.toml", "N": root / "a.npz", "N2": root / "b.npz",
-            "T": root / "out"}
+            "T": root / "out", "K": _checkpoint(root / "ck"), "Z": root / "store.zarr"}
 
 
 def _argv(argv, files):
