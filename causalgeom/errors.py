@@ -13,6 +13,7 @@ __all__ = [
     "DumpImportError",
     "UnsafeFileError",
     "ConfigError",
+    "WeightsNotFoundError",
     "QueryError",
     "WorkerLostError",
 ]
@@ -56,6 +57,11 @@ class UnsafeFileError(DumpImportError):
 
 class ConfigError(CausalGeomError, ValueError):
     """A training / extraction / study configuration is invalid."""
+
+
+class WeightsNotFoundError(ConfigError):
+    """Pretrained weights are not in the local cache (and downloading was not allowed); the message names the
+    file and where to put it."""
 
 
 class QueryError(CausalGeomError, ValueError):

@@ -10,16 +10,24 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import os
+import re
+import urllib.error
+import urllib.parse
 from collections import OrderedDict
-from typing import Any, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from .errors import ConfigError, SchemaError
+from .errors import ConfigError, SchemaError, WeightsNotFoundError
 
 __all__ = ["NAMED_MODELS", "Normalize", "NormalizedClassifier", "SmallCNN", "build_model", "available_models",
-           "head_of", "find_head", "eval_mode"]
+           "head_of", "find_head", "eval_mode", "load", "wrap", "torch_hub_file", "LOAD_ATTRS"]
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
 
 #: Names with a dedicated builder; any other torchvision classification model is built by name.
 NAMED_MODELS = ("small_cnn", "resnet18", "resnet50", "mobilenet_v2")
@@ -63,11 +71,11 @@ class NormalizedClassifier(nn.Module):
         Qualified name of the head inside this module (e.g. ``"net.fc"``); its input are the features.
     """
 
-    def __init__(self, normalize: Normalize, net: nn.Module) -> None:
+    def __init__(self, normalize: Normalize, net: nn.Module, head_name: str | None = None) -> None:
         super().__init__()
         self.normalize = normalize
         self.net = net
-        self.head_name = "net." + head_of(net)[0]
+        self.head_name = "net." + (head_name if head_name is not None else head_of(net)[0])
 
     @property
     def head(self) -> nn.Linear:
@@ -391,3 +399,346 @@ class _Capture:
 
     def remove(self) -> None:
         self._handle.remove()
+
+
+# --------------------------------------------------------------------------------------------
+# public checkpoints: torchvision weight enums, timm pretrained configs, local state dicts
+# --------------------------------------------------------------------------------------------
+#: timm tags of the "ResNet strikes back" recipes A1/A2/A3, trained with binary cross-entropy (sigmoid outputs):
+#: Wightman, Touvron & Jégou (2021), "ResNet strikes back: An improved training procedure in timm", Table 1.
+_BCE_TAG = re.compile(r"^a[123]h?_in1k$")
+#: Attribute of a model returned by :func:`load` holding its provenance (recorded in the dump's attrs).
+LOAD_ATTRS = "causalgeom_attrs"
+
+
+def _hf_cache_dir() -> Path:
+    """The Hugging Face hub cache: ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def torch_hub_file(url: str) -> Path:
+    """Where torch.hub caches the download of ``url``: ``torch.hub.get_dir()/checkpoints/<file name of url>``
+    (``torch.hub.get_dir()`` is ``$TORCH_HOME/hub``, ``TORCH_HOME`` defaulting to ``~/.cache/torch``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urllib.parse.urlparse(url).path)
+
+
+def _classifier_container(net: nn.Module) -> tuple[str, nn.Module] | None:
+    for attr in ("fc", "classifier", "heads", "head"):
+        mod = getattr(net, attr, None)
+        if isinstance(mod, nn.Module):
+            return attr, mod
+    return None
+
+
+def _check_head(net: nn.Module, head: str | None, what: str) -> str:
+    """The qualified name (inside ``net``) of the linear layer whose input are the features.
+
+    timm models: ``get_classifier()`` must be an ``nn.Linear``; torchvision models: the classifier block
+    (``fc``, ``classifier``, ``heads``) must contain exactly one ``nn.Linear`` (the last layer). An MLP head is
+    refused unless ``head`` names the linear layer to use.
+    """
+    if head is not None:
+        return find_head(net, head)[0]
+    hint = ("pass head='NAME' (CLI: --head NAME) naming the final nn.Linear to use its input (the MLP's hidden "
+            "layer) as the features")
+    if callable(getattr(net, "get_classifier", None)):
+        clf = net.get_classifier()
+        if not isinstance(clf, nn.Linear):
+            raise ConfigError(f"model {what}: its classifier is a {type(clf).__name__}, not one nn.Linear; "
+                              f"causalgeom records the input of a final linear layer: {hint}")
+        return find_head(net)[0]
+    block = _classifier_container(net)
+    if block is not None and not isinstance(block[1], nn.Linear):
+        linears = [f"{block[0]}.{n}" for n, m in block[1].named_modules() if isinstance(m, nn.Linear)]
+        if len(linears) > 1:
+            raise ConfigError(f"model {what}: its classifier {block[0]!r} is an MLP head with linear layers "
+                              f"{linears}, not one nn.Linear; {hint} (e.g. head={linears[-1]!r})")
+    return find_head(net)[0]
+
+
+def wrap(net: nn.Module, *, mean: Sequence[float], std: Sequence[float], head: str | None = None,
+         what: str | None = None) -> NormalizedClassifier:
+    """``net`` (taking normalized input) as a :class:`NormalizedClassifier` taking pixels in [0, 1].
+
+    Parameters
+    ----------
+    net : nn.Module
+        A torchvision or timm classifier, input (B, 3, H, W) normalized with ``mean``/``std``.
+    mean, std : sequence of float
+        Per-channel normalization of ``net``'s training data (moved into the model, so attacks act on pixels).
+    head : str, optional
+        Qualified name (inside ``net``) of the final linear layer; default: ``get_classifier()`` (timm) or
+        the single linear layer of the classifier block (an MLP head is refused, see :func:`load`).
+    what : str, optional
+        Name used in error messages.
+
+    Returns
+    -------
+    NormalizedClassifier
+        Its ``head`` input is the classifier's input (the pre-logits features).
+    """
+    name = _check_head(net, head, what or type(net).__name__)
+    return NormalizedClassifier(Normalize(mean, std), net, head_name=name)
+
+
+def _tv_weights(arch: str, weights: Any):
+    import torchvision
+
+    try:
+        enum = torchvision.models.get_model_weights(arch)
+    except (ValueError, KeyError):
+        options = torchvision.models.list_models(module=torchvision.models)
+        close = difflib.get_close_matches(arch, options, n=3)
+        raise ConfigError(f"model 'torchvision:{arch}': torchvision has no classification model {arch!r}"
+                          f"{f' (did you mean {close}?)' if close else ''}") from None
+    names = [w.name for w in enum]
+    if weights is None:
+        weights = "DEFAULT"
+    if isinstance(weights, enum):
+        return weights
+    key = str(weights).rpartition(".")[2]
+    try:
+        return enum[key]
+    except KeyError:
+        raise ConfigError(f"weights: torchvision's {enum.__name__} has no {weights!r}; expected one of "
+                          f"{', '.join(names)} or DEFAULT") from None
+
+
+def _load_torchvision(arch: str, weights: Any, head: str | None, download: bool
+                      ) -> tuple[NormalizedClassifier, Any, dict[str, Any]]:
+    import torchvision
+
+    w = _tv_weights(arch, weights)
+    file = torch_hub_file(w.url)
+    if not file.is_file() and not download:
+        raise WeightsNotFoundError(
+            f"weights torchvision:{arch} {w.name}: no cached file {file}. Download {w.url} and save it there (the "
+            "torch.hub cache is $TORCH_HOME/hub/checkpoints, TORCH_HOME defaults to ~/.cache/torch), or allow "
+            "downloading (download=True, CLI --download)")
+    net = torchvision.models.get_model(arch, weights=None, num_classes=len(w.meta["categories"]))
+    try:
+        # torchvision's own path: torch.hub.load_state_dict_from_url finds the cached file without network
+        state = w.get_state_dict(progress=False)
+    except (OSError, urllib.error.URLError) as exc:
+        raise WeightsNotFoundError(f"weights torchvision:{arch} {w.name}: cannot fetch {w.url} ({exc}); save the "
+                                   f"file as {file}") from None
+    _load_state(net, state, f"{file}")
+    tf = w.transforms()
+    model = wrap(net, mean=tf.mean, std=tf.std, head=head, what=f"torchvision:{arch}")
+    preprocess = w.transforms(mean=(0.0,) * len(tf.mean), std=(1.0,) * len(tf.std))  # pixels in [0, 1]
+    attrs = {"model_name": f"torchvision:{arch}", "weights": w.name, "weights_file": str(file),
+             "weights_url": w.url, "num_classes": len(w.meta["categories"])}
+    return model, preprocess, attrs
+
+
+def _timm_file(spec: str, cfg: Any, download: bool) -> str | None:
+    """The cached weights file of timm model ``spec`` (Hugging Face cache), or None when downloading is allowed."""
+    repo = getattr(cfg, "hf_hub_id", None)
+    if not repo:
+        if download:
+            return None
+        raise WeightsNotFoundError(f"weights timm:{spec}: its pretrained config has no Hugging Face repository; "
+                                   f"download {cfg.url} and pass weights=PATH (CLI --weights PATH)")
+    from huggingface_hub import try_to_load_from_cache
+
+    cache = _hf_cache_dir()
+    names = [n for n in (getattr(cfg, "hf_hub_filename", None), "model.safetensors", "pytorch_model.bin") if n]
+    for fname in names:
+        found = try_to_load_from_cache(repo, fname, cache_dir=str(cache))
+        if isinstance(found, str) and os.path.isfile(found):
+            return found
+    if download:
+        return None
+    slug = "models--" + repo.replace("/", "--")
+    raise WeightsNotFoundError(
+        f"weights timm:{spec}: not in the Hugging Face cache {cache} (expected {cache}/{slug}/snapshots/REVISION/"
+        f"model.safetensors). Run `huggingface-cli download {repo}` where there is network (HF_HUB_CACHE / HF_HOME "
+        "select the cache), pass weights=PATH to a local file (CLI --weights PATH), or allow downloading "
+        "(download=True, CLI --download)")
+
+
+def _load_timm(spec: str, weights: Any, head: str | None, download: bool
+               ) -> tuple[NormalizedClassifier, Any, dict[str, Any]]:
+    try:
+        import timm
+        import timm.data
+    except ImportError:
+        raise ConfigError(f"model 'timm:{spec}': timm is not installed; pip install 'causalgeom[timm]'") from None
+    arch, _, tag = spec.partition(".")
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=3)
+        raise ConfigError(f"model 'timm:{spec}': timm has no model {arch!r}{f' (did you mean {close}?)' if close else ''}")
+    cfg = timm.models.get_pretrained_cfg(spec)
+    if cfg is None or (tag and getattr(cfg, "tag", tag) not in (tag, None)):
+        raise ConfigError(f"model 'timm:{spec}': timm has no pretrained weights {spec!r}; expected one of "
+                          f"{timm.list_pretrained(arch + '.*')[:20]}")
+    if weights is not None:
+        file = Path(weights).expanduser()
+        if not file.is_file():
+            raise WeightsNotFoundError(f"weights: no file {file} (for timm:{spec}); expected a .safetensors or "
+                                       ".pth/.bin state dict")
+        file_s: str | None = str(file)
+    else:
+        file_s = _timm_file(spec, cfg, download)
+    overlay = {"file": file_s, "source": ""} if file_s else None
+    net = timm.create_model(spec, pretrained=True, pretrained_cfg_overlay=overlay)
+    data_cfg = timm.data.resolve_data_config(model=net)
+    preprocess = timm.data.create_transform(**{**data_cfg, "mean": (0.0,) * len(data_cfg["mean"]),
+                                               "std": (1.0,) * len(data_cfg["std"])})
+    model = wrap(net, mean=data_cfg["mean"], std=data_cfg["std"], head=head, what=f"timm:{spec}")
+    tag = net.pretrained_cfg.get("tag") or tag
+    attrs = {"model_name": f"timm:{spec}", "weights": tag or "default", "weights_file": file_s or "downloaded",
+             "num_classes": int(model.head.out_features)}
+    if tag and _BCE_TAG.match(tag):
+        attrs["loss"] = "bce"
+    return model, preprocess, attrs
+
+
+def _load_state(net: nn.Module, state: Any, where: str) -> None:
+    if not isinstance(state, Mapping):
+        raise ConfigError(f"weights file {where}: expected a state dict (name -> tensor), got {type(state).__name__}")
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[:4]
+        raise ConfigError(f"weights file {where} does not fit the architecture: {' '.join(first)}") from None
+
+
+def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state: Any = load_file(str(path), device="cpu")
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - pickles needing code, or a damaged file
+            raise ConfigError(f"weights file {path}: cannot be read as a state dict with weights_only=True "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    for key in ("state_dict", "model", "state_dict_ema"):
+        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
+            state = state[key]
+            break
+    if not isinstance(state, Mapping):
+        raise ConfigError(f"weights file {path}: expected a state dict, got {type(state).__name__}")
+    return {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}
+
+
+def _build_arch(arch: str, num_classes: int) -> nn.Module:
+    family, _, name = arch.partition(":")
+    if family == "torchvision":
+        import torchvision
+
+        if name not in torchvision.models.list_models(module=torchvision.models):
+            raise ConfigError(f"arch: torchvision has no classification model {name!r}")
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    if family == "timm":
+        try:
+            import timm
+        except ImportError:
+            raise ConfigError(f"arch {arch!r}: timm is not installed; pip install 'causalgeom[timm]'") from None
+        if not timm.is_model(name.partition(".")[0]):
+            raise ConfigError(f"arch: timm has no model {name!r}")
+        return timm.create_model(name, pretrained=False, num_classes=num_classes)
+    raise ConfigError(f"arch: expected 'torchvision:NAME' or 'timm:NAME', got {arch!r}")
+
+
+def _load_local(path: Path, arch: str | None, num_classes: int | None, head: str | None,
+                mean: Sequence[float] | None, std: Sequence[float] | None
+                ) -> tuple[NormalizedClassifier, Any, dict[str, Any]]:
+    from torchvision.transforms import v2
+
+    if not path.is_file():
+        raise WeightsNotFoundError(f"model: no weights file {path}")
+    if arch is None:
+        raise ConfigError(f"arch: a local state dict ({path}) needs its architecture, e.g. "
+                          "arch='torchvision:resnet50' or arch='timm:resnet50' (CLI --arch)")
+    state = _read_state(path)
+    if "normalize.mean" in state and any(k.startswith("net.") for k in state):  # a NormalizedClassifier's state
+        mean = mean if mean is not None else state["normalize.mean"].flatten().tolist()
+        std = std if std is not None else state["normalize.std"].flatten().tolist()
+        state = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
+    probe = _build_arch(arch, num_classes or 1000)
+    hname = _check_head(probe, head, arch)
+    wkey = f"{hname}.weight"
+    k_file = int(state[wkey].shape[0]) if wkey in state and getattr(state[wkey], "ndim", 0) == 2 else None
+    if num_classes is not None and k_file is not None and k_file != num_classes:
+        raise ConfigError(f"num_classes: {num_classes} given, but the head {wkey!r} in {path} has {k_file} outputs")
+    k = num_classes or k_file or 1000
+    net = probe if k == (num_classes or 1000) else _build_arch(arch, k)
+    _load_state(net, state, str(path))
+    mean = tuple(mean) if mean is not None else _IMAGENET_MEAN
+    std = tuple(std) if std is not None else _IMAGENET_STD
+    model = wrap(net, mean=mean, std=std, head=head, what=f"{arch} from {path}")
+    preprocess = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+    attrs = {"model_name": arch, "weights": path.name, "weights_file": str(path), "num_classes": k}
+    return model, preprocess, attrs
+
+
+def load(name: str, weights: Any = None, *, arch: str | None = None, num_classes: int | None = None,
+         head: str | None = None, download: bool = False, mean: Sequence[float] | None = None,
+         std: Sequence[float] | None = None) -> tuple[NormalizedClassifier, Any]:
+    """A public checkpoint by name, with its preprocessing: ``(model in eval mode, preprocess)``.
+
+    Parameters
+    ----------
+    name : str
+        ``"torchvision:ARCH"`` (weights: torchvision's weights enum, e.g. ``"IMAGENET1K_V2"``; default
+        ``"DEFAULT"``), ``"timm:ARCH.TAG"`` (timm's ``pretrained_cfg``; ``weights`` optionally a local file
+        given to timm as ``pretrained_cfg_overlay=dict(file=...)``), or a local state dict
+        ``PATH.pt|.pth|.bin|.safetensors`` with ``arch=`` (read with ``weights_only=True`` or safetensors).
+    weights : str or path, optional
+    arch : str, optional
+        ``"torchvision:NAME"`` or ``"timm:NAME"``: the architecture of a local file.
+    num_classes : int, optional
+        Local files: K (default: the head's rows in the file).
+    head : str, optional
+        Qualified name (inside the network) of the final linear layer, needed for MLP heads.
+    download : bool
+        Allow torch.hub / the Hugging Face hub to download absent weights. Default False: only the local
+        caches are read (``$TORCH_HOME/hub/checkpoints``, the Hugging Face cache ``$HF_HUB_CACHE``), so nothing
+        waits on the network.
+    mean, std : sequence of float, optional
+        Local files: the normalization the network expects (default ImageNet's, or the values stored in a
+        causalgeom model's state dict).
+
+    Returns
+    -------
+    model : NormalizedClassifier
+        Pixels (B, 3, H, W) in [0, 1] -> logits (B, K); normalization inside; ``model.head`` is the final
+        linear layer and its input are the pre-logits features. ``getattr(model, LOAD_ATTRS)`` holds the
+        provenance (``model_name``, ``weights``, ``weights_file``, ``num_classes``, ``loss`` = ``"bce"`` for
+        timm's A1/A2/A3 recipes, ``confidence``).
+    preprocess : callable
+        PIL image -> float tensor (3, H, W) in [0, 1]: the checkpoint's own resize and crop
+        (``weights.transforms()`` / timm's ``create_transform(**resolve_data_config(model=...))``) with the
+        normalization moved into ``model``, so ``model(preprocess(img))`` equals the network applied to the
+        checkpoint's own transform of ``img``.
+
+    Raises
+    ------
+    ConfigError
+        Unknown model, weights or architecture, a file that does not fit, an MLP head without ``head``.
+    WeightsNotFoundError
+        The weights are not cached (the message names the file and where to put it).
+    """
+    if not isinstance(name, (str, os.PathLike)) or not str(name):
+        raise ConfigError(f"model: expected 'torchvision:ARCH', 'timm:ARCH.TAG' or a state-dict path, got {name!r}")
+    text = str(name)
+    if text.startswith("torchvision:"):
+        model, preprocess, attrs = _load_torchvision(text[len("torchvision:"):], weights, head, download)
+    elif text.startswith("timm:"):
+        model, preprocess, attrs = _load_timm(text[len("timm:"):], weights, head, download)
+    elif Path(text).suffix in (".pt", ".pth", ".bin", ".safetensors"):
+        model, preprocess, attrs = _load_local(Path(text).expanduser(), arch, num_classes, head, mean, std)
+    else:
+        raise ConfigError(f"model: expected 'torchvision:ARCH', 'timm:ARCH.TAG' or a state-dict file "
+                          f"(.pt, .pth, .bin, .safetensors), got {text!r}")
+    attrs.setdefault("loss", "unknown")
+    attrs["confidence"] = "sigmoid" if attrs["loss"] == "bce" else "softmax"
+    setattr(model, LOAD_ATTRS, attrs)
+    model.eval()
+    return model, preprocess
