@@ -150,6 +150,7 @@ import json  # noqa: E402
 import math  # noqa: E402
 import re  # noqa: E402
 
+from causalgeom.causal.options import ESTIMANDS, INFERENCE, PAIRED_BY  # noqa: E402
 from causalgeom.causal.query import BOOTSTRAP_SCHEMES, LEVELS, METHODS, OUTCOME_MODELS, TREATMENT_TYPES  # noqa: E402
 from causalgeom.causal.query import Query, read_queries  # noqa: E402
 
@@ -178,6 +179,8 @@ VALID = {
     "attack": st.lists(st.sampled_from(["pgd-linf", "fgsm-l2"]) | columns, max_size=2) | columns,
     "eps": st.lists(st.sampled_from([0.0, 1 / 255, 8 / 255]) | st.floats(0, 1), max_size=3) | st.floats(0, 1),
     "center": st.sampled_from(["minimal_loss", "mean", "weight"]),
+    "inference": st.sampled_from(INFERENCE), "paired_by": st.sampled_from([p for p in PAIRED_BY if p is not None] + [False]),  # false = None
+    "estimand": st.sampled_from(ESTIMANDS),
 }
 INVALID = {
     "treatment": st.sampled_from(["", 1, ["regularizer"]]),
@@ -195,7 +198,8 @@ INVALID = {
     "eps": st.sampled_from([[math.nan], [math.inf], [-0.1], -1.0, True, ["a"], [True], {"a": 1}]),
     "center": st.sampled_from(["median", 5, {"a": 1}, [], ""]),
     **{k: st.sampled_from(["", "bogus", "Sample", 1]) for k in ("level", "method", "bootstrap", "outcome_model",
-                                                               "treatment_type")},
+                                                               "treatment_type", "inference", "estimand",
+                                                               "paired_by")},
 }
 
 

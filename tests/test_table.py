@@ -120,10 +120,15 @@ def test_table_feeds_mediation(frame):
                             mediators=["rms", "cos_true"], outcome=["overconfidence", "correct"],
                             covariates=[], n_boot=50, rng=0, bootstrap="naive")
     s = res.summary()
-    assert set(s.outcome) == {"overconfidence", "correct"} and s.estimate.notna().all()
+    assert set(s.outcome) == {"overconfidence", "correct"}
+    prop = s.effect.str.startswith("prop_mediated")
+    assert s.estimate[~prop].notna().all()
+    # a proportion is NaN only where it is not estimable, and then the note says why
+    assert s[prop & s.estimate.isna()].note.str.contains("not estimable").all()
     assert res.n_runs == 4 and res.n_samples == 480
     cat = frame.assign(label=frame.label.astype("category"))
     r2 = cg.causal.mediate(cat, treatment="regularizer", mediators="rms", outcome="overconfidence",
                            covariates=["label"], n_boot=0)
-    assert r2.summary().estimate.notna().all()
+    s2 = r2.summary()
+    assert s2.estimate[~s2.effect.str.startswith("prop_mediated")].notna().all()
     assert isinstance(pd.DataFrame(r2.sensitivity), pd.DataFrame)
