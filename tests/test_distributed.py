@@ -113,6 +113,7 @@ def test_interventions_equal_in_process(cluster, study):
 
 
 # ------------------------------------------------------------------------------------------- mediation
+@pytest.mark.slow
 @pytest.mark.parametrize("kw", [
     dict(treatment="regularizer", mediators=["rms", "cos_true"], outcome=["overconfidence", "nll"]),
     dict(treatment="regularizer", mediators="norm", outcome="robust[pgd-linf@0.00392157]", covariates=["label"],
@@ -142,6 +143,7 @@ def test_mediate_study_equals_mediate_on_the_table(cluster, study, kw):
             ref.resampling, ref.estimator, ref.n_clusters, ref.design)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("interaction", [False, True], ids=["additive", "interaction"])
 def test_mediate_study_paired_by_image_equals_mediate(cluster, study, interaction):
     kw = dict(treatment="regularizer", mediators=["rms", "cos_true"], outcome="overconfidence", rng=3, n_boot=200,
