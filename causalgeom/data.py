@@ -45,6 +45,10 @@ __all__ = [
     "check_dataset",
     "default_root",
     "split_indices",
+    "EVAL_DATA",
+    "EvalImages",
+    "open_eval_data",
+    "stratified_subset",
 ]
 
 #: Names accepted by :func:`load_dataset` and :func:`dataset_info`.
@@ -444,3 +448,186 @@ def load_dataset(name: str, split: str, root: str | os.PathLike | None = None, *
         size = tuple(int(s) for s in image_size)  # type: ignore[assignment]
     folder, idx = parts[split]
     return _ImageFolderSplit(folder, idx, size)
+
+
+# ------------------------------------------------------------------------------------ evaluation data of a model
+#: Prefixes of :func:`open_eval_data` specs.
+EVAL_DATA = ("imagefolder", "cifar10", "cifar100")
+
+
+def stratified_subset(labels: Sequence[int] | np.ndarray, limit: int, seed: int = 0) -> np.ndarray:
+    """A seeded, stratified subset of ``limit`` sample indices (sorted).
+
+    Each class ``c`` with ``n_c`` of the ``n`` samples gets ``floor(limit * n_c / n)`` places, the places left
+    going to the largest remainders (ties: lower class index), i.e. proportional allocation by the
+    largest-remainder (Hamilton) method; within a class the samples are drawn without replacement with
+    ``numpy.random.default_rng(seed)``.
+
+    Parameters
+    ----------
+    labels : array of int, shape (n,)
+    limit : int
+        Subset size in [1, n] (``limit >= n`` returns every index).
+    seed : int
+
+    Returns
+    -------
+    numpy.ndarray of int64, shape (min(limit, n),)
+    """
+    y = np.asarray(labels, dtype=np.int64)
+    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
+        raise ConfigError(f"limit: expected a positive integer, got {limit!r}")
+    n = len(y)
+    if limit >= n:
+        return np.arange(n, dtype=np.int64)
+    classes, counts = np.unique(y, return_counts=True)
+    quota = limit * counts / n
+    take = np.floor(quota).astype(np.int64)
+    rest = limit - int(take.sum())
+    order = np.lexsort((classes, -(quota - take)))  # largest remainder first, then lower class
+    take[order[:rest]] += 1
+    rng = np.random.default_rng(seed)
+    picked = [rng.choice(np.flatnonzero(y == c), size=int(t), replace=False) for c, t in zip(classes, take) if t]
+    return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
+class EvalImages(Dataset):
+    """Images of an evaluation set with the model's own preprocessing: items ``(transform(PIL image), label)``.
+
+    Attributes
+    ----------
+    sample_ids : list of str
+        One stable id per item (ImageFolder: the path relative to the root; CIFAR: ``"test/INDEX"``), the
+        same for every model scored on the same data, limit and seed.
+    labels : numpy.ndarray of int64, shape (n,)
+    classes : list of str
+        Class names in index order (the mapping used).
+    spec : str
+        The data spec (``"imagefolder:DIR"``...).
+    """
+
+    def __init__(self, get_image, ids: list[str], labels: np.ndarray, transform: Any, classes: list[str],
+                 spec: str) -> None:
+        self._get = get_image
+        self.sample_ids = ids
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.transform = transform
+        self.classes = classes
+        self.spec = spec
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        img = self._get(int(index))
+        return (self.transform(img) if self.transform is not None else img), int(self.labels[index])
+
+    def digest(self) -> str:
+        """SHA-256 of the ordered sample ids and labels (equal digests: the same images in the same order)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for sid, y in zip(self.sample_ids, self.labels.tolist()):
+            h.update(f"{sid}\t{y}\n".encode())
+        return h.hexdigest()
+
+
+def _class_map(class_map: Any, classes: list[str], root: Path) -> dict[str, int]:
+    if class_map is None:
+        return {c: i for i, c in enumerate(classes)}
+    if isinstance(class_map, (str, os.PathLike)):
+        import json
+
+        try:
+            class_map = json.loads(Path(class_map).read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"class_map: cannot read {str(class_map)!r} as a JSON object "
+                              f"{{folder name: class index}}: {exc}") from None
+    if not isinstance(class_map, dict):
+        raise ConfigError(f"class_map: expected {{folder name: class index}}, got {type(class_map).__name__}")
+    missing = [c for c in classes if c not in class_map]
+    if missing:
+        raise ConfigError(f"class_map: no index for the class folder(s) {missing[:5]} of {root}")
+    return {c: int(class_map[c]) for c in classes}
+
+
+def open_eval_data(spec: str, transform: Any = None, *, num_classes: int | None = None, limit: int | None = None,
+                   seed: int = 0, class_map: Any = None) -> EvalImages:
+    """The evaluation images of a model: ``imagefolder:DIR``, ``cifar10:DIR`` or ``cifar100:DIR``.
+
+    Parameters
+    ----------
+    spec : str
+        ``imagefolder:DIR``: every image of ``DIR/CLASS/IMAGE`` (e.g. the ImageNet validation folder with its
+        1000 wnid folders); class index = position of the folder name in sorted order (torchvision's
+        ImageFolder rule, which is ImageNet-1k's index order for wnid folders), unless ``class_map`` is given.
+        ``cifar10:DIR`` / ``cifar100:DIR``: the official test set from torchvision's on-disk python batches.
+    transform : callable, optional
+        PIL image -> tensor (the ``preprocess`` returned by :func:`causalgeom.models.load`).
+    num_classes : int, optional
+        The model's K: the data's class indices must fit it, and without ``class_map`` the folder count must
+        equal it (a mismatch is a :class:`ConfigError`: the folder indices would not be the model's).
+    limit : int, optional
+        A stratified, seeded subset of this many images (:func:`stratified_subset`).
+    seed : int
+    class_map : dict or path to a JSON file, optional
+        ``{folder name: model class index}`` (for a folder holding some of the model's classes).
+
+    Returns
+    -------
+    EvalImages
+    """
+    if not isinstance(spec, str) or ":" not in spec or spec.partition(":")[0] not in EVAL_DATA:
+        raise ConfigError(f"data: expected one of {', '.join(p + ':DIR' for p in EVAL_DATA)}, got {spec!r}")
+    kind, _, root = spec.partition(":")
+    if kind in _CIFAR:
+        if class_map is not None:
+            raise ConfigError("class_map: only for imagefolder data (CIFAR has its own class indices)")
+        from torchvision.transforms.functional import to_pil_image
+
+        arr = _cifar(kind, "test", root)
+        classes = list(arr.classes or [str(i) for i in range(_CIFAR[kind]["num_classes"])])
+        labels = arr.labels.numpy()
+        ids = [f"test/{i}" for i in range(len(arr))]
+        images = arr.images
+
+        def get(i: int, _idx=None) -> Any:
+            return to_pil_image(images[i])
+
+        index = np.arange(len(arr))
+    else:
+        base = Path(root).expanduser()
+        if not base.is_dir():
+            raise ConfigError(f"data: {spec!r}: {str(base)!r} is not a folder; expected DIR/CLASS/IMAGE")
+        folder = _image_folder(base)
+        classes = list(folder.classes)
+        mapping = _class_map(class_map, classes, base)
+        ids_all = [os.path.relpath(p, base) for p, _ in folder.samples]
+        labels = np.asarray([mapping[classes[t]] for _, t in folder.samples], dtype=np.int64)
+        ids = ids_all
+
+        def get(i: int) -> Any:
+            return folder.loader(folder.samples[i][0]).convert("RGB")
+
+        index = np.arange(len(ids))
+        if class_map is not None:
+            classes = [c for c, _ in sorted(mapping.items(), key=lambda kv: kv[1])]
+    if num_classes is not None:
+        k_data = len(set(classes)) if class_map is None else None
+        if k_data is not None and k_data != num_classes:
+            raise ConfigError(f"data: {spec!r} has {k_data} classes but the model has num_classes={num_classes}; "
+                              "the folder's class indices would not be the model's. Use the model's full "
+                              "evaluation set, or give class_map (CLI --class-map FILE.json) mapping each folder "
+                              "to the model's class index")
+        if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+            raise ConfigError(f"data: {spec!r}: class indices must lie in [0, {num_classes}) for this model, got "
+                              f"[{labels.min()}, {labels.max()}]")
+    if limit is not None:
+        index = stratified_subset(labels, limit, seed)
+    sel_ids = [ids[i] for i in index]
+    pick = index
+
+    def get_sel(j: int) -> Any:
+        return get(int(pick[j]))
+
+    return EvalImages(get_sel, sel_ids, labels[index], transform, classes, spec)

@@ -34,7 +34,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("extract", help="extract dumps (features, logits, attacks) from trained models",
                               description=DESCRIPTION, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("source", metavar="CHECKPOINT_OR_RUNS_DIR", help="checkpoint, run folder, or training output folder")
+    p.add_argument("source", metavar="CHECKPOINT_OR_RUNS_DIR", nargs="?",
+                   help="checkpoint, run folder, or training output folder (not with --zoo / --model)")
+    g = p.add_argument_group("public checkpoints (docs/zoo.md)")
+    g.add_argument("--zoo", metavar="FILE", help="zoo file (TOML): one run per checkpoint into the study --out")
+    g.add_argument("--model", metavar="NAME",
+                   help="torchvision:ARCH, timm:ARCH.TAG or a state-dict file (.pt/.safetensors, with --arch)")
+    g.add_argument("--weights", metavar="NAME_OR_FILE", help="torchvision weights enum name, or a local file for timm")
+    g.add_argument("--arch", metavar="NAME", help="architecture of a state-dict file: torchvision:NAME or timm:NAME")
+    g.add_argument("--head", metavar="MODULE", help="qualified name of the final nn.Linear (needed for MLP heads)")
+    g.add_argument("--data", metavar="SPEC", help="imagefolder:DIR, cifar10:DIR or cifar100:DIR")
+    g.add_argument("--limit", type=int, metavar="N", help="stratified, seeded subset of N images (seed: --seed)")
+    g.add_argument("--class-map", metavar="FILE.json", help="{folder name: class index} for a partial folder")
+    g.add_argument("--workers", type=int, default=0, metavar="N", help="image-decoding workers (default 0)")
+    g.add_argument("--download", action="store_true", help="allow downloading absent weights (default: caches only)")
     p.add_argument("--out", metavar="PATH",
                    help="store (*.zarr) or study folder (default for a training folder: OUT/study)")
     p.add_argument("--attack", action="append", metavar="SPEC", help="attack spec (repeatable; default: reference)")
@@ -77,6 +90,10 @@ def run(args: argparse.Namespace) -> int:
                   device=args.device, amp={"off": False, "clean": True, "all": "all"}[args.amp],
                   save_adv=args.save_adv, shard=_shard(args.shard), generator=args.seed,
                   mode="w" if args.overwrite else "w-", progress=not args.no_progress)
+    if args.zoo or args.model:
+        return _run_public(args, kwargs)
+    if args.source is None:
+        raise ConfigError("CHECKPOINT_OR_RUNS_DIR: expected a checkpoint or runs folder, or --zoo FILE / --model NAME")
     source = Path(args.source)
     if not source.exists():
         raise ConfigError(f"CHECKPOINT_OR_RUNS_DIR: nothing at {source}")
@@ -90,4 +107,46 @@ def run(args: argparse.Namespace) -> int:
     paths = extract_runs(source, args.out, **kwargs)
     study = paths[0].parent if paths else args.out
     print(f"{len(paths)} runs in {study}")
+    return 0
+
+
+def _run_public(args: argparse.Namespace, kwargs: dict) -> int:
+    """``--zoo FILE`` or ``--model NAME``: public checkpoints on ``--data`` (docs/zoo.md)."""
+    from ..data import open_eval_data
+    from ..extraction import extract
+    from ..models import LOAD_ATTRS, load
+    from ..zoo import extract_zoo
+
+    if args.source is not None:
+        raise ConfigError(f"CHECKPOINT_OR_RUNS_DIR ({args.source!r}) cannot be combined with --zoo / --model")
+    if args.zoo and args.model:
+        raise ConfigError("--zoo and --model are exclusive: a zoo file lists its models")
+    if not args.data:
+        raise ConfigError("--data is required with --zoo / --model: imagefolder:DIR, cifar10:DIR or cifar100:DIR")
+    if not args.out:
+        raise ConfigError("--out is required with --zoo (a study folder) / --model (a *.zarr store or study folder)")
+    for name in ("split", "data_root", "shard"):
+        if name == "split" and args.split == "test":
+            continue
+        if getattr(args, name) not in (None, "test"):
+            raise ConfigError(f"--{name.replace('_', '-')} does not apply to --zoo / --model (use --data)")
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("split", "data_root")}
+    kwargs["num_workers"] = args.workers
+    if args.zoo:
+        paths = extract_zoo(args.zoo, args.data, args.out, limit=args.limit, seed=args.seed,
+                            class_map=args.class_map, download=args.download, **kwargs)
+        print(f"{len(paths)} runs in {args.out}")
+        return 0
+    model, preprocess = load(args.model, args.weights, arch=args.arch, head=args.head, download=args.download)
+    data = open_eval_data(args.data, preprocess, num_classes=int(model.head.out_features), limit=args.limit,
+                          seed=args.seed, class_map=args.class_map)
+    info = dict(getattr(model, LOAD_ATTRS))
+    out = Path(args.out)
+    run_id = Path(args.model).stem if info["model_name"] != args.model else args.model.split(":", 1)[1]
+    run_id = "".join(c if c.isalnum() or c in "-_." else "-" for c in f"{run_id}-{info['weights']}")
+    if out.suffix != ".zarr":
+        out = out / f"{run_id}.zarr"
+    attrs = {**info, "run_id": run_id, "regularizer": run_id, "dataset": args.data, "split": "eval",
+             "sample_ids_sha256": data.digest(), "data_limit": args.limit or 0, "data_seed": args.seed}
+    print(extract(model, data, out, attrs=attrs, **kwargs))
     return 0
