@@ -17,7 +17,7 @@ import xarray as xr
 from ._util.dask import compute_arrays
 from .errors import SchemaError
 
-__all__ = ["is_dask", "raw", "sample_reduce", "compute", "check_run", "require_vars", "NUMPY_BLOCK_ROWS"]
+__all__ = ["is_dask", "raw", "sample_reduce", "sample_map", "compute", "check_run", "require_vars", "NUMPY_BLOCK_ROWS"]
 
 #: Rows per block when a numpy array is reduced block by block (bounds temporaries).
 NUMPY_BLOCK_ROWS = 1 << 15
@@ -84,6 +84,58 @@ def sample_reduce(func: Callable[..., np.ndarray], *arrays: Any, shape: Sequence
     fn = dask.delayed(func, pure=False)
     parts = [da.from_delayed(fn(*blocks), shape=shape, dtype=dtype) for blocks in zip(*aligned)]
     return da.stack(parts).sum(axis=0)
+
+
+def _aligned_blocks(arrays: Sequence[Any]) -> tuple[tuple[int, ...], list[Any]]:
+    """Sample chunks of the first dask array and each array's row blocks as flat arrays of delayed objects."""
+    import dask.array as da
+
+    ref = next(a for a in arrays if is_dask(a))
+    chunks0 = ref.chunks[0]
+    aligned = []
+    for a in arrays:
+        a = a if is_dask(a) else da.from_array(np.asarray(a), chunks=(chunks0,) + tuple(np.shape(a)[1:]))
+        a = a.rechunk({0: chunks0, **{i: -1 for i in range(1, a.ndim)}})
+        aligned.append(a.to_delayed(optimize_graph=False).reshape(-1))
+    return chunks0, aligned
+
+
+def sample_map(func: Callable[..., np.ndarray], *arrays: Any, ncols: int, dtype: Any = np.float64,
+               block_rows: int = NUMPY_BLOCK_ROWS) -> Any:
+    """Apply ``func(*blocks) -> (rows, ncols)`` to aligned row blocks of ``arrays``; stack the results.
+
+    The per-sample counterpart of `sample_reduce`: one task per sample chunk that sees the chunk of every
+    array at once, so a pass computing many quantities from the same chunk reads it once.
+
+    Parameters
+    ----------
+    func : callable
+        Takes aligned row blocks (numpy) of each array, returns an array of shape (rows, ncols).
+    *arrays : numpy or dask arrays
+        Same length n along the first axis; non-dask arrays are aligned to the dask chunks.
+    ncols : int
+    dtype : numpy dtype
+    block_rows : int
+        Rows per block for the numpy path.
+
+    Returns
+    -------
+    numpy.ndarray or dask.array.Array, shape (n, ncols)
+    """
+    if not any(is_dask(a) for a in arrays):
+        n = arrays[0].shape[0]
+        out = np.empty((n, ncols), dtype=dtype)
+        for start in range(0, n, block_rows):
+            stop = min(start + block_rows, n)
+            out[start:stop] = func(*[a[start:stop] for a in arrays])
+        return out
+    import dask
+    import dask.array as da
+
+    chunks0, aligned = _aligned_blocks(arrays)
+    fn = dask.delayed(func, pure=False)
+    parts = [da.from_delayed(fn(*blocks), shape=(int(c), ncols), dtype=dtype) for c, blocks in zip(chunks0, zip(*aligned))]
+    return da.concatenate(parts, axis=0) if parts else da.zeros((0, ncols), dtype=dtype)
 
 
 def _is_dask_collection(x: Any) -> bool:

@@ -23,7 +23,7 @@ from .errors import ConfigError
 from .schema import require_head
 
 __all__ = ["ERROR_NORMS", "softmax_block", "sample_stats_block", "bin_index", "width_bin_stats", "mass_bin_stats",
-           "calibration_error", "head64"]
+           "calibration_error", "head64", "FUSED_FIELDS", "fused_block"]
 
 #: Norms of `calibration_error`: l1 (ECE), l2 (RMS calibration error), max (MCE), signed (signed ECE).
 ERROR_NORMS = ("l1", "l2", "max", "signed")
@@ -140,6 +140,64 @@ def calibration_error(stats: np.ndarray, norm: str) -> float:
     if norm == "signed":
         return float(np.sum(w * gap))
     raise ConfigError(f"norm: expected one of {list(ERROR_NORMS)}, got {norm!r}")  # pragma: no cover
+
+
+#: Columns of `fused_block`'s result, in order.
+FUSED_FIELDS = ("norm", "cos_true", "cos_pred", "confidence", "correct", "nll", "brier", "margin", "pred")
+
+
+def fused_block(f: np.ndarray, z: np.ndarray, y: np.ndarray, C: np.ndarray | None = None) -> np.ndarray:
+    """Every per-sample quantity of the analysis table from one block of features and logits (one read of each).
+
+    Parameters
+    ----------
+    f : ndarray, shape (n, d)
+        Features (any float dtype; sums are accumulated in float64).
+    z : ndarray, shape (n, K)
+        Logits.
+    y : ndarray of int, shape (n,)
+        Labels.
+    C : ndarray, shape (K, d), optional
+        Class centers of the cosines; None gives NaN cosines.
+
+    Returns
+    -------
+    ndarray, shape (n, len(FUSED_FIELDS)), float64
+        Columns `FUSED_FIELDS`: ``norm`` = ||h||₂; ``cos_true`` / ``cos_pred`` = cos(h, c_y) / cos(h, c_ŷ)
+        (NaN for a zero vector or zero center, clipped to [-1, 1]; the formula of
+        `causalgeom.geometry.cosine_to_center`); ``confidence``, ``correct`` (0/1), ``nll``, ``brier`` as
+        `sample_stats_block`; ``margin`` = z_y − max_{j≠y} z_j (the logit margin: > 0 iff correct without ties);
+        ``pred`` = argmax_k z_k.
+    """
+    f = np.asarray(f)
+    y = np.asarray(y).astype(np.int64, copy=False)
+    n = y.shape[0]
+    rows = np.arange(n)
+    out = np.empty((n, len(FUSED_FIELDS)), dtype=np.float64)
+    fn = np.sqrt(np.einsum("ij,ij->i", f, f, dtype=np.float64))
+    out[:, 0] = fn
+    conf, pred, correct, nl, br = sample_stats_block(z, y)
+    if C is None:
+        out[:, 1:3] = np.nan
+    else:
+        C = np.asarray(C, dtype=np.float64)
+        cn = np.linalg.norm(C, axis=1)
+        dots = (C @ f.astype(np.float64).T).T  # (n, K), as geometry._cosines_block
+        with np.errstate(invalid="ignore", divide="ignore"):
+            for col, k in ((1, y), (2, pred)):
+                c = dots[rows, k] / (fn * cn[k])
+                c[~np.isfinite(c)] = np.nan
+                out[:, col] = np.clip(c, -1.0, 1.0)
+    out[:, 3] = conf
+    out[:, 4] = correct
+    out[:, 5] = nl
+    out[:, 6] = br
+    zz = np.asarray(z, dtype=np.float64).copy()
+    own = zz[rows, y].copy()
+    zz[rows, y] = -np.inf
+    out[:, 7] = own - zz.max(axis=1) if zz.shape[1] > 1 else np.inf
+    out[:, 8] = pred
+    return out
 
 
 def head64(ds: xr.Dataset, what: str) -> tuple[np.ndarray, np.ndarray]:

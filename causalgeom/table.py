@@ -1,8 +1,9 @@
 """The analysis table of a study: one row per sample (or per run) with treatment, mediators and outcomes.
 
-``study_frame`` (``Study.to_frame``) loads each run lazily, computes the per-sample metrics with
-`causalgeom.geometry`, `causalgeom.calibration` and `causalgeom.robustness` in one pass over the run's chunks,
-and concatenates the runs.
+``study_frame`` (``Study.to_frame``) loads each run lazily, computes the per-sample metrics in one fused pass
+over the run's chunks (`fused_run`: each chunk of ``features`` and ``logits`` is read once; the formulas are
+those of `causalgeom.geometry`, `causalgeom.calibration` and `causalgeom.robustness`, shared through
+`causalgeom.kernels`), and concatenates the runs.
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ import pandas as pd
 
 from .errors import HeadMissingError, QueryError
 
-__all__ = ["study_frame", "run_table", "robust_column", "min_flip_column", "robust_acc_column", "robust_key", "ID_COLUMNS",
+__all__ = ["study_frame", "run_table", "fused_run", "robust_column", "min_flip_column", "robust_acc_column", "robust_key", "ID_COLUMNS",
            "SAMPLE_COLUMNS", "RUN_COLUMNS"]
 
 #: Columns that identify the run of a row.
 ID_COLUMNS = ("run_id", "regularizer", "strength", "seed")
 #: Fixed columns of the sample-level table (robustness columns follow, one per attack and ε).
 SAMPLE_COLUMNS = ID_COLUMNS + ("sample", "label", "norm", "rms", "cos_true", "cos_pred", "confidence", "correct",
-                               "overconfidence", "nll", "brier")
+                               "overconfidence", "nll", "brier", "margin")
 #: Fixed columns of the run-level table.
 RUN_COLUMNS = ID_COLUMNS + ("n_samples", "norm", "rms", "cos_true", "cos_pred", "confidence", "accuracy",
                             "overconfidence", "nll", "brier", "ece", "signed_ece")
@@ -73,28 +74,74 @@ def _select(values: np.ndarray, wanted: Any, what: str, close: bool = False) -> 
     return np.asarray(idx)
 
 
-def _compute_all(objs: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Compute every variable of ``objs`` (Datasets / DataArrays) in one dask pass; returns numpy arrays.
+def fused_run(ds: Any, center: str = "minimal_loss", *, warn_missing_head: bool = True) -> dict[str, np.ndarray]:
+    """Every per-sample quantity of a run from one read of its ``features`` and ``logits`` (the fused pass).
 
-    Keys are ``"name"`` for a DataArray and ``"name.var"`` for a Dataset's variables. The dask arrays are computed
-    directly (``dask.compute`` on a multi-variable Dataset with a shared graph fails with dask 2026.8 /
-    xarray 2026.9).
+    The class centers come first: in closed form from the head for ``"minimal_loss"`` / ``"weight"``
+    (`causalgeom.geometry.class_centers`, reads no samples), or from one earlier pass over the features for
+    ``"mean"`` (class means need every sample before any cosine can be formed, so that kind reads the features
+    twice). Then one task per sample chunk reads the chunk of ``features``, ``logits`` and ``label`` once and
+    computes `causalgeom.kernels.fused_block` on it.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        One schema-v1 run (dask-backed or in memory) with ``features``, ``logits``, ``label``.
+    center : {"minimal_loss", "mean", "weight"}
+        Class centers of the cosines.
+    warn_missing_head : bool
+        Warn (instead of failing) when a head-based ``center`` is asked of a run without ``head_weight``;
+        its cosines are NaN.
+
+    Returns
+    -------
+    dict of str to ndarray
+        The columns of `causalgeom.kernels.FUSED_FIELDS` (each shape (n_samples,), float64; ``correct`` and
+        ``pred`` hold integers) plus ``rms`` = norm / sqrt(d).
+
+    Notes
+    -----
+    Equal to `geometry.magnitude`, `geometry.cosine_to_center` and `calibration.per_sample` up to the order of
+    floating-point sums (the same formulas on the same blocks; tests compare at rtol 1e-12).
     """
-    import dask
+    from . import geometry
+    from ._blocks import compute, raw, require_vars, sample_map
+    from .kernels import FUSED_FIELDS, fused_block
 
-    keys, arrays = [], []
-    for name, obj in objs.items():
-        items = ([(f"{name}.{v}", obj[v]) for v in obj.data_vars] if hasattr(obj, "data_vars") else [(name, obj)])
-        for key, da in items:
-            keys.append(key)
-            arrays.append(da.data)
-    values = dask.compute(*arrays)
-    return {k: np.asarray(v) for k, v in zip(keys, values)}
+    require_vars(ds, ("features", "logits", "label"), "fused_run")
+    out = _fused_lazy(ds, center, warn_missing_head, geometry, raw, sample_map, fused_block, FUSED_FIELDS)
+    arr = np.asarray(compute(out)[0])
+    return _fused_columns(arr, int(ds.sizes["feature"]), FUSED_FIELDS)
+
+
+def _fused_lazy(ds: Any, center: str, warn_missing_head: bool, geometry: Any, raw: Any, sample_map: Any,
+                fused_block: Any, fields: Sequence[str]) -> Any:
+    try:
+        C = np.asarray(geometry.class_centers(ds, kind=center).values, dtype=np.float64)
+    except HeadMissingError:
+        if not warn_missing_head:
+            raise
+        C = None
+        warnings.warn(f"run {ds.attrs.get('run_id')!r} has no head_weight: cos_true/cos_pred with "
+                      f"center={center!r} need it and are NaN (use center='mean' for dumps without a head)",
+                      UserWarning, stacklevel=4)
+    return sample_map(lambda f, z, y: fused_block(f, z, y, C), raw(ds["features"]), raw(ds["logits"]),
+                      raw(ds["label"]), ncols=len(fields))
+
+
+def _fused_columns(arr: np.ndarray, d: int, fields: Sequence[str]) -> dict[str, np.ndarray]:
+    cols = {name: arr[:, i] for i, name in enumerate(fields)}
+    cols["rms"] = cols["norm"] / np.sqrt(d)
+    return cols
 
 
 def run_table(ds: Any, *, attack: str | Sequence[str] | None = None, eps: float | Sequence[float] | None = None,
               center: str = "minimal_loss") -> pd.DataFrame:
     """The sample-level rows of one run (see `study_frame` for the columns).
+
+    One pass over the run: each chunk of ``features``, ``logits`` and ``label`` is read once and every
+    per-sample column is computed from it (`fused_run`; ``center="mean"`` first reads the features once more
+    for the class means).
 
     Parameters
     ----------
@@ -107,18 +154,14 @@ def run_table(ds: Any, *, attack: str | Sequence[str] | None = None, eps: float 
     -------
     pandas.DataFrame, shape (n_samples, n_columns)
     """
-    from . import calibration, geometry, robustness
+    from . import geometry, robustness
+    from ._blocks import compute, raw, require_vars, sample_map
+    from .kernels import FUSED_FIELDS, fused_block
 
+    require_vars(ds, ("features", "logits", "label"), "the analysis table")
     n = int(ds.sizes["sample"])
-    lazy: dict[str, Any] = {"mag": geometry.magnitude(ds), "cal": calibration.per_sample(ds)}
-    cos_missing = False
-    try:
-        lazy["cos"] = geometry.cosine_to_center(ds, kind=center)
-    except HeadMissingError:
-        cos_missing = True
-        warnings.warn(f"run {ds.attrs.get('run_id')!r} has no head_weight: cos_true/cos_pred with "
-                      f"center={center!r} need it and are NaN (use center='mean' for dumps without a head)",
-                      UserWarning, stacklevel=3)
+    lazy: dict[str, Any] = {"fused": _fused_lazy(ds, center, True, geometry, raw, sample_map, fused_block,
+                                                 FUSED_FIELDS)}
     a_idx = e_idx = None
     if "adv_correct" in ds.variables:
         attacks = _strings(ds["attack"].values)
@@ -128,12 +171,14 @@ def run_table(ds: Any, *, attack: str | Sequence[str] | None = None, eps: float 
         lazy["adv"] = ds["adv_correct"].isel(attack=a_idx, eps=e_idx)
         lazy["flip"] = robustness.min_flip_eps(ds).isel(attack=a_idx)
     lazy["label"] = ds["label"]
-    vals = _compute_all(lazy)
+    vals = compute(lazy)[0]
+    fused = _fused_columns(np.asarray(vals["fused"]), int(ds.sizes["feature"]), FUSED_FIELDS)
 
     attrs = ds.attrs
     reg = attrs.get("regularizer")
     strength = attrs.get("strength", 0.0 if reg == "ce" else np.nan)
     sample = np.asarray(ds["sample"].values) if "sample" in ds.coords else np.arange(n)
+    correct = fused["correct"].astype(np.int8)
     cols: dict[str, Any] = {
         "run_id": np.full(n, attrs.get("run_id"), dtype=object),
         "regularizer": np.full(n, reg, dtype=object),
@@ -141,21 +186,22 @@ def run_table(ds: Any, *, attack: str | Sequence[str] | None = None, eps: float 
         "seed": pd.array([attrs.get("seed")] * n, dtype="Int64"),
         "sample": sample,
         "label": np.asarray(vals["label"], dtype=np.int64),
-        "norm": vals["mag.norm"].astype(float),
-        "rms": vals["mag.rms"].astype(float),
-        "cos_true": np.full(n, np.nan) if cos_missing else vals["cos.cos_true"].astype(float),
-        "cos_pred": np.full(n, np.nan) if cos_missing else vals["cos.cos_pred"].astype(float),
-        "confidence": vals["cal.confidence"].astype(float),
-        "correct": vals["cal.correct"].astype(np.int8),
-        "overconfidence": vals["cal.overconfidence"].astype(float),
-        "nll": vals["cal.nll"].astype(float),
-        "brier": vals["cal.brier"].astype(float),
+        "norm": fused["norm"],
+        "rms": fused["rms"],
+        "cos_true": fused["cos_true"],
+        "cos_pred": fused["cos_pred"],
+        "confidence": fused["confidence"],
+        "correct": correct,
+        "overconfidence": fused["confidence"] - correct,
+        "nll": fused["nll"],
+        "brier": fused["brier"],
+        "margin": fused["margin"],
     }
     if a_idx is not None:
-        adv = np.asarray(vals["adv"])
+        adv = np.asarray(vals["adv"].values)
         names = _strings(lazy["adv"]["attack"].values)
         epss = np.asarray(lazy["adv"]["eps"].values, dtype=float)
-        flip = np.asarray(vals["flip"], dtype=float)
+        flip = np.asarray(vals["flip"].values, dtype=float)
         for i, a in enumerate(names):
             for j, e in enumerate(epss):
                 cols[robust_column(a, e)] = adv[i, j].astype(np.int8)
@@ -199,6 +245,7 @@ def study_frame(study: Any, level: str = "sample", attack: str | Sequence[str] |
         ``correct``                  1 if argmax = label else 0 (int8)
         ``overconfidence``           confidence − correct
         ``nll``, ``brier``           −log p_label; Σ_k (p_k − 1[k=label])²
+        ``margin``                   logit margin z_label − max_{k≠label} z_k (> 0 iff correct, no ties)
         ``robust[A@E]``              1 if still correct after attack A at ε = E (int8)
         ``min_flip_eps[A]``          smallest swept ε that flips the sample (inf: none; 0: wrong clean)
         ============================ ===============================================================
@@ -253,8 +300,13 @@ def _aggregate(df: pd.DataFrame, ds: Any, calibration: Any) -> pd.DataFrame:
     for c in _MEAN_COLUMNS:
         row[c] = float(df[c].mean())
     row["accuracy"] = float(df["correct"].mean())
-    row["ece"] = float(calibration.ece(ds))
-    row["signed_ece"] = float(calibration.signed_ece(ds))
+    # 15 equal-width bins from the per-sample columns already in memory (no second read of the logits);
+    # the same bin statistics as calibration.ece / signed_ece, summed in one piece instead of per chunk.
+    from .kernels import calibration_error, width_bin_stats
+
+    stats = width_bin_stats(df["confidence"].to_numpy(float), df["correct"].to_numpy(float), 15)
+    row["ece"] = calibration_error(stats, "l1")
+    row["signed_ece"] = calibration_error(stats, "signed")
     for c in df.columns:
         if c.startswith("robust["):
             row["robust_acc" + c[len("robust"):]] = float(df[c].mean())

@@ -1,0 +1,148 @@
+"""The fused pass of the analysis table (issue 18): one read of each run's features and logits, same numbers.
+
+References: cosines against scikit-learn's ``cosine_similarity``, NLL against scipy's ``log_softmax``, the
+Brier score and the logit margin in closed form, ECE against `calibration.ece` (itself checked against
+torchmetrics in tests/test_calibration.py).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import zarr.storage
+
+import causalgeom as cg
+from causalgeom import calibration, geometry
+from causalgeom.kernels import FUSED_FIELDS, fused_block
+from causalgeom.table import fused_run
+
+from .conftest import make_run
+
+
+def test_fused_block_matches_outside_references():
+    from scipy.special import log_softmax, softmax
+    from sklearn.metrics.pairwise import cosine_similarity
+
+    rng = np.random.default_rng(0)
+    n, d, K = 200, 12, 6
+    f = rng.normal(size=(n, d)).astype(np.float32)
+    f[3] = 0.0  # zero feature: cosines NaN
+    z = rng.normal(size=(n, K)) * 3
+    y = rng.integers(0, K, n)
+    C = rng.normal(size=(K, d))
+    out = fused_block(f, z, y, C)
+    col = {k: out[:, i] for i, k in enumerate(FUSED_FIELDS)}
+    rows = np.arange(n)
+    pred = z.argmax(1)
+    ref_cos = cosine_similarity(f.astype(np.float64), C)
+    ok = rows != 3
+    # different summation orders of the same float64 dot products: 1e-12 relative
+    np.testing.assert_allclose(col["cos_true"][ok], ref_cos[ok, y[ok]], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(col["cos_pred"][ok], ref_cos[ok, pred[ok]], rtol=1e-12, atol=1e-14)
+    assert np.isnan(col["cos_true"][3]) and np.isnan(col["cos_pred"][3])
+    np.testing.assert_allclose(col["norm"], np.linalg.norm(f.astype(np.float64), axis=1), rtol=1e-12)
+    p = softmax(z, axis=1)
+    np.testing.assert_allclose(col["nll"], -log_softmax(z, axis=1)[rows, y], rtol=1e-12)
+    np.testing.assert_allclose(col["confidence"], p.max(1), rtol=1e-12)
+    onehot = np.eye(K)[y]
+    np.testing.assert_allclose(col["brier"], ((p - onehot) ** 2).sum(1), rtol=1e-10, atol=1e-14)
+    np.testing.assert_array_equal(col["correct"], (pred == y).astype(float))
+    np.testing.assert_array_equal(col["pred"], pred)
+    other = np.where(onehot.astype(bool), -np.inf, z).max(1)
+    np.testing.assert_array_equal(col["margin"], z[rows, y] - other)  # same subtraction: exact
+    assert np.all((col["margin"] > 0) == (pred == y))
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    st = cg.open_study(tmp_path_factory.mktemp("fused") / "study", create=True)
+    for i in range(2):
+        ds = make_run(n=300, d=8, k=4, seed=i, run_id=f"r{i}", regularizer="ce", strength=0.0)
+        cg.save(ds, st.run_path(f"r{i}"), sample_chunk=64)  # 5 chunks per variable
+    return st
+
+
+class _ReadCounter:
+    """Counts the chunk reads of a Zarr LocalStore by key (``features/c/0/0`` ...)."""
+
+    def __init__(self, monkeypatch):
+        self.keys: Counter[str] = Counter()
+        orig_get = zarr.storage.LocalStore.get
+        orig_partial = zarr.storage.LocalStore.get_partial_values
+        counter = self
+
+        async def get(self, key, *args, **kwargs):
+            counter.keys[f"{self.root.name}/{key}"] += 1
+            return await orig_get(self, key, *args, **kwargs)
+
+        async def get_partial_values(self, prototype, key_ranges):
+            key_ranges = list(key_ranges)
+            for key, _ in key_ranges:
+                counter.keys[f"{self.root.name}/{key}"] += 1
+            return await orig_partial(self, prototype, key_ranges)
+
+        monkeypatch.setattr(zarr.storage.LocalStore, "get", get)
+        monkeypatch.setattr(zarr.storage.LocalStore, "get_partial_values", get_partial_values)
+
+    def chunks(self, var: str) -> Counter[str]:
+        return Counter({k: v for k, v in self.keys.items() if f"/{var}/c" in k})
+
+
+@pytest.mark.parametrize("level", ["sample", "run"])
+def test_to_frame_reads_each_chunk_of_features_and_logits_once(study, monkeypatch, level):
+    for rid in study.run_ids:  # the first open of a small store verifies its checksums (reads files); not counted
+        study[rid]
+    reads = _ReadCounter(monkeypatch)
+    frame = study.to_frame(level=level, progress=False)
+    assert len(frame) == (600 if level == "sample" else 2)
+    for var in ("features", "logits"):
+        got = reads.chunks(var)
+        # 2 runs x ceil(300 / 64) = 5 sample chunks, each read exactly once
+        assert len(got) == 10, sorted(got)
+        assert set(got.values()) == {1}, got
+
+
+def test_mean_centers_take_one_more_pass(study, monkeypatch):
+    for rid in study.run_ids:
+        study[rid]
+    reads = _ReadCounter(monkeypatch)
+    study.to_frame(level="sample", progress=False, center="mean")
+    got = reads.chunks("features")
+    assert len(got) == 10 and set(got.values()) == {2}  # class means first, then the fused pass
+    assert set(reads.chunks("logits").values()) == {1}
+
+
+def test_fused_run_equals_metric_functions_and_run_level_ece(study):
+    ds = study["r1"]
+    cols = fused_run(ds)
+    mag, cos = geometry.magnitude(ds).compute(), geometry.cosine_to_center(ds).compute()
+    cal = calibration.per_sample(ds).compute()
+    # the same formulas on the same blocks; only summation order may differ: rtol 1e-12
+    for a, b in ((cols["norm"], mag.norm), (cols["rms"], mag.rms), (cols["cos_true"], cos.cos_true),
+                 (cols["cos_pred"], cos.cos_pred), (cols["confidence"], cal.confidence), (cols["nll"], cal.nll),
+                 (cols["brier"], cal.brier)):
+        np.testing.assert_allclose(a, b.values, rtol=1e-12)
+    runs = study.to_frame(level="run", progress=False)
+    row = runs[runs.run_id == "r1"].iloc[0]
+    # bin sums over all samples at once vs per chunk: 1e-12
+    assert row.ece == pytest.approx(float(calibration.ece(ds)), rel=1e-12, abs=1e-15)
+    assert row.signed_ece == pytest.approx(float(calibration.signed_ece(ds)), rel=1e-12, abs=1e-15)
+
+
+def test_fused_run_in_memory_equals_dask(study):
+    ds = study["r0"]
+    lazy = fused_run(ds)
+    mem = fused_run(ds.load())
+    for k in lazy:
+        np.testing.assert_allclose(mem[k], lazy[k], rtol=1e-12)  # same blocks or one block: summation order
+
+
+def test_fused_run_errors(study):
+    ds = study["r0"]
+    with pytest.raises(cg.ConfigError, match="kind"):
+        fused_run(ds, center="median")
+    with pytest.warns(UserWarning, match="no head_weight"):
+        cols = fused_run(ds.drop_vars([v for v in ("head_weight", "head_bias") if v in ds.variables]))
+    assert np.isnan(cols["cos_true"]).all() and np.isfinite(cols["nll"]).all()
