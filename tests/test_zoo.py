@@ -179,3 +179,35 @@ def test_extract_zoo_cli_then_report(tmp_path, monkeypatch):
     assert tv.sizes["class"] == 1000
     rc = main(["report", str(study), "--out", str(tmp_path / "report.html")])
     assert rc == 0 and (tmp_path / "report.html").stat().st_size > 0
+
+
+def test_extract_model_cli_local_state_dict(tmp_path, capsys):
+    import torchvision
+
+    import causalgeom as cg
+    from causalgeom.cli import main
+
+    root = write_imagefolder(tmp_path / "val", per_class=2, size=(32, 32))
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=3)
+    torch.save(net.state_dict(), tmp_path / "mine.pt")
+    out = tmp_path / "mine.zarr"
+    rc = main(["extract", "--model", str(tmp_path / "mine.pt"), "--arch", "torchvision:resnet18", "--data",
+               f"imagefolder:{root}", "--no-attack", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    ds = cg.open(out)
+    assert ds.sizes["sample"] == 6 and ds.attrs["weights_file"] == str(tmp_path / "mine.pt")
+    np.testing.assert_array_equal(ds["label"].values, [0, 0, 1, 1, 2, 2])
+    # the dumped logits are the network's on ImageNet-normalized pixels of the same JPEGs
+    ref = data.open_eval_data(f"imagefolder:{root}")
+    x = torch.stack([torch.from_numpy(np.array(ref[i][0])).permute(2, 0, 1).float() / 255 for i in range(6)])
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = net.eval()((x - mean) / std)
+    # another batch composition / normalization order than the extraction's: float32 rounding, hence atol
+    np.testing.assert_allclose(ds["logits"].values, expected.numpy(), atol=1e-4, rtol=1e-4)
+    assert main(["extract", "--zoo", "z.toml", "--out", str(tmp_path / "s")]) != 0
+    assert "--data is required" in capsys.readouterr().err
+    assert main(["extract", "--zoo", "z.toml", "--model", "m.pt", "--data", f"imagefolder:{root}", "--out", "s"]) != 0
+    assert "--zoo and --model are exclusive" in capsys.readouterr().err

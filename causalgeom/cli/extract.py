@@ -125,11 +125,8 @@ def _run_public(args: argparse.Namespace, kwargs: dict) -> int:
         raise ConfigError("--data is required with --zoo / --model: imagefolder:DIR, cifar10:DIR or cifar100:DIR")
     if not args.out:
         raise ConfigError("--out is required with --zoo (a study folder) / --model (a *.zarr store or study folder)")
-    for name in ("split", "data_root", "shard"):
-        if name == "split" and args.split == "test":
-            continue
-        if getattr(args, name) not in (None, "test"):
-            raise ConfigError(f"--{name.replace('_', '-')} does not apply to --zoo / --model (use --data)")
+    if args.data_root is not None or args.split != "test":
+        raise ConfigError("--data-root / --split do not apply to --zoo / --model: --data names the images")
     kwargs = {k: v for k, v in kwargs.items() if k not in ("split", "data_root")}
     kwargs["num_workers"] = args.workers
     if args.zoo:
