@@ -110,8 +110,21 @@ def fused_run(ds: Any, center: str = "minimal_loss", *, warn_missing_head: bool 
 
     require_vars(ds, ("features", "logits", "label"), "fused_run")
     out = _fused_lazy(ds, center, warn_missing_head, geometry, raw, sample_map, fused_block, FUSED_FIELDS)
-    arr = np.asarray(compute(out)[0])
+    with _one_blas_thread():
+        arr = np.asarray(compute(out)[0])
     return _fused_columns(arr, int(ds.sizes["feature"]), FUSED_FIELDS)
+
+
+def _one_blas_thread() -> Any:
+    """One BLAS thread per Dask thread during the fused pass (its matmuls are small; two BLAS threads under each
+    of two Dask threads on two cores made the pass 1.4x slower in bench_geometry). A no-op without threadpoolctl."""
+    import contextlib
+
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - scikit-learn brings it
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _fused_lazy(ds: Any, center: str, warn_missing_head: bool, geometry: Any, raw: Any, sample_map: Any,
@@ -171,7 +184,8 @@ def run_table(ds: Any, *, attack: str | Sequence[str] | None = None, eps: float 
         lazy["adv"] = ds["adv_correct"].isel(attack=a_idx, eps=e_idx)
         lazy["flip"] = robustness.min_flip_eps(ds).isel(attack=a_idx)
     lazy["label"] = ds["label"]
-    vals = compute(lazy)[0]
+    with _one_blas_thread():
+        vals = compute(lazy)[0]
     fused = _fused_columns(np.asarray(vals["fused"]), int(ds.sizes["feature"]), FUSED_FIELDS)
 
     attrs = ds.attrs
