@@ -29,7 +29,8 @@ import numpy as np
 import pandas as pd
 
 from .._util.rng import check_random_state
-from ..calibration import _bin_index, _calibration_error, _sample_stats_block, _width_bin_stats
+from ..kernels import bin_index as _bin_index, calibration_error as _calibration_error, \
+    sample_stats_block as _sample_stats_block, width_bin_stats as _width_bin_stats
 from ..errors import QueryError
 
 __all__ = ["decompose", "DecompositionResult", "shapley_values", "FACTORS", "DECOMPOSE_OUTCOMES",
@@ -532,8 +533,8 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
     paired by their ``sample`` id and
     each image's feature ``h`` is written as ``m · u`` (``m = ||h||``, ``u = h / m``). Every world takes
     each factor from c or t, its logits are ``W (m u) + b`` and its outcome is computed from them with
-    the package's calibration kernels (`causalgeom.calibration`). The total ``v(all t) − v(all c)`` is
-    split by the Shapley value over the k! orders of switching factors (`shapley_values`); the shares add
+    the package's calibration kernels (`causalgeom.kernels`, shared with `causalgeom.calibration`). The
+    total ``v(all t) − v(all c)`` is split by the Shapley value over the k! orders of switching factors (`shapley_values`); the shares add
     up to the total exactly (rounding only). Run pair values are averaged over the pairs.
 
     Additivity: for outcomes that are means of a per-image quantity (``signed_ece`` = mean confidence −
