@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# CUDA-only checks and benchmarks of causalgeom, in one go (about 4-6 minutes on one H200, well under 8).
+# CUDA-only checks and benchmarks of causalgeom, in one go (about 4-6 minutes on one H200 before the zoo case of
+# section 5, which has not run on a GPU yet; its goal is under 5 more minutes).
 #
 #   bash benchmarks/gpu_check.sh            # from a bare checkout on a GPU machine
 #
@@ -12,6 +13,7 @@
 #    bench_extract   bf16 extraction throughput vs a bare loop: ResNet-18, 50,000 CIFAR-shaped images;
 #    bench_attacks   PGD vs torchattacks and the eps sweep on CUDA (ResNet-18, 10,000 images);
 #    bench_cifar_extract  ResNet-18 (CIFAR stem) extraction of 50,000 random 32x32 images with a PGD sweep.
+# 5. the zoo case (not yet run on a GPU): ResNet-50 zoo, 10,000 JPEGs, PGD at 4 eps, bf16.
 #
 # Environment: CG_PYTHON (interpreter, default python3.11 or python3), CG_VENV (default .venv-gpu),
 # CG_PIP_ARGS (extra pip arguments, e.g. "--no-index --find-links /wheels"), CG_SKIP_INSTALL=1 (use the
@@ -110,4 +112,76 @@ timeout 420 "$PY" benchmarks/run_all.py --only extract,attacks,cifar_extract --t
   --args attacks="--device cuda --model resnet18 --n 10000 --batch-size 512 --repeats 2" \
   --args cifar_extract="--device cuda --model resnet18 --n 50000 --baseline-n 5000 --batch-size 1024 --steps 7 --amp" \
   || fail "a benchmark failed or timed out (output above)" 1
+
+# -- 5. zoo case (NOT YET RUN ON A GPU: written and dry-run on CPU with CG_ZOO_N=24 CG_ZOO_DEVICE=cpu only) -------
+# The ResNet-50 zoo (pipelines/zoo_resnet50_imagenet.toml, 6 checkpoints) on CG_ZOO_N (10,000) images of a folder,
+# the reference PGD sweep at 4 eps, bf16 (amp="all"), images/s printed per checkpoint. Goal on one H200: < 5 min.
+# CG_ZOO_DATA=DIR (an ImageNet val layout) with warm weight caches uses them; otherwise random JPEGs (1000 wnid-like
+# folders) and random-init weights written under the caches' file names (the device has no network). CG_SKIP_ZOO=1
+# skips this case.
+if [ "${CG_SKIP_ZOO:-0}" != "1" ]; then
+  say "zoo case: ResNet-50 zoo, ${CG_ZOO_N:-10000} images, reference PGD at 4 eps, bf16"
+  timeout 480 "$PY" - <<'EOF' || fail "zoo case failed or timed out (output above)" 1
+import os, sys, tempfile, time
+from pathlib import Path
+import numpy as np, torch
+import causalgeom as cg
+from causalgeom.zoo import read_zoo, extract_zoo
+
+n = int(os.environ.get("CG_ZOO_N", "10000"))
+device = os.environ.get("CG_ZOO_DEVICE", "cuda")
+tmp = Path(tempfile.mkdtemp(prefix="cg-zoo-"))
+zoo = read_zoo("pipelines/zoo_resnet50_imagenet.toml")
+data_dir = os.environ.get("CG_ZOO_DATA")
+if not data_dir:  # synthetic: random JPEGs and random-init weights under the caches' file names
+    import timm, torchvision
+    from PIL import Image
+    from safetensors.torch import save_file
+    from concurrent.futures import ThreadPoolExecutor
+    os.environ["TORCH_HOME"] = str(tmp / "torch")
+    os.environ["HF_HUB_CACHE"] = str(tmp / "hf")
+    data_dir = str(tmp / "val")
+    k, per = 1000, max(1, -(-n // 1000))
+    rng = np.random.default_rng(0)
+    def write(c):
+        d = Path(data_dir) / f"n{c:08d}"
+        d.mkdir(parents=True)
+        r = np.random.default_rng(c)
+        for i in range(per):
+            Image.fromarray(r.integers(0, 256, (256, 320, 3), dtype=np.uint8)).save(d / f"{i}.JPEG", quality=85)
+    t = time.perf_counter()
+    with ThreadPoolExecutor(os.cpu_count() or 4) as ex:
+        list(ex.map(write, range(k)))
+    print(f"  wrote {k * per} random JPEGs (256x320) in {time.perf_counter() - t:.1f} s")
+    tv = torchvision.models.resnet50().state_dict()
+    for name in ("IMAGENET1K_V1", "IMAGENET1K_V2"):
+        f = cg.models.torch_hub_file(torchvision.models.ResNet50_Weights[name].url)
+        f.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(tv, f)
+    tm = timm.create_model("resnet50", pretrained=False).state_dict()
+    for e in zoo["models"]:
+        if e["model"].startswith("timm:"):
+            repo = tmp / "hf" / ("models--timm--" + e["model"][5:])
+            (repo / "snapshots" / "r").mkdir(parents=True)
+            (repo / "refs").mkdir()
+            (repo / "refs" / "main").write_text("r")
+            save_file(tm, str(repo / "snapshots" / "r" / "model.safetensors"))
+eps = [0.5 / 255, 1 / 255, 2 / 255, 4 / 255]
+total = time.perf_counter()
+for e in zoo["models"]:
+    one = {**zoo, "models": [e]}
+    t = time.perf_counter()
+    extract_zoo(one, f"imagefolder:{data_dir}", tmp / "study", limit=n, seed=0, attacks="reference", eps=eps,
+                device=device, amp="all" if device.startswith("cuda") else False, batch_size=256,
+                num_workers=min(12, os.cpu_count() or 1), progress=False)
+    dt = time.perf_counter() - t
+    print(f"  {e['id']:>9}: {n} images in {dt:6.1f} s = {n / dt:7.1f} images/s (decode + clean + PGD 7 steps x 4 eps)")
+dt = time.perf_counter() - total
+study = cg.open_study(tmp / "study")
+digests = {study[r].attrs["sample_ids_sha256"] for r in study.run_ids}
+assert len(study.run_ids) == len(zoo["models"]) and len(digests) == 1, "runs must share their sample ids"
+print(f"zoo case: {len(study.run_ids)} checkpoints x {n} images in {dt:.1f} s ({len(study.run_ids) * n / dt:.1f} "
+      f"images/s overall); goal on one H200: < 300 s end to end")
+EOF
+fi
 say "done in $(( $(date +%s) - start )) s; results in $RESULTS"
