@@ -570,9 +570,13 @@ def _load_timm(spec: str, weights: Any, head: str | None, download: bool
     arch, _, tag = spec.partition(".")
     if not timm.is_model(arch):
         close = difflib.get_close_matches(arch, timm.list_models(), n=3)
-        raise ConfigError(f"model 'timm:{spec}': timm has no model {arch!r}{f' (did you mean {close}?)' if close else ''}")
-    cfg = timm.models.get_pretrained_cfg(spec)
-    if cfg is None or (tag and getattr(cfg, "tag", tag) not in (tag, None)):
+        hint = f" (did you mean {close}?)" if close else ""
+        raise ConfigError(f"model 'timm:{spec}': timm has no model {arch!r}{hint}")
+    try:
+        cfg = timm.models.get_pretrained_cfg(spec)
+    except RuntimeError:  # timm: "Invalid pretrained tag"
+        cfg = None
+    if cfg is None:
         raise ConfigError(f"model 'timm:{spec}': timm has no pretrained weights {spec!r}; expected one of "
                           f"{timm.list_pretrained(arch + '.*')[:20]}")
     if weights is not None:

@@ -299,3 +299,13 @@ def test_mlp_head_error_and_bce_flag(tmp_path):
     assert getattr(model, models.LOAD_ATTRS)["confidence"] == "sigmoid"
     model, _ = models.load("timm:resnet18.tv_in1k", weights=tmp_path / "r18.safetensors")
     assert getattr(model, models.LOAD_ATTRS)["confidence"] == "softmax"
+
+
+def test_load_names_errors():
+    pytest.importorskip("timm")
+    with pytest.raises(ConfigError, match=r"no pretrained weights 'resnet50\.zzz'.*resnet50\.a1_in1k"):
+        models.load("timm:resnet50.zzz")
+    with pytest.raises(ConfigError, match=r"timm has no model 'resnet5O' \(did you mean"):
+        models.load("timm:resnet5O")
+    with pytest.raises(ConfigError, match="expected 'torchvision:ARCH', 'timm:ARCH.TAG' or a state-dict file"):
+        models.load("resnet50")
