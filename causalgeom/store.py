@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import numpy as np
 import xarray as xr
 import zarr
-from zarr.codecs import Crc32cCodec, ZstdCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from .errors import ConfigError, IncompleteStoreError, SchemaError, StoreError, StoreExistsError
 from ._util.io import file_lock
@@ -38,6 +38,8 @@ __all__ = [
     "store_lock",
     "default_sample_chunk",
     "encoding_for",
+    "COMPRESSORS",
+    "DEFAULT_COMPRESSOR",
     "read_attrs",
     "build_manifest",
     "check_store",
@@ -61,15 +63,50 @@ def default_sample_chunk(ds: xr.Dataset) -> int:
     return int(max(1024, min(1 << 20, _TARGET_CHUNK_BYTES // widest)))
 
 
-def encoding_for(ds: xr.Dataset, sample_chunk: int) -> dict[str, dict[str, Any]]:
-    """Zarr encoding: chunked along ``sample`` only, zstd-compressed, CRC32C-checksummed."""
+#: Compressors of `save` / `encoding_for` (every one is followed by a CRC32C checksum of the chunk):
+#: ``"zstd"`` = Zstandard level 1 (the codec of stores written before issue 18), ``"blosc-lz4"`` = Blosc with
+#: LZ4 level 5 and byte shuffle, ``"none"`` = no compression.
+COMPRESSORS = ("none", "blosc-lz4", "zstd")
+#: The default, chosen by measurement (docs/benchmarks.md, "Codec of the store"): on float32 features no compressor
+#: reads fastest; the others save about 10% of the space at a large cost in read speed.
+DEFAULT_COMPRESSOR = "none"
+
+
+def _codecs(compressor: str) -> tuple[Any, ...]:
+    if compressor == "zstd":
+        return (ZstdCodec(level=1), Crc32cCodec())
+    if compressor == "blosc-lz4":
+        return (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), Crc32cCodec())
+    if compressor == "none":
+        return (Crc32cCodec(),)
+    raise ConfigError(f"compressor: expected one of {list(COMPRESSORS)}, got {compressor!r}")
+
+
+def encoding_for(ds: xr.Dataset, sample_chunk: int, compressor: str | None = None) -> dict[str, dict[str, Any]]:
+    """Zarr encoding: chunked along ``sample`` only, compressed with ``compressor``, CRC32C-checksummed.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+    sample_chunk : int
+        Samples per chunk.
+    compressor : {"none", "blosc-lz4", "zstd"}, optional
+        See `COMPRESSORS`; default `DEFAULT_COMPRESSOR`. Reading needs no option: the codec is in each
+        array's metadata, so stores written with any of them (older stores: ``"zstd"``) open as before.
+
+    Raises
+    ------
+    ConfigError
+        Unknown ``compressor`` (the allowed values are listed).
+    """
+    codecs = _codecs(DEFAULT_COMPRESSOR if compressor is None else compressor)
     enc: dict[str, dict[str, Any]] = {}
     for name, var in ds.variables.items():
         chunks = tuple(min(sample_chunk, s) if d == "sample" else s for d, s in var.sizes.items())
         if var.dtype.kind in "U" or var.dtype == object:
             enc[name] = {"chunks": chunks}
             continue
-        enc[name] = {"chunks": chunks, "compressors": (ZstdCodec(level=1), Crc32cCodec())}
+        enc[name] = {"chunks": chunks, "compressors": codecs}
     return enc
 
 
@@ -98,7 +135,7 @@ def _check_parent(path: Path) -> None:
 
 
 def save(ds: xr.Dataset, path: str | os.PathLike, *, mode: str = "w-", sample_chunk: int | None = None,
-         check_values: bool = True) -> Path:
+         check_values: bool = True, compressor: str | None = None) -> Path:
     """Validate ``ds`` and write it as a Zarr (format 3) store at ``path``.
 
     The store is written into a hidden temporary folder beside ``path``, marked complete,
@@ -117,11 +154,20 @@ def save(ds: xr.Dataset, path: str | os.PathLike, *, mode: str = "w-", sample_ch
         Samples per chunk (default: about 32 MiB per chunk of the widest variable).
     check_values : bool
         Run the value checks of `validate` first (default True).
+    compressor : {"none", "blosc-lz4", "zstd"}, optional
+        Compressor of every numeric array (`COMPRESSORS`; each chunk also gets a CRC32C checksum). Default
+        `DEFAULT_COMPRESSOR` (``"none"``: the fastest to read on float32 features, measured in
+        docs/benchmarks.md); ``"zstd"`` is the codec of older stores.
 
     Returns
     -------
     pathlib.Path
         The store's path.
+
+    Raises
+    ------
+    ConfigError
+        Bad ``mode``, ``sample_chunk`` or ``compressor``.
     """
     if mode not in ("w-", "w"):
         raise ConfigError(f"mode: expected 'w-' (refuse to overwrite) or 'w' (overwrite), got {mode!r}")
@@ -132,6 +178,7 @@ def save(ds: xr.Dataset, path: str | os.PathLike, *, mode: str = "w-", sample_ch
         raise StoreError(f"cannot write store {path}: a file (not a store folder) is in the way")
     if path.exists() and mode == "w-":
         raise StoreExistsError(f"store {path} already exists; pass mode='w' to overwrite it")
+    _codecs(DEFAULT_COMPRESSOR if compressor is None else compressor)  # unknown name: ConfigError before any write
     chunk = int(sample_chunk or default_sample_chunk(ds))
     if chunk <= 0:
         raise ConfigError(f"sample_chunk: expected a positive integer, got {sample_chunk!r}")
@@ -151,7 +198,7 @@ def save(ds: xr.Dataset, path: str | os.PathLike, *, mode: str = "w-", sample_ch
             # write_empty_chunks: a chunk equal to the fill value (all-False adv_correct, all-zero labels)
             # must still be written, or `open` reports it missing.
             out.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False,
-                        encoding=encoding_for(out, chunk), write_empty_chunks=True)
+                        encoding=encoding_for(out, chunk, compressor), write_empty_chunks=True)
             mark_complete(tmp, n_samples=int(ds.sizes["sample"]), sample_chunk=chunk)
             if path.exists():
                 trash = path.parent / f".{path.name}.trash-{uuid.uuid4().hex[:8]}"

@@ -117,3 +117,39 @@ def test_lock_refuses_second_writer(tmp_path):
 def test_mode_argument_checked(tmp_path):
     with pytest.raises(ValueError, match="mode"):
         cg.save(make_run(n=20), tmp_path / "r.zarr", mode="a")
+
+
+@pytest.mark.parametrize("compressor", ["zstd", "blosc-lz4", "none"])
+def test_compressor_option_round_trips_and_is_recorded(tmp_path, compressor):
+    ds = make_run(n=200, run_id="c")
+    p = cg.save(ds, tmp_path / "c.zarr", sample_chunk=64, compressor=compressor)
+    meta = json.loads((p / "features" / "zarr.json").read_text())
+    names = [c["name"] for c in meta["codecs"]]
+    # bytes -> [compressor] -> crc32c on every chunk
+    assert names[-1] == "crc32c"
+    expected = {"zstd": "zstd", "blosc-lz4": "blosc", "none": None}[compressor]
+    assert (names[-2] == expected) if expected else (names == ["bytes", "crc32c"])
+    xr.testing.assert_identical(ds, cg.open(p).load())
+
+
+def test_store_written_with_the_old_codec_opens_under_the_new_default(tmp_path):
+    from causalgeom.store import DEFAULT_COMPRESSOR
+
+    assert DEFAULT_COMPRESSOR != "zstd"  # the old codec is no longer the default ...
+    ds = make_run(n=150, run_id="old")
+    p = cg.save(ds, tmp_path / "old.zarr", sample_chunk=64, compressor="zstd")  # ... but stores written with it open
+    back = cg.open(p, verify=True)
+    xr.testing.assert_identical(ds, back.load())
+    # a damaged zstd chunk still fails its checksum
+    chunk = next(f for f in (p / "features").rglob("*") if f.is_file() and f.name != "zarr.json")
+    raw = bytearray(chunk.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(raw))
+    with pytest.raises(cg.StoreError):
+        cg.open(p, verify=True)
+
+
+def test_unknown_compressor_lists_the_allowed_ones(tmp_path):
+    with pytest.raises(cg.ConfigError, match=r"compressor: expected one of \['none', 'blosc-lz4', 'zstd'\], got 'gzip'"):
+        cg.save(make_run(n=20), tmp_path / "x.zarr", compressor="gzip")
+    assert not (tmp_path / "x.zarr").exists()
