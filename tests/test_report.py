@@ -178,3 +178,17 @@ def test_unaligned_runs_get_the_basis_free_split(tmp_path):
     out = cg.report(s, out=tmp_path / "r" / "report.html", query=q, progress=False, interventions=False, refute=False)
     summary = out.with_suffix(".md").read_text().split("## Summary")[1].split("## Why")[0]
     assert "basis-free split" in summary and "head norm" in summary
+
+
+def test_summary_names_the_model_conditional_estimand_first(tmp_path):
+    from causalgeom.report import summary_text
+
+    s = cg.open_study(tmp_path / "study", create=True)
+    s.add(crossed_run("ce-s0", "ce", 0.0, 2.0, 1))
+    s.add(crossed_run("label_smoothing-s0", "label_smoothing", 0.1, 0.7, 1))
+    res = cg.causal.decompose(s, control="ce", treated="label_smoothing", outcome=["signed_ece"], n_boot=50, rng=0)
+    text = summary_text([("regularizer", "ce", "label_smoothing", res)], 2)
+    assert text[0].startswith("Estimand: model-conditional: these models, inference over test images")
+    assert "image bootstrap, conditional on these models" in text[1] and "p =" not in text[1]
+    failed = summary_text([("regularizer", "ce", "mixup", cg.QueryError("no run has regularizer = 'mixup'"))], 2)
+    assert failed[0].startswith("Estimand: none") and "mixup" in failed[0]
