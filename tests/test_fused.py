@@ -7,6 +7,7 @@ torchmetrics in tests/test_calibration.py).
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 import numpy as np
@@ -146,3 +147,60 @@ def test_fused_run_errors(study):
     with pytest.warns(UserWarning, match="no head_weight"):
         cols = fused_run(ds.drop_vars([v for v in ("head_weight", "head_bias") if v in ds.variables]))
     assert np.isnan(cols["cos_true"]).all() and np.isfinite(cols["nll"]).all()
+
+
+# unit roundoff of round-to-nearest storage: float16 has 11 significant bits, bfloat16 8 (docs/methods_metrics.md)
+HALF_UNIT_ROUNDOFF = {"float16": 2.0 ** -11, "bfloat16": 2.0 ** -8}
+#: float16 rounds numbers below its smallest normal (2^-14) to multiples of 2^-24: absolute error <= 2^-25
+F16_SUBNORMAL_ABS = 2.0 ** -25
+
+
+def _half_round(x: np.ndarray, dtype: str) -> np.ndarray:
+    import torch
+
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    return t.to(getattr(torch, dtype)).to(torch.float32).numpy()
+
+
+@pytest.fixture(scope="module")
+def real_dump(tmp_path_factory):
+    """A dump extracted by `cg.extract` from a ReLU conv net (non-negative, partly zero features)."""
+    import torch
+    from torch import nn
+
+    g = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                          nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 6))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p[0].numel() if p.dim() > 1 else p.numel()))
+    x = torch.rand(256, 3, 8, 8, generator=g)
+    y = torch.randint(0, 6, (256,), generator=g)
+    ds = torch.utils.data.TensorDataset(x, y)
+    path = cg.extract(model, ds, tmp_path_factory.mktemp("half") / "run.zarr", batch_size=64, progress=False,
+                      attrs={"run_id": "half", "regularizer": "ce", "seed": 0})
+    return cg.open(path).load()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_error_on_rms_and_cosine_within_the_stated_bound(real_dump, dtype):
+    ds = real_dump
+    f32 = ds["features"].values
+    assert (f32 == 0).any() and (f32 >= 0).all()  # real ReLU features, zeros included
+    half = ds.copy()
+    half["features"] = (("sample", "feature"), _half_round(f32, dtype))
+    ref, got = fused_run(ds), fused_run(half)
+    u = HALF_UNIT_ROUNDOFF[dtype]
+    d = f32.shape[1]
+    sub = F16_SUBNORMAL_ABS * math.sqrt(d) if dtype == "float16" else 0.0
+    # |rms~ - rms| <= u rms + sqrt(d) eta / sqrt(d)  (triangle inequality on ||delta||)
+    rms_err = np.abs(got["rms"] - ref["rms"])
+    assert np.all(rms_err <= u * ref["rms"] + sub / math.sqrt(d) + 1e-12)
+    # |cos~ - cos| <= angle(h, h~) <= arcsin(eps), eps = ||delta|| / ||h|| <= u + sqrt(d) eta / ||h||
+    eps = np.minimum(u + sub / ref["norm"], 1.0)
+    for c in ("cos_true", "cos_pred"):
+        ok = np.isfinite(ref[c])
+        err = np.abs(got[c][ok] - ref[c][ok])
+        assert np.all(err <= np.arcsin(eps[ok]) + 1e-12), (dtype, c, err.max())
+    # the bound is not vacuous: rounding did move the numbers, by at most the bound and at least a bit
+    assert rms_err.max() > 0 and rms_err.max() <= u * ref["rms"].max()
