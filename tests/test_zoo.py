@@ -147,7 +147,7 @@ def _warm_caches(tmp_path, monkeypatch) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_extract_zoo_cli_then_report(tmp_path, monkeypatch):
+def test_extract_zoo_cli_then_report(tmp_path, monkeypatch, capsys):
     pytest.importorskip("timm")
     import causalgeom as cg
     from causalgeom.cli import main
@@ -177,8 +177,13 @@ def test_extract_zoo_cli_then_report(tmp_path, monkeypatch):
     np.testing.assert_array_equal(tv["head_weight"].values, heads["tv"].numpy())  # the cached weights were used
     np.testing.assert_array_equal(a1["head_weight"].values, heads["a1"].numpy())
     assert tv.sizes["class"] == 1000
+    zoo_args = ["extract", "--zoo", str(zf), "--data", f"imagefolder:{root}", "--out", str(study)]
+    assert main([*zoo_args, "--class-map", str(tmp_path / "map.json"), "--limit", "6"]) == 0  # complete: skipped
+    assert "tv: already extracted, skipping" in capsys.readouterr().err
     rc = main(["report", str(study), "--out", str(tmp_path / "report.html")])
     assert rc == 0 and (tmp_path / "report.html").stat().st_size > 0
+    summary = (tmp_path / "report.md").read_text().lower()
+    assert "model-conditional" in summary  # one model per arm: the report says which estimand it reports
 
 
 def test_extract_model_cli_local_state_dict(tmp_path, capsys):
