@@ -7,7 +7,8 @@ A zoo file (TOML) lists checkpoints and labels them::
 
     [[models]]
     id = "tv_in1k"                      # run id (and, unless labels.regularizer is given, the arm)
-    model = "torchvision:resnet50"      # anything causalgeom.models.load takes
+    model = "torchvision:resnet50"      # anything causalgeom.models.load takes, or a `causalgeom train` run
+                                        # folder / its checkpoint.pt (without arch)
     weights = "IMAGENET1K_V1"
     labels = { recipe = "torchvision v1", loss = "ce", label_smoothing = 0.0, mixup = 0.0, cutmix = 0.0 }
 
@@ -81,10 +82,11 @@ def read_zoo(path: str | os.PathLike) -> dict[str, Any]:
         if not isinstance(labels, Mapping):
             raise ConfigError(f"zoo file {path}: models[{i}].labels: expected a table, got {labels!r}")
         e = {**e, "labels": dict(labels)}
-        for key in ("model", "weights"):  # local files relative to the zoo file
+        for key in ("model", "weights"):  # local files (and run folders) relative to the zoo file
             val = e.get(key)
-            if isinstance(val, str) and Path(val).suffix in (".pt", ".pth", ".bin", ".safetensors") \
-                    and not Path(val).expanduser().is_absolute():
+            local = key == "model" and not val.startswith(("torchvision:", "timm:"))
+            local = local or (isinstance(val, str) and Path(val).suffix in (".pt", ".pth", ".bin", ".safetensors"))
+            if local and not Path(val).expanduser().is_absolute():
                 e[key] = str(path.parent / val)
         out.append(e)
     control = cfg.get("control", seen[0])
@@ -92,6 +94,37 @@ def read_zoo(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"zoo file {path}: control {control!r} is not one of the ids {seen}")
     return {"name": str(cfg.get("name", path.stem)), "description": str(cfg.get("description", "")),
             "control": control, "models": out}
+
+
+def _is_causalgeom_run(model: str, arch: Any) -> bool:
+    p = Path(model).expanduser()
+    return arch is None and ((p.is_dir() and (p / "checkpoint.pt").is_file()) or p.name == "checkpoint.pt")
+
+
+def _load_entry(e: Mapping[str, Any], download: bool) -> tuple[Any, Any, dict[str, Any]]:
+    """``(model, preprocess, provenance attrs)`` of one zoo entry: :func:`causalgeom.models.load`, or a
+    ``causalgeom train`` run (its folder or ``checkpoint.pt``, no ``arch``) via ``train.load_checkpoint``."""
+    from . import models as _models
+
+    if _is_causalgeom_run(e["model"], e.get("arch")):
+        import torch
+        from torchvision.transforms import v2
+
+        from .train import load_checkpoint
+
+        model, config = load_checkpoint(e["model"])
+        spec = config.get("model_spec") or {}
+        preprocess = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+        if spec.get("in_channels") == 1:
+            preprocess = v2.Compose([v2.Grayscale(1), preprocess])
+        info = {"model_name": f"causalgeom:{spec.get('name', config.get('model'))}",
+                "weights": str(config.get("run_id", "")), "weights_file": str(e["model"]),
+                "num_classes": int(model.head.out_features), "loss": "ce", "confidence": "softmax",
+                "trained_regularizer": str(config.get("regularizer", ""))}
+        return model, preprocess, info
+    model, preprocess = _models.load(e["model"], e.get("weights"), arch=e.get("arch"),
+                                     num_classes=e.get("num_classes"), head=e.get("head"), download=download)
+    return model, preprocess, dict(getattr(model, _models.LOAD_ATTRS))
 
 
 def extract_zoo(zoo: str | os.PathLike | Mapping[str, Any], data: str, out: str | os.PathLike, *,
@@ -145,9 +178,7 @@ def extract_zoo(zoo: str | os.PathLike | Mapping[str, Any], data: str, out: str 
                 print(f"[zoo] {e['id']}: already extracted, skipping", file=sys.stderr)
             paths.append(target)
             continue
-        model, preprocess = _models.load(e["model"], e.get("weights"), arch=e.get("arch"),
-                                         num_classes=e.get("num_classes"), head=e.get("head"), download=download)
-        info = dict(getattr(model, _models.LOAD_ATTRS))
+        model, preprocess, info = _load_entry(e, download)
         labels = dict(e["labels"])
         if "loss" in labels:
             info["loss"] = str(labels["loss"])

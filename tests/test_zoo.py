@@ -216,3 +216,32 @@ def test_extract_model_cli_local_state_dict(tmp_path, capsys):
     assert "--data is required" in capsys.readouterr().err
     assert main(["extract", "--zoo", "z.toml", "--model", "m.pt", "--data", f"imagefolder:{root}", "--out", "s"]) != 0
     assert "--zoo and --model are exclusive" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_zoo_of_causalgeom_runs_on_cifar(tmp_path):
+    import causalgeom as cg
+    from causalgeom import train
+
+    write_fake_cifar(tmp_path / "data", "cifar10", per_batch=8, n_test=12)
+    for reg, extra in (("ce", {}), ("label_smoothing", {"label_smoothing": 0.1})):
+        train.train_run(dict(dataset="cifar10", data_root=str(tmp_path / "data"), model="small_cnn", epochs=1,
+                             run_id=f"{reg}-s0", regularizer=reg, device="cpu", batch_size=8, **extra),
+                        tmp_path / "out", progress=False)
+    zf = tmp_path / "zoo.toml"  # run folders relative to the zoo file
+    zf.write_text('control = "ce"\n'
+                  '[[models]]\nid = "ce"\nmodel = "out/runs/ce-s0"\nlabels = { regularizer = "ce" }\n'
+                  '[[models]]\nid = "ls"\nmodel = "out/runs/label_smoothing-s0/checkpoint.pt"\n'
+                  'labels = { regularizer = "label_smoothing", label_smoothing = 0.1 }\n')
+    paths = zoo.extract_zoo(zf, f"cifar10:{tmp_path / 'data'}", tmp_path / "study", attacks=None, progress=False)
+    assert [p.name for p in paths] == ["ce.zarr", "ls.zarr"]
+    ds = cg.open(paths[1]).load()
+    assert ds.attrs["trained_regularizer"] == "label_smoothing" and ds.attrs["regularizer"] == "label_smoothing"
+    # the dumped logits are the trained model's on the CIFAR test images (same computation on CPU, batch of 12)
+    model, _ = train.load_checkpoint(tmp_path / "out" / "runs" / "label_smoothing-s0")
+    test = cg.data.load_dataset("cifar10", "test", tmp_path / "data")
+    x, y = test.batch(torch.arange(len(test)))
+    with torch.no_grad():
+        expected = model(x)
+    np.testing.assert_array_equal(ds["label"].values, y.numpy())
+    np.testing.assert_allclose(ds["logits"].values, expected.numpy(), atol=1e-5, rtol=1e-5)  # batch size may differ
