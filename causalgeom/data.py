@@ -491,6 +491,28 @@ def stratified_subset(labels: Sequence[int] | np.ndarray, limit: int, seed: int 
     return np.sort(np.concatenate(picked)).astype(np.int64)
 
 
+class _FolderImages:
+    """Picklable ``i -> PIL RGB image`` of an ImageFolder's samples (DataLoader workers may be spawned)."""
+
+    def __init__(self, folder) -> None:
+        self.folder = folder
+
+    def __call__(self, i: int) -> Any:
+        return self.folder.loader(self.folder.samples[i][0]).convert("RGB")
+
+
+class _ArrayImages:
+    """Picklable ``i -> PIL image`` of uint8 images (N, C, H, W)."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+
+    def __call__(self, i: int) -> Any:
+        from torchvision.transforms.functional import to_pil_image
+
+        return to_pil_image(self.images[i])
+
+
 class EvalImages(Dataset):
     """Images of an evaluation set with the model's own preprocessing: items ``(transform(PIL image), label)``.
 
@@ -506,9 +528,10 @@ class EvalImages(Dataset):
         The data spec (``"imagefolder:DIR"``...).
     """
 
-    def __init__(self, get_image, ids: list[str], labels: np.ndarray, transform: Any, classes: list[str],
-                 spec: str) -> None:
+    def __init__(self, get_image: Any, index: np.ndarray, ids: list[str], labels: np.ndarray, transform: Any,
+                 classes: list[str], spec: str) -> None:
         self._get = get_image
+        self._index = np.asarray(index, dtype=np.int64)
         self.sample_ids = ids
         self.labels = np.asarray(labels, dtype=np.int64)
         self.transform = transform
@@ -519,7 +542,7 @@ class EvalImages(Dataset):
         return len(self.sample_ids)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
-        img = self._get(int(index))
+        img = self._get(int(self._index[index]))
         return (self.transform(img) if self.transform is not None else img), int(self.labels[index])
 
     def digest(self) -> str:
@@ -583,17 +606,11 @@ def open_eval_data(spec: str, transform: Any = None, *, num_classes: int | None 
     if kind in _CIFAR:
         if class_map is not None:
             raise ConfigError("class_map: only for imagefolder data (CIFAR has its own class indices)")
-        from torchvision.transforms.functional import to_pil_image
-
         arr = _cifar(kind, "test", root)
         classes = list(arr.classes or [str(i) for i in range(_CIFAR[kind]["num_classes"])])
         labels = arr.labels.numpy()
         ids = [f"test/{i}" for i in range(len(arr))]
-        images = arr.images
-
-        def get(i: int, _idx=None) -> Any:
-            return to_pil_image(images[i])
-
+        get: Any = _ArrayImages(arr.images)
         index = np.arange(len(arr))
     else:
         base = Path(root).expanduser()
@@ -602,13 +619,9 @@ def open_eval_data(spec: str, transform: Any = None, *, num_classes: int | None 
         folder = _image_folder(base)
         classes = list(folder.classes)
         mapping = _class_map(class_map, classes, base)
-        ids_all = [os.path.relpath(p, base) for p, _ in folder.samples]
+        ids = [os.path.relpath(p, base) for p, _ in folder.samples]
         labels = np.asarray([mapping[classes[t]] for _, t in folder.samples], dtype=np.int64)
-        ids = ids_all
-
-        def get(i: int) -> Any:
-            return folder.loader(folder.samples[i][0]).convert("RGB")
-
+        get = _FolderImages(folder)
         index = np.arange(len(ids))
         if class_map is not None:
             classes = [c for c, _ in sorted(mapping.items(), key=lambda kv: kv[1])]
@@ -624,10 +637,4 @@ def open_eval_data(spec: str, transform: Any = None, *, num_classes: int | None 
                               f"[{labels.min()}, {labels.max()}]")
     if limit is not None:
         index = stratified_subset(labels, limit, seed)
-    sel_ids = [ids[i] for i in index]
-    pick = index
-
-    def get_sel(j: int) -> Any:
-        return get(int(pick[j]))
-
-    return EvalImages(get_sel, sel_ids, labels[index], transform, classes, spec)
+    return EvalImages(get, index, [ids[i] for i in index], labels[index], transform, classes, spec)

@@ -81,6 +81,10 @@ def test_limit_gives_the_same_ids_whatever_the_transform(tmp_path):
     assert np.bincount(a.labels).tolist() == [2, 2, 2]
     assert a[0][0].shape == (3, 40, 48) and a[0][0].dtype == torch.float32
     assert data.open_eval_data(f"imagefolder:{root}", limit=6, seed=2).digest() != a.digest()
+    import pickle  # DataLoader workers started with "spawn" receive the dataset pickled
+
+    c = pickle.loads(pickle.dumps(a))
+    assert c.sample_ids == a.sample_ids and torch.equal(c[3][0], a[3][0]) and c[3][1] == a[3][1]
 
 
 def test_cifar_eval_data(tmp_path):
