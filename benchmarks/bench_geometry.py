@@ -62,7 +62,8 @@ class PeakRSS:
         self.peak = max(self.peak, self.proc.memory_info().rss)
 
 
-def write_dump(path: Path, n: int, d: int, k: int, chunk: int, seed: int, compressor: str | None = None) -> float:
+def write_dump(path: Path, n: int, d: int, k: int, chunk: int, seed: int, compressor: str | None = None,
+               relu: bool = False) -> float:
     import dask.array as da
     import xarray as xr
 
@@ -75,6 +76,8 @@ def write_dump(path: Path, n: int, d: int, k: int, chunk: int, seed: int, compre
     labels = drng.integers(0, k, size=n, chunks=chunk).astype(np.int64)
     noise = drng.standard_normal((n, d), chunks=(chunk, d), dtype=np.float32)
     feats = (noise + 2.0 * da.from_array(W, chunks=(k, d))[labels]).astype(np.float32)
+    if relu:  # post-activation features: about half the coordinates are exactly 0 (compressible)
+        feats = da.maximum(feats, np.float32(0))
     logits = (feats @ W.T + b).astype(np.float32)
     ds = xr.Dataset({"features": (("sample", "feature"), feats), "logits": (("sample", "class"), logits),
                      "label": (("sample",), labels), "head_weight": (("class", "feature"), W),
@@ -109,6 +112,8 @@ def main(argv=None) -> int:
                              "written, the fused pass runs on it)")
     parser.add_argument("--numpy-rows", type=int, default=200_000,
                         help="rows of the in-memory numpy comparison (default 200,000; bounded by RSS)")
+    parser.add_argument("--relu", action="store_true",
+                        help="ReLU features (about half exactly 0, as after a ReLU layer) instead of Gaussian ones")
     parser.add_argument("--dir", default=None, help="where to write the dumps (default: a temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the dumps")
     parser.add_argument("--repeat", type=int, default=2, help="timings per method (best is reported)")
@@ -130,12 +135,13 @@ def main(argv=None) -> int:
     gib = n * args.d * 4 / 2**30  # float32 features, uncompressed
     root = Path(tempfile.mkdtemp(prefix="cg-bench-", dir=args.dir))
     try:
-        print(f"{n:,} x {args.d} float32 features (K={args.k}, chunk {args.chunk}; {gib:.2f} GiB uncompressed), "
+        print(f"{n:,} x {args.d} float32 {'ReLU' if args.relu else 'Gaussian'} features (K={args.k}, chunk "
+              f"{args.chunk}; {gib:.2f} GiB uncompressed), "
               f"in {root}; default compressor {DEFAULT_COMPRESSOR!r}", flush=True)
         paths, rows = {}, []
         for codec in codecs:
             path = root / f"bench-{codec}.zarr"
-            t_write = write_dump(path, n, args.d, args.k, args.chunk, args.seed, codec)
+            t_write = write_dump(path, n, args.d, args.k, args.chunk, args.seed, codec, args.relu)
             feat_bytes = sum(f.stat().st_size for f in (path / "features").rglob("*") if f.is_file())
             size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
             paths[codec] = path
