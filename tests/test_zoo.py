@@ -178,6 +178,7 @@ def test_extract_zoo_cli_then_report(tmp_path, monkeypatch, capsys):
     np.testing.assert_array_equal(tv["label"].values, a1["label"].values)
     assert tv.attrs["regularizer"] == "ce" and a1.attrs["regularizer"] == "a1" and a1.attrs["zoo_control"] == "ce"
     assert tv.attrs["confidence"] == "softmax" and a1.attrs["confidence"] == "sigmoid"
+    assert tv.attrs["model"] == "torchvision:resnet18" and a1.attrs["model"] == "timm:resnet18.a1_in1k"
     np.testing.assert_array_equal(tv["head_weight"].values, heads["tv"].numpy())  # the cached weights were used
     np.testing.assert_array_equal(a1["head_weight"].values, heads["a1"].numpy())
     assert tv.sizes["class"] == 1000

@@ -143,7 +143,7 @@ def _run_public(args: argparse.Namespace, kwargs: dict) -> int:
     run_id = "".join(c if c.isalnum() or c in "-_." else "-" for c in f"{run_id}-{info['weights']}")
     if out.suffix != ".zarr":
         out = out / f"{run_id}.zarr"
-    attrs = {**info, "run_id": run_id, "regularizer": run_id, "dataset": args.data, "split": "eval",
-             "sample_ids_sha256": data.digest(), "data_limit": args.limit or 0, "data_seed": args.seed}
+    attrs = {**info, "run_id": run_id, "model": info["model_name"], "regularizer": run_id, "dataset": args.data,
+             "split": "eval", "sample_ids_sha256": data.digest(), "data_limit": args.limit or 0, "data_seed": args.seed}
     print(extract(model, data, out, attrs=attrs, **kwargs))
     return 0
