@@ -153,8 +153,8 @@ def extract_zoo(zoo: str | os.PathLike | Mapping[str, Any], data: str, out: str 
         One store per entry, in file order. Run attrs: ``run_id`` (the entry id), ``regularizer`` (the
         ``regularizer`` label, else the id: one arm per checkpoint), ``strength`` 0, ``seed`` 0, the labels,
         ``model`` (= ``model_name``), ``model_name``/``weights``/``weights_file``, ``loss`` and ``confidence``
-        (``"sigmoid"`` for BCE-trained checkpoints), ``zoo``/``zoo_control``, ``dataset`` (the data spec), ``split`` ``"eval"``, and
-        ``sample_ids_sha256`` (equal for every run).
+        (``"sigmoid"`` for BCE-trained checkpoints), ``zoo``/``zoo_control``, ``dataset`` (the data spec),
+        ``split`` ``"eval"``, and ``sample_ids_sha256`` (equal for every run).
     """
     from . import models as _models
     from .data import open_eval_data
