@@ -507,6 +507,31 @@ def _tv_weights(arch: str, weights: Any):
                           f"{', '.join(names)} or DEFAULT") from None
 
 
+def _tv_build(arch: str, w: Any) -> nn.Module:
+    """The architecture exactly as torchvision's builder shapes it for weights ``w`` (its ``_ovewrite_named_param``
+    calls), built with ``weights=None`` so that the state dict is read by ``w.get_state_dict`` (no hash check)."""
+    import torchvision
+
+    kwargs: dict[str, Any] = {"num_classes": len(w.meta["categories"])}
+    drop_aux = arch in ("googlenet", "inception_v3")
+    if drop_aux:
+        kwargs.update(transform_input=True, aux_logits=True, init_weights=False)
+    if arch.startswith("vit_") and "min_size" in w.meta:
+        kwargs["image_size"] = w.meta["min_size"][0]
+    if arch.startswith("maxvit") and "min_size" in w.meta:
+        kwargs["input_size"] = w.meta["min_size"]
+    return torchvision.models.get_model(arch, weights=None, **kwargs)
+
+
+def _tv_drop_aux(net: nn.Module) -> None:
+    """After loading, as torchvision's googlenet / inception_v3 builders do: the auxiliary heads are training-only."""
+    if getattr(net, "aux_logits", False):
+        net.aux_logits = False
+        for name in ("aux1", "aux2", "AuxLogits"):
+            if hasattr(net, name):
+                setattr(net, name, None)
+
+
 def _load_torchvision(arch: str, weights: Any, head: str | None, download: bool
                       ) -> tuple[NormalizedClassifier, Any, dict[str, Any]]:
     import torchvision
@@ -518,7 +543,7 @@ def _load_torchvision(arch: str, weights: Any, head: str | None, download: bool
             f"weights torchvision:{arch} {w.name}: no cached file {file}. Download {w.url} and save it there (the "
             "torch.hub cache is $TORCH_HOME/hub/checkpoints, TORCH_HOME defaults to ~/.cache/torch), or allow "
             "downloading (download=True, CLI --download)")
-    net = torchvision.models.get_model(arch, weights=None, num_classes=len(w.meta["categories"]))
+    net = _tv_build(arch, w)
     try:
         # torchvision's own path: torch.hub.load_state_dict_from_url finds the cached file without network
         state = w.get_state_dict(progress=False)
@@ -526,6 +551,7 @@ def _load_torchvision(arch: str, weights: Any, head: str | None, download: bool
         raise WeightsNotFoundError(f"weights torchvision:{arch} {w.name}: cannot fetch {w.url} ({exc}); save the "
                                    f"file as {file}") from None
     _load_state(net, state, f"{file}")
+    _tv_drop_aux(net)
     tf = w.transforms()
     model = wrap(net, mean=tf.mean, std=tf.std, head=head, what=f"torchvision:{arch}")
     preprocess = w.transforms(mean=(0.0,) * len(tf.mean), std=(1.0,) * len(tf.std))  # pixels in [0, 1]

@@ -309,3 +309,23 @@ def test_load_names_errors():
         models.load("timm:resnet5O")
     with pytest.raises(ConfigError, match="expected 'torchvision:ARCH', 'timm:ARCH.TAG' or a state-dict file"):
         models.load("resnet50")
+
+
+def test_load_torchvision_mirrors_the_builders_shape(tmp_path, monkeypatch):
+    """googlenet's weights need the builder's transform_input/aux_logits settings; the aux heads are dropped."""
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    w = torchvision.models.GoogLeNet_Weights.IMAGENET1K_V1
+    torch.manual_seed(0)
+    ref = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=False, transform_input=True)
+    file = models.torch_hub_file(w.url)
+    file.parent.mkdir(parents=True)
+    torch.save(ref.state_dict(), file)
+    model, _ = models.load("torchvision:googlenet", "IMAGENET1K_V1")
+    assert model.net.aux1 is None and model.head_name == "net.fc"
+    ref.eval()
+    x = torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # the same operations; the tolerance only allows another convolution algorithm choice
+        torch.testing.assert_close(model(x), ref((x - model.normalize.mean) / model.normalize.std), atol=1e-5,
+                                   rtol=1e-5)
