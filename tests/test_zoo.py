@@ -96,6 +96,12 @@ def test_cifar_eval_data(tmp_path):
     assert np.array_equal(np.asarray(img), expected)  # the same pixels, as a PIL image
     with pytest.raises(ConfigError, match="num_classes=100"):
         data.open_eval_data(f"cifar10:{tmp_path}", num_classes=100)
+    with pytest.raises(ConfigError, match="only for imagefolder"):
+        data.open_eval_data(f"cifar10:{tmp_path}", class_map={"class0": 0})
+    written100 = write_fake_cifar(tmp_path / "c100", "cifar100", n_test=5)
+    ds100 = data.open_eval_data(f"cifar100:{tmp_path / 'c100'}", num_classes=100, limit=3)
+    assert len(ds100) == 3 and set(ds100.labels.tolist()) <= set(written100["test"][1])
+    assert ds100.classes[:2] == ["class0", "class1"] and ds100.sample_ids[0].startswith("test/")
 
 
 # ------------------------------------------------------------------------------------------------------ zoo files
