@@ -146,6 +146,7 @@ def test_load_torchvision_absent_file_names_it(tmp_path, monkeypatch):
 
 def test_load_timm_local_file_and_hf_cache(tmp_path, monkeypatch):
     timm = pytest.importorskip("timm")
+    from PIL import Image
     from safetensors.torch import save_file
 
     torch.manual_seed(0)
@@ -157,7 +158,7 @@ def test_load_timm_local_file_and_hf_cache(tmp_path, monkeypatch):
         assert torch.equal(model.net.state_dict()[key], value), key
     cfg = timm.data.resolve_data_config(model=net)
     assert tuple(model.normalize.mean.flatten().tolist()) == pytest.approx(cfg["mean"])
-    assert preprocess(__import__("PIL.Image").Image.new("RGB", (300, 200))).shape == (3, *cfg["input_size"][1:])
+    assert preprocess(Image.new("RGB", (300, 200))).shape == (3, *cfg["input_size"][1:])
     # the Hugging Face cache layout (models--ORG--NAME/snapshots/REV + refs/main), as huggingface-cli leaves it
     cache = tmp_path / "hf"
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
