@@ -104,15 +104,13 @@ def fused_run(ds: Any, center: str = "minimal_loss", *, warn_missing_head: bool 
     Equal to `geometry.magnitude`, `geometry.cosine_to_center` and `calibration.per_sample` up to the order of
     floating-point sums (the same formulas on the same blocks; tests compare at rtol 1e-12).
     """
-    from . import geometry
-    from ._blocks import compute, raw, require_vars, sample_map
-    from .kernels import FUSED_FIELDS, fused_block
+    from ._blocks import compute, require_vars
 
     require_vars(ds, ("features", "logits", "label"), "fused_run")
-    out = _fused_lazy(ds, center, warn_missing_head, geometry, raw, sample_map, fused_block, FUSED_FIELDS)
+    out = _fused_lazy(ds, center, warn_missing_head)
     with _one_blas_thread():
         arr = np.asarray(compute(out)[0])
-    return _fused_columns(arr, int(ds.sizes["feature"]), FUSED_FIELDS)
+    return _fused_columns(arr, int(ds.sizes["feature"]))
 
 
 def _one_blas_thread() -> Any:
@@ -127,8 +125,12 @@ def _one_blas_thread() -> Any:
     return threadpool_limits(limits=1, user_api="blas")
 
 
-def _fused_lazy(ds: Any, center: str, warn_missing_head: bool, geometry: Any, raw: Any, sample_map: Any,
-                fused_block: Any, fields: Sequence[str]) -> Any:
+def _fused_lazy(ds: Any, center: str, warn_missing_head: bool) -> Any:
+    """The fused pass of ``ds`` as an (n_samples, len(FUSED_FIELDS)) array (lazy on dask-backed runs)."""
+    from . import geometry
+    from ._blocks import raw, sample_map
+    from .kernels import FUSED_FIELDS, fused_block
+
     try:
         C = np.asarray(geometry.class_centers(ds, kind=center).values, dtype=np.float64)
     except HeadMissingError:
@@ -139,11 +141,13 @@ def _fused_lazy(ds: Any, center: str, warn_missing_head: bool, geometry: Any, ra
                       f"center={center!r} need it and are NaN (use center='mean' for dumps without a head)",
                       UserWarning, stacklevel=4)
     return sample_map(lambda f, z, y: fused_block(f, z, y, C), raw(ds["features"]), raw(ds["logits"]),
-                      raw(ds["label"]), ncols=len(fields))
+                      raw(ds["label"]), ncols=len(FUSED_FIELDS))
 
 
-def _fused_columns(arr: np.ndarray, d: int, fields: Sequence[str]) -> dict[str, np.ndarray]:
-    cols = {name: arr[:, i] for i, name in enumerate(fields)}
+def _fused_columns(arr: np.ndarray, d: int) -> dict[str, np.ndarray]:
+    from .kernels import FUSED_FIELDS
+
+    cols = {name: arr[:, i] for i, name in enumerate(FUSED_FIELDS)}
     cols["rms"] = cols["norm"] / np.sqrt(d)
     return cols
 
@@ -167,14 +171,12 @@ def run_table(ds: Any, *, attack: str | Sequence[str] | None = None, eps: float 
     -------
     pandas.DataFrame, shape (n_samples, n_columns)
     """
-    from . import geometry, robustness
-    from ._blocks import compute, raw, require_vars, sample_map
-    from .kernels import FUSED_FIELDS, fused_block
+    from . import robustness
+    from ._blocks import compute, require_vars
 
     require_vars(ds, ("features", "logits", "label"), "the analysis table")
     n = int(ds.sizes["sample"])
-    lazy: dict[str, Any] = {"fused": _fused_lazy(ds, center, True, geometry, raw, sample_map, fused_block,
-                                                 FUSED_FIELDS)}
+    lazy: dict[str, Any] = {"fused": _fused_lazy(ds, center, True)}
     a_idx = e_idx = None
     if "adv_correct" in ds.variables:
         attacks = _strings(ds["attack"].values)
@@ -186,7 +188,7 @@ def run_table(ds: Any, *, attack: str | Sequence[str] | None = None, eps: float 
     lazy["label"] = ds["label"]
     with _one_blas_thread():
         vals = compute(lazy)[0]
-    fused = _fused_columns(np.asarray(vals["fused"]), int(ds.sizes["feature"]), FUSED_FIELDS)
+    fused = _fused_columns(np.asarray(vals["fused"]), int(ds.sizes["feature"]))
 
     attrs = ds.attrs
     reg = attrs.get("regularizer")
