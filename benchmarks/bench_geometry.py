@@ -180,7 +180,8 @@ def main(argv=None) -> int:
             print(f"{name:52s} {t:8.2f} {gib / t:7.2f} {'' if peak is None else f'{peak / 2**20:13.0f}'}")
         t_read_default = next(t for name, t, _, _ in rows if name.startswith(f"raw zarr read, {DEFAULT_COMPRESSOR}"))
         lifetime = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-        print(f"fused pass / raw read of the same store (speed): {t_read_default / t_fused:.2f} (issue-18 target >= 0.9)")
+        print(f"fused pass / raw read of the same store (speed): {t_read_default / t_fused:.2f} "
+              "(issue-18 target >= 0.9)")
         print(f"fused pass: {gib / t_fused:.2f} GiB/s (issue-18 target >= 0.6 at 2,000,000 x 512)")
         # the two lines benchmarks/run_all.py parses (time ratio: lower is faster)
         print(f"ratio geometry / read-once: {t_fused / t_read_default:.2f}")

@@ -134,7 +134,8 @@ def sample_map(func: Callable[..., np.ndarray], *arrays: Any, ncols: int, dtype:
 
     chunks0, aligned = _aligned_blocks(arrays)
     fn = dask.delayed(func, pure=False)
-    parts = [da.from_delayed(fn(*blocks), shape=(int(c), ncols), dtype=dtype) for c, blocks in zip(chunks0, zip(*aligned))]
+    parts = [da.from_delayed(fn(*blocks), shape=(int(c), ncols), dtype=dtype)
+             for c, blocks in zip(chunks0, zip(*aligned))]
     return da.concatenate(parts, axis=0) if parts else da.zeros((0, ncols), dtype=dtype)
 
 

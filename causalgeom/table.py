@@ -17,8 +17,8 @@ import pandas as pd
 
 from .errors import HeadMissingError, QueryError
 
-__all__ = ["study_frame", "run_table", "fused_run", "robust_column", "min_flip_column", "robust_acc_column", "robust_key", "ID_COLUMNS",
-           "SAMPLE_COLUMNS", "RUN_COLUMNS"]
+__all__ = ["study_frame", "run_table", "fused_run", "robust_column", "min_flip_column", "robust_acc_column",
+           "robust_key", "ID_COLUMNS", "SAMPLE_COLUMNS", "RUN_COLUMNS"]
 
 #: Columns that identify the run of a row.
 ID_COLUMNS = ("run_id", "regularizer", "strength", "seed")
