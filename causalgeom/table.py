@@ -278,8 +278,6 @@ def study_frame(study: Any, level: str = "sample", attack: str | Sequence[str] |
     """
     if level not in ("sample", "run"):
         raise QueryError(f"level: unknown value {level!r}; allowed: ['sample', 'run']")
-    from . import calibration
-
     ids = list(study.run_ids if run_ids is None else run_ids)
     it: Iterable[str] = ids
     if progress:
@@ -291,7 +289,7 @@ def study_frame(study: Any, level: str = "sample", attack: str | Sequence[str] |
         ds = study[run_id]
         df = run_table(ds, attack=attack, eps=eps, center=center)
         if level == "run":
-            df = _aggregate(df, ds, calibration)
+            df = _aggregate(df)
         frames.append(df)
     if not frames:
         cols = SAMPLE_COLUMNS if level == "sample" else RUN_COLUMNS
@@ -310,7 +308,8 @@ def study_frame(study: Any, level: str = "sample", attack: str | Sequence[str] |
     return out
 
 
-def _aggregate(df: pd.DataFrame, ds: Any, calibration: Any) -> pd.DataFrame:
+def _aggregate(df: pd.DataFrame) -> pd.DataFrame:
+    """One run's row of the run-level table from its sample-level rows (no further read of the run)."""
     row: dict[str, Any] = {c: df[c].iloc[0] for c in ID_COLUMNS}
     row["n_samples"] = len(df)
     for c in _MEAN_COLUMNS:
