@@ -36,6 +36,7 @@ REPO = HERE.parent
 #: Extra arguments of the quick run, per benchmark (name without ``bench_``).
 QUICK_ARGS: dict[str, list[str]] = {
     "mediation": ["--sm-reps", "100"],  # statsmodels' time is measured on 100 simulations and scaled to 1,000
+    "geometry": ["--small"],  # 100,000 x 512; the full 2,000,000 x 512 run: python benchmarks/bench_geometry.py
 }
 
 #: What each benchmark compares (for the table's notes).
@@ -45,8 +46,8 @@ DESCRIPTIONS: dict[str, str] = {
                      "outcomes to Zarr) vs a bare loop running the same PGD at every eps and evaluating, time ratio",
     "ece": "top-label ECE (l1/l2/max) vs torchmetrics; ratio = our time / torchmetrics' time (lower is faster)",
     "extract": "cg.extract (hook, logits, Zarr writer thread) vs a bare no_grad forward loop, throughput ratio",
-    "geometry": "magnitude + cosine (one pass over a 400k x 512 dump) vs reading the features once; peak RSS vs "
-                "the 2 GiB bound",
+    "geometry": "the fused per-sample pass (norm, rms, cosines, confidence, NLL, Brier, margin) over a 100k x 512 "
+                "dump (--small) vs reading the features once; peak RSS vs the 2 GiB bound",
     "mediation": "cluster bootstrap (1,000 replicates) vs statsmodels Mediation(...).fit(n_rep=1000), speed-up",
     "scaling": "study table and cluster bootstrap on 1 vs 2 Dask workers (speed-up); mediate_study memory vs "
                "mediate on the table",
