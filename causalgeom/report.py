@@ -379,8 +379,8 @@ class _Context:
             s.add_table(_rounded_table(res.switch_effects), "The extreme orders behind each share: the factor "
                                                             "switched first (others from the control run) or last "
                                                             "(others from the treated run).")
-            align = getattr(res, "alignment", None)
-            if isinstance(align, pd.DataFrame) and len(align):
+            align = res.alignment
+            if len(align):
                 s.tables[f"decomposition_alignment_{_slug(str(treated))}"] = align
                 s.add_text(f"Alignment of the feature bases ({res.pairing} pairs): swapping only the head keeps "
                            f"{align['head_swap_accuracy'].mean():.2f} accuracy on average vs {align['own_accuracy'].mean():.2f} "
@@ -563,8 +563,7 @@ class _Context:
             self.mediation_results.append((q, res))
             for w in caught:  # e.g. too few runs per arm: the caveat belongs next to the numbers
                 s.add_text(f"Caution ({w.category.__name__}): {w.message}")
-            for what in ("estimand", "design", "inference"):
-                text = getattr(res, what, None)
+            for what, text in (("estimand", res.estimand), ("design", res.design), ("inference", res.inference)):
                 if text:
                     s.add_text(f"{label} — {what}: {text}.")
             summ = res.summary()
@@ -574,16 +573,16 @@ class _Context:
                         f"'extrapolated' where the mediator's supports do not overlap, 'not estimable' for a "
                         f"proportion mediated whose total may be 0). {res.describe()}")
             s.tables[f"mediation_{i}_{_slug(str(q.treated))}"] = summ
-            overlap = getattr(res, "overlap", None)
-            if isinstance(overlap, pd.DataFrame) and len(overlap):
+            overlap = res.overlap
+            if len(overlap):
                 s.add_table(overlap, f"{label}: overlap of each mediator across the arms (share of the treated "
                                      "runs' values inside the control range and vice versa; natural effects are "
                                      "model extrapolation where the supports do not overlap).")
                 s.tables[f"overlap_{i}_{_slug(str(q.treated))}"] = overlap
             else:
                 s.add_text(f"{label}: no overlap check available from this mediation result.")
-            mundlak = getattr(res, "mundlak", None)
-            if isinstance(mundlak, pd.DataFrame) and len(mundlak):
+            mundlak = res.mundlak
+            if len(mundlak):
                 s.add_table(mundlak, f"{label}: within-image vs between-image (Mundlak) slopes of each "
                                      "mediator → outcome relation.")
             s.add_figure(f"forest_{i}_{_slug(str(q.treated))}", res.plot(),
@@ -705,7 +704,7 @@ def _how_sure(res: Any, tot: dict[str, Any]) -> str:
     text = (f"the total's {level}% interval {'includes' if inside else 'excludes'} 0")
     if _finite(tot.get("p_value")):
         p, floor = float(tot["p_value"]), float(tot["p_floor"])
-        if getattr(res, "pairing", "all") == "seed":
+        if res.pairing == "seed":
             units = f"{res.per_pair.groupby(['control_run', 'treated_run']).ngroups} seed-matched run pairs"
         else:
             units = f"{len(res.control_runs)} + {len(res.treated_runs)} runs"
@@ -854,7 +853,7 @@ def findings_text(paper: pd.DataFrame | None, mediation: list[Any], intervention
             out.append(text)
     for q, res in mediation:
         summ = res.summary()
-        level = getattr(res, "ci_level", 0.95)
+        level = res.ci_level
         for outcome, g in summ.groupby("outcome", sort=False):
             recs = {r["effect"]: r for r in g.to_dict("records")}
             total, direct = recs.get("total"), recs.get("direct")
@@ -876,10 +875,10 @@ def findings_text(paper: pd.DataFrame | None, mediation: list[Any], intervention
             elif pm is not None:
                 text += (" The proportion mediated is not estimable here (the total's interval includes 0 or the "
                          "paths have opposite signs), so it is not given.")
-            for what in ("estimand", "design"):
-                if getattr(res, what, None):
-                    text += f" {what.capitalize()}: {getattr(res, what)}."
-            if getattr(res, "inference", None):
+            for what, value in (("Estimand", res.estimand), ("Design", res.design)):
+                if value:
+                    text += f" {what}: {value}."
+            if res.inference:
                 text += f" Intervals: {res.inference}."
             out.append(text)
     if versus is not None and len(versus):
