@@ -26,7 +26,7 @@ DEMO_EPOCHS = 40
 
 
 def _demo_preset() -> dict[str, Any]:
-    from .train import DEFAULT_PRESET
+    from .pipeline.train import DEFAULT_PRESET
 
     train = {**DEFAULT_PRESET["train"], "epochs": DEMO_EPOCHS}
     return {**DEFAULT_PRESET, "name": "digits_demo",
@@ -42,7 +42,7 @@ DEMO_PRESET: dict[str, Any] = _demo_preset()
 
 def demo_grid():
     """`DEMO_PRESET` as a `causalgeom.train.GridConfig`."""
-    from .train import GridConfig
+    from .pipeline.train import GridConfig
 
     return GridConfig.from_dict(DEMO_PRESET)
 
@@ -75,10 +75,10 @@ def robust_interventions(train_dir: str | os.PathLike, study_dir: str | os.PathL
     import xarray as xr
 
     from . import interventions as iv
-    from .data import load_dataset
-    from .geometry import class_centers
-    from .study import open_study
-    from .train import load_checkpoint
+    from .pipeline.data import load_dataset
+    from .metrics.geometry import class_centers
+    from .dump.study import open_study
+    from .pipeline.train import load_checkpoint
 
     out_dir = Path(out_dir)
     study = open_study(study_dir)
@@ -118,7 +118,7 @@ def robust_interventions(train_dir: str | os.PathLike, study_dir: str | os.PathL
 
 def demo_attacks():
     """The demo's attack: PGD under L∞, 7 steps, step size 2.5·ε/7, random start."""
-    from .attacks import PGD
+    from .pipeline.attacks import PGD
 
     return [PGD(norm="linf", steps=7, random_start=True)]
 
@@ -138,7 +138,7 @@ def run_demo(out: str | os.PathLike = "demo_out", *, preset: str | os.PathLike |
     """
     from . import report as report_mod
     from .extract import extract_runs
-    from .train import load_grid, run_grid
+    from .pipeline.train import load_grid, run_grid
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

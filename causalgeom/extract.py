@@ -13,6 +13,6 @@ from __future__ import annotations
 
 import sys
 
-from .extraction import extract
+from .pipeline.extract import extract
 
 sys.modules[__name__] = extract  # type: ignore[assignment]

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import CausalGeomError, QueryError
-from .study import Study, open_study
+from .dump.study import Study, open_study
 
 __all__ = ["report", "Section", "SECTION_IDS", "default_queries", "eps_label", "round_to_interval", "format_ci",
            "DECOMPOSE_OUTCOMES"]
@@ -200,7 +200,7 @@ def _robust_columns(study: Study) -> list[str]:
     runs = study.runs
     if runs.empty or not len(runs.iloc[0]["attacks"]):
         return []
-    from .table import robust_column
+    from .metrics.table import robust_column
 
     first = runs.iloc[0]
     return [robust_column(str(first["attacks"][0]), float(e)) for e in first["eps"]]
@@ -396,7 +396,7 @@ class _Context:
 
     # -- sections ----------------------------------------------------------------------------
     def provenance(self) -> Section:
-        from .schema import package_versions
+        from .dump.schema import package_versions
 
         s = Section("provenance", "Study and provenance")
         s.add_text(f"Study folder: {self.study.path} — {len(self.runs)} runs, generated "
@@ -418,7 +418,7 @@ class _Context:
         return s
 
     def paper_table(self) -> Section:
-        from .summary import paper_table
+        from .metrics.summary import paper_table
 
         s = Section("paper-table", "The paper table: accuracy, calibration, geometry and robustness per regularizer")
         self.paper = paper_table(self.study)
@@ -440,7 +440,7 @@ class _Context:
         import matplotlib.pyplot as plt
         import xarray as xr
 
-        from .calibration import reliability
+        from .metrics.calibration import reliability
 
         s = Section("reliability", "Reliability diagrams per regularizer")
         groups = self._by_regularizer()
@@ -482,7 +482,7 @@ class _Context:
     def cone_test(self) -> Section:
         import matplotlib.pyplot as plt
 
-        from .geometry import cone_test
+        from .metrics.geometry import cone_test
 
         s = Section("cone-test", "Cone test: are decision regions cones around the origin?")
         rows = []

@@ -18,7 +18,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import ConfigError
-from .schema import from_arrays, validate
+from .dump.schema import from_arrays, validate
 
 __all__ = ["make_run", "make_study", "assert_valid_run", "SYNTHETIC_EPS"]
 
@@ -100,7 +100,7 @@ def make_study(path: str | os.PathLike, n_runs: int = 4, *, n: int = 120, d: int
     -------
     causalgeom.study.Study
     """
-    from .study import open_study  # the study folder needs the store; imported here to keep this module light
+    from .dump.study import open_study  # the study folder needs the store; imported here to keep this module light
 
     if n_runs < 2:
         raise ConfigError(f"n_runs: expected at least 2 (a control and a treated run), got {n_runs!r}")
@@ -144,7 +144,7 @@ def assert_valid_run(run: xr.Dataset | str | os.PathLike, *, n: int | None = Non
     from .errors import SchemaError
 
     if not isinstance(run, xr.Dataset):
-        from .store import is_complete, open as open_run
+        from .dump.store import is_complete, open as open_run
 
         if not is_complete(run):
             raise AssertionError(f"store {run} is not complete (no completion mark)")

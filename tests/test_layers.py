@@ -49,15 +49,8 @@ FOLDER_LAYERS = ("_util", "dump", "pipeline", "metrics", "causal", "intervention
 #: Layer of each top-level module that is not (yet) inside its layer's folder.
 MODULE_LAYER: dict[str, str] = {
     "errors": "_util",
-    "schema": "dump", "store": "dump", "study": "dump", "adapters": "dump",
-    "data": "pipeline", "models": "pipeline", "train": "pipeline", "attacks": "pipeline", "extraction": "pipeline",
     "extract": "pipeline",  # the shim that makes `causalgeom.extract` the function
-    "_blocks": "metrics", "kernels": "metrics", "geometry": "metrics", "calibration": "metrics",
-    "robustness": "metrics",
-    "table": "metrics", "summary": "metrics",
-    "interventions": "interventions",
     "report": "report", "demo": "report",
-    "distributed": "scale",
     "testing": "testing",
     "__main__": "facade",
 }

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from .._util.rng import check_random_state
-from ..kernels import bin_index as _bin_index, calibration_error as _calibration_error, \
+from ..metrics.kernels import bin_index as _bin_index, calibration_error as _calibration_error, \
     sample_stats_block as _sample_stats_block, width_bin_stats as _width_bin_stats
 from ..errors import QueryError
 
@@ -179,8 +179,8 @@ def _select_adv(ds: Any, attack: str | None, eps: float | None) -> tuple[Any, st
 
 def _load_run(ds: Any, order: np.ndarray | None, need_cos: bool, need_adv: bool, attack: str | None,
               eps: float | None) -> tuple[_Run, np.ndarray, str | None, float | None]:
-    from ..geometry import class_centers
-    from ..schema import require_head
+    from ..metrics.geometry import class_centers
+    from ..dump.schema import require_head
 
     run_id = str(ds.attrs.get("run_id"))
     W, b = require_head(ds, f"decompose (run {run_id!r})")
@@ -623,7 +623,7 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
     normal distribution", 1948. Fisher, "The Design of Experiments", 1935 (randomization tests).
     Welch, "The generalization of Student's problem", 1947.
     """
-    from ..study import Study, open_study
+    from ..dump.study import Study, open_study
 
     if isinstance(study, (str, os.PathLike)):
         study = open_study(study)

@@ -38,7 +38,7 @@ def add_options(sub: argparse._SubParsersAction) -> None:
 
 def call(args: argparse.Namespace) -> Any:
     """Run ``args.func(args)``, on a Dask cluster (``--scheduler``) or as one torchrun rank (``--distributed``)."""
-    from .. import distributed
+    from .. import scale as distributed
 
     if getattr(args, "distributed", False):
         from ..errors import ConfigError

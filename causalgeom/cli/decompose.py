@@ -72,7 +72,7 @@ def _decompose(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from ..causal import decompose
-    from ..study import open_study
+    from ..dump.study import open_study
 
     study = open_study(args.study)
     res = decompose(study, treatment=args.treatment, control=_level(args.control, study, args.treatment),

@@ -79,8 +79,8 @@ def _shard(text: str | None) -> tuple[int, int] | None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the command (library calls only)."""
-    from .. import attacks as A
-    from ..extraction import extract_checkpoint, extract_runs
+    from ..pipeline import attacks as A
+    from ..pipeline.extract import extract_checkpoint, extract_runs
 
     if args.no_attack and (args.attack or args.eps):
         raise ConfigError("--no-attack cannot be combined with --attack/--eps")
@@ -112,10 +112,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_public(args: argparse.Namespace, kwargs: dict) -> int:
     """``--zoo FILE`` or ``--model NAME``: public checkpoints on ``--data`` (docs/zoo.md)."""
-    from ..data import open_eval_data
-    from ..extraction import extract
-    from ..models import LOAD_ATTRS, load
-    from ..zoo import extract_zoo
+    from ..pipeline.data import open_eval_data
+    from ..pipeline.extract import extract
+    from ..pipeline.models import LOAD_ATTRS, load
+    from ..pipeline.zoo import extract_zoo
 
     if args.source is not None:
         raise ConfigError(f"CHECKPOINT_OR_RUNS_DIR ({args.source!r}) cannot be combined with --zoo / --model")

@@ -103,7 +103,7 @@ def _intervene(args: argparse.Namespace) -> int:
     from .. import interventions as iv
     from .. import open as open_run
     from ..errors import ConfigError, StoreError
-    from ..study import open_study
+    from ..dump.study import open_study
 
     path = Path(args.study)
     if not path.exists():

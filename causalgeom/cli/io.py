@@ -62,7 +62,7 @@ def _byte_size(text: str) -> int:
 
 
 def _describe(ds) -> dict:
-    from ..schema import VARIABLES
+    from ..dump.schema import VARIABLES
 
     return {
         "dims": dict(ds.sizes),
@@ -81,7 +81,7 @@ def _is_study(path: Path) -> bool:
 
 def _info(args: argparse.Namespace) -> int:
     from .. import open as open_run
-    from ..study import open_study
+    from ..dump.study import open_study
 
     path = Path(args.path)
     if _is_study(path):
@@ -97,8 +97,8 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from ..store import verify
-    from ..study import open_study
+    from ..dump.store import verify
+    from ..dump.study import open_study
 
     path = Path(args.path)
     if _is_study(path):
@@ -124,7 +124,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _manifest_note(path: Path) -> str:
-    from ..store import has_manifest
+    from ..dump.store import has_manifest
 
     if has_manifest(path):
         return " (every file matches the manifest in its completion mark)"
@@ -148,7 +148,7 @@ def _parse_attrs(items: list[str]) -> dict:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from ..adapters import import_dump, import_study
+    from ..dump.adapters import import_dump, import_study
     from ..errors import ConfigError
 
     keys = dict(features_key=args.features_key, logits_key=args.logits_key, labels_key=args.labels_key,

@@ -141,7 +141,7 @@ def _mediate(args: argparse.Namespace) -> int:
 
     from ..causal import FewClustersWarning, mediate, refute, write_queries
     from ..errors import QueryError
-    from ..study import open_study
+    from ..dump.study import open_study
 
     src = Path(args.study)
     queries = _queries(args)

@@ -55,8 +55,8 @@ def _metrics(args: argparse.Namespace) -> int:
 
     from .. import open as open_run
     from ..errors import ConfigError, StoreError
-    from ..study import open_study
-    from ..summary import format_table, paper_table, run_frame, run_metrics
+    from ..dump.study import open_study
+    from ..metrics.summary import format_table, paper_table, run_frame, run_metrics
 
     path = Path(args.path)
     if not path.exists():

@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Parse the config, call `causalgeom.train.run_grid`, print one line per run."""
-    from .. import train
+    from ..pipeline import train
 
     grid = train.load_grid(args.config)
     dirs = train.run_grid(grid, args.out, progress=not args.no_progress,

@@ -7,7 +7,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from ..errors import ConfigError
-from ..geometry import magnitude
+from ..metrics.geometry import magnitude
 from .posthoc import MEDIATION_OUTCOME_ALIASES, MEDIATOR_KINDS, OUTCOMES
 
 __all__ = ["share_vs_mediation"]

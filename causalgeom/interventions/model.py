@@ -16,7 +16,7 @@ from torch import nn
 
 from ..causal import percentile_ci
 from ..errors import ConfigError
-from ..geometry import class_centers
+from ..metrics.geometry import class_centers
 from .._util.checks import check_choice
 from .._util.rng import RngLike, check_random_state
 from .posthoc import (TOWARD, _ORTHO_EPS, _check_centers, _check_options, _grid, _orthonormal_fallback,
@@ -195,7 +195,7 @@ class InterventionModel(nn.Module):
         if not isinstance(transform, FeatureTransform):
             raise ConfigError("transform: expected a causalgeom.interventions.FeatureTransform (Rescale, Rotate), "
                               f"got {type(transform).__name__}")
-        from ..models import find_head
+        from ..pipeline.models import find_head
 
         name, _ = find_head(model, head_name)
         self.model = model
@@ -294,7 +294,7 @@ def robust_dose_response(model: nn.Module, x: torch.Tensor, y: torch.Tensor, tra
         (grid) with intervals; ``adv_correct`` (grid, attack, eps, sample). The grid dim is
         ``scale`` (all :class:`Rescale`), ``alpha`` (all :class:`Rotate`) or ``transform``.
     """
-    from .. import attacks as cg_attacks
+    from ..pipeline import attacks as cg_attacks
 
     dim, coord = _grid_of(transforms)
     _check_options(1, n_boot, ci)

@@ -25,12 +25,12 @@ from numpy.typing import ArrayLike
 import pandas as pd
 import xarray as xr
 
-from .._blocks import NUMPY_BLOCK_ROWS, check_run, compute, is_dask, raw, require_vars, sample_reduce
+from ..metrics.blocks import NUMPY_BLOCK_ROWS, check_run, compute, is_dask, raw, require_vars, sample_reduce
 from ..causal import percentile_ci
 from ..errors import ConfigError, SchemaError
-from ..geometry import CENTER_KINDS, class_centers, cosine_to_center, magnitude
-from ..kernels import bin_index, head64, sample_stats_block, softmax_block
-from ..schema import require_head
+from ..metrics.geometry import CENTER_KINDS, class_centers, cosine_to_center, magnitude
+from ..metrics.kernels import bin_index, head64, sample_stats_block, softmax_block
+from ..dump.schema import require_head
 from .._util.checks import check_choice
 from .._util.rng import RngLike, check_random_state
 
@@ -758,7 +758,7 @@ def match_features(control: xr.Dataset, treated: xr.Dataset | Sequence[xr.Datase
     xarray.Dataset
         ``run_id`` = ``<control run_id>-matched-<what>``; attrs ``matched_to``, ``matched_what``.
     """
-    from ..schema import from_arrays
+    from ..dump.schema import from_arrays
 
     runs = _runs_list(treated, "treated")
     m = _Matcher.build(control, runs, what, toward, center, "interventions.match_features")

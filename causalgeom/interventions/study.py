@@ -18,9 +18,9 @@ import xarray as xr
 
 from ..causal import percentile_ci
 from ..errors import ConfigError
-from ..geometry import magnitude
-from ..kernels import head64
-from ..study import StudyLike
+from ..metrics.geometry import magnitude
+from ..metrics.kernels import head64
+from ..dump.study import StudyLike
 from .._util.checks import check_choice
 from .._util.rng import RngLike, check_random_state
 from .posthoc import (MATCH_WHAT, OUTCOMES, TOWARD, _Matcher, _center_label, _check_options, _outcome_matrix,
@@ -33,7 +33,7 @@ __all__ = ["rescale_study", "rotate_study", "match_study"]
 # study level: runs as the resampling unit
 # ---------------------------------------------------------------------------------------------
 def _as_study(study: StudyLike):
-    from ..study import Study, open_study
+    from ..dump.study import Study, open_study
 
     if isinstance(study, Study):
         return study

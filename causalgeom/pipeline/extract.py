@@ -38,13 +38,13 @@ import torch
 from torch import nn
 
 from . import attacks as _attacks
-from ._util import torch as _torch_util
-from ._util.io import atomic_write, file_lock
-from .errors import ConfigError, SchemaError, StoreError, StoreExistsError
+from .._util import torch as _torch_util
+from .._util.io import atomic_write, file_lock
+from ..errors import ConfigError, SchemaError, StoreError, StoreExistsError
 from .models import _Capture, _OutputCheck, find_head
 from .models import eval_mode as _eval_mode
-from .schema import SCHEMA_VERSION, RUN_ID_PATTERN, check_run_id, normalize_attrs, package_versions, validate
-from .store import encoding_for, is_complete, mark_complete, store_lock
+from ..dump.schema import SCHEMA_VERSION, RUN_ID_PATTERN, check_run_id, normalize_attrs, package_versions, validate
+from ..dump.store import encoding_for, is_complete, mark_complete, store_lock
 
 if TYPE_CHECKING:  # xarray is imported where a store is built
     import xarray as xr

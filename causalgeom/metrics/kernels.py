@@ -19,8 +19,8 @@ import math
 import numpy as np
 import xarray as xr
 
-from .errors import ConfigError
-from .schema import require_head
+from ..errors import ConfigError
+from ..dump.schema import require_head
 
 __all__ = ["ERROR_NORMS", "softmax_block", "sample_stats_block", "bin_index", "width_bin_stats", "mass_bin_stats",
            "calibration_error", "head64", "FUSED_FIELDS", "fused_block"]

@@ -45,11 +45,11 @@ from torch import nn
 
 from . import data as _data
 from . import models as _models
-from ._util import dask as _dask
-from ._util.io import atomic_write, file_lock
-from ._util.torch import autocast as _autocast
-from ._util.torch import device as _device
-from .errors import ConfigError, StoreLockedError
+from .._util import dask as _dask
+from .._util.io import atomic_write, file_lock
+from .._util.torch import autocast as _autocast
+from .._util.torch import device as _device
+from ..errors import ConfigError, StoreLockedError
 
 __all__ = [
     "REGULARIZERS",
@@ -519,7 +519,7 @@ def _write_curves(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
 
 
 def _config_json(config: TrainConfig, spec: Mapping[str, Any]) -> str:
-    from .schema import package_versions
+    from ..dump.schema import package_versions
 
     return json.dumps({**config.to_dict(), **config.run_attrs(), "model_spec": dict(spec),
                        "versions": package_versions()}, indent=2, sort_keys=True)

@@ -19,9 +19,9 @@ from typing import Any, Sequence
 import numpy as np
 import xarray as xr
 
-from ._blocks import check_run, compute, is_dask, raw, require_vars, sample_reduce
-from ._util.checks import check_choice
-from .errors import ConfigError, SchemaError
+from .blocks import check_run, compute, is_dask, raw, require_vars, sample_reduce
+from .._util.checks import check_choice
+from ..errors import ConfigError, SchemaError
 from .kernels import head64
 
 __all__ = [

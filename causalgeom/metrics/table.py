@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import HeadMissingError, QueryError
+from ..errors import HeadMissingError, QueryError
 
 __all__ = ["study_frame", "run_table", "fused_run", "robust_column", "min_flip_column", "robust_acc_column",
            "robust_key", "ID_COLUMNS", "SAMPLE_COLUMNS", "RUN_COLUMNS"]
@@ -104,7 +104,7 @@ def fused_run(ds: Any, center: str = "minimal_loss", *, warn_missing_head: bool 
     Equal to `geometry.magnitude`, `geometry.cosine_to_center` and `calibration.per_sample` up to the order of
     floating-point sums (the same formulas on the same blocks; tests compare at rtol 1e-12).
     """
-    from ._blocks import compute, require_vars
+    from .blocks import compute, require_vars
 
     require_vars(ds, ("features", "logits", "label"), "fused_run")
     out = _fused_lazy(ds, center, warn_missing_head)
@@ -128,7 +128,7 @@ def _one_blas_thread() -> Any:
 def _fused_lazy(ds: Any, center: str, warn_missing_head: bool) -> Any:
     """The fused pass of ``ds`` as an (n_samples, len(FUSED_FIELDS)) array (lazy on dask-backed runs)."""
     from . import geometry
-    from ._blocks import raw, sample_map
+    from .blocks import raw, sample_map
     from .kernels import FUSED_FIELDS, fused_block
 
     try:
@@ -172,7 +172,7 @@ def run_table(ds: Any, *, attack: str | Sequence[str] | None = None, eps: float 
     pandas.DataFrame, shape (n_samples, n_columns)
     """
     from . import robustness
-    from ._blocks import compute, require_vars
+    from .blocks import compute, require_vars
 
     require_vars(ds, ("features", "logits", "label"), "the analysis table")
     n = int(ds.sizes["sample"])

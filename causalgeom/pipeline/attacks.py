@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._util.checks import check_choice
-from ._util.torch import autocast as _autocast
-from .errors import ConfigError
+from .._util.checks import check_choice
+from .._util.torch import autocast as _autocast
+from ..errors import ConfigError
 from .models import _Capture, find_head
 from .models import eval_mode as _eval_mode
 
@@ -724,7 +724,7 @@ def _evaluate(model: nn.Module, x: torch.Tensor, capture: _Capture | None, amp: 
             out = model(x)
         feats = capture.value
         if feats is None:
-            from .errors import SchemaError
+            from ..errors import SchemaError
             raise SchemaError("the head layer was not called in the forward pass; pass head= naming the final "
                               "linear layer")
         feats = feats.float()

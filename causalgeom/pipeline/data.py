@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = [
     "DATASETS",

@@ -13,8 +13,8 @@ import math
 import numpy as np
 import xarray as xr
 
-from ._blocks import check_run, compute, require_vars
-from .errors import ConfigError, SchemaError
+from .blocks import check_run, compute, require_vars
+from ..errors import ConfigError, SchemaError
 
 __all__ = [
     "robust_accuracy",

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 import xarray as xr
 
-from .errors import HeadMissingError, SchemaError
+from ..errors import HeadMissingError, SchemaError
 
 __all__ = [
     "SCHEMA_VERSION",

@@ -1,236 +1,17 @@
-"""Scale-out: extraction with ``torchrun`` (one shard per rank), analysis and training on a Dask cluster.
-
-Three engines, one module:
-
-* **Dask (analysis).** Every causalgeom metric builds a dask graph over the Zarr chunks of a dump
-  (one task per chunk); inside a :func:`client` block those graphs run on the cluster's workers
-  (a ``LocalCluster`` by default, or a scheduler address), so features are never collected on
-  one machine. Tasks of a worker that dies are re-run elsewhere by the scheduler (up to Dask's
-  ``distributed.scheduler.allowed-failures``); if a task keeps killing workers, :func:`compute`
-  raises :class:`WorkerLostError` naming the task instead of a raw Dask traceback. Analyses only
-  read stores, so a failed computation never damages one. :func:`mediate_study` runs the cluster
-  bootstrap of a whole study from per-run sufficient statistics computed as Dask tasks from the
-  Zarr chunks (only ``O(columns²)`` numbers per run leave the workers).
-* **torch.distributed (extraction).** :func:`extract` / :func:`extract_study` read ``RANK``,
-  ``WORLD_SIZE`` and ``LOCAL_RANK`` (set by ``torchrun``) and fill this rank's chunk-aligned shard
-  of every store (``causalgeom.extract(..., shard=(rank, world))``); the last shard to finish marks
-  a store complete, and a failed rank's shard is redone by re-running that rank alone.
-* **Dask (training).** :func:`run_grid` submits one :func:`causalgeom.train.train_run` per task.
-
-See ``docs/scaling_out.md`` for what runs where.
-"""
+"""Dask analysis from per-run sufficient statistics (`run_moments`, `mediate_study`)."""
 
 from __future__ import annotations
 
 import functools
 import logging
 import os
-import warnings
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-# The cluster (client blocks, the active client, worker-loss translation) lives in `causalgeom._util.dask`, below
-# every layer that computes; `compute` is the one xarray-aware compute of `causalgeom._blocks`; the one grid
-# runner is `causalgeom.train.run_grid`. Re-exported here as the public scale-out API.
-from ._blocks import compute
-from ._util.dask import CONNECT_TIMEOUT, SCHEDULER_ENV, active_client, client, current_client, worker_loss_translated
-from .errors import ConfigError, IncompleteStoreError, QueryError, WorkerLostError
-
-if TYPE_CHECKING:  # annotations only: this module imports torch inside the functions that need it
-    import torch
-
-__all__ = [
-    "client", "compute", "current_client", "active_client", "worker_loss_translated", "WorkerLostError",
-    "SCHEDULER_ENV", "CONNECT_TIMEOUT", "RankInfo", "torchrun_env", "rank_device", "barrier", "extract", "extract_study",
-    "run_grid",
-    "SAMPLE_MOMENT_COLUMNS", "RunMoments", "run_moments", "mediate_study",
-]
+from ..errors import QueryError
 
 log = logging.getLogger(__name__)
-
-# ============================================================================================
-# torch.distributed: one shard of every store per rank
-# ============================================================================================
-class RankInfo(NamedTuple):
-    """Where this process sits in a ``torchrun`` job (rank 0 of 1 outside one)."""
-
-    rank: int
-    world: int
-    local_rank: int
-    launched: bool  #: True when a launcher set MASTER_ADDR (a process group can be formed for a barrier)
-
-
-def torchrun_env(environ: Mapping[str, str] | None = None) -> RankInfo:
-    """Read ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (and ``MASTER_ADDR``) as set by ``torchrun``.
-
-    Without them this is rank 0 of 1. Setting ``RANK`` and ``WORLD_SIZE`` by hand (no ``MASTER_ADDR``)
-    runs one rank alone — how a failed rank's shard is redone.
-
-    Raises
-    ------
-    ConfigError
-        Non-integer values, or not ``0 <= RANK < WORLD_SIZE``.
-    """
-    env = os.environ if environ is None else environ
-    try:
-        world = int(env.get("WORLD_SIZE", "1"))
-        rank = int(env.get("RANK", "0"))
-        local = int(env.get("LOCAL_RANK", str(rank)))
-    except ValueError:
-        raise ConfigError(f"RANK/WORLD_SIZE/LOCAL_RANK: expected integers, got RANK={env.get('RANK')!r}, "
-                          f"WORLD_SIZE={env.get('WORLD_SIZE')!r}, LOCAL_RANK={env.get('LOCAL_RANK')!r}") from None
-    if world < 1 or not 0 <= rank < world or local < 0:
-        raise ConfigError(f"RANK/WORLD_SIZE: expected 0 <= RANK < WORLD_SIZE and LOCAL_RANK >= 0, got RANK={rank}, "
-                          f"WORLD_SIZE={world}, LOCAL_RANK={local}")
-    return RankInfo(rank, world, local, bool(env.get("MASTER_ADDR")) and world > 1)
-
-
-def rank_device(device: str | torch.device = "auto", info: RankInfo | None = None) -> str:
-    """The device of this rank: ``"cuda"`` / ``"auto"`` (with CUDA) -> ``cuda:LOCAL_RANK``; others unchanged."""
-    import torch
-
-    from ._util.torch import device as _device
-
-    info = info or torchrun_env()
-    text = str(device)
-    if text == "auto":
-        text = _device("auto").type
-    if text == "cuda":
-        if torch.cuda.is_available() and info.local_rank >= torch.cuda.device_count():
-            raise ConfigError(f"device: LOCAL_RANK={info.local_rank} but this host has "
-                              f"{torch.cuda.device_count()} CUDA device(s); start at most that many processes per "
-                              "node (torchrun --nproc-per-node)")
-        return f"cuda:{info.local_rank}"
-    return text
-
-
-def barrier(info: RankInfo | None = None) -> None:
-    """Wait for every rank of a ``torchrun`` job (a gloo barrier; a no-op when not launched by one).
-
-    The process group is created for the barrier (and destroyed after) unless one already exists.
-    """
-    info = info or torchrun_env()
-    if not info.launched:
-        return
-    import torch.distributed as dist
-
-    created = False
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", rank=info.rank, world_size=info.world)
-        created = True
-    try:
-        dist.barrier()
-    finally:
-        if created:
-            dist.destroy_process_group()
-
-
-def _shard_kwargs(kwargs: dict[str, Any], info: RankInfo) -> dict[str, Any]:
-    if kwargs.get("shard") is not None:
-        raise ConfigError("shard: set by the rank (RANK/WORLD_SIZE); do not pass shard= to the distributed "
-                          "extraction")
-    if kwargs.get("mode", "w-") != "w-" and info.world > 1:
-        raise ConfigError("mode: a sharded extraction must use mode='w-' (one rank would delete the others' work); "
-                          "delete the stores first to start over")
-    out = dict(kwargs)
-    if info.world > 1:
-        out["shard"] = (info.rank, info.world)
-    return out
-
-
-def _check_complete(paths: Sequence[Path], info: RankInfo) -> None:
-    from .store import is_complete
-
-    missing = [str(p) for p in paths if not is_complete(p)]
-    if missing:
-        raise IncompleteStoreError(
-            f"after every rank finished, store(s) {missing} are not complete; re-run the same command (each rank "
-            "resumes its unfinished chunks), or redo one rank alone with RANK=r WORLD_SIZE="
-            f"{info.world} (or `causalgeom extract ... --shard r/{info.world}`)")
-
-
-def extract(model: torch.nn.Module, data: Any, out: str | os.PathLike, *, device: str | torch.device = "auto",
-            wait: bool | None = None, **kwargs: Any) -> Path:
-    """This rank's share of ``causalgeom.extract(model, data, out, ...)`` in a ``torchrun`` job.
-
-    Every rank calls this with the same arguments; rank ``r`` of ``w`` fills the ``r``-th contiguous
-    range of sample chunks (``shard=(r, w)``), and the last rank to finish marks the store complete.
-    Outside ``torchrun`` this is a plain single-process extraction.
-
-    Parameters
-    ----------
-    model, data, out
-        As in :func:`causalgeom.extract.extract`.
-    device : str
-        ``"auto"`` (``cuda:LOCAL_RANK`` with CUDA, else CPU), ``"cuda"`` (-> ``cuda:LOCAL_RANK``), or explicit.
-    wait : bool, optional
-        Wait for every rank (gloo barrier) and check that the store is complete. Default: when launched
-        by ``torchrun``.
-    **kwargs
-        Passed to :func:`causalgeom.extract.extract` (attacks, eps, batch_size, amp, attrs, generator, ...);
-        not ``shard`` (set from the rank).
-
-    Returns
-    -------
-    pathlib.Path
-        The store (complete once every rank has finished).
-
-    Raises
-    ------
-    IncompleteStoreError
-        With ``wait``: every rank finished but the store is not complete.
-    """
-    from .extraction import extract as _extract
-
-    info = torchrun_env()
-    path = _extract(model, data, out, device=rank_device(device, info), **_shard_kwargs(kwargs, info))
-    if wait if wait is not None else info.launched:
-        barrier(info)
-        _check_complete([path], info)
-    return path
-
-
-def extract_study(runs_dir: str | os.PathLike, study_dir: str | os.PathLike | None = None, *,
-                  device: str | torch.device = "auto", wait: bool | None = None, **kwargs: Any) -> list[Path]:
-    """This rank's share of ``causalgeom.extract.extract_runs`` (every finished training run) in a ``torchrun`` job.
-
-    Every rank walks the same runs in the same order and fills its shard of each run's store;
-    ``torchrun --nproc-per-node N`` (or ``--nnodes M`` over several hosts sharing the study folder)
-    thus writes one study. Parameters as in :func:`extract` and
-    :func:`causalgeom.extract.extract_runs`.
-
-    Returns
-    -------
-    list of pathlib.Path
-        The run stores (complete once every rank has finished).
-    """
-    from .extraction import extract_runs
-
-    info = torchrun_env()
-    paths = extract_runs(runs_dir, study_dir, device=rank_device(device, info), **_shard_kwargs(kwargs, info))
-    if wait if wait is not None else info.launched:
-        barrier(info)
-        _check_complete(paths, info)
-    return paths
-
-
-# ============================================================================================
-# training grids on a Dask cluster
-# ============================================================================================
-def run_grid(grid: Any, out_dir: str | os.PathLike, progress: bool = False, *,
-             overrides: Mapping[str, Any] | None = None, scheduler: Any = None) -> list[Path]:
-    """Train every run of ``grid`` on a Dask cluster, one :func:`causalgeom.train.train_run` per task.
-
-    `causalgeom.train.run_grid` (the one grid runner; same parameters, return value and errors) with a
-    cluster by default: ``scheduler=None`` means the client of the enclosing :func:`client` block, else a new
-    LocalCluster for this call (``train.run_grid``'s ``scheduler=True``), and no progress bar by default.
-    Workers must see ``out_dir`` (shared file system on a real cluster).
-    """
-    from .train import run_grid as _run_grid
-
-    return _run_grid(grid, out_dir, progress, overrides=overrides, scheduler=True if scheduler is None else scheduler)
 
 
 # ============================================================================================
@@ -288,7 +69,7 @@ def _tree(parts: list[Any]) -> Any:
 
 def _sample_columns(ds: Any) -> list[str]:
     """Per-sample numeric columns the study table would have for this run."""
-    from .table import _strings, min_flip_column, robust_column
+    from ..metrics.table import _strings, min_flip_column, robust_column
 
     cols = list(SAMPLE_MOMENT_COLUMNS)
     if "adv_correct" in ds.variables:
@@ -303,9 +84,9 @@ def _lazy_column(ds: Any, name: str, cache: dict[str, Any], center: str) -> Any:
     """The study-table column ``name`` of run ``ds`` as a dask array (n,) float64 over the store's chunks."""
     import dask.array as da
 
-    from . import calibration, geometry, robustness
-    from .errors import HeadMissingError
-    from .table import _strings, min_flip_column, robust_column
+    from ..metrics import calibration, geometry, robustness
+    from ..errors import HeadMissingError
+    from ..metrics.table import _strings, min_flip_column, robust_column
 
     def lazy(x: Any) -> Any:
         data = x.data
@@ -357,7 +138,7 @@ def _run_value(attrs: Mapping[str, Any], name: str) -> Any:
 
 
 def _as_study(study: Any) -> Any:
-    from .study import Study, open_study
+    from ..dump.study import Study, open_study
 
     if isinstance(study, Study):
         return study
@@ -580,8 +361,8 @@ def mediate_study(study: Any, *, treatment: str, mediators: str | Sequence[str],
     """
     import pandas as pd
 
-    from .causal._design import build_design
-    from .causal.mediation import (_as_rng, _check_options, _estimator_text, build_result, resolve_inference,
+    from ..causal._design import build_design
+    from ..causal.mediation import (_as_rng, _check_options, _estimator_text, build_result, resolve_inference,
                                    run_inference)
 
     inference, bootstrap = resolve_inference(inference, bootstrap)
@@ -686,8 +467,8 @@ def _moment_classes() -> tuple[type, type]:
     """Build the Design / LinearMediation subclasses on first use (keeps this module's import light)."""
     from dataclasses import dataclass
 
-    from .causal._design import Design
-    from .causal.estimators import LinearMediation, _Layout, effect_names
+    from ..causal._design import Design
+    from ..causal.estimators import LinearMediation, _Layout, effect_names
 
     @dataclass
     class MomentDesign(Design):

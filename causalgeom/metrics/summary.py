@@ -16,12 +16,12 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ._blocks import check_run, compute
+from .blocks import check_run, compute
 from .calibration import _check_bins, _finish_run_stats, _lazy_run_stats
-from ._util.checks import check_choice
-from .errors import ConfigError, HeadMissingError
+from .._util.checks import check_choice
+from ..errors import ConfigError, HeadMissingError
 from .geometry import CENTER_KINDS, cosine_to_center, magnitude
-from .study import Study
+from ..dump.study import Study
 from .table import robust_key
 
 __all__ = ["DESCRIPTOR_COLUMNS", "run_metrics", "run_frame", "paper_table", "format_table", "robust_key"]

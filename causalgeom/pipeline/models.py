@@ -21,7 +21,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from .errors import ConfigError, SchemaError, WeightsNotFoundError
+from ..errors import ConfigError, SchemaError, WeightsNotFoundError
 
 __all__ = ["NAMED_MODELS", "Normalize", "NormalizedClassifier", "SmallCNN", "build_model", "available_models",
            "head_of", "find_head", "eval_mode", "load", "wrap", "torch_hub_file", "LOAD_ATTRS"]

@@ -24,8 +24,8 @@ import xarray as xr
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
-from .errors import ConfigError, IncompleteStoreError, SchemaError, StoreError, StoreExistsError
-from ._util.io import file_lock
+from ..errors import ConfigError, IncompleteStoreError, SchemaError, StoreError, StoreExistsError
+from .._util.io import file_lock
 from .schema import validate
 
 __all__ = [

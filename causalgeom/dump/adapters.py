@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 import xarray as xr
 
-from .errors import ConfigError, DumpImportError, SchemaError, UnsafeFileError
+from ..errors import ConfigError, DumpImportError, SchemaError, UnsafeFileError
 from .schema import from_arrays
 
 __all__ = ["import_dump", "import_study", "read_arrays", "read_run_table", "default_max_bytes", "FEATURE_KEYS",
@@ -634,7 +634,7 @@ def _publish_all(study: Any, datasets: list[xr.Dataset], mode: str) -> None:
     import shutil
     import uuid
 
-    from .errors import StoreExistsError
+    from ..errors import StoreExistsError
     from .store import save, store_lock
 
     targets = [study.run_path(ds.attrs["run_id"]) for ds in datasets]

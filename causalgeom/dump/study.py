@@ -9,7 +9,7 @@ from typing import Any, Iterator, Union
 import pandas as pd
 import xarray as xr
 
-from .errors import IncompleteStoreError, StoreError, StoreExistsError
+from ..errors import IncompleteStoreError, StoreError, StoreExistsError
 from .schema import check_run_id
 from .store import COMPLETE_ATTR, open as open_run, read_attrs, save
 
@@ -121,7 +121,7 @@ class Study:
 
     def to_frame(self, level: str = "sample", **kwargs: Any) -> pd.DataFrame:
         """The analysis table (see :func:`causalgeom.table.study_frame`)."""
-        from .table import study_frame
+        from ..metrics.table import study_frame
 
         return study_frame(self, level=level, **kwargs)
 

@@ -14,8 +14,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import xarray as xr
 
-from ._util.dask import compute_arrays
-from .errors import SchemaError
+from .._util.dask import compute_arrays
+from ..errors import SchemaError
 
 __all__ = ["is_dask", "raw", "sample_reduce", "sample_map", "compute", "check_run", "require_vars", "NUMPY_BLOCK_ROWS"]
 

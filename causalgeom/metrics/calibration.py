@@ -20,10 +20,10 @@ import numpy as np
 from numpy.typing import ArrayLike
 import xarray as xr
 
-from ._blocks import check_run, compute, is_dask, raw, require_vars, sample_reduce
-from ._util.checks import check_choice
-from ._util.rng import check_random_state
-from .errors import ConfigError, SchemaError
+from .blocks import check_run, compute, is_dask, raw, require_vars, sample_reduce
+from .._util.checks import check_choice
+from .._util.rng import check_random_state
+from ..errors import ConfigError, SchemaError
 from .kernels import (bin_index, calibration_error, mass_bin_stats, sample_stats_block, softmax_block,
                       width_bin_stats)
 

@@ -26,7 +26,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["ZOO_KEYS", "ENTRY_KEYS", "LABEL_KEYS", "read_zoo", "extract_zoo"]
 
@@ -51,7 +51,7 @@ def read_zoo(path: str | os.PathLike) -> dict[str, Any]:
         Unreadable TOML, unknown keys (the message lists the allowed ones), duplicate or invalid ids, a
         control that is not an entry.
     """
-    from .schema import check_run_id
+    from ..dump.schema import check_run_id
 
     path = Path(path)
     try:
@@ -158,8 +158,8 @@ def extract_zoo(zoo: str | os.PathLike | Mapping[str, Any], data: str, out: str 
     """
     from . import models as _models
     from .data import open_eval_data
-    from .extraction import extract
-    from .store import is_complete
+    from .extract import extract
+    from ..dump.store import is_complete
 
     cfg = read_zoo(zoo) if not isinstance(zoo, Mapping) else zoo
     out = Path(out)
