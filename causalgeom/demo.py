@@ -136,8 +136,8 @@ def run_demo(out: str | os.PathLike = "demo_out", *, preset: str | os.PathLike |
     progress : bool
         Progress bars for every stage.
     """
-    from . import report as report_mod
-    from .extract import extract_runs
+    from .pipeline.extract import extract_runs
+    from .reporting import report
     from .pipeline.train import load_grid, run_grid
 
     out = Path(out)
@@ -155,7 +155,7 @@ def run_demo(out: str | os.PathLike = "demo_out", *, preset: str | os.PathLike |
     t2 = time.perf_counter()
     log("[3/3] decomposition, metrics, mediation, interventions (also inside the model, under attack) and the report")
     robust = robust_interventions(out / "train", out / "study", out / "interventions")
-    path = report_mod.report(out / "study", out=out / "report" / "report.html", progress=progress, robust=robust)
+    path = report(out / "study", out=out / "report" / "report.html", progress=progress, robust=robust)
     log(f"      done in {time.perf_counter() - t2:.0f} s (total {time.perf_counter() - t0:.0f} s)")
     log(f"report: {path.resolve()}")
     return path

@@ -50,7 +50,7 @@ FOLDER_LAYERS = ("_util", "dump", "pipeline", "metrics", "causal", "intervention
 MODULE_LAYER: dict[str, str] = {
     "errors": "_util",
     "extract": "pipeline",  # the shim that makes `causalgeom.extract` the function
-    "report": "report", "demo": "report",
+    "report": "report", "reporting": "report", "demo": "report",
     "testing": "testing",
     "__main__": "facade",
 }

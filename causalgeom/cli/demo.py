@@ -9,8 +9,8 @@ __all__ = ["register"]
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="train, extract, analyse and report on the embedded digits dataset",
-                       description="Train the default grid (ce, label smoothing 0.1, mixup 1.0, cutmix 1.0 × 3 "
-                                   "seeds) on digits, extract dumps with PGD outcomes, run metrics, mediation "
+                       description="Train the demo grid (ce, label smoothing 0.1, mixup 1.0, cutmix 1.0 × 5 "
+                                   "seeds, 40 epochs) on digits, extract dumps with PGD outcomes, run metrics, mediation "
                                    "and interventions, and write the report. Re-running resumes.",
                        epilog="example: causalgeom demo --out demo_out")
     p.add_argument("--out", default="demo_out", help="working folder (default: demo_out)")

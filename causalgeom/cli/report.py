@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from ..report import report
+    from ..reporting import report
 
     path = report(args.study, out=args.out, query=args.query, interventions=not args.no_interventions,
                   refute=not args.no_refute, progress=not args.no_progress)
