@@ -522,6 +522,23 @@ def _runs_of(runs: pd.DataFrame, treatment: str, level: Any, name: str) -> list[
     return sorted(map(str, hit["run_id"]))
 
 
+def _randomization_row(outcome: str, component: str, est: float, lo: float, hi: float, stat: np.ndarray,
+                       exact: bool, n_relab: int, floor: float) -> dict[str, Any]:
+    """One summary row with its two-sided randomization p-value.
+
+    ``stat`` holds the statistic under each relabeling (the observed one included when ``exact``); the p-value is
+    the share at least as extreme as ``|est|`` (exact) or ``(1 + #) / (n + 1)`` (Monte Carlo, Phipson & Smyth
+    2010), never below the design's ``floor``.
+    """
+    tol = 1e-9 * max(1.0, abs(est))
+    hits = np.abs(stat) >= abs(est) - tol
+    p = float(hits.mean()) if exact else float((hits.sum() + 1) / (n_relab + 1))
+    p = max(p, floor)
+    note = "p at the design's floor" if p <= floor * (1 + 1e-9) else ""
+    return dict(outcome=outcome, component=component, estimate=est, ci_low=lo, ci_high=hi, p_value=p,
+                p_floor=floor, note=note)
+
+
 def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", treated: Any = "mixup",
               outcome: str | Sequence[str] = "signed_ece", factors: Sequence[str] = ("head", "magnitude", "direction"),
               *, n_boot: int = 1000, rng: np.random.Generator | int | None = None, ci_level: float = 0.95,
@@ -767,13 +784,7 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
                 rev = F[o][m][cj_idx, ci_idx]  # the pair value with the two runs' roles swapped
                 est, lo, hi = _paired_t(val, level)
                 stat = np.where(signs, rev[None, :], val[None, :]).mean(axis=1)
-                tol = 1e-9 * max(1.0, abs(est))
-                hits = np.abs(stat) >= abs(est) - tol
-                p = float(hits.mean()) if exact else float((hits.sum() + 1) / (n_relab + 1))
-                p = max(p, floor)
-                note = "p at the design's floor" if p <= floor * (1 + 1e-9) else ""
-                table_rows.append(dict(outcome=o, component=name, estimate=est, ci_low=lo, ci_high=hi, p_value=p,
-                                       p_floor=floor, note=note))
+                table_rows.append(_randomization_row(o, name, est, lo, hi, stat, exact, n_relab, floor))
         est_text = (f"average effect over training runs (runs as the population): the mean over the {n_p} "
                     f"control × treated run pairs matched by seed")
         inf_text = (f"{int(round(100 * level))}% t-intervals over the {n_p} seed-matched run pairs (df {n_p - 1}); "
@@ -792,13 +803,7 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
                 Fm = F[o][m]
                 est, lo, hi = _hoeffding_t(Fm[cross], level)
                 stat = np.einsum("ri,ij,rj->r", 1.0 - M, Fm, M) / (n_c * n_t)
-                tol = 1e-9 * max(1.0, abs(est))
-                hits = np.abs(stat) >= abs(est) - tol
-                p = float(hits.mean()) if exact else float((hits.sum() + 1) / (n_relab + 1))
-                p = max(p, floor)
-                note = "p at the design's floor" if p <= floor * (1 + 1e-9) else ""
-                table_rows.append(dict(outcome=o, component=name, estimate=est, ci_low=lo, ci_high=hi, p_value=p,
-                                       p_floor=floor, note=note))
+                table_rows.append(_randomization_row(o, name, est, lo, hi, stat, exact, n_relab, floor))
         est_text = (f"average effect over training runs (runs as the population): the mean over the {n_c} × {n_t} "
                     f"control × treated run pairs")
         inf_text = (f"{int(round(100 * level))}% t-intervals over runs (two-sample U-statistic variance, "

@@ -74,13 +74,7 @@ def sample_reduce(func: Callable[..., np.ndarray], *arrays: Any, shape: Sequence
     import dask
     import dask.array as da
 
-    ref = next(a for a in arrays if is_dask(a))
-    chunks0 = ref.chunks[0]
-    aligned = []
-    for a in arrays:
-        a = a if is_dask(a) else da.from_array(np.asarray(a), chunks=(chunks0,) + tuple(np.shape(a)[1:]))
-        a = a.rechunk({0: chunks0, **{i: -1 for i in range(1, a.ndim)}})
-        aligned.append(a.to_delayed(optimize_graph=False).reshape(-1))
+    _, aligned = _aligned_blocks(arrays)
     fn = dask.delayed(func, pure=False)
     parts = [da.from_delayed(fn(*blocks), shape=shape, dtype=dtype) for blocks in zip(*aligned)]
     return da.stack(parts).sum(axis=0)
