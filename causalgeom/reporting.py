@@ -413,6 +413,12 @@ class _Context:
         if params is not None:
             s.add_table(params.assign(regularizer_params=params.regularizer_params.map(str)),
                         "Regularizer configurations.")
+        sigmoid = [rid for rid in self.runs["run_id"]
+                   if self.study[rid].attrs.get("confidence", "softmax") != "softmax"]
+        s.add_text("Calibration metrics use top-label softmax confidences of the logits for every run."
+                   + (f" Runs trained for sigmoid outputs (binary cross-entropy): {', '.join(sigmoid)}; their "
+                      "calibration is that of the softmax of a BCE model, not of the probabilities their training "
+                      "targeted." if sigmoid else ""))
         if incomplete := self.study.incomplete:
             s.add_text(f"Not included (incompletely written): {', '.join(incomplete)}.")
         return s

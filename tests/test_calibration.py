@@ -230,3 +230,15 @@ def test_ece_norm_ordering_property(n, k, scale, seed, n_bins):
     out = cal.outcomes_from_logits(logits, labels, n_bins)
     assert out["ece"] == pytest.approx(vals[0], abs=1e-9)
     assert abs(out["signed_ece"]) <= out["ece"] + 1e-12
+
+
+def test_calibration_says_which_confidences_it_used(make_run_fn):
+    """ECE and signed ECE always use softmax confidences and say so; a BCE-trained run (zoo attrs) gets a note."""
+    plain = make_run_fn(n=50, attacks=False)
+    assert cg.calibration.ece(plain).attrs["confidence"] == "softmax"
+    assert "confidence_note" not in cg.calibration.signed_ece(plain).attrs
+    bce = make_run_fn(n=50, attacks=False, confidence="sigmoid", loss="bce")
+    a = cg.calibration.ece(bce).attrs
+    assert a["confidence"] == "softmax" and a["trained_confidence"] == "sigmoid" and "bce" in a["confidence_note"]
+    # the value itself is unchanged by the flag (same logits, same softmax)
+    assert float(cg.calibration.ece(bce)) == float(cg.calibration.ece(make_run_fn(n=50, attacks=False)))

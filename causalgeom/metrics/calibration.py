@@ -30,7 +30,7 @@ from .kernels import (bin_index, calibration_error, mass_bin_stats, sample_stats
 __all__ = [
     "BINNINGS", "NORMS", "per_sample", "accuracy", "mean_confidence", "ece", "signed_ece", "classwise_ece",
     "nll", "brier", "reliability", "fit_temperature", "bootstrap_ci", "outcomes_from_logits", "ece_from_probs",
-    "BOOTSTRAP_METRICS"
+    "BOOTSTRAP_METRICS", "confidence_attrs"
 ]
 
 #: Confidence binnings of `ece`: equal-width or equal-mass bins.
@@ -139,6 +139,22 @@ def _scalar(value: float, name: str, **attrs: Any) -> xr.DataArray:
     return xr.DataArray(np.float64(value), name=name, attrs=attrs)
 
 
+def confidence_attrs(ds: xr.Dataset) -> dict[str, str]:
+    """Which confidences a calibration metric used, and which the model was trained to produce.
+
+    Every calibration metric here uses top-label **softmax** confidences of the logits. A run whose attributes say
+    ``confidence = "sigmoid"`` (a model trained with binary cross-entropy, e.g. timm's A1/A2/A3 recipes) was trained
+    for per-class sigmoid outputs, so its softmax calibration measures the softmax of a BCE model, not the
+    probabilities its training targeted; the ``confidence_note`` says so.
+    """
+    trained = str(ds.attrs.get("confidence", "softmax"))
+    out = {"confidence": "softmax", "trained_confidence": trained}
+    if trained != "softmax":
+        out["confidence_note"] = (f"the model was trained for {trained} outputs (loss {ds.attrs.get('loss', '?')!r}); "
+                                  "these are top-label softmax confidences of its logits")
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # public: per sample
 # ----------------------------------------------------------------------------------------------
@@ -245,7 +261,7 @@ def ece(ds: xr.Dataset, n_bins: int = 15, binning: str = "width", norm: str = "l
     t = _check_temperature(temperature)
     stats = _binned_stats(ds, n_bins, binning, t, "ece")
     return _scalar(calibration_error(stats, norm), "ece", n_bins=n_bins, binning=binning, norm=norm,
-                   temperature=t)
+                   temperature=t, **confidence_attrs(ds))
 
 
 def _binned_stats(ds: xr.Dataset, n_bins: int, binning: str, t: float, what: str) -> np.ndarray:
@@ -275,7 +291,7 @@ def signed_ece(ds: xr.Dataset, n_bins: int = 15, binning: str = "width", *, temp
     t = _check_temperature(temperature)
     stats = _binned_stats(ds, n_bins, binning, t, "signed_ece")
     return _scalar(calibration_error(stats, "signed"), "signed_ece", n_bins=n_bins, binning=binning,
-                   temperature=t)
+                   temperature=t, **confidence_attrs(ds))
 
 
 def classwise_ece(ds: xr.Dataset, n_bins: int = 15, norm: str = "l1", *, per_class: bool = False,
