@@ -252,12 +252,18 @@ def test_netcdf_dims_matched_by_name_and_outcomes_as_0_1(tmp_path, arrays):
     assert list(back.attack.values) == ["pgd"] and list(back.eps.values) == [0.0, 0.03]
 
 
-def test_run_table_is_read_as_text(tmp_path, arrays):
+def _two_npz(tmp_path, arrays):
+    """Two third-party dumps a.npz and b.npz of the same arrays."""
     files = []
     for name in ("a", "b"):
         np.savez(tmp_path / f"{name}.npz", features=arrays["features"], logits=arrays["logits"],
                  labels=arrays["labels"])
         files.append(tmp_path / f"{name}.npz")
+    return files
+
+
+def test_run_table_is_read_as_text(tmp_path, arrays):
+    files = _two_npz(tmp_path, arrays)
     (tmp_path / "runs.csv").write_text("file,run_id,regularizer,seed,strength,note,lr\n"
                                        "a.npz,007,NA,0,0,None,0.1\nb.npz,008,ce,1,1e-1,,0.01\n")
     rows = cg.adapters.read_run_table(tmp_path / "runs.csv")
@@ -272,11 +278,7 @@ def test_multi_run_import_is_all_or_nothing_under_a_held_lock(tmp_path, arrays):
     """Another process writing one of the runs: the import is refused before any run is published."""
     from causalgeom.store import store_lock
 
-    files = []
-    for name in ("a", "b"):
-        np.savez(tmp_path / f"{name}.npz", features=arrays["features"], logits=arrays["logits"],
-                 labels=arrays["labels"])
-        files.append(tmp_path / f"{name}.npz")
+    files = _two_npz(tmp_path, arrays)
     study = tmp_path / "s"
     study.mkdir()
     with store_lock(study / "b.zarr"):
@@ -289,11 +291,7 @@ def test_multi_run_import_is_all_or_nothing_under_a_held_lock(tmp_path, arrays):
 def test_failed_publish_leaves_the_study_as_it_was(tmp_path, arrays, monkeypatch):
     import causalgeom.store as st
 
-    files = []
-    for name in ("a", "b"):
-        np.savez(tmp_path / f"{name}.npz", features=arrays["features"], logits=arrays["logits"],
-                 labels=arrays["labels"])
-        files.append(tmp_path / f"{name}.npz")
+    files = _two_npz(tmp_path, arrays)
     study = tmp_path / "s"
     real, calls = st.save, []
 
