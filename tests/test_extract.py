@@ -521,3 +521,23 @@ def test_cli_extract(fake_training, capsys):
                  "--no-progress"]) == 2  # complete store, no --overwrite
     assert "already exists" in capsys.readouterr().err
     assert main(["extract", str(out), "--attack", "pgd:foo=1", "--no-progress"]) == 2
+
+
+def test_compressor_option_reaches_the_store(tmp_path):
+    """extract(compressor=...) writes the chosen codec (plus CRC32C); the default writes none; unknown names fail."""
+    import json as _json
+
+    x, y = make_data(40)
+
+    def codecs(path):
+        meta = _json.loads((path / "features" / "zarr.json").read_text())
+        return [c["name"] for c in meta["codecs"]]
+
+    plain = cg.extract(Net(), (x, y), tmp_path / "a.zarr", progress=False)
+    zstd = cg.extract(Net(), (x, y), tmp_path / "b.zarr", progress=False, compressor="zstd")
+    assert "zstd" not in codecs(plain) and "crc32c" in codecs(plain)
+    assert "zstd" in codecs(zstd) and "crc32c" in codecs(zstd)
+    xr.testing.assert_identical(loaded(plain).drop_attrs(), loaded(zstd).drop_attrs())  # same values, another codec
+    with pytest.raises(ConfigError, match="compressor"):
+        cg.extract(Net(), (x, y), tmp_path / "c.zarr", progress=False, compressor="gzip")
+    assert not (tmp_path / "c.zarr").exists()

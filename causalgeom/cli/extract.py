@@ -60,6 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--amp", choices=("off", "clean", "all"), default="off",
                    help="bf16 autocast: for the clean pass, or also attack passes (default: off)")
     p.add_argument("--save-adv", action="store_true", help="also store adv_features and adv_logits")
+    p.add_argument("--compressor", choices=("none", "blosc-lz4", "zstd"), default=None,
+                   help="chunk compressor of the store (default none: fastest reads, docs/benchmarks.md; CRC32C always)")
     p.add_argument("--shard", metavar="RANK/WORLD", help="fill only this share of the store, e.g. 0/2")
     p.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts (default 0)")
     p.add_argument("--overwrite", action="store_true", help="start over instead of refusing/resuming")
@@ -89,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     kwargs = dict(attacks=attacks, eps=eps, split=args.split, data_root=args.data_root, batch_size=args.batch_size,
                   device=args.device, amp={"off": False, "clean": True, "all": "all"}[args.amp],
                   save_adv=args.save_adv, shard=_shard(args.shard), generator=args.seed,
-                  mode="w" if args.overwrite else "w-", progress=not args.no_progress)
+                  mode="w" if args.overwrite else "w-", progress=not args.no_progress, compressor=args.compressor)
     if args.zoo or args.model:
         return _run_public(args, kwargs)
     if args.source is None:

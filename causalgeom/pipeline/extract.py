@@ -44,7 +44,7 @@ from ..errors import ConfigError, SchemaError, StoreError, StoreExistsError
 from .models import _Capture, _OutputCheck, find_head
 from .models import eval_mode as _eval_mode
 from ..dump.schema import SCHEMA_VERSION, RUN_ID_PATTERN, check_run_id, normalize_attrs, package_versions, validate
-from ..dump.store import encoding_for, is_complete, mark_complete, store_lock
+from ..dump.store import COMPRESSORS, DEFAULT_COMPRESSOR, encoding_for, is_complete, mark_complete, store_lock
 
 if TYPE_CHECKING:  # xarray is imported where a store is built
     import xarray as xr
@@ -246,7 +246,8 @@ def _prepare_store(path: Path, plan: dict[str, Any], build_template, mode: str) 
                     return
         ds = build_template()
         ds.to_zarr(path, mode="w-", compute=False, zarr_format=3, consolidated=False,
-                   encoding=encoding_for(ds, plan["sample_chunk"]), write_empty_chunks=True)
+                   encoding=encoding_for(ds, plan["sample_chunk"], plan["compressor"]),
+                   write_empty_chunks=True)
         (path / PROGRESS_DIR).mkdir(exist_ok=True)
         _write_json_atomic(path / PROGRESS_DIR / "plan.json", plan)
 
@@ -467,6 +468,7 @@ class ExtractConfig:
     generator: torch.Generator | int | None = None
     num_workers: int | None = None
     queue_size: int = 8
+    compressor: str | None = None
 
     @classmethod
     def from_options(cls, config: ExtractConfig | None = None, **options: Any) -> ExtractConfig:
@@ -493,6 +495,9 @@ class ExtractConfig:
             raise ConfigError("mode='w' cannot be combined with shard=: one shard would delete the others' work; "
                               "delete the store first and run every shard with mode='w-'")
         _amp_modes(self.amp)
+        if self.compressor is not None and self.compressor not in COMPRESSORS:
+            raise ConfigError(f"compressor: expected one of {list(COMPRESSORS)} (default {DEFAULT_COMPRESSOR!r}), "
+                              f"got {self.compressor!r}")
         for name in ("batch_size", "sample_chunk"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
@@ -643,6 +648,9 @@ def extract(model: nn.Module, data: Any, out: str | os.PathLike, config: Extract
         DataLoader workers (default: the DataLoader's, else 0).
     queue_size : int
         Batches waiting for the writer thread at most (bounds memory).
+    compressor : {"none", "blosc-lz4", "zstd"}, optional
+        Chunk compressor of the store (`causalgeom.store.COMPRESSORS`; default ``"none"``, the fastest to read,
+        docs/benchmarks.md); every chunk keeps its CRC32C checksum. Part of the plan: a resume must use the same.
 
     Returns
     -------
@@ -703,6 +711,7 @@ def extract(model: nn.Module, data: Any, out: str | os.PathLike, config: Extract
         "n_samples": n, "sample_chunk": chunk, "n_features": F_, "n_classes": K, "feature_layer": head_name,
         "attacks": [a.name for a in atks], "attack_params": full_attrs.get("attack_params"), "eps": grid,
         "save_adv": bool(save_adv), "head": _digest(W, b), "attack_seed": base_seed, "amp": [amp_clean, amp_attack],
+        "compressor": cfg.compressor or DEFAULT_COMPRESSOR,
         "attrs": {k: v for k, v in full_attrs.items() if k not in ("created", "versions")},
     })
 
