@@ -940,6 +940,16 @@ def _find_runs(runs_dir: Path) -> list[Path]:
     return sorted(p for p in base.iterdir() if p.is_dir() and (p / "DONE").exists())
 
 
+def already_extracted(target: Path, *, overwrite: bool, progress: bool, tag: str) -> bool:
+    """Whether a study's run store ``target`` is complete and must be kept (not ``overwrite``); says so on stderr."""
+    if overwrite or not is_complete(target):
+        return False
+    if progress:
+        print(f"[{tag}] {target.name[:-5] if target.name.endswith('.zarr') else target.name}: already extracted, "
+              "skipping", file=sys.stderr)
+    return True
+
+
 def extract_runs(runs_dir: str | os.PathLike, study_dir: str | os.PathLike | None = None, *, split: str = "test",
                  attacks: Any = _attacks.REFERENCE, eps: Any = None, data_root: str | os.PathLike | None = None,
                  run_ids: Sequence[str] | None = None, progress: bool = True, **kwargs: Any) -> list[Path]:
@@ -990,9 +1000,7 @@ def extract_runs(runs_dir: str | os.PathLike, study_dir: str | os.PathLike | Non
     overwrite = kwargs.get("mode") == "w"
     for i, run_dir in enumerate(runs):
         target = study / f"{run_dir.name}.zarr"
-        if not overwrite and is_complete(target):
-            if progress:
-                print(f"[extract] {run_dir.name}: already extracted, skipping", file=sys.stderr)
+        if already_extracted(target, overwrite=overwrite, progress=progress, tag="extract"):
             paths.append(target)
             continue
         model, config = _load(run_dir)

@@ -158,8 +158,7 @@ def extract_zoo(zoo: str | os.PathLike | Mapping[str, Any], data: str, out: str 
     """
     from . import models as _models
     from .data import open_eval_data
-    from .extract import extract
-    from ..dump.store import is_complete
+    from .extract import already_extracted, extract
 
     cfg = read_zoo(zoo) if not isinstance(zoo, Mapping) else zoo
     out = Path(out)
@@ -173,9 +172,7 @@ def extract_zoo(zoo: str | os.PathLike | Mapping[str, Any], data: str, out: str 
             control_arm = str(e["labels"].get("regularizer", e["id"]))
     for i, e in enumerate(cfg["models"]):
         target = out / f"{e['id']}.zarr"
-        if not overwrite and is_complete(target):
-            if progress:
-                print(f"[zoo] {e['id']}: already extracted, skipping", file=sys.stderr)
+        if already_extracted(target, overwrite=overwrite, progress=progress, tag="zoo"):
             paths.append(target)
             continue
         model, preprocess, info = _load_entry(e, download)

@@ -210,6 +210,27 @@ def run_moments(study: Any, columns: Sequence[str], *, run_ids: Sequence[str] | 
     return {r: _unpack(v, len(columns)) for r, v in zip(ids, values)}
 
 
+def _moment_gram(n: float, center: np.ndarray, comoment: np.ndarray) -> np.ndarray:
+    """Gram matrix of ``[1, x - a]`` over a run's rows from its count, mean offset ``center`` (= mean − a) and
+    comoment (sum of outer products about the mean), shape (1 + c, 1 + c)."""
+    c = center.shape[0]
+    G = np.empty((1 + c, 1 + c))
+    G[0, 0] = n
+    G[0, 1:] = G[1:, 0] = n * center
+    G[1:, 1:] = comoment + n * np.outer(center, center)
+    return G
+
+
+def _design_map(p: int, width: int, t: float, n_cols: int) -> np.ndarray:
+    """Linear map (p, width) from ``[1, columns]`` to the regressors ``[1, t, first n_cols columns, ...]``; the rows
+    after ``2 + n_cols`` (interaction and outcome blocks) are filled by the caller."""
+    B = np.zeros((p, width))
+    B[0, 0] = 1.0
+    B[1, 0] = t
+    B[2:2 + n_cols, 1:1 + n_cols] = np.eye(n_cols)
+    return B
+
+
 def _grams(design: Any, moments: list[RunMoments], t_run: np.ndarray, interaction: bool) -> np.ndarray:
     """Per-cluster Gram matrices of ``V = [1, T, Mc, Xc, (T Mc), Yc]`` from per-run moments (R, p, p).
 
@@ -225,15 +246,8 @@ def _grams(design: Any, moments: list[RunMoments], t_run: np.ndarray, interactio
     p = 2 + K + q + (K if interaction else 0) + L
     out = np.zeros((len(moments), p, p))
     for r, (m, t) in enumerate(zip(moments, t_run)):
-        d = m.mean - mu
-        Gz = np.empty((1 + c, 1 + c))
-        Gz[0, 0] = m.n
-        Gz[0, 1:] = Gz[1:, 0] = m.n * d
-        Gz[1:, 1:] = m.comoment + m.n * np.outer(d, d)
-        B = np.zeros((p, 1 + c))
-        B[0, 0] = 1.0
-        B[1, 0] = t
-        B[2:2 + K + q, 1:1 + K + q] = np.eye(K + q)
+        Gz = _moment_gram(m.n, m.mean - mu, m.comoment)
+        B = _design_map(p, 1 + c, t, K + q)
         row = 2 + K + q
         if interaction:
             B[row:row + K, 1:1 + K] = t * np.eye(K)
@@ -288,14 +302,8 @@ def _paired_grams(study: Any, kept: list[str], columns: list[str], K: int, q: in
     G = np.zeros((R, p, p))
     for r, (m, t) in enumerate(zip(moments, t_run)):
         c2 = c + 2 * K
-        Gz = np.empty((1 + c2, 1 + c2))
-        Gz[0, 0] = m.n
-        Gz[0, 1:] = Gz[1:, 0] = m.n * m.mean
-        Gz[1:, 1:] = m.comoment + m.n * np.outer(m.mean, m.mean)
-        B = np.zeros((p, 1 + c2))
-        B[0, 0] = 1.0
-        B[1, 0] = t
-        B[2:2 + K + q, 1:1 + K + q] = np.eye(K + q)
+        Gz = _moment_gram(m.n, m.mean, m.comoment)
+        B = _design_map(p, 1 + c2, t, K + q)
         row = 2 + K + q
         if interaction:
             for j in range(K):
