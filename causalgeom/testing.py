@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .errors import ConfigError
+from .errors import ConfigError, SchemaError
 from .dump.schema import from_arrays, validate
 
 __all__ = ["make_run", "make_study", "assert_valid_run", "SYNTHETIC_EPS"]
@@ -141,7 +141,6 @@ def assert_valid_run(run: xr.Dataset | str | os.PathLike, *, n: int | None = Non
         within its tolerance) are `causalgeom.schema.validate`'s; its `SchemaError` is turned into an
         AssertionError with the same message.
     """
-    from .errors import SchemaError
 
     if not isinstance(run, xr.Dataset):
         from .dump.store import is_complete, open as open_run

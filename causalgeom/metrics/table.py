@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import HeadMissingError, QueryError
+from .blocks import compute, raw, require_vars, sample_map
+from .kernels import FUSED_FIELDS, calibration_error, fused_block, width_bin_stats
 
 __all__ = ["study_frame", "run_table", "fused_run", "robust_column", "min_flip_column", "robust_acc_column",
            "robust_key", "ID_COLUMNS", "SAMPLE_COLUMNS", "RUN_COLUMNS"]
@@ -104,7 +106,6 @@ def fused_run(ds: Any, center: str = "minimal_loss", *, warn_missing_head: bool 
     Equal to `geometry.magnitude`, `geometry.cosine_to_center` and `calibration.per_sample` up to the order of
     floating-point sums (the same formulas on the same blocks; tests compare at rtol 1e-12).
     """
-    from .blocks import compute, require_vars
 
     require_vars(ds, ("features", "logits", "label"), "fused_run")
     out = _fused_lazy(ds, center, warn_missing_head)
@@ -128,8 +129,6 @@ def _one_blas_thread() -> Any:
 def _fused_lazy(ds: Any, center: str, warn_missing_head: bool) -> Any:
     """The fused pass of ``ds`` as an (n_samples, len(FUSED_FIELDS)) array (lazy on dask-backed runs)."""
     from . import geometry
-    from .blocks import raw, sample_map
-    from .kernels import FUSED_FIELDS, fused_block
 
     try:
         C = np.asarray(geometry.class_centers(ds, kind=center).values, dtype=np.float64)
@@ -145,7 +144,6 @@ def _fused_lazy(ds: Any, center: str, warn_missing_head: bool) -> Any:
 
 
 def _fused_columns(arr: np.ndarray, d: int) -> dict[str, np.ndarray]:
-    from .kernels import FUSED_FIELDS
 
     cols = {name: arr[:, i] for i, name in enumerate(FUSED_FIELDS)}
     cols["rms"] = cols["norm"] / np.sqrt(d)
@@ -172,7 +170,6 @@ def run_table(ds: Any, *, attack: str | Sequence[str] | None = None, eps: float 
     pandas.DataFrame, shape (n_samples, n_columns)
     """
     from . import robustness
-    from .blocks import compute, require_vars
 
     require_vars(ds, ("features", "logits", "label"), "the analysis table")
     n = int(ds.sizes["sample"])
@@ -317,7 +314,6 @@ def _aggregate(df: pd.DataFrame) -> pd.DataFrame:
     row["accuracy"] = float(df["correct"].mean())
     # 15 equal-width bins from the per-sample columns already in memory (no second read of the logits);
     # the same bin statistics as calibration.ece / signed_ece, summed in one piece instead of per chunk.
-    from .kernels import calibration_error, width_bin_stats
 
     stats = width_bin_stats(df["confidence"].to_numpy(float), df["correct"].to_numpy(float), 15)
     row["ece"] = calibration_error(stats, "l1")
