@@ -80,53 +80,78 @@ def _sample_columns(ds: Any) -> list[str]:
     return cols
 
 
-def _lazy_column(ds: Any, name: str, cache: dict[str, Any], center: str) -> Any:
-    """The study-table column ``name`` of run ``ds`` as a dask array (n,) float64 over the store's chunks."""
+#: Study-table columns taken from the fused pass (`causalgeom.metrics.table._fused_lazy`), by their formula there.
+_FUSED_COLUMNS = ("norm", "rms", "cos_true", "cos_pred", "confidence", "correct", "overconfidence", "nll", "brier")
+
+
+def _run_columns(ds: Any, columns: Sequence[str], center: str) -> Any:
+    """The study-table columns ``columns`` of run ``ds`` as one dask array (n_samples, len(columns)) float64.
+
+    Every geometry and calibration column comes from the fused pass (`causalgeom.metrics.table._fused_lazy`:
+    one task per sample chunk reads that chunk of ``features``, ``logits`` and ``label`` once); the columns are
+    slices of its blocks, so a graph that uses several of them still reads each chunk once. ``rms`` = norm /
+    sqrt(d) and ``overconfidence`` = confidence − correct, as in `causalgeom.metrics.table.run_table`.
+    """
     import dask.array as da
 
-    from ..metrics import calibration, geometry, robustness
     from ..errors import HeadMissingError
-    from ..metrics.table import _strings, min_flip_column, robust_column
+    from ..metrics.kernels import FUSED_FIELDS
+    from ..metrics.table import _fused_lazy, _strings, min_flip_column, robust_column
+
+    ref = ds["label"].data
+    sample_chunks = ref.chunks[0] if isinstance(ref, da.Array) else (int(ds.sizes["sample"]),)
 
     def lazy(x: Any) -> Any:
-        data = x.data
+        data = x.data if hasattr(x, "data") else x
         if not isinstance(data, da.Array):
-            data = da.from_array(np.asarray(data), chunks=ds["label"].data.chunks
-                                 if isinstance(ds["label"].data, da.Array) else -1)
+            data = da.from_array(np.asarray(data), chunks=(sample_chunks,) + tuple(-1 for _ in np.shape(data)[1:]))
         return data.astype(np.float64)
 
-    if name in ("norm", "rms"):
-        cache.setdefault("mag", geometry.magnitude(ds))
-        return lazy(cache["mag"][name])
-    if name in ("cos_true", "cos_pred"):
-        if "cos" not in cache:
+    fused: list[Any] = []  # built on first use: a run without attack columns asked only for them needs no read
+
+    def field(name: str) -> Any:
+        if not fused:
             try:
-                cache["cos"] = geometry.cosine_to_center(ds, kind=center)
+                fused.append(lazy(_fused_lazy(ds, center, warn_missing_head=False)))
             except HeadMissingError:
-                raise QueryError(f"column {name!r}: run {ds.attrs.get('run_id')!r} has no head_weight, which "
-                                 f"center={center!r} needs; use center='mean'") from None
-        return lazy(cache["cos"][name])
-    if name in ("confidence", "correct", "overconfidence", "nll", "brier"):
-        cache.setdefault("cal", calibration.per_sample(ds))
-        return lazy(cache["cal"][name])
-    if name == "label":
-        return lazy(ds["label"])
-    if name in _RUN_LEVEL:
-        value = _run_value(ds.attrs, name)
-        ref = lazy(ds["label"])
-        return da.full(ref.shape, np.nan if value is None else float(value), chunks=ref.chunks, dtype=np.float64)
-    if "adv_correct" in ds.variables:
-        attacks = _strings(ds["attack"].values)
-        eps = np.asarray(ds["eps"].values, dtype=float)
-        for i, a in enumerate(attacks):
-            if name == min_flip_column(a):
-                cache.setdefault("flip", robustness.min_flip_eps(ds))
-                return lazy(cache["flip"].isel(attack=i))
-            for j, e in enumerate(eps):
-                if name == robust_column(a, e):
-                    return lazy(ds["adv_correct"].isel(attack=i, eps=j))
-    raise QueryError(f"column {name!r} is not a per-sample column of run {ds.attrs.get('run_id')!r}; available: "
-                     f"{_sample_columns(ds) + list(_RUN_LEVEL)}")
+                raise QueryError(f"columns {list(columns)}: run {ds.attrs.get('run_id')!r} has no head_weight, "
+                                 f"which center={center!r} needs for the cosines; use center='mean'") from None
+        return fused[0][:, FUSED_FIELDS.index(name)]
+
+    out = []
+    flip = None
+    for name in columns:
+        if name == "rms":
+            out.append(field("norm") / np.sqrt(float(ds.sizes["feature"])))
+        elif name == "overconfidence":
+            out.append(field("confidence") - field("correct"))
+        elif name in _FUSED_COLUMNS:
+            out.append(field(name))
+        elif name == "label":
+            out.append(lazy(ds["label"]))
+        elif name in _RUN_LEVEL:
+            value = _run_value(ds.attrs, name)
+            out.append(da.full((int(ds.sizes["sample"]),), np.nan if value is None else float(value),
+                               chunks=sample_chunks, dtype=np.float64))
+        else:
+            col = None
+            if "adv_correct" in ds.variables:
+                from ..metrics import robustness
+
+                attacks = _strings(ds["attack"].values)
+                eps = np.asarray(ds["eps"].values, dtype=float)
+                for i, a in enumerate(attacks):
+                    if name == min_flip_column(a):
+                        flip = robustness.min_flip_eps(ds) if flip is None else flip
+                        col = lazy(flip.isel(attack=i))
+                    for j, e in enumerate(eps):
+                        if name == robust_column(a, e):
+                            col = lazy(ds["adv_correct"].isel(attack=i, eps=j))
+            if col is None:
+                raise QueryError(f"column {name!r} is not a per-sample column of run {ds.attrs.get('run_id')!r}; "
+                                 f"available: {_sample_columns(ds) + list(_RUN_LEVEL)}")
+            out.append(col)
+    return da.stack([c.rechunk({0: sample_chunks}) for c in out], axis=1).rechunk({1: -1})
 
 
 def _run_value(attrs: Mapping[str, Any], name: str) -> Any:
@@ -147,14 +172,15 @@ def _as_study(study: Any) -> Any:
     raise QueryError(f"study: expected a causalgeom Study or a study folder, got {type(study).__name__}")
 
 
-def _lazy_moments(ds: Any, columns: Sequence[str], center: str) -> Any:
-    """Delayed sufficient statistics of ``columns`` of one run: one task per Zarr chunk, then a tree."""
-    import dask
-    import dask.array as da
+def _lazy_moments(ds: Any, columns: Sequence[str], center: str, stacked: Any = None) -> Any:
+    """Delayed sufficient statistics of ``columns`` of one run: one task per Zarr chunk, then a tree.
 
-    cache: dict[str, Any] = {}
-    cols = [_lazy_column(ds, c, cache, center) for c in columns]
-    stacked = da.stack(cols, axis=1).rechunk({1: -1})
+    ``stacked``: the run's `_run_columns` array when the caller shares it with another reduction of the same pass.
+    """
+    import dask
+
+    if stacked is None:
+        stacked = _run_columns(ds, columns, center)
     block = dask.delayed(_moments_block, pure=True)
     return _tree([block(b) for b in stacked.to_delayed().ravel()])
 
@@ -257,36 +283,42 @@ def _grams(design: Any, moments: list[RunMoments], t_run: np.ndarray, interactio
     return out
 
 
-def _paired_grams(study: Any, kept: list[str], columns: list[str], K: int, q: int, t_run: np.ndarray,
-                  interaction: bool, center: str) -> tuple[np.ndarray | None, str]:
-    """Per-run Gram matrices of the within-image demeaned rows, from two more passes over the chunks.
-
-    Pass 1 sums every column (and ``t_r M``) over the runs, image by image (an ``n_images × c`` accumulator);
-    pass 2 takes, per run, the moments of ``[w - mean_i(w), M, mean_i(t M)]``; the Gram matrix of
-    ``V = [1, T, M~, X~, (T Mc)~, Y~]`` (as in `LinearMediation` with image fixed effects) is a linear map of
-    them. Returns ``(None, reason)`` when the runs do not hold the same sample ids in the same order.
-    """
-    import dask
-    import dask.array as da
-
-    runs = [study[r] for r in kept]
+def _pairing_problem(runs: list[Any]) -> str | None:
+    """Why ``runs`` cannot be paired by image (None when every run holds the same sample ids in the same order)."""
     ids = [np.asarray(ds["sample"].values) if "sample" in ds.coords else np.arange(int(ds.sizes["sample"]))
            for ds in runs]
     if any(i.shape != ids[0].shape or not np.array_equal(i, ids[0]) for i in ids[1:]):
-        return None, "the runs did not score the same sample ids in the same order"
+        return "the runs did not score the same sample ids in the same order"
     if np.unique(ids[0]).size != ids[0].size:
-        return None, "sample ids repeat within a run"
-    R, n_img, c = len(runs), int(ids[0].size), len(columns)
-    W = []
-    for ds in runs:
-        cache: dict[str, Any] = {}
-        W.append(da.stack([_lazy_column(ds, col, cache, center) for col in columns], axis=1).rechunk({1: -1}))
+        return "sample ids repeat within a run"
+    return None
+
+
+def _image_means(W: list[Any], K: int, t_run: np.ndarray) -> tuple[Any, Any]:
+    """Lazy per-image means over the runs of the columns (n_images, c) and of ``t_r M`` (n_images, K)."""
+    R = len(W)
     total = W[0]
     tm = W[0][:, :K] * t_run[0]
     for r in range(1, R):
         total = total + W[r]
         tm = tm + W[r][:, :K] * t_run[r]
-    wbar, qbar = dask.compute(total / R, tm / R)
+    return total / R, tm / R
+
+
+def _paired_grams(W: list[Any], wbar: np.ndarray, qbar: np.ndarray, K: int, q: int, t_run: np.ndarray,
+                  interaction: bool) -> tuple[np.ndarray, str]:
+    """Per-run Gram matrices of the within-image demeaned rows, from one more pass over the chunks.
+
+    ``W``: each run's `_run_columns` (n_images, c); ``wbar`` / ``qbar``: the per-image means over the runs of
+    the columns and of ``t_r M`` (`_image_means`, computed in the pass that also gives the runs' moments).
+    This pass takes, per run, the moments of ``[w - mean_i(w), M, mean_i(t M)]``; the Gram matrix of
+    ``V = [1, T, M~, X~, (T Mc)~, Y~]`` (as in `LinearMediation` with image fixed effects) is a linear map of
+    them.
+    """
+    import dask
+    import dask.array as da
+
+    R, n_img, c = len(W), int(wbar.shape[0]), int(wbar.shape[1])
     lazy = []
     block = dask.delayed(_moments_block, pure=True)
     for r in range(R):
@@ -345,8 +377,10 @@ def mediate_study(study: Any, *, treatment: str, mediators: str | Sequence[str],
         (``bootstrap="cluster"`` only: the other schemes need the rows).
     paired_by : {"auto", "sample"} or None
         As in ``mediate``: image fixed effects by within-image demeaning when every run holds the same
-        sample ids (in the same order), from two more passes over the chunks (per-image sums over the
-        runs, an ``n_images × columns`` accumulator, then each run's moments about those image means).
+        sample ids (in the same order), from two passes over the chunks (the first gives each run's moments and
+        the per-image sums over the runs, an ``n_images × columns`` accumulator; the second each run's moments
+        about those image means); unpaired, one pass. Every pass reads each chunk of ``features`` and
+        ``logits`` once (the fused per-sample pass, `causalgeom.metrics.table.fused_run`).
         ``"sample"`` raises `QueryError` when the runs cannot be paired; None turns it off. The Mundlak
         table and the overlap check need the rows and are left empty.
     estimand : {"auto", "runs"}
@@ -418,8 +452,19 @@ def mediate_study(study: Any, *, treatment: str, mediators: str | Sequence[str],
     t_run = np.empty(len(kept))
     t_run[meta.codes] = meta.T
     columns = list(meta.mediators) + list(meta.covariates) + list(meta.outcomes)
-    mom = run_moments(study, columns, run_ids=kept, center=center)
-    moments = [mom[r] for r in kept]
+    # pass 1 over each run's chunks: its moments and, when the runs are paired by image, the per-image means over
+    # the runs (one read of every chunk serves both); pass 2 (paired only): the moments about the image means
+    import dask
+
+    W = [_run_columns(runs[r], columns, center) for r in kept]
+    lazy = [_lazy_moments(runs[r], columns, center, stacked=w) for r, w in zip(kept, W)]
+    pairing = None if paired_by is None else _pairing_problem([runs[r] for r in kept])
+    wbar = qbar = None
+    if paired_by is not None and pairing is None:
+        wbar, qbar, *values = dask.compute(*_image_means(W, len(meta.mediators), t_run), *lazy)
+    else:
+        values = dask.compute(*lazy)
+    moments = [_unpack(v, len(columns)) for v in values]
     roles = (["mediator"] * len(meta.mediators) + ["covariate"] * len(meta.covariates)
              + ["outcome"] * len(meta.outcomes))
     n_rows = sum(m.n for m in moments)
@@ -441,11 +486,12 @@ def mediate_study(study: Any, *, treatment: str, mediators: str | Sequence[str],
         run_names=meta.cluster_names, run_T=meta.run_T, estimand="runs", design_text="unpaired: paired_by=None")
     G = None
     if paired_by is not None:
-        G, text = _paired_grams(study, kept, columns, K, q, t_run, interaction, center)
-        if G is None and paired_by == "sample":
-            raise QueryError(f"paired_by='sample': the runs cannot be paired by image: {text}; use paired_by=None "
-                             "for an unpaired analysis")
-        design.design_text = text if G is not None else f"unpaired: {text}"
+        if pairing is not None and paired_by == "sample":
+            raise QueryError(f"paired_by='sample': the runs cannot be paired by image: {pairing}; use "
+                             "paired_by=None for an unpaired analysis")
+        if pairing is None:
+            G, text = _paired_grams(W, np.asarray(wbar), np.asarray(qbar), K, q, t_run, interaction)
+        design.design_text = text if G is not None else f"unpaired: {pairing}"
     paired = G is not None
     if paired and interaction and inference == "permutation":
         raise QueryError("inference='permutation' with paired runs and interaction=True refits per relabeling and "

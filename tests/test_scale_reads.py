@@ -1,0 +1,132 @@
+"""The out-of-core analysis (`run_moments`, `mediate_study`) reads each chunk of a run's features once per pass.
+
+Reads are counted on the Zarr LocalStore (as for ``Study.to_frame`` in tests/test_fused.py); the computation runs
+in this process (dask's threaded scheduler), where the counter sees every read. The values are checked against the
+in-memory study table (`causalgeom.table.run_table`, itself checked against outside references in test_fused).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import dask
+import numpy as np
+import pytest
+
+import causalgeom as cg
+from causalgeom import distributed, table
+from causalgeom.errors import QueryError
+
+from .conftest import make_run
+
+pytestmark = pytest.mark.filterwarnings("ignore::causalgeom.causal.FewClustersWarning")
+
+N, CHUNK = 300, 64  # ceil(300 / 64) = 5 sample chunks per run
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    st = cg.open_study(tmp_path_factory.mktemp("reads") / "study", create=True)
+    for i in range(4):
+        reg = "ce" if i % 2 == 0 else "label_smoothing"
+        ds = make_run(n=N, d=8, k=4, seed=i, run_id=f"r{i}", scale=1.0 if reg == "ce" else 0.7, regularizer=reg,
+                      strength=0.0 if reg == "ce" else 0.1)
+        cg.save(ds, st.run_path(f"r{i}"), sample_chunk=CHUNK)
+    for rid in st.run_ids:  # the first open verifies the checksums (reads every file); not counted
+        st[rid]
+    return st
+
+
+class _ReadCounter:
+    """Counts chunk reads by (store, variable, chunk): through Zarr's LocalStore and through the direct chunk-file
+    reader of the fused pass (`causalgeom.dump.chunks.ChunkReader`, when the lead's fast path is present)."""
+
+    def __init__(self, monkeypatch):
+        import zarr.storage
+
+        self.keys: Counter[str] = Counter()
+        counter = self
+        orig_get = zarr.storage.LocalStore.get
+        orig_partial = zarr.storage.LocalStore.get_partial_values
+
+        async def get(self, key, *args, **kwargs):
+            counter.keys[f"{self.root.name}/{key}"] += 1
+            return await orig_get(self, key, *args, **kwargs)
+
+        async def get_partial_values(self, prototype, key_ranges):
+            key_ranges = list(key_ranges)
+            for key, _ in key_ranges:
+                counter.keys[f"{self.root.name}/{key}"] += 1
+            return await orig_partial(self, prototype, key_ranges)
+
+        monkeypatch.setattr(zarr.storage.LocalStore, "get", get)
+        monkeypatch.setattr(zarr.storage.LocalStore, "get_partial_values", get_partial_values)
+        try:
+            from causalgeom.dump.chunks import ChunkReader
+        except ImportError:  # no direct reader: every read goes through Zarr
+            return
+        orig_read = ChunkReader.read
+
+        def read(self, i):
+            key = "/".join(["c", str(i)] + ["0"] * (len(self.shape) - 1))
+            counter.keys[f"{self.path.parent.name}/{self.path.name}/{key}"] += 1
+            return orig_read(self, i)
+
+        monkeypatch.setattr(ChunkReader, "read", read)
+
+    def chunks(self, var: str) -> Counter[str]:
+        return Counter({k: v for k, v in self.keys.items() if f"/{var}/c" in k})
+
+
+def _per_chunk(reads: _ReadCounter, var: str) -> set[int]:
+    got = reads.chunks(var)
+    assert len(got) == 4 * 5, sorted(got)  # every chunk of every run was read
+    return set(got.values())
+
+
+COLS = ["norm", "rms", "cos_true", "cos_pred", "confidence", "correct", "overconfidence", "nll", "brier"]
+
+
+def test_run_moments_reads_each_chunk_once_and_matches_the_table(study, monkeypatch):
+    reads = _ReadCounter(monkeypatch)
+    with dask.config.set(scheduler="threads"):
+        mom = distributed.run_moments(study, COLS)
+    assert _per_chunk(reads, "features") == {1}
+    assert _per_chunk(reads, "logits") == {1}
+    for rid in study.run_ids:
+        x = table.run_table(study[rid])[COLS].to_numpy(float)
+        m = mom[rid]
+        assert m.n == N and not m.nonfinite.any()
+        # chunked pairwise (Chan et al.) vs one-shot sums of the same float64 values: summation order only
+        np.testing.assert_allclose(m.mean, x.mean(0), rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(m.comoment, (x - x.mean(0)).T @ (x - x.mean(0)), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("paired_by, passes", [(None, 1), ("sample", 2)])
+def test_mediate_study_reads_each_chunk_once_per_pass(study, monkeypatch, paired_by, passes):
+    kw = dict(treatment="regularizer", mediators=["rms", "cos_true"], outcome=["overconfidence", "nll"], n_boot=0,
+              rng=0, paired_by=paired_by)
+    reads = _ReadCounter(monkeypatch)
+    with dask.config.set(scheduler="threads"):
+        res = distributed.mediate_study(study, **kw)
+    # unpaired: one pass; paired: the runs' moments share the image-mean pass, then the demeaned moments
+    assert _per_chunk(reads, "features") == {passes}
+    assert _per_chunk(reads, "logits") == {passes}
+    monkeypatch.undo()
+    with dask.config.set(scheduler="threads"):
+        ref = cg.causal.mediate(study.to_frame(progress=False), **kw)
+    assert res.design == ref.design
+    # per-run moments vs the rows' regression: floating-point summation order only
+    np.testing.assert_allclose(res.summary()["estimate"].to_numpy(), ref.summary()["estimate"].to_numpy(),
+                               rtol=1e-8, atol=1e-10)
+
+
+def test_missing_head_is_a_query_error(tmp_path):
+    st = cg.open_study(tmp_path / "study", create=True)
+    ds = make_run(n=50, d=4, k=3, seed=0, run_id="nohead", regularizer="ce", strength=0.0)
+    cg.save(ds.drop_vars(["head_weight", "head_bias"]), st.run_path("nohead"), sample_chunk=25)
+    with pytest.raises(QueryError, match="'nohead' has no head_weight, which center='minimal_loss' needs"):
+        distributed.run_moments(st, ["cos_true"])
+    mom = distributed.run_moments(st, ["norm"], center="mean")["nohead"]  # mean centers need no head
+    np.testing.assert_allclose(mom.mean[0], np.linalg.norm(ds["features"].values.astype(float), axis=1).mean(),
+                               rtol=1e-12)
