@@ -62,6 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--save-adv", action="store_true", help="also store adv_features and adv_logits")
     p.add_argument("--compressor", choices=("none", "blosc-lz4", "zstd"), default=None,
                    help="chunk compressor of the store (default none: fastest reads, docs/benchmarks.md; CRC32C always)")
+    p.add_argument("--features-dtype", choices=("float32", "float16", "bfloat16"), default=None,
+                   help="precision of the stored features (default float32); half precision halves their bytes, "
+                        "error bound on rms/cosine in docs/methods_metrics.md; float16 refuses |h| >= 65520")
     p.add_argument("--shard", metavar="RANK/WORLD", help="fill only this share of the store, e.g. 0/2")
     p.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts (default 0)")
     p.add_argument("--overwrite", action="store_true", help="start over instead of refusing/resuming")
@@ -92,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
                   device=args.device, amp={"off": False, "clean": True, "all": "all"}[args.amp],
                   save_adv=args.save_adv, shard=_shard(args.shard), generator=args.seed,
                   mode="w" if args.overwrite else "w-", progress=not args.no_progress, compressor=args.compressor)
+    if args.features_dtype is not None:  # absent: float32 for new stores, complete ones kept whatever they hold
+        kwargs["features_dtype"] = args.features_dtype
     if args.zoo or args.model:
         return _run_public(args, kwargs)
     if args.source is None:

@@ -31,6 +31,12 @@ __all__ = [
     "require_head",
     "normalize_attrs",
     "check_run_id",
+    "FEATURES_DTYPES",
+    "ENCODED_DTYPE_ATTR",
+    "STORED_DTYPE_ATTR",
+    "UNIT_ROUNDOFF",
+    "features_storage",
+    "bfloat16_bits_to_float32",
 ]
 
 SCHEMA_VERSION = 1
@@ -39,6 +45,22 @@ SUPPORTED_SCHEMA_VERSIONS = (1,)
 #: Default tolerance of the check ``|logits - (features @ W.T + b)| <= LOGITS_ATOL + LOGITS_RTOL * max|logits|``.
 LOGITS_RTOL = 1e-3
 LOGITS_ATOL = 1e-4
+
+#: Precisions ``features`` may be stored at (``extract(features_dtype=...)``). float32 and float16 are plain Zarr
+#: arrays; Zarr 3 has no bfloat16, so bfloat16 features are stored as their uint16 bit patterns with the variable
+#: attribute ``encoded_dtype = "bfloat16"`` (`ENCODED_DTYPE_ATTR`). Every half-precision store's ``features`` also
+#: carries ``stored_dtype`` (`STORED_DTYPE_ATTR`: ``"float16"`` or ``"bfloat16"``); `causalgeom.open` decodes both to
+#: float32 (exactly) and keeps ``stored_dtype`` on the decoded variable. No ``stored_dtype``: stored as float32.
+FEATURES_DTYPES = ("float32", "float16", "bfloat16")
+#: Variable attribute of ``features`` naming the dtype its integer bit patterns encode (only ``"bfloat16"``).
+ENCODED_DTYPE_ATTR = "encoded_dtype"
+#: Variable attribute of ``features`` naming the precision it was stored at (only for half precision).
+STORED_DTYPE_ATTR = "stored_dtype"
+#: Unit roundoff u of round-to-nearest storage (relative error of a coordinate in the normal range is <= u):
+#: 2^-p for p significant bits (float16: 11, bfloat16: 8); docs/methods_metrics.md, "Half-precision features".
+UNIT_ROUNDOFF = {"float32": 2.0 ** -24, "float16": 2.0 ** -11, "bfloat16": 2.0 ** -8}
+#: Largest absolute rounding error below the normal range (half the spacing of the subnormals).
+_SUBNORMAL_ERROR = {"float32": 2.0 ** -150, "float16": 2.0 ** -25, "bfloat16": 2.0 ** -134}
 
 #: run ids become folder names: letters, digits, ``.``, ``_``, ``-``; no leading dot.
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
@@ -160,6 +182,77 @@ def _dtype_ok(arr: xr.DataArray, expected: str) -> bool:
     return np.dtype(arr.dtype) == np.dtype(expected)
 
 
+def features_storage(arr: xr.DataArray) -> str:
+    """The precision a ``features`` variable holds: ``"float32"``, ``"float16"`` or ``"bfloat16"``.
+
+    A raw store array says it by its dtype (float32, float16) or by ``encoded_dtype = "bfloat16"`` on uint16 bit
+    patterns; a decoded one (float32 from `causalgeom.open`) by its ``stored_dtype`` attribute.
+
+    Parameters
+    ----------
+    arr : xarray.DataArray
+        The ``features`` variable, shape (sample, feature).
+
+    Raises
+    ------
+    SchemaError
+        Any other dtype, or an ``encoded_dtype`` / ``stored_dtype`` attribute that disagrees with the dtype.
+    """
+    dtype = np.dtype(arr.dtype)
+    encoded = arr.attrs.get(ENCODED_DTYPE_ATTR)
+    stored = arr.attrs.get(STORED_DTYPE_ATTR)
+    allowed = ("float32, float16, or uint16 bit patterns of bfloat16 with the attribute "
+               f"{ENCODED_DTYPE_ATTR}='bfloat16'")
+    if encoded is not None:
+        if encoded != "bfloat16" or dtype != np.uint16:
+            raise SchemaError(f"variable 'features': attribute {ENCODED_DTYPE_ATTR}={encoded!r} on dtype {dtype}; "
+                              f"expected {allowed}")
+        return "bfloat16"
+    if dtype == np.float16:
+        return "float16"
+    if dtype == np.float32:
+        if stored is None:
+            return "float32"
+        if stored not in FEATURES_DTYPES:
+            raise SchemaError(f"variable 'features': attribute {STORED_DTYPE_ATTR}={stored!r}; expected one of "
+                              f"{list(FEATURES_DTYPES)}")
+        return str(stored)
+    raise SchemaError(f"variable 'features': expected dtype {allowed}; got {dtype}")
+
+
+def bfloat16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
+    """Decode bfloat16 bit patterns (uint16) to float32, exactly: ``(bits.astype(uint32) << 16).view(float32)``.
+
+    bfloat16 is the upper half of a float32 (1 sign, 8 exponent, 7 mantissa bits), so every value, inf and NaN
+    maps to the float32 with the same upper 16 bits and zero lower bits.
+
+    Parameters
+    ----------
+    bits : ndarray of uint16, any shape
+
+    Returns
+    -------
+    ndarray of float32, same shape
+    """
+    bits = np.asarray(bits)
+    if bits.dtype != np.uint16:
+        raise SchemaError(f"variable 'features': bfloat16 bit patterns must be uint16, got {bits.dtype}")
+    return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+def _decoded_features(ds: xr.Dataset) -> tuple[Any, str]:
+    """``features`` as float32 data (dask or numpy, decoded lazily) and the precision it holds."""
+    arr = ds["features"]
+    kind = features_storage(arr)
+    data = arr.data
+    if np.dtype(arr.dtype) == np.uint16:
+        data = data.map_blocks(bfloat16_bits_to_float32, dtype=np.float32) if hasattr(data, "map_blocks") \
+            else bfloat16_bits_to_float32(data)
+    elif np.dtype(arr.dtype) == np.float16:
+        data = data.astype(np.float32)
+    return data, kind
+
+
 def validate(ds: xr.Dataset, *, check_values: bool = True, logits_rtol: float | None = None,
              logits_atol: float | None = None) -> xr.Dataset:
     """Check ``ds`` against schema v1 and return it unchanged.
@@ -224,7 +317,9 @@ def validate(ds: xr.Dataset, *, check_values: bool = True, logits_rtol: float | 
                 detail.append("dims in the wrong order")
             raise SchemaError(f"variable {name!r}: expected dims {spec.dims}, got {tuple(arr.dims)} "
                               f"({'; '.join(detail)})")
-        if not _dtype_ok(arr, spec.dtype):
+        if name == "features":
+            features_storage(arr)
+        elif not _dtype_ok(arr, spec.dtype):
             raise SchemaError(f"variable {name!r}: expected dtype {spec.dtype}, got {arr.dtype}")
     if "head_bias" in ds.data_vars and "head_weight" not in ds.data_vars:
         raise SchemaError("variable 'head_bias' is present without 'head_weight'")
@@ -261,20 +356,25 @@ def _check_values(ds: xr.Dataset, rtol: float | None, atol: float | None) -> Non
 
     K = ds.sizes["class"]
     checks: dict[str, Any] = {}
+    f, kind = _decoded_features(ds)
     for name, spec in VARIABLES.items():
         if spec.finite and name in ds.data_vars:
-            checks[f"nonfinite:{name}"] = (~np.isfinite(ds[name].data)).sum()
+            checks[f"nonfinite:{name}"] = (~np.isfinite(f if name == "features" else ds[name].data)).sum()
     lab = ds["label"].data
     checks["label_min"] = lab.min()
     checks["label_max"] = lab.max()
     if "head_weight" in ds.data_vars:
         W = ds["head_weight"].data
         b = ds["head_bias"].data if "head_bias" in ds.data_vars else 0.0
-        f = ds["features"].data
         lg = ds["logits"].data
         recon = f.astype(np.float64) @ W.astype(np.float64).T + (b.astype(np.float64) if not isinstance(b, float) else b)
         checks["logit_dev"] = abs(lg.astype(np.float64) - recon).max()
         checks["logit_max"] = abs(lg.astype(np.float64)).max()
+        if kind != "float32":
+            # logits came from the float32 features; the stored ones are rounded: |f - f~| <= u/(1-u) |f~| + eta
+            absW = abs(W.astype(np.float64))
+            checks["logit_rounding"] = (abs(f.astype(np.float64)) @ absW.T).max()
+            checks["head_abs_rowsum"] = absW.sum(axis=1).max()
     (vals,) = dask.compute(checks)
     for key, value in vals.items():
         if key.startswith("nonfinite:") and int(value) > 0:
@@ -289,11 +389,17 @@ def _check_values(ds: xr.Dataset, rtol: float | None, atol: float | None) -> Non
         atol = float(ds.attrs.get("logits_atol", LOGITS_ATOL)) if atol is None else atol
         dev, scale = float(vals["logit_dev"]), float(vals["logit_max"])
         tol = atol + rtol * scale
+        rounding = ""
+        if "logit_rounding" in vals:
+            u = UNIT_ROUNDOFF[kind]
+            extra = u / (1 - u) * float(vals["logit_rounding"]) + _SUBNORMAL_ERROR[kind] * float(vals["head_abs_rowsum"])
+            tol += extra
+            rounding = f" + {kind} storage of the features {extra:.6g}"
         if not dev <= tol:
             raise SchemaError(
                 f"variable 'logits': inconsistent with features @ head_weight.T + head_bias: max "
                 f"deviation {dev:.6g} > tolerance {tol:.6g} (atol={atol:g} + rtol={rtol:g} * "
-                f"max|logits|={scale:.6g})")
+                f"max|logits|={scale:.6g}{rounding})")
 
 
 def _as_numpy(x: Any, name: str) -> np.ndarray:

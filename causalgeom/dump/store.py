@@ -26,7 +26,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from ..errors import ConfigError, IncompleteStoreError, SchemaError, StoreError, StoreExistsError
 from .._util.io import file_lock
-from .schema import validate
+from .schema import ENCODED_DTYPE_ATTR, STORED_DTYPE_ATTR, _decoded_features, features_storage, validate
 
 __all__ = [
     "COMPLETE_ATTR",
@@ -45,6 +45,8 @@ __all__ = [
     "check_store",
     "has_manifest",
     "MANIFEST_VERSION",
+    "decode_features",
+    "stored_features_dtype",
 ]
 
 COMPLETE_ATTR = "causalgeom_complete"
@@ -193,6 +195,10 @@ def save(ds: xr.Dataset, path: str | os.PathLike, *, mode: str = "w-", sample_ch
             out.attrs.pop(COMPLETE_ATTR, None)
             for var in out.variables.values():
                 var.encoding = {}
+            if "features" in out.data_vars and out["features"].dtype == np.float32:
+                # written as float32: the decoded store's note on its half-precision storage no longer applies
+                out["features"].attrs.pop(STORED_DTYPE_ATTR, None)
+                out["features"].attrs.pop(ENCODED_DTYPE_ATTR, None)
             if any(v.chunks for v in out.variables.values()):
                 out = out.chunk({"sample": chunk})
             # write_empty_chunks: a chunk equal to the fill value (all-False adv_correct, all-zero labels)
@@ -578,6 +584,10 @@ def open(path: str | os.PathLike, *, verify: bool | str = "auto", check_values: 
     except Exception as exc:  # noqa: BLE001
         raise StoreError(f"cannot open {path} as an xarray Dataset: {exc}") from None
     mark = ds.attrs.pop(COMPLETE_ATTR, None)
+    try:
+        ds = decode_features(ds)
+    except SchemaError as exc:
+        raise SchemaError(f"{path}: {exc}") from None
     if not manifest:
         problems = _expected_chunk_files(path, ds)
         n = mark.get("n_samples") if isinstance(mark, dict) else None
@@ -594,6 +604,65 @@ def open(path: str | os.PathLike, *, verify: bool | str = "auto", check_values: 
     except SchemaError as exc:
         raise SchemaError(f"{path}: {exc}") from None
     return ds
+
+
+def decode_features(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with half-precision ``features`` decoded lazily to float32 (the same Dataset if they are float32).
+
+    float16 is widened per dask block (exact); bfloat16, stored as uint16 bit patterns with the variable attribute
+    ``encoded_dtype = "bfloat16"``, is decoded per block by `causalgeom.schema.bfloat16_bits_to_float32`
+    (``(bits.astype(uint32) << 16).view(float32)``, exact). The decoded variable drops ``encoded_dtype`` and carries
+    ``stored_dtype`` (``"float16"`` / ``"bfloat16"``), so every analysis sees float32 and can tell what was stored.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A run as read from its store (``features`` of shape (sample, feature)).
+
+    Returns
+    -------
+    xarray.Dataset
+
+    Raises
+    ------
+    SchemaError
+        ``features`` of another dtype, or an ``encoded_dtype`` that disagrees with it.
+    """
+    if "features" not in ds.data_vars:
+        return ds
+    var = ds["features"]
+    kind = features_storage(var)
+    if np.dtype(var.dtype) == np.float32:
+        return ds
+    data, _ = _decoded_features(ds)
+    attrs = {k: v for k, v in var.attrs.items() if k != ENCODED_DTYPE_ATTR}
+    attrs[STORED_DTYPE_ATTR] = kind
+    encoding = {k: v for k, v in var.encoding.items() if k not in ("dtype", "fill_value", "_FillValue")}
+    new = xr.Variable(var.dims, data, attrs=attrs, encoding=encoding)
+    out = ds.copy()
+    out["features"] = new
+    return out
+
+
+def stored_features_dtype(path: str | os.PathLike) -> str:
+    """Precision of the ``features`` stored at ``path`` (``"float32"``, ``"float16"``, ``"bfloat16"``), from its
+    metadata alone (reads no chunk).
+
+    Raises
+    ------
+    StoreError
+        No readable ``features`` metadata.
+    """
+    path = Path(path)
+    meta = _load_meta(path, "features/zarr.json")
+    dtype = meta.get("data_type")
+    attrs = meta.get("attributes") or {}
+    if attrs.get(ENCODED_DTYPE_ATTR) == "bfloat16" and dtype == "uint16":
+        return "bfloat16"
+    if dtype in ("float16", "float32"):
+        return str(dtype)
+    raise StoreError(f"store {path}: 'features' has data type {dtype!r}; expected float32, float16 or "
+                     "bfloat16 bit patterns (uint16 with encoded_dtype='bfloat16')")
 
 
 #: Stores whose checksums this process has verified, keyed by path and the mtime of their metadata

@@ -43,8 +43,10 @@ from .._util.io import atomic_write, file_lock
 from ..errors import ConfigError, SchemaError, StoreError, StoreExistsError
 from .models import _Capture, _OutputCheck, find_head
 from .models import eval_mode as _eval_mode
-from ..dump.schema import SCHEMA_VERSION, RUN_ID_PATTERN, check_run_id, normalize_attrs, package_versions, validate
-from ..dump.store import COMPRESSORS, DEFAULT_COMPRESSOR, encoding_for, is_complete, mark_complete, store_lock
+from ..dump.schema import (ENCODED_DTYPE_ATTR, FEATURES_DTYPES, SCHEMA_VERSION, STORED_DTYPE_ATTR, RUN_ID_PATTERN,
+                           check_run_id, normalize_attrs, package_versions, validate)
+from ..dump.store import (COMPRESSORS, DEFAULT_COMPRESSOR, encoding_for, is_complete, mark_complete,
+                          stored_features_dtype, store_lock)
 
 if TYPE_CHECKING:  # xarray is imported where a store is built
     import xarray as xr
@@ -349,6 +351,8 @@ class _Writer:
         for name, t in tensors.items():
             axis = self.layout[name][0]
             arr = t.numpy()
+            if arr.dtype == np.int16 and bufs[name].dtype == np.uint16:  # bfloat16 bit patterns (torch has no uint16)
+                arr = arr.view(np.uint16)
             n = arr.shape[axis]
             idx = [slice(None)] * arr.ndim
             idx[axis] = slice(offset, offset + n)
@@ -357,7 +361,9 @@ class _Writer:
         if filled[0] < size:
             return
         for name in self.finite:
-            bad = ~np.isfinite(bufs[name])
+            buf = bufs[name]
+            # bfloat16 bit patterns: inf/NaN have every exponent bit set
+            bad = (buf & 0x7F80) == 0x7F80 if buf.dtype == np.uint16 else ~np.isfinite(buf)
             if bad.any():
                 axis = self.layout[name][0]
                 first = int(np.nonzero(bad.any(axis=tuple(i for i in range(bad.ndim) if i != axis)))[0][0]) + start
@@ -469,6 +475,7 @@ class ExtractConfig:
     num_workers: int | None = None
     queue_size: int = 8
     compressor: str | None = None
+    features_dtype: str | None = "float32"
 
     @classmethod
     def from_options(cls, config: ExtractConfig | None = None, **options: Any) -> ExtractConfig:
@@ -498,6 +505,9 @@ class ExtractConfig:
         if self.compressor is not None and self.compressor not in COMPRESSORS:
             raise ConfigError(f"compressor: expected one of {list(COMPRESSORS)} (default {DEFAULT_COMPRESSOR!r}), "
                               f"got {self.compressor!r}")
+        if self.features_dtype is not None and self.features_dtype not in FEATURES_DTYPES:
+            raise ConfigError(f"features_dtype: expected one of {list(FEATURES_DTYPES)} (default 'float32'), "
+                              f"got {self.features_dtype!r}")
         for name in ("batch_size", "sample_chunk"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
@@ -530,10 +540,11 @@ class _Job:
     queue_size: int
     run_id: str
     prepare: Callable[[], None] | None
+    features_dtype: str = "float32"
 
 
 def _template(n: int, chunk: int, W: np.ndarray, b: np.ndarray | None, atks: list, grid: list[float],
-              save_adv: bool, attrs: dict[str, Any]) -> xr.Dataset:
+              save_adv: bool, attrs: dict[str, Any], features_dtype: str = "float32") -> xr.Dataset:
     """The store's skeleton: a validated schema-v1 Dataset of lazy zeros with the final shapes and chunks."""
     import dask.array as da
     import xarray as xr
@@ -546,7 +557,8 @@ def _template(n: int, chunk: int, W: np.ndarray, b: np.ndarray | None, atks: lis
         return da.zeros(shape, dtype=dtype, chunks=chunks)
 
     dv: dict[str, Any] = {
-        "features": (("sample", "feature"), lazy((n, F_), np.float32, 0)),
+        "features": (("sample", "feature"), lazy((n, F_), _FEATURE_STORE_DTYPE[features_dtype], 0),
+                     _features_attrs(features_dtype)),
         "logits": (("sample", "class"), lazy((n, K), np.float32, 0)),
         "label": (("sample",), lazy((n,), np.int64, 0)),
         "head_weight": (("class", "feature"), W),
@@ -568,12 +580,55 @@ def _template(n: int, chunk: int, W: np.ndarray, b: np.ndarray | None, atks: lis
     return ds
 
 
-def _layout(n_features: int, n_classes: int, atks: list, n_eps: int, save_adv: bool
+#: The Zarr dtype of ``features`` for each ``features_dtype`` (bfloat16: its bit patterns, see `_encode_features`).
+_FEATURE_STORE_DTYPE = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16),
+                        "bfloat16": np.dtype(np.uint16)}
+_TORCH_HALF = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _features_attrs(features_dtype: str) -> dict[str, str]:
+    """Variable attributes of ``features`` stored at ``features_dtype`` (none for float32; schema.FEATURES_DTYPES)."""
+    if features_dtype == "float32":
+        return {}
+    attrs = {STORED_DTYPE_ATTR: features_dtype}
+    if features_dtype == "bfloat16":
+        attrs[ENCODED_DTYPE_ATTR] = "bfloat16"
+    return attrs
+
+
+def _encode_features(feats: torch.Tensor, features_dtype: str, run_id: str, first_sample: int) -> torch.Tensor:
+    """Round a batch of float32 features (n, F) to ``features_dtype`` as torch does (round to nearest even).
+
+    float16 comes back as float16; bfloat16 as its bit patterns (``.view(torch.int16)``, stored as uint16).
+
+    Raises
+    ------
+    ConfigError
+        A finite feature that overflows the half type (float16: |h| >= 65520 rounds to inf), naming the run, the
+        sample and the option; the batch is refused before anything of its chunk is written.
+    """
+    if features_dtype == "float32":
+        return feats
+    half = feats.to(_TORCH_HALF[features_dtype])
+    over = torch.isinf(half) & torch.isfinite(feats)
+    if bool(over.any()):
+        rows = torch.nonzero(over.any(dim=1)).flatten()
+        big = float(feats[over].abs().max())
+        raise ConfigError(
+            f"features_dtype={features_dtype!r}: run {run_id!r} has features up to |h| = {big:.6g} (first at sample "
+            f"{first_sample + int(rows[0])}), beyond {features_dtype}'s largest value "
+            f"{float(torch.finfo(_TORCH_HALF[features_dtype]).max):g}: they would be stored as inf. Nothing of "
+            "this chunk was written; extract this run with features_dtype='bfloat16' (float32's range) or "
+            "'float32', and mode='w' (--overwrite) to restart the unfinished store")
+    return half if features_dtype == "float16" else half.view(torch.int16)
+
+
+def _layout(n_features: int, n_classes: int, atks: list, n_eps: int, save_adv: bool, features_dtype: str = "float32"
             ) -> dict[str, tuple[int, tuple[int, ...], np.dtype]]:
     """Per variable: the axis of ``sample``, the shape of one sample's block, the dtype (what the writer fills)."""
     A, E = len(atks), n_eps
     layout: dict[str, tuple[int, tuple[int, ...], np.dtype]] = {
-        "features": (0, (n_features,), np.dtype(np.float32)),
+        "features": (0, (n_features,), _FEATURE_STORE_DTYPE[features_dtype]),
         "logits": (0, (n_classes,), np.dtype(np.float32)),
         "label": (0, (), np.dtype(np.int64)),
     }
@@ -651,6 +706,14 @@ def extract(model: nn.Module, data: Any, out: str | os.PathLike, config: Extract
     compressor : {"none", "blosc-lz4", "zstd"}, optional
         Chunk compressor of the store (`causalgeom.store.COMPRESSORS`; default ``"none"``, the fastest to read,
         docs/benchmarks.md); every chunk keeps its CRC32C checksum. Part of the plan: a resume must use the same.
+    features_dtype : {"float32", "float16", "bfloat16"}
+        Precision ``features`` are stored at (default ``"float32"``; ``None`` is the same); half precision halves
+        their bytes. Each batch is rounded to nearest even by torch (``.to(torch.float16 / torch.bfloat16)``);
+        float16 is a float16 Zarr array, bfloat16 (which Zarr lacks) its uint16 bit patterns with the attribute
+        ``encoded_dtype="bfloat16"``; both carry ``stored_dtype``, and `causalgeom.open` decodes them to float32
+        exactly. A finite feature beyond float16's range (|h| >= 65520) raises ConfigError before its chunk is
+        written. logits, the head and ``adv_features`` stay float32. Error bound on rms and cosine:
+        docs/methods_metrics.md, "Half-precision features". Part of the plan: a resume must use the same.
 
     Returns
     -------
@@ -687,7 +750,8 @@ def extract(model: nn.Module, data: Any, out: str | os.PathLike, config: Extract
     b = None if head_mod.bias is None else head_mod.bias.detach().float().cpu().numpy()
     K, F_ = W.shape
     A, E = len(atks), len(grid)
-    per_sample = 4 * (F_ + K) + 8 + A * E * 5 + A * 4 + (4 * A * E * (F_ + K) if save_adv else 0)
+    features_dtype = cfg.features_dtype or "float32"
+    per_sample = _FEATURE_STORE_DTYPE[features_dtype].itemsize * F_ + 4 * K + 8 + A * E * 5 + A * 4 + (4 * A * E * (F_ + K) if save_adv else 0)
     chunk = _default_chunk(source.batch_size, per_sample) if sample_chunk is None else int(sample_chunk)
     chunk = min(chunk, n)
     n_chunks = math.ceil(n / chunk)
@@ -711,14 +775,14 @@ def extract(model: nn.Module, data: Any, out: str | os.PathLike, config: Extract
         "n_samples": n, "sample_chunk": chunk, "n_features": F_, "n_classes": K, "feature_layer": head_name,
         "attacks": [a.name for a in atks], "attack_params": full_attrs.get("attack_params"), "eps": grid,
         "save_adv": bool(save_adv), "head": _digest(W, b), "attack_seed": base_seed, "amp": [amp_clean, amp_attack],
-        "compressor": cfg.compressor or DEFAULT_COMPRESSOR,
+        "compressor": cfg.compressor or DEFAULT_COMPRESSOR, "features_dtype": features_dtype,
         "attrs": {k: v for k, v in full_attrs.items() if k not in ("created", "versions")},
     })
 
     def build_template() -> xr.Dataset:
-        return _template(n, chunk, W, b, atks, grid, save_adv, full_attrs)
+        return _template(n, chunk, W, b, atks, grid, save_adv, full_attrs, features_dtype)
 
-    layout = _layout(F_, K, atks, len(grid), save_adv)
+    layout = _layout(F_, K, atks, len(grid), save_adv, features_dtype)
 
     if not out.parent.exists():
         try:
@@ -745,7 +809,8 @@ def extract(model: nn.Module, data: Any, out: str | os.PathLike, config: Extract
         todo = [c for c in mine if c not in done]
         if todo:
             _run(model, source, _Job(out, todo, chunk, n, layout, atks, grid, head_name, head_mod, dev, amp_clean,
-                                     amp_attack, save_adv, base_seed, cfg.progress, cfg.queue_size, run_id, prepare))
+                                     amp_attack, save_adv, base_seed, cfg.progress, cfg.queue_size, run_id, prepare,
+                                     features_dtype))
         elif prepare is not None:
             prepare()
         _finalize(out, n_chunks, complete_info)
@@ -804,7 +869,9 @@ def _run(model: nn.Module, source: Any, job: _Job) -> None:
                         logits = model_out.float()
                 else:
                     logits, feats = _attacks._evaluate(model, x, capture, amp_clean)
-                res: dict[str, torch.Tensor] = {"features": feats, "logits": logits}
+                res: dict[str, torch.Tensor] = {
+                    "features": _encode_features(feats, job.features_dtype, run_id, c * chunk + offset),
+                    "logits": logits}
                 if atks:
                     g = gens.get(c)
                     if g is None:
@@ -940,10 +1007,24 @@ def _find_runs(runs_dir: Path) -> list[Path]:
     return sorted(p for p in base.iterdir() if p.is_dir() and (p / "DONE").exists())
 
 
-def already_extracted(target: Path, *, overwrite: bool, progress: bool, tag: str) -> bool:
-    """Whether a study's run store ``target`` is complete and must be kept (not ``overwrite``); says so on stderr."""
+def already_extracted(target: Path, *, overwrite: bool, progress: bool, tag: str,
+                      features_dtype: str | None = None) -> bool:
+    """Whether a study's run store ``target`` is complete and must be kept (not ``overwrite``); says so on stderr.
+
+    A complete store is kept whatever settings it was extracted with, except an explicitly asked
+    ``features_dtype`` (not None) that differs from the precision its features are stored at: that raises
+    `StoreExistsError` (re-extract with ``mode="w"`` / ``--overwrite``, or ask for the stored precision), so a
+    study never silently mixes precisions it was not asked for.
+    """
     if overwrite or not is_complete(target):
         return False
+    if features_dtype is not None:
+        stored = stored_features_dtype(target)
+        if stored != features_dtype:
+            raise StoreExistsError(
+                f"store {target} is complete with features stored as {stored}, but features_dtype="
+                f"{features_dtype!r} was asked; pass mode='w' (--overwrite) to re-extract it, or "
+                f"features_dtype={stored!r} to keep it")
     if progress:
         print(f"[{tag}] {target.name[:-5] if target.name.endswith('.zarr') else target.name}: already extracted, "
               "skipping", file=sys.stderr)
@@ -1000,13 +1081,15 @@ def extract_runs(runs_dir: str | os.PathLike, study_dir: str | os.PathLike | Non
     overwrite = kwargs.get("mode") == "w"
     for i, run_dir in enumerate(runs):
         target = study / f"{run_dir.name}.zarr"
-        if already_extracted(target, overwrite=overwrite, progress=progress, tag="extract"):
+        if already_extracted(target, overwrite=overwrite, progress=progress, tag="extract",
+                             features_dtype=kwargs.get("features_dtype")):
             paths.append(target)
             continue
         model, config = _load(run_dir)
         run_id = str(config.get("run_id") or run_dir.name)
         target = study / f"{run_id}.zarr"
-        if not overwrite and is_complete(target):
+        if already_extracted(target, overwrite=overwrite, progress=False, tag="extract",
+                             features_dtype=kwargs.get("features_dtype")):
             paths.append(target)
             continue
         root_ = data_root if data_root is not None else config.get("data_root")

@@ -172,7 +172,8 @@ def extract_zoo(zoo: str | os.PathLike | Mapping[str, Any], data: str, out: str 
             control_arm = str(e["labels"].get("regularizer", e["id"]))
     for i, e in enumerate(cfg["models"]):
         target = out / f"{e['id']}.zarr"
-        if already_extracted(target, overwrite=overwrite, progress=progress, tag="zoo"):
+        if already_extracted(target, overwrite=overwrite, progress=progress, tag="zoo",
+                             features_dtype=kwargs.get("features_dtype")):
             paths.append(target)
             continue
         model, preprocess, info = _load_entry(e, download)
