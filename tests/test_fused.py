@@ -16,6 +16,7 @@ import zarr.storage
 
 import causalgeom as cg
 from causalgeom import calibration, geometry
+from causalgeom.dump.chunks import ChunkReader
 from causalgeom.kernels import FUSED_FIELDS, fused_block
 from causalgeom.table import fused_run
 
@@ -66,7 +67,7 @@ def study(tmp_path_factory):
 
 
 class _ReadCounter:
-    """Counts the chunk reads of a Zarr LocalStore by key (``features/c/0/0`` ...)."""
+    """Counts the chunk reads of a Zarr LocalStore and of `ChunkReader` by key (``features/c/0/0`` ...)."""
 
     def __init__(self, monkeypatch):
         self.keys: Counter[str] = Counter()
@@ -87,6 +88,17 @@ class _ReadCounter:
         monkeypatch.setattr(zarr.storage.LocalStore, "get", get)
         monkeypatch.setattr(zarr.storage.LocalStore, "get_partial_values", get_partial_values)
 
+        orig_read = ChunkReader.read  # the fused pass's direct reads of uncompressed chunk files count too
+
+        def read(self, i):
+            key = "/".join(["c", str(i)] + ["0"] * (len(self.shape) - 1))
+            counter.keys[f"{self.path.parent.name}/{self.path.name}/{key}"] += 1
+            counter.direct += 1
+            return orig_read(self, i)
+
+        self.direct = 0
+        monkeypatch.setattr(ChunkReader, "read", read)
+
     def chunks(self, var: str) -> Counter[str]:
         return Counter({k: v for k, v in self.keys.items() if f"/{var}/c" in k})
 
@@ -103,6 +115,19 @@ def test_to_frame_reads_each_chunk_of_features_and_logits_once(study, monkeypatc
         # 2 runs x ceil(300 / 64) = 5 sample chunks, each read exactly once
         assert len(got) == 10, sorted(got)
         assert set(got.values()) == {1}, got
+    assert reads.direct == 2 * 5 * 3  # default codec (none): features, logits, label read from their files
+
+
+def test_compressed_store_reads_each_chunk_once_through_zarr(tmp_path, monkeypatch):
+    ds = make_run(n=300, d=8, k=4, seed=3, run_id="z", regularizer="ce", strength=0.0)
+    cg.save(ds, tmp_path / "z.zarr", sample_chunk=64, compressor="zstd")
+    run = cg.open(tmp_path / "z.zarr")
+    reads = _ReadCounter(monkeypatch)
+    fused_run(run)
+    assert reads.direct == 0  # not the direct reader's kind: Zarr decodes
+    for var in ("features", "logits"):
+        got = reads.chunks(var)
+        assert len(got) == 5 and set(got.values()) == {1}, got
 
 
 def test_mean_centers_take_one_more_pass(study, monkeypatch):

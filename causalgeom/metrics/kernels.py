@@ -183,11 +183,14 @@ def fused_block(f: np.ndarray, z: np.ndarray, y: np.ndarray, C: np.ndarray | Non
     Ct = None if C is None else np.ascontiguousarray(np.asarray(C, dtype=np.float64).T)
     sq = np.empty(n)
     dots = None if Ct is None else np.empty((n, Ct.shape[1]))
+    x64 = np.empty((min(n, _FUSED_ROWS),) + f.shape[1:])  # one cache-sized float64 buffer, reused
     for s in range(0, n, _FUSED_ROWS):
-        x = f[s:s + _FUSED_ROWS].astype(np.float64)
-        sq[s:s + _FUSED_ROWS] = np.einsum("ij,ij->i", x, x)
+        m = min(_FUSED_ROWS, n - s)
+        x = x64[:m]
+        np.copyto(x, f[s:s + m], casting="safe")
+        np.einsum("ij,ij->i", x, x, out=sq[s:s + m])
         if dots is not None:
-            dots[s:s + _FUSED_ROWS] = x @ Ct
+            np.matmul(x, Ct, out=dots[s:s + m])
     fn = np.sqrt(sq)
     out[:, 0] = fn
     if dots is None:

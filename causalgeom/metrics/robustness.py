@@ -9,6 +9,7 @@ on dask-backed dumps. Definitions and references: ``docs/methods_metrics.md``.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -21,6 +22,8 @@ __all__ = [
     "robust_accuracy_ci",
     "wilson_interval",
     "clean_correct",
+    "first_flip_eps",
+    "flip_given_clean",
     "attack_success_rate",
     "robust_auc",
     "min_flip_eps",
@@ -184,8 +187,22 @@ def min_flip_eps(ds: xr.Dataset) -> xr.DataArray:
     _require_attacks(ds, "min_flip_eps")
     if "min_flip_eps" in ds.variables:
         return ds["min_flip_eps"]
-    eps = ds["eps"].astype(np.float64)
-    first = xr.where(~ds["adv_correct"], eps, math.inf).min("eps")
-    out = xr.where(clean_correct(ds), first, 0.0).astype(np.float32).transpose("attack", "sample")
+    out = flip_given_clean(first_flip_eps(ds), clean_correct(ds))
     out.name = "min_flip_eps"
     return out
+
+
+def first_flip_eps(ds: xr.Dataset) -> xr.DataArray:
+    """Per (attack, sample), the smallest swept ε with ``adv_correct`` False (+inf if none), ignoring the clean
+    prediction; `flip_given_clean` turns it into `min_flip_eps` (lazy on dask-backed dumps)."""
+    _require_attacks(ds, "first_flip_eps")
+    eps = ds["eps"].astype(np.float64)
+    return xr.where(~ds["adv_correct"], eps, math.inf).min("eps").transpose("attack", "sample")
+
+
+def flip_given_clean(first: Any, clean: Any) -> Any:
+    """`min_flip_eps` from `first_flip_eps` and the clean correctness (sample,): 0 where the clean prediction is
+    wrong, float32. Works on DataArrays (lazy) and on numpy arrays ((attack, sample) and (sample,))."""
+    if isinstance(first, xr.DataArray):
+        return xr.where(clean, first, 0.0).astype(np.float32).transpose("attack", "sample")
+    return np.where(np.asarray(clean, dtype=bool)[None, :], first, 0.0).astype(np.float32)

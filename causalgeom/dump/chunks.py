@@ -1,0 +1,209 @@
+"""Read the chunks of an uncompressed run store straight from their files (the fast path of the fused pass).
+
+A store written with ``compressor="none"`` (the default, `causalgeom.dump.store.DEFAULT_COMPRESSOR`) holds each
+chunk of a sample array as one file: the chunk's little-endian bytes followed by their CRC32C (codecs
+``bytes`` + ``crc32c``). Zarr's generic read path allocates a fresh buffer for the file, another for the
+decoded chunk and copies between them; on a 2-core machine that costs about 60 ms of CPU per 32 MiB chunk,
+more than the whole fused computation on it. `ChunkReader` maps the file read-only into memory (``mmap``,
+pages populated at once), checks the CRC32C over the mapped bytes and returns a view of them: the same bytes
+as Zarr's read, verified the same way, with no copy (3 ms per 32 MiB chunk in the page cache here, against
+15 ms for a ``read`` into a reused buffer, its fallback where mapping fails).
+
+causalgeom never rewrites a chunk file in place (stores are written once; a re-extraction replaces files), so
+the mapped bytes cannot change under the reader; a file truncated in place by another program while mapped
+would end the process with SIGBUS, as with any memory-mapped reader.
+
+It takes only what it can read exactly: a local Zarr v3 array with a regular chunk grid split along its first
+axis only, the default ``/`` chunk-key encoding, codecs exactly ``bytes`` (little endian) + ``crc32c``, no
+storage transformers, and a fixed-size numeric data type. `reader_for` returns None for anything else
+(compressed stores, shards, an array that is not the store's own untouched data), and callers fall back to
+Zarr through dask. A chunk file that does not exist holds the fill value, as in Zarr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import StoreError
+
+__all__ = ["ChunkReader", "reader_for"]
+
+_DTYPES = {"float32": "<f4", "float16": "<f2", "float64": "<f8", "int64": "<i8", "int32": "<i4", "int16": "<i2",
+           "int8": "i1", "uint8": "u1", "uint16": "<u2", "uint32": "<u4", "uint64": "<u8", "bool": "?"}
+_PLAIN_CODECS = [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]
+
+
+def _fill(value: Any, dtype: np.dtype) -> Any:
+    if isinstance(value, str):  # "NaN", "Infinity", "-Infinity" (Zarr v3 JSON for special floats)
+        return {"NaN": np.nan, "Infinity": np.inf, "-Infinity": -np.inf}.get(value, value)
+    return dtype.type(value)
+
+
+class ChunkReader:
+    """Reader of the chunks of one uncompressed Zarr v3 array split along its first axis.
+
+    Parameters
+    ----------
+    path : path
+        The array's folder (``<store>/<name>``), holding ``zarr.json``.
+
+    Raises
+    ------
+    ValueError
+        If the array is not of the plain kind this reader handles (`reader_for` turns that into None).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        meta = json.loads((self.path / "zarr.json").read_text())
+        if meta.get("zarr_format") != 3 or meta.get("node_type") != "array":
+            raise ValueError("not a Zarr v3 array")
+        if meta.get("storage_transformers") or meta.get("codecs") != _PLAIN_CODECS:
+            raise ValueError(f"codecs {meta.get('codecs')!r} are not bytes + crc32c")
+        enc = meta.get("chunk_key_encoding") or {}
+        if enc.get("name") != "default" or (enc.get("configuration") or {}).get("separator", "/") != "/":
+            raise ValueError(f"chunk key encoding {enc!r}")
+        grid = meta.get("chunk_grid") or {}
+        if grid.get("name") != "regular":
+            raise ValueError(f"chunk grid {grid!r}")
+        dtype_name = meta.get("data_type")
+        if dtype_name not in _DTYPES:
+            raise ValueError(f"data type {dtype_name!r}")
+        self.shape = tuple(int(s) for s in meta["shape"])
+        self.chunk_shape = tuple(int(s) for s in grid["configuration"]["chunk_shape"])
+        if not self.shape or len(self.chunk_shape) != len(self.shape) or any(
+                c < s for c, s in zip(self.chunk_shape[1:], self.shape[1:])):
+            raise ValueError("not chunked along the first axis only")
+        self.dtype = np.dtype(_DTYPES[dtype_name])
+        self.fill_value = _fill(meta.get("fill_value"), self.dtype)
+        self.rows = self.chunk_shape[0]
+        self.nbytes = int(np.prod(self.chunk_shape)) * self.dtype.itemsize  # edge chunks are stored whole
+        self.n_chunks = -(-self.shape[0] // self.rows) if self.shape[0] else 0
+        self._local = threading.local()
+
+    def __getstate__(self) -> dict[str, Any]:  # picklable for Dask workers: the buffers stay behind
+        state = self.__dict__.copy()
+        del state["_local"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
+
+    def chunk_rows(self, i: int) -> int:
+        """Rows of chunk ``i`` inside the array (the last chunk may be partial)."""
+        return min(self.rows, self.shape[0] - i * self.rows)
+
+    @staticmethod
+    def _map(fd: int, size: int) -> np.ndarray | None:
+        """The file mapped read-only (pages populated at once where the OS can), or None where mmap fails."""
+        try:
+            import mmap
+
+            flags = getattr(mmap, "MAP_SHARED", 0) | getattr(mmap, "MAP_POPULATE", 0)
+            m = (mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ) if hasattr(mmap, "PROT_READ")
+                 else mmap.mmap(fd, size, access=mmap.ACCESS_READ))
+        except (OSError, ValueError, ImportError):  # pragma: no cover - no mmap on this file system
+            return None
+        return np.frombuffer(m, dtype=np.uint8)  # the array keeps the mapping alive; unmapped when it goes
+
+    def _read_into(self, fd: int, size: int, key: str) -> np.ndarray:
+        """The file read into this thread's reusable buffer (the path where mmap is not available)."""
+        buf = getattr(self._local, "buf", None)
+        if buf is None:
+            buf = self._local.buf = np.empty(self.nbytes + 4, dtype=np.uint8)
+        view = memoryview(buf)
+        got = 0
+        with os.fdopen(fd, "rb", buffering=0, closefd=False) as fh:
+            while got < size:
+                k = fh.readinto(view[got:])
+                if not k:
+                    break
+                got += k
+        if got != size:
+            raise StoreError(f"{self.path.name}: chunk file {key} of {self.path.parent} ended after {got} of "
+                             f"{size} bytes while being read")
+        return buf
+
+    def read(self, i: int) -> np.ndarray:
+        """Chunk ``i`` (shape ``(chunk_rows(i), *shape[1:])``), checksum verified.
+
+        The result is read-only: a view of the file mapped into memory (kept mapped while the array lives), or,
+        where mapping fails, of this thread's reusable buffer (valid until this thread's next `read`). The
+        CRC32C is checked on exactly the bytes returned.
+
+        Raises
+        ------
+        StoreError
+            If the chunk file has the wrong size or its CRC32C does not match (named with the array and chunk).
+        """
+        if not 0 <= i < self.n_chunks:
+            raise IndexError(f"chunk {i} of {self.n_chunks}")
+        key = "/".join(["c", str(i)] + ["0"] * (len(self.shape) - 1))
+        file = self.path / key
+        rows = self.chunk_rows(i)
+        try:
+            fd = os.open(file, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError:
+            return np.full((rows,) + self.shape[1:], self.fill_value, dtype=self.dtype)
+        except OSError as e:  # a symlink (O_NOFOLLOW), a folder, no permission
+            raise StoreError(f"{self.path.name}: chunk file {key} of {self.path.parent} cannot be read as a "
+                             f"regular file ({e.strerror or e})") from None
+        try:
+            size = os.fstat(fd).st_size
+            if size != self.nbytes + 4:
+                raise StoreError(f"{self.path.name}: chunk file {key} of {self.path.parent} has {size} bytes; "
+                                 f"expected {self.nbytes + 4} (chunk + CRC32C): the store is damaged "
+                                 f"(causalgeom verify {self.path.parent} lists every problem)")
+            raw = self._map(fd, size)
+            if raw is None:
+                raw = self._read_into(fd, size, key)
+        finally:
+            os.close(fd)
+        data = raw[:self.nbytes]
+        data.flags.writeable = False
+        import google_crc32c  # zarr's own CRC32C implementation (a zarr dependency)
+
+        if google_crc32c.value(data) != int(raw[self.nbytes:].view("<u4")[0]):
+            raise StoreError(f"{self.path.name}: chunk {key} of {self.path.parent} does not match its CRC32C "
+                             "checksum: the store is damaged (causalgeom verify lists every problem)")
+        out = data.view(self.dtype).reshape(self.chunk_shape)[:rows]
+        return out
+
+
+def reader_for(ds: Any, name: str) -> ChunkReader | None:
+    """A `ChunkReader` for variable ``name`` of a run opened with `causalgeom.open`, or None.
+
+    None unless ``ds[name]`` is still exactly the lazy array of the store on disk (``ds.encoding["source"]``):
+    dask-backed, its graph only xarray's open of that variable, of the stored shape, with one dask chunk per
+    stored chunk along ``sample`` and the other axes whole, and no decoding in between (no ``encoded_dtype``,
+    scale or offset attributes). A variable that was selected, reordered, replaced or computed on reads through
+    dask and Zarr as before.
+    """
+    source = getattr(ds, "encoding", {}).get("source")
+    if not source or name not in ds.variables:
+        return None
+    var = ds[name]
+    data = var.data
+    layers = getattr(getattr(data, "dask", None), "layers", None)
+    dname = getattr(data, "name", "")
+    if layers is None or not dname.startswith(f"open_dataset-{name}-") or set(layers) != {dname, f"original-{dname}"}:
+        return None
+    if any(k in var.attrs or k in var.encoding for k in ("encoded_dtype", "scale_factor", "add_offset")):
+        return None
+    try:
+        reader = ChunkReader(Path(source) / name)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if reader.shape != tuple(data.shape) or reader.dtype != data.dtype:
+        return None
+    want = tuple(reader.chunk_rows(i) for i in range(reader.n_chunks))
+    if data.chunks[0] != want or any(len(c) != 1 for c in data.chunks[1:]):
+        return None
+    return reader
