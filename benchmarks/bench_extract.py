@@ -15,6 +15,16 @@ JPEGs into a temporary tree.
 
 Both loops run in the same process, interleaved, best of ``--repeats``; the printed ratio is
 ours / baseline throughput.
+
+Write share (issue 18): during the extractions the benchmark wraps the writer thread's methods
+(``causalgeom.pipeline.extract._Writer``: ``_handle``, ``_open``, ``put``, ``close``) and ``zarr.Array.__setitem__`` (only calls
+from the writer thread, outside store creation) with timers; the library itself is unchanged. Printed for the best
+repeat: the time inside the Zarr writes of the sample chunks (encode, CRC32C, file writes) and the writer thread's
+whole busy time (also creating the store, assembling chunk buffers, the finite check and the progress markers), each as a share of the extraction's wall time; and how long the compute
+loop waited for the writer (a full queue, then the final flush after the last batch). Writer time beyond that wait
+ran while the forward pass computed (overlapped in wall time; on a small CPU the two still share its cores).
+``--compressor`` / ``--features-dtype`` are passed to ``cg.extract`` (default: the store's default codec,
+``causalgeom.store.DEFAULT_COMPRESSOR``, and float32 features).
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -60,14 +71,75 @@ def baseline(model: nn.Module, loader, device: torch.device, amp: bool) -> float
     return time.perf_counter() - t0
 
 
-def ours(model: nn.Module, loader, device: torch.device, amp: bool, folder: Path, i: int) -> float:
+class WriterTimer:
+    """Seconds the extraction writer thread spends busy and in Zarr writes, and the compute loop's waits on it.
+
+    Wraps ``_Writer._handle`` (one queued batch: assemble, check, write a finished chunk), ``_Writer.put`` (blocks
+    while the queue is full), ``_Writer.close`` (waits for the last writes) and ``zarr.Array.__setitem__`` (counted
+    only in the writer thread), accumulating ``time.perf_counter`` differences.
+    """
+
+    WRITER_THREAD = "causalgeom-extract-writer"
+
+    def __init__(self) -> None:
+        self.reset()
+        self._install()
+
+    def reset(self) -> None:
+        self.busy = self.zarr = self.create = self.put_wait = self.close_wait = 0.0
+        self.creating = False
+
+    def _timed(self, func, field: str, only_writer: bool = False):
+        timer = self
+
+        def wrapper(*args, **kwargs):
+            if only_writer and (threading.current_thread().name != self.WRITER_THREAD or timer.creating):
+                return func(*args, **kwargs)
+            t0 = time.perf_counter()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                setattr(timer, field, getattr(timer, field) + time.perf_counter() - t0)
+
+        return wrapper
+
+    def _install(self) -> None:
+        import zarr
+        from causalgeom.pipeline import extract as _ex
+
+        writer = _ex._Writer
+        timed_open = self._timed(writer._open, "create")
+        timer = self
+
+        def _open(*args, **kwargs):  # store creation (the template's metadata and head): counted apart
+            timer.creating = True
+            try:
+                return timed_open(*args, **kwargs)
+            finally:
+                timer.creating = False
+
+        writer._open = _open
+        writer._handle = self._timed(writer._handle, "busy")
+        writer.put = self._timed(writer.put, "put_wait")
+        writer.close = self._timed(writer.close, "close_wait")
+        zarr.Array.__setitem__ = self._timed(zarr.Array.__setitem__, "zarr", only_writer=True)
+
+    def snapshot(self) -> dict[str, float]:
+        return {"busy": self.busy, "zarr": self.zarr, "create": self.create, "wait": self.put_wait + self.close_wait,
+                "close": self.close_wait}
+
+
+def ours(model: nn.Module, loader, device: torch.device, amp: bool, folder: Path, i: int,
+         timer: WriterTimer | None = None, **options) -> tuple[float, dict[str, float]]:
     sync(device)
+    if timer is not None:
+        timer.reset()
     t0 = time.perf_counter()
-    cg.extract(model, loader, folder / f"run{i}.zarr", device=device, amp=amp, progress=False)
+    cg.extract(model, loader, folder / f"run{i}.zarr", device=device, amp=amp, progress=False, **options)
     sync(device)
     dt = time.perf_counter() - t0
     shutil.rmtree(folder / f"run{i}.zarr")
-    return dt
+    return dt, (timer.snapshot() if timer is not None else {})
 
 
 def jpeg_dataset(args: argparse.Namespace, x: torch.Tensor, root: Path):
@@ -103,6 +175,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     p.add_argument("--jpeg", action="store_true", help="read JPEG files from an ImageFolder tree (decoding included)")
     p.add_argument("--data", default=None, help="with --jpeg: an existing ImageFolder tree (default: a temporary one)")
+    p.add_argument("--compressor", default=None, help="store codec (default: causalgeom.store.DEFAULT_COMPRESSOR)")
+    p.add_argument("--features-dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                   help="precision of the stored features (default float32)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -118,22 +193,36 @@ def main() -> None:
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
                                          num_workers=args.workers, pin_memory=device.type == "cuda")
     model = build_model(args.model, args.classes).to(device).eval()
+    from causalgeom.dump.store import DEFAULT_COMPRESSOR
+
+    codec = args.compressor or DEFAULT_COMPRESSOR
+    options = {"compressor": codec, "features_dtype": args.features_dtype}
+    timer = WriterTimer()
     try:
         baseline(model, loader, device, args.amp)  # warm-up
-        ours(model, loader, device, args.amp, folder, -1)
+        ours(model, loader, device, args.amp, folder, -1, timer, **options)
         tb, to = [], []
         for i in range(args.repeats):
             tb.append(baseline(model, loader, device, args.amp))
-            to.append(ours(model, loader, device, args.amp, folder, i))
+            to.append(ours(model, loader, device, args.amp, folder, i, timer, **options))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    b, o = min(tb), min(to)
+    b = min(tb)
+    o, w = min(to, key=lambda r: r[0])
     print(f"extract throughput  model={args.model} n={args.n} batch={args.batch_size} "
           f"image={args.image_size} device={device} amp={args.amp} threads={torch.get_num_threads()} "
           f"source={'JPEG folder, ' + str(args.workers) + ' workers' if args.jpeg else 'tensors in memory'}")
     print(f"  bare no_grad loop : {args.n / b:10.1f} samples/s  (best of {args.repeats}: {b:.3f} s)")
     print(f"  cg.extract        : {args.n / o:10.1f} samples/s  (best of {args.repeats}: {o:.3f} s)")
     print(f"  ratio extract/bare: {b / o:.3f}   (target >= 0.9)")
+    print(f"  store             : codec {codec!r}{' (DEFAULT_COMPRESSOR)' if codec == DEFAULT_COMPRESSOR else ''} "
+          f"+ CRC32C, features {args.features_dtype}")
+    print(f"  write share       : {w['zarr'] / o:6.1%} of extraction time inside Zarr writes ({w['zarr']:.3f} s of "
+          f"{o:.3f} s); writer thread busy {w['busy'] / o:.1%} ({w['busy']:.3f} s: creating the store "
+          f"{w['create']:.3f} s, then assembling chunks, finite check, writes, markers)")
+    print(f"  overlap           : the compute loop waited {w['wait'] / o:.1%} ({w['wait']:.3f} s, of which final flush "
+          f"{w['close']:.3f} s) for the writer; the other {max(0.0, w['busy'] - w['wait']):.3f} s of writer time "
+          "overlapped the forward pass")
 
 
 if __name__ == "__main__":
