@@ -1038,8 +1038,9 @@ def extract_runs(runs_dir: str | os.PathLike, study_dir: str | os.PathLike | Non
 
     Runs are the folders ``RUNS_DIR/runs/RUN_ID`` (or ``RUNS_DIR/RUN_ID``) holding a ``DONE`` file.
     A run whose store is already complete is skipped whatever settings it was extracted with (pass
-    ``mode="w"`` to redo it); an unfinished one is resumed (same settings required). Datasets are
-    loaded once per (dataset, split, root).
+    ``mode="w"`` to redo it), except an explicit ``features_dtype`` other than its stored precision, which
+    raises `StoreExistsError` (`already_extracted`); an unfinished one is resumed (same settings required).
+    Datasets are loaded once per (dataset, split, root).
 
     Parameters
     ----------
