@@ -84,13 +84,37 @@ def _sample_columns(ds: Any) -> list[str]:
 _FUSED_COLUMNS = ("norm", "rms", "cos_true", "cos_pred", "confidence", "correct", "overconfidence", "nll", "brier")
 
 
+def _assemble(spec: tuple[tuple[str, Any], ...], d: int, *blocks: np.ndarray) -> np.ndarray:
+    """The study-table columns of one sample chunk (rows, len(spec)) from that chunk's fused block and extra columns.
+
+    ``spec`` entries: ("fused", j) column j of the fused block (``blocks[0]``); ("rms", j) that column / sqrt(d);
+    ("over", (jc, jk)) confidence − correct; ("extra", i) the 1-column block ``blocks[i]``; ("const", v) a value.
+    """
+    rows = blocks[0].shape[0]
+    out = np.empty((rows, len(spec)), dtype=np.float64)
+    for k, (kind, arg) in enumerate(spec):
+        if kind == "fused":
+            out[:, k] = blocks[0][:, arg]
+        elif kind == "rms":
+            out[:, k] = blocks[0][:, arg] / np.sqrt(float(d))
+        elif kind == "over":
+            out[:, k] = blocks[0][:, arg[0]] - blocks[0][:, arg[1]]
+        elif kind == "extra":
+            out[:, k] = blocks[arg][:, 0]
+        else:
+            out[:, k] = arg
+    return out
+
+
 def _run_columns(ds: Any, columns: Sequence[str], center: str) -> Any:
     """The study-table columns ``columns`` of run ``ds`` as one dask array (n_samples, len(columns)) float64.
 
     Every geometry and calibration column comes from the fused pass (`causalgeom.metrics.table._fused_lazy`:
-    one task per sample chunk reads that chunk of ``features``, ``logits`` and ``label`` once); the columns are
-    slices of its blocks, so a graph that uses several of them still reads each chunk once. ``rms`` = norm /
-    sqrt(d) and ``overconfidence`` = confidence − correct, as in `causalgeom.metrics.table.run_table`.
+    one task per sample chunk reads that chunk of ``features``, ``logits`` and ``label`` once), and one more
+    task per chunk assembles the asked columns from its block (``rms`` = norm / sqrt(d), ``overconfidence`` =
+    confidence − correct, as in `causalgeom.metrics.table.run_table`), so a graph that uses several columns
+    still reads each chunk once, in few tasks (per-column slicing made ~25 tasks per chunk, which cost more
+    scheduler time than the pass itself on a cluster).
     """
     import dask.array as da
 
@@ -99,40 +123,35 @@ def _run_columns(ds: Any, columns: Sequence[str], center: str) -> Any:
     from ..metrics.table import _fused_lazy, _strings, min_flip_column, robust_column
 
     ref = ds["label"].data
-    sample_chunks = ref.chunks[0] if isinstance(ref, da.Array) else (int(ds.sizes["sample"]),)
+    n = int(ds.sizes["sample"])
+    sample_chunks = ref.chunks[0] if isinstance(ref, da.Array) else (n,)
 
-    def lazy(x: Any) -> Any:
+    def lazy2d(x: Any) -> Any:
         data = x.data if hasattr(x, "data") else x
         if not isinstance(data, da.Array):
             data = da.from_array(np.asarray(data), chunks=(sample_chunks,) + tuple(-1 for _ in np.shape(data)[1:]))
-        return data.astype(np.float64)
+        data = data.astype(np.float64)
+        return data if data.ndim == 2 else data[:, None]
 
-    fused: list[Any] = []  # built on first use: a run without attack columns asked only for them needs no read
-
-    def field(name: str) -> Any:
-        if not fused:
-            try:
-                fused.append(lazy(_fused_lazy(ds, center, warn_missing_head=False)))
-            except HeadMissingError:
-                raise QueryError(f"columns {list(columns)}: run {ds.attrs.get('run_id')!r} has no head_weight, "
-                                 f"which center={center!r} needs for the cosines; use center='mean'") from None
-        return fused[0][:, FUSED_FIELDS.index(name)]
-
-    out = []
+    spec: list[tuple[str, Any]] = []
+    extras: list[Any] = []
     flip = None
+    needs_fused = False
     for name in columns:
         if name == "rms":
-            out.append(field("norm") / np.sqrt(float(ds.sizes["feature"])))
+            spec.append(("rms", FUSED_FIELDS.index("norm")))
         elif name == "overconfidence":
-            out.append(field("confidence") - field("correct"))
+            spec.append(("over", (FUSED_FIELDS.index("confidence"), FUSED_FIELDS.index("correct"))))
         elif name in _FUSED_COLUMNS:
-            out.append(field(name))
+            spec.append(("fused", FUSED_FIELDS.index(name)))
         elif name == "label":
-            out.append(lazy(ds["label"]))
+            extras.append(lazy2d(ds["label"]))
+            spec.append(("extra", len(extras)))
+            continue
         elif name in _RUN_LEVEL:
             value = _run_value(ds.attrs, name)
-            out.append(da.full((int(ds.sizes["sample"]),), np.nan if value is None else float(value),
-                               chunks=sample_chunks, dtype=np.float64))
+            spec.append(("const", np.nan if value is None else float(value)))
+            continue
         else:
             col = None
             if "adv_correct" in ds.variables:
@@ -143,15 +162,29 @@ def _run_columns(ds: Any, columns: Sequence[str], center: str) -> Any:
                 for i, a in enumerate(attacks):
                     if name == min_flip_column(a):
                         flip = robustness.min_flip_eps(ds) if flip is None else flip
-                        col = lazy(flip.isel(attack=i))
+                        col = lazy2d(flip.isel(attack=i))
                     for j, e in enumerate(eps):
                         if name == robust_column(a, e):
-                            col = lazy(ds["adv_correct"].isel(attack=i, eps=j))
+                            col = lazy2d(ds["adv_correct"].isel(attack=i, eps=j))
             if col is None:
                 raise QueryError(f"column {name!r} is not a per-sample column of run {ds.attrs.get('run_id')!r}; "
                                  f"available: {_sample_columns(ds) + list(_RUN_LEVEL)}")
-            out.append(col)
-    return da.stack([c.rechunk({0: sample_chunks}) for c in out], axis=1).rechunk({1: -1})
+            extras.append(col)
+            spec.append(("extra", len(extras)))
+            continue
+        needs_fused = True
+    if needs_fused:
+        try:
+            first = lazy2d(_fused_lazy(ds, center, warn_missing_head=False))
+        except HeadMissingError:
+            raise QueryError(f"columns {list(columns)}: run {ds.attrs.get('run_id')!r} has no head_weight, which "
+                             f"center={center!r} needs for the cosines; use center='mean'") from None
+    else:  # no fused column asked: the first block only gives the rows
+        first = lazy2d(ds["label"])
+    chunks = first.chunks[0]
+    arrays = [first.rechunk({1: -1})] + [e.rechunk({0: chunks, 1: -1}) for e in extras]
+    return da.map_blocks(_assemble, tuple(spec), int(ds.sizes["feature"]), *arrays, chunks=(chunks, (len(spec),)),
+                         dtype=np.float64, meta=np.empty((0, 0), dtype=np.float64))
 
 
 def _run_value(attrs: Mapping[str, Any], name: str) -> Any:
@@ -232,7 +265,10 @@ def run_moments(study: Any, columns: Sequence[str], *, run_ids: Sequence[str] | 
     lazy = [_lazy_moments(study[r], columns, center) for r in ids]
     import dask
 
-    values = dask.compute(*lazy)  # Delayed trees (not arrays): dask.compute, on the active client if any
+    from ..metrics.table import _one_blas_thread
+
+    with _one_blas_thread():  # in this process: one BLAS thread per dask thread (workers: Dask's pre-spawn env)
+        values = dask.compute(*lazy)  # Delayed trees (not arrays): dask.compute, on the active client if any
     return {r: _unpack(v, len(columns)) for r, v in zip(ids, values)}
 
 
@@ -326,7 +362,10 @@ def _paired_grams(W: list[Any], wbar: np.ndarray, qbar: np.ndarray, K: int, q: i
         v = da.concatenate([W[r] - da.from_array(wbar, chunks=(ch, c)), W[r][:, :K],
                             da.from_array(qbar, chunks=(ch, K))], axis=1).rechunk({1: -1})
         lazy.append(_tree([block(b) for b in v.to_delayed().ravel()]))
-    moments = [_unpack(v, c + 2 * K) for v in dask.compute(*lazy)]
+    from ..metrics.table import _one_blas_thread
+
+    with _one_blas_thread():
+        moments = [_unpack(v, c + 2 * K) for v in dask.compute(*lazy)]
     mM = wbar[:, :K].mean(0)  # global mean of the mediators (balanced: mean of the image means)
     tbar = float(np.mean(t_run))
     L = c - K - q
@@ -460,10 +499,13 @@ def mediate_study(study: Any, *, treatment: str, mediators: str | Sequence[str],
     lazy = [_lazy_moments(runs[r], columns, center, stacked=w) for r, w in zip(kept, W)]
     pairing = None if paired_by is None else _pairing_problem([runs[r] for r in kept])
     wbar = qbar = None
-    if paired_by is not None and pairing is None:
-        wbar, qbar, *values = dask.compute(*_image_means(W, len(meta.mediators), t_run), *lazy)
-    else:
-        values = dask.compute(*lazy)
+    from ..metrics.table import _one_blas_thread
+
+    with _one_blas_thread():
+        if paired_by is not None and pairing is None:
+            wbar, qbar, *values = dask.compute(*_image_means(W, len(meta.mediators), t_run), *lazy)
+        else:
+            values = dask.compute(*lazy)
     moments = [_unpack(v, len(columns)) for v in values]
     roles = (["mediator"] * len(meta.mediators) + ["covariate"] * len(meta.covariates)
              + ["outcome"] * len(meta.outcomes))
