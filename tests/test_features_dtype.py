@@ -257,3 +257,17 @@ def test_save_round_trips_half_stores_and_writes_decoded_ones_as_float32(tmp_pat
     reopened = cg.open(again)
     assert STORED_DTYPE_ATTR not in reopened["features"].attrs
     np.testing.assert_array_equal(reopened["features"].values, opened["features"].values)
+
+
+def test_float16_refusal_threshold_is_where_torch_rounds_to_inf():
+    """65519 rounds to float16's largest value 65504 (kept, error < u); |h| >= 65520 rounds to inf (refused)."""
+    from causalgeom.pipeline.extract import _encode_features
+
+    kept = _encode_features(torch.tensor([[65519.0, -65519.0, 1.0]]), "float16", "r", 0)
+    assert kept.dtype == torch.float16 and kept.float().tolist() == [[65504.0, -65504.0, 1.0]]
+    with pytest.raises(ConfigError, match=r"run 'r'.*first at sample 7"):
+        _encode_features(torch.tensor([[1.0, 2.0], [3.0, -65520.0]]), "float16", "r", 6)
+    bits = _encode_features(torch.tensor([[3.0e38, -1.0]]), "bfloat16", "r", 0)  # float32's range: no refusal
+    assert bits.dtype == torch.int16
+    np.testing.assert_array_equal(bfloat16_bits_to_float32(bits.numpy().view(np.uint16)),
+                                  torch.tensor([[3.0e38, -1.0]]).to(torch.bfloat16).float().numpy())
