@@ -68,7 +68,7 @@ def test_half_stores_layout_bytes_and_exact_decoding(tmp_path):
         assert ds["features"].attrs == {STORED_DTYPE_ATTR: dt}
         got = ds["features"].values
         np.testing.assert_array_equal(got, torch_round_trip(f32, dt))  # same computation: exact
-        # everything but the features is the float32 run's, bit for bit
+        # everything but the features is the float32 run's, bit for bit (same model, batches and threads)
         xr.testing.assert_identical(ds.drop_vars("features").load().drop_attrs(),
                                     ref.drop_vars("features").drop_attrs())
         cg.verify(paths[dt])  # manifest, checksums and values (logit check widened by the rounding bound)
@@ -136,7 +136,7 @@ def test_half_precision_error_within_the_stated_bound_on_a_trained_dump(trained_
             err = np.abs(got[col].to_numpy() - ref[col].to_numpy())
             assert np.all(err <= np.arcsin(eps) + 1e-12), (dt, col, err.max())
         assert 0 < rel.max()  # the rounding moved the numbers: the check is not vacuous
-        # calibration columns come from the logits, which stay float32
+        # calibration columns come from the logits, which stay float32 (the same forward computation: exact)
         np.testing.assert_array_equal(got["confidence"].to_numpy(), ref["confidence"].to_numpy())
 
 
