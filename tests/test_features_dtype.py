@@ -25,7 +25,7 @@ from causalgeom.dump.store import stored_features_dtype
 from causalgeom.errors import ConfigError, IncompleteStoreError, SchemaError, StoreExistsError
 from causalgeom.pipeline.extract import already_extracted
 
-from .test_extract import Items, Net, make_data
+from .test_extract import Items, Net, fake_training, make_data  # noqa: F401 - fake_training is a fixture
 
 HALF = ("float16", "bfloat16")
 #: float16 rounds |h| < 2^-14 (its smallest normal) to multiples of 2^-24: absolute error <= 2^-25
@@ -271,3 +271,23 @@ def test_float16_refusal_threshold_is_where_torch_rounds_to_inf():
     assert bits.dtype == torch.int16
     np.testing.assert_array_equal(bfloat16_bits_to_float32(bits.numpy().view(np.uint16)),
                                   torch.tensor([[3.0e38, -1.0]]).to(torch.bfloat16).float().numpy())
+
+
+def test_cli_features_dtype_on_a_training_folder(fake_training, capsys):
+    """--features-dtype reaches every run; re-running with another precision is refused, without it kept."""
+    from causalgeom.cli import main
+
+    out, _ = fake_training
+    study = out / "study"
+    args = ["extract", str(out), "--no-attack", "--no-progress", "--batch-size", "16"]
+    assert main(args + ["--features-dtype", "float16"]) == 0
+    assert [stored_features_dtype(study / f"{r}.zarr") for r in ("ce-s0", "ls-s0")] == ["float16", "float16"]
+    assert main(args + ["--features-dtype", "bfloat16"]) == 2
+    assert "stored as float16, but features_dtype='bfloat16'" in capsys.readouterr().err
+    assert main(args) == 0  # no precision asked: complete stores are kept as they are
+    assert main(args + ["--features-dtype", "bfloat16", "--overwrite"]) == 0
+    assert stored_features_dtype(study / "ce-s0.zarr") == "bfloat16"
+    with pytest.raises(SystemExit) as exc:  # argparse refuses the choice, listing the allowed ones
+        main(args + ["--features-dtype", "float64"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'float64'" in capsys.readouterr().err
