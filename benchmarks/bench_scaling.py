@@ -81,25 +81,36 @@ class PeakRSS:
         self._sample()
 
 
-def write_study(root: Path, rows: int, runs: int, dim: int, k: int, chunk: int, seed: int) -> Path:
-    """A study of ``runs`` runs with ``rows`` samples in total (label smoothing shrinks the features)."""
+def _features_block(labels: np.ndarray, W: np.ndarray, scale: float, seed: int, block_info: Any = None) -> np.ndarray:
+    """Features of one chunk: ``scale * (noise + 3 W[label])`` (float32), its noise seeded by (seed, first row)."""
+    row = block_info[0]["array-location"][0][0] if block_info else 0
+    rng = np.random.default_rng([seed, row])
+    f = rng.standard_normal((labels.shape[0], W.shape[1]), dtype=np.float32)
+    f += 3.0 * W[labels]
+    f *= np.float32(scale)
+    return f
+
+
+def write_study(root: Path, rows: int, runs: int, dim: int, k: int, chunk: int, seed: int,
+                name: str | None = None) -> Path:
+    """A study of ``runs`` runs with ``rows`` samples in total (label smoothing shrinks the features); every run
+    scores the same sample ids (so analyses pair the runs by image)."""
     import dask.array as da
     import xarray as xr
 
     import causalgeom as cg
 
-    study = cg.open_study(root / f"study-{rows}", create=True)
+    study = cg.open_study(root / (name or f"study-{rows}"), create=True)
     per_run = rows // runs
     rng = np.random.default_rng(seed)
     W = (rng.standard_normal((k, dim)) / np.sqrt(dim)).astype(np.float32)
     b = (rng.standard_normal(k) * 0.1).astype(np.float32)
+    labels = da.from_array(rng.integers(0, k, per_run).astype(np.int64), chunks=chunk)  # the same images
     for r in range(runs):
         reg = "ce" if r % 2 == 0 else "label_smoothing"
         scale = 1.0 if reg == "ce" else 0.7 + 0.05 * rng.standard_normal()
-        g = da.random.default_rng(seed + 1000 * r + 1)
-        labels = g.integers(0, k, per_run, chunks=chunk).astype(np.int64)
-        noise = g.standard_normal((per_run, dim), chunks=(chunk, dim), dtype=np.float32)
-        feats = (scale * (noise + 3.0 * da.from_array(W, chunks=(k, dim))[labels])).astype(np.float32)
+        feats = labels.map_blocks(_features_block, W, scale, seed + 1000 * r + 1, new_axis=1,
+                                  chunks=(labels.chunks[0], (dim,)), dtype=np.float32)
         logits = (feats @ W.T + b).astype(np.float32)
         ds = xr.Dataset({"features": (("sample", "feature"), feats), "logits": (("sample", "class"), logits),
                          "label": (("sample",), labels), "head_weight": (("class", "feature"), W),
@@ -140,176 +151,281 @@ def machine() -> str:
             f"{platform.system()} {platform.release()}")
 
 
-def figures(rows_df, docs: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = []
-    (docs / "figures").mkdir(parents=True, exist_ok=True)
-    styles = {("study_frame", 1): ("C0", "o", "-"), ("study_frame", 2): ("C0", "s", "--"),
-              ("mediate_study", 1): ("C1", "o", "-"), ("mediate_study", 2): ("C1", "s", "--"),
-              ("mediate(table)", 0): ("C2", "^", ":")}
-    for metric, ylabel, fname in (("wall_s", "wall time (s)", "scaling_time.png"),
-                                  ("client_mib", "peak RSS increase, client process (MiB)", "scaling_memory.png"),
-                                  ("worker_mib", "peak RSS, largest worker (MiB)", "scaling_worker_memory.png")):
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        for (op, w), (color, marker, ls) in styles.items():
-            sub = rows_df[(rows_df.op == op) & (rows_df.workers == w)].sort_values("rows")
-            if sub.empty or (metric == "worker_mib" and w == 0):
-                continue
-            label = f"{op}, {w} worker{'s' if w > 1 else ''}" if w else f"{op} (in process)"
-            ax.plot(sub["rows"], sub[metric].clip(lower=1e-3), color=color, marker=marker, ls=ls, label=label)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("rows (samples in the study)")
-        ax.set_ylabel(ylabel)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = docs / "figures" / fname
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        out.append(path)
-    return out
+def _sizes(lo: float, hi: float, per_decade: int) -> list[int]:
+    n = int(round(np.log10(hi / lo) * per_decade))
+    return sorted({int(round(lo * 10 ** (i / per_decade), -2)) for i in range(n + 1)})
 
 
-def write_doc(rows_df, docs: Path, args: argparse.Namespace, figs: list[Path]) -> Path:
+def crossover(sizes: list[int], inproc: list[float], dask_path: list[float]) -> tuple[float | None, str]:
+    """The size from which the Dask path stays faster: log-log interpolation of the time ratio between the
+    last size where in-process wins and the next; None and why when that does not happen in range."""
+    faster = [d < i for d, i in zip(dask_path, inproc)]
+    if all(faster):
+        return None, f"the Dask path was faster at every size measured (crossover below {sizes[0]:,} rows)"
+    last_slow = max(j for j, f in enumerate(faster) if not f)
+    if last_slow == len(sizes) - 1:
+        return None, f"no crossover up to {sizes[-1]:,} rows: the in-process path was faster at the largest size"
+    a, b = last_slow, last_slow + 1
+    ga, gb = np.log(dask_path[a] / inproc[a]), np.log(dask_path[b] / inproc[b])  # ga >= 0 > gb
+    x = np.log(sizes[a]) + (np.log(sizes[b]) - np.log(sizes[a])) * ga / (ga - gb)
+    return float(np.exp(x)), f"between {sizes[a]:,} and {sizes[b]:,} rows"
+
+
+def _cluster_start(n_workers: int) -> tuple[Any, Any, float]:
+    """Enter ``cg.distributed.client(n_workers)`` (1 thread per worker) and import the analysis on the workers;
+    returns (context, client, seconds): what the automatic choice pays before its first task."""
+    from causalgeom import distributed
+
+    t0 = time.perf_counter()
+    ctx = distributed.client(n_workers=n_workers, threads_per_worker=1, memory_limit="auto")
+    c = ctx.__enter__()
+    c.run(lambda: __import__("causalgeom.scale.dask") and None)
+    return ctx, c, time.perf_counter() - t0
+
+
+def _close(ctx: Any) -> float:
+    t0 = time.perf_counter()
+    ctx.__exit__(None, None, None)
+    return time.perf_counter() - t0
+
+
+def _blas_threads(c: Any) -> str:
+    def info() -> list[int]:
+        from threadpoolctl import threadpool_info
+
+        return sorted({d["num_threads"] for d in threadpool_info() if d.get("user_api") == "blas"})
+
+    got = c.run(info)
+    return ", ".join(f"{w.rsplit(':', 1)[-1]}: {v}" for w, v in sorted(got.items()))
+
+
+#: The per-sample geometry and calibration columns of the --big part (run_moments of all of them: one fused pass).
+GEOMETRY_COLUMNS = ["norm", "rms", "cos_true", "cos_pred", "confidence", "correct", "overconfidence", "nll", "brier"]
+
+
+def crossover_part(args: argparse.Namespace, root: Path) -> list[dict[str, Any]]:
+    """Time the in-process path and the Dask path of one mediation question over a range of study sizes."""
     import dask
-    import pandas as pd
-
-    tab = rows_df.copy()
-    tab["rows"] = tab["rows"].map(lambda r: f"{r:,}")
-    tab["workers"] = tab["workers"].map(lambda w: "in process" if w == 0 else str(w))
-    for c in ("wall_s", "client_mib", "worker_mib"):
-        tab[c] = tab[c].map(lambda v: "" if pd.isna(v) else f"{v:.2f}" if c == "wall_s" else f"{v:.0f}")
-    tab = tab.rename(columns={"wall_s": "wall (s)", "client_mib": "client ΔRSS (MiB)",
-                              "worker_mib": "worker peak RSS (MiB)"})
-    header = "| " + " | ".join(tab.columns) + " |\n|" + "---|" * len(tab.columns) + "\n"
-    body = "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in tab.itertuples(index=False))
-    text = f"""# Scaling: the study table and the cluster bootstrap, 10^4 to 10^{int(np.log10(args.max_rows))} rows
-
-Measured by `python benchmarks/bench_scaling.py --max-rows {args.max_rows} --docs docs` on
-{dt.date.today().isoformat()}: {machine()}; numpy {np.__version__}, dask {dask.__version__}.
-
-Synthetic studies of {args.runs} runs (half `ce`, half `label_smoothing`), feature dim {args.dim}, {args.classes}
-classes, Zarr chunks of {args.chunk:,} samples, no attack outcomes. Each size is measured on a `LocalCluster`
-with 1 and with 2 worker processes (1 thread each; `causalgeom.distributed.client(n_workers=...)`):
-
-* **study_frame** — `study.to_frame()`: per-run dask graphs over the chunks run on the workers; the per-sample
-  rows (~{8 * 15} bytes each) are collected in the client, so its memory grows linearly with the rows.
-* **mediate_study** — `cg.distributed.mediate_study(study, treatment="regularizer", mediators=["rms", "cos_true"],
-  outcome="overconfidence", n_boot={args.n_boot})`: per-run sufficient statistics as Dask tasks over the chunks
-  (only a few numbers per run leave the workers), then the cluster bootstrap in the client.
-* **mediate(table)** — `cg.causal.mediate` on the table returned by `study_frame`, same question and `n_boot`,
-  in the client only (it does not use the workers; the table is not included in its time).
-
-"client ΔRSS" is the peak resident memory of the benchmark process above its level before the operation;
-"worker peak RSS" is the largest worker process's peak (it includes ~180 MiB of imported libraries). Both are
-sampled every 20 ms. This machine has few cores, so the 2-worker numbers share the CPU with the client and the
-scheduler; on a real cluster the workers have their own cores.
-
-{chr(10).join(f"![{p.stem}](figures/{p.name})" for p in figs)}
-
-{header}{body}"""
-    path = docs / "scaling.md"
-    path.write_text(text)
-    return path
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--min-rows", type=float, default=1e4)
-    p.add_argument("--max-rows", type=float, default=1e5, help="largest study, rows in total (default 10^5)")
-    p.add_argument("--runs", type=int, default=10)
-    p.add_argument("--dim", type=int, default=16)
-    p.add_argument("--classes", type=int, default=10)
-    p.add_argument("--chunk", type=int, default=131072, help="samples per Zarr chunk")
-    p.add_argument("--workers", default="1,2", help="worker counts (default 1,2)")
-    p.add_argument("--n-boot", type=int, default=1000)
-    p.add_argument("--dir", default=None, help="where to write the studies (default: a temporary folder)")
-    p.add_argument("--docs", default=None, help="write figures/scaling_*.png and scaling.md into this folder")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    args.max_rows = int(args.max_rows)
-
-    import warnings
-
-    import dask
-    import pandas as pd
 
     import causalgeom as cg
     from causalgeom import distributed
 
-    warnings.filterwarnings("ignore", category=cg.causal.FewClustersWarning)
-    warnings.filterwarnings("ignore", message="Port .* is already in use")
-    sizes = [int(10 ** e) for e in range(int(round(np.log10(args.min_rows))), int(round(np.log10(args.max_rows))) + 1)]
-    workers = [int(w) for w in args.workers.split(",")]
     question = dict(treatment="regularizer", control="ce", treated="label_smoothing", mediators=["rms", "cos_true"],
                     outcome="overconfidence")
+    sizes = _sizes(args.min_rows, args.max_rows, args.per_decade)
+    workers = [int(w) for w in args.workers.split(",")]
+    studies = {}
+    for rows in sizes:
+        t0 = time.perf_counter()
+        studies[rows] = write_study(root, rows, args.runs, args.dim, args.classes, args.chunk, args.seed)
+        size = sum(f.stat().st_size for f in studies[rows].rglob("*") if f.is_file())
+        print(f"wrote {rows:>10,} rows ({args.runs} runs x d={args.dim}) in {time.perf_counter() - t0:6.1f} s, "
+              f"{size / MIB:8.1f} MiB on disk", flush=True)
+    records: list[dict[str, Any]] = []
+
+    def rec(rows: int, workers: int, op: str, wall: float, cm: float = np.nan, wm: float = np.nan) -> None:
+        records.append(dict(rows=rows, workers=workers, op=op, wall_s=wall, client_mib=cm, worker_mib=wm))
+        print(f"  {rows:>10,} rows  {op:22s} {'in process' if workers == 0 else f'workers={workers}':10s} "
+              f"{wall:8.2f} s  client +{cm:7.0f} MiB  worker {wm:6.0f} MiB", flush=True)
+
+    refs = {}
+    warm = cg.open_study(studies[sizes[0]])  # this process imports its modules once, outside the timings
+    warm.to_frame(progress=False)
+    for rows in sizes:
+        study = cg.open_study(studies[rows])
+        for r in study.run_ids:  # open (and checksum-verify) once, outside the timings
+            study[r]
+        with dask.config.set(scheduler="threads"):
+            wall, cm, _, table = measure(lambda: study.to_frame(progress=False), [])
+            rec(rows, 0, "study_frame", wall, cm)
+            wall, cm, _, refs[rows] = measure(lambda: cg.causal.mediate(table, n_boot=args.n_boot, rng=args.seed,
+                                                                        **question), [])
+            rec(rows, 0, "mediate(table)", wall, cm)
+            del table
+            wall, cm, _, _ = measure(lambda: distributed.mediate_study(study, n_boot=args.n_boot, rng=args.seed,
+                                                                      **question), [])
+            rec(rows, 0, "mediate_study", wall, cm)
+    for n_workers in workers:
+        ctx, c, start = _cluster_start(n_workers)
+        try:
+            pids = list(c.run(os.getpid).values())
+            print(f"LocalCluster with {n_workers} worker(s) x 1 thread started in {start:.2f} s; BLAS threads per "
+                  f"worker {_blas_threads(c)}", flush=True)
+            distributed.mediate_study(warm, n_boot=10, rng=0, **question)  # the workers' first tasks import more
+            warm.to_frame(progress=False)
+            for rows in sizes:
+                study = cg.open_study(studies[rows])
+                for r in study.run_ids:
+                    study[r]
+                wall, cm, wm, table = measure(lambda: study.to_frame(progress=False), pids)
+                rec(rows, n_workers, "study_frame", wall, cm, wm)
+                del table
+                wall, cm, wm, res = measure(lambda: distributed.mediate_study(
+                    study, n_boot=args.n_boot, rng=args.seed, **question), pids)
+                rec(rows, n_workers, "mediate_study", wall, cm, wm)
+                gap = float(np.max(np.abs(refs[rows].summary()["estimate"].to_numpy()
+                                          - res.summary()["estimate"].to_numpy())))
+                if gap > 1e-8:  # same estimator from per-run moments: summation order only
+                    print(f"WARNING: mediate_study and mediate(table) differ by {gap:.2e}", flush=True)
+        finally:
+            stop = _close(ctx)
+        rec(0, n_workers, "cluster start+stop", start + stop)
+    return records
+
+
+def big_part(args: argparse.Namespace, root: Path) -> list[dict[str, Any]]:
+    """run_moments of the geometry + calibration columns of a large study on 1 vs 2 workers (best of 2 each)."""
+    import dask
+
+    import causalgeom as cg
+    from causalgeom import distributed
+
+    rows = args.big_runs * args.big_rows_per_run
+    t0 = time.perf_counter()
+    path = write_study(root, rows, args.big_runs, 512, args.classes, args.chunk, args.seed, name="big")
+    gib = args.big_runs * args.big_rows_per_run * 512 * 4 / 2**30
+    print(f"wrote the big study: {args.big_runs} runs x {args.big_rows_per_run:,} x 512 float32 "
+          f"({gib:.2f} GiB of features) in {time.perf_counter() - t0:.0f} s", flush=True)
+    study = cg.open_study(path)
+    for r in study.run_ids:
+        study[r]
+    small = cg.open_study(write_study(root, 2000, 2, 512, args.classes, args.chunk, args.seed, name="warm"))
+    records = []
+    for n_workers in (1, 2, 1, 2):  # alternated: the page cache and the other load of the machine fall alike
+        ctx, c, _ = _cluster_start(n_workers)
+        try:
+            pids = list(c.run(os.getpid).values())
+            distributed.run_moments(small, GEOMETRY_COLUMNS)
+            wall, cm, wm, _ = measure(lambda: distributed.run_moments(study, GEOMETRY_COLUMNS), pids)
+            blas = _blas_threads(c)
+        finally:
+            _close(ctx)
+        records.append(dict(rows=rows, workers=n_workers, op="run_moments(geometry)", wall_s=wall, client_mib=cm,
+                            worker_mib=wm))
+        print(f"  run_moments of {len(GEOMETRY_COLUMNS)} columns, {n_workers} worker(s) x 1 thread (BLAS threads "
+              f"{blas}): {wall:7.2f} s = {gib / wall:.2f} GiB/s of features; largest worker {wm:.0f} MiB, "
+              f"client +{cm:.0f} MiB", flush=True)
+    with dask.config.set(scheduler="threads"):
+        wall, cm, _, _ = measure(lambda: distributed.run_moments(study, GEOMETRY_COLUMNS), [])
+    records.append(dict(rows=rows, workers=0, op="run_moments(geometry)", wall_s=wall, client_mib=cm,
+                        worker_mib=np.nan))
+    print(f"  run_moments in this process (dask threads, {os.cpu_count()} threads, 1 BLAS thread each): "
+          f"{wall:7.2f} s = {gib / wall:.2f} GiB/s; client +{cm:.0f} MiB", flush=True)
+    shutil.rmtree(path, ignore_errors=True)
+    return records
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--min-rows", type=float, default=1e4, help="smallest study, rows in total (default 10^4)")
+    p.add_argument("--max-rows", type=float, default=4e5, help="largest study, rows in total (default 4x10^5)")
+    p.add_argument("--per-decade", type=int, default=2, help="sizes per decade between them (default 2)")
+    p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--chunk", type=int, default=16384, help="samples per Zarr chunk (16,384 x 512 = 32 MiB)")
+    p.add_argument("--workers", default="1,2", help="worker counts of the Dask path (default 1,2)")
+    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--big", action="store_true",
+                   help="also time run_moments on a large study (--big-runs x --big-rows-per-run x 512; 7.6 GiB "
+                        "of features by default, written to --dir) on 1 vs 2 workers")
+    p.add_argument("--big-only", action="store_true", help="only the --big part")
+    p.add_argument("--big-runs", type=int, default=20)
+    p.add_argument("--big-rows-per-run", type=int, default=200_000)
+    p.add_argument("--dir", default=None, help="where to write the studies (default: a temporary folder)")
+    p.add_argument("--docs", default=None, help="write figures/scaling_*.png and scaling.md into this folder")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    args.big = args.big or args.big_only
+
+    import warnings
+
+    import pandas as pd
+
+    import causalgeom as cg
+
+    warnings.filterwarnings("ignore", category=cg.causal.FewClustersWarning)
+    warnings.filterwarnings("ignore", message="Port .* is already in use")
+    print(f"machine: {machine()}", flush=True)
     root = Path(tempfile.mkdtemp(prefix="cg-scaling-", dir=args.dir))
     records: list[dict[str, Any]] = []
+    big: list[dict[str, Any]] = []
     try:
-        studies = {}
-        for rows in sizes:
-            t0 = time.perf_counter()
-            studies[rows] = write_study(root, rows, args.runs, args.dim, args.classes, args.chunk, args.seed)
-            size = sum(f.stat().st_size for f in studies[rows].rglob("*") if f.is_file())
-            print(f"wrote {rows:>10,} rows ({args.runs} runs) in {time.perf_counter() - t0:6.1f} s, "
-                  f"{size / MIB:8.1f} MiB on disk", flush=True)
-        for n_workers in workers:
-            with distributed.client(n_workers=n_workers, threads_per_worker=1, memory_limit="auto") as c:
-                pids = list(c.run(os.getpid).values())
-                warm = cg.open_study(studies[sizes[0]])  # workers import their modules once, outside the timings
-                warm.to_frame(progress=False)
-                distributed.mediate_study(warm, n_boot=10, rng=0, **question)
-                for rows in sizes:
-                    study = cg.open_study(studies[rows])
-                    for r in study.run_ids:  # open (and checksum-verify) once, outside the timings
-                        study[r]
-                    wall, cm, wm, table = measure(lambda: study.to_frame(progress=False), pids)
-                    records.append(dict(rows=rows, workers=n_workers, op="study_frame", wall_s=wall, client_mib=cm,
-                                        worker_mib=wm))
-                    wall, cm, wm, res = measure(lambda: distributed.mediate_study(
-                        study, n_boot=args.n_boot, rng=args.seed, **question), pids)
-                    records.append(dict(rows=rows, workers=n_workers, op="mediate_study", wall_s=wall, client_mib=cm,
-                                        worker_mib=wm))
-                    if n_workers == workers[0]:
-                        with dask.config.set(scheduler="sync"):
-                            wall, cm, _, ref = measure(lambda: cg.causal.mediate(
-                                table, n_boot=args.n_boot, rng=args.seed, **question), [])
-                        records.append(dict(rows=rows, workers=0, op="mediate(table)", wall_s=wall, client_mib=cm,
-                                            worker_mib=np.nan))
-                        gap = float(np.max(np.abs(ref.summary()["estimate"].to_numpy()
-                                                  - res.summary()["estimate"].to_numpy())))
-                        if gap > 1e-8:
-                            print(f"WARNING: mediate_study and mediate(table) differ by {gap:.2e}", flush=True)
-                    del table
-                    for rec in records[-3:] if n_workers == workers[0] else records[-2:]:
-                        print(f"  {rec['rows']:>10,} rows  {rec['op']:15s} workers={rec['workers']}  "
-                              f"{rec['wall_s']:8.2f} s  client +{rec['client_mib']:7.0f} MiB  "
-                              f"worker {rec['worker_mib']:6.0f} MiB", flush=True)
+        if not args.big_only:
+            records = crossover_part(args, root)
+        if args.big:
+            big = big_part(args, root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    df = pd.DataFrame(records)
     pd.set_option("display.width", 160)
-    print(df.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    top = df[df.rows == sizes[-1]].set_index(["op", "workers"])
-    if len(workers) > 1 and 1 in workers and 2 in workers:
+    lines = []
+    if records:
+        df = pd.DataFrame(records)
+        print(df.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+        sizes = sorted(set(df.rows) - {0})
+        wall = df.set_index(["op", "workers", "rows"])["wall_s"]
+        inproc = [wall[("study_frame", 0, r)] + wall[("mediate(table)", 0, r)] for r in sizes]
+        startstop = wall[("cluster start+stop", 2, 0)] if ("cluster start+stop", 2, 0) in wall.index else np.nan
+        dask_path = [startstop + wall[("mediate_study", 2, r)] for r in sizes] if np.isfinite(startstop) else []
+        print("\nin-process path = study.to_frame() + cg.causal.mediate(table) in this process (dask threads);")
+        print("Dask path = LocalCluster(2 workers x 1 thread) start + mediate_study + stop "
+              f"({startstop:.2f} s of start+stop)")
+        for r, a, b in zip(sizes, inproc, dask_path):
+            lines.append(f"  {r:>10,} rows ({r * args.dim * 4 / 2**30:7.3f} GiB of features): in-process "
+                         f"{a:7.2f} s, Dask path {b:7.2f} s, ratio in-process/Dask {a / b:5.2f}")
+        print("\n".join(lines))
+        if dask_path:
+            x, why = crossover(sizes, inproc, dask_path)
+            if x is None:
+                print(f"CROSSOVER none in range: {why}")
+            else:
+                print(f"CROSSOVER rows={x:,.0f} features_gib={x * args.dim * 4 / 2**30:.3f} ({why}; log-log "
+                      f"interpolation of the time ratio; d={args.dim}, float32)")
+            print(f"RESULT name=scaling_inprocess_over_dask_path_at_largest ratio={inproc[-1] / dask_path[-1]:.3f} "
+                  f"rows={sizes[-1]} (>1: the Dask path is faster)")
+        top = df[df.rows == sizes[-1]].set_index(["op", "workers"])["wall_s"]
         for op in ("study_frame", "mediate_study"):
-            ratio = top.loc[(op, 1), "wall_s"] / top.loc[(op, 2), "wall_s"]
-            print(f"RESULT name=scaling_{op}_speedup_2_workers ratio={ratio:.3f} target=>=1.0 "
-                  f"rows={sizes[-1]}")
-    ms = top.loc[("mediate_study", workers[0]), "client_mib"]
-    mt = top.loc[("mediate(table)", 0), "client_mib"] + top.loc[("study_frame", workers[0]), "client_mib"]
-    print(f"RESULT name=scaling_mediate_study_memory_vs_table ratio={max(ms, 1.0) / max(mt, 1.0):.3f} target=<=1.0 "
-          f"rows={sizes[-1]}")
-    if args.docs:
-        docs = Path(args.docs)
-        figs = figures(df, docs)
-        print(f"wrote {write_doc(df, docs, args, figs)} and {', '.join(str(f) for f in figs)}")
+            if (op, 1) in top.index and (op, 2) in top.index:
+                print(f"RESULT name=scaling_{op}_speedup_2_workers ratio={top[(op, 1)] / top[(op, 2)]:.3f} "
+                      f"target=>=1.0 rows={sizes[-1]}")
+        cmi = df[df.rows == sizes[-1]].set_index(["op", "workers"])["client_mib"]
+        w0 = [w for w in (1, 2) if ("mediate_study", w) in cmi.index]
+        if w0:
+            ms = cmi[("mediate_study", w0[0])]
+            mt = cmi[("mediate(table)", 0)] + cmi[("study_frame", 0)]
+            print(f"RESULT name=scaling_mediate_study_memory_vs_table ratio={max(ms, 1.0) / max(mt, 1.0):.3f} "
+                  f"target=<=1.0 rows={sizes[-1]}")
+    if big:
+        b = pd.DataFrame(big)
+        print(b.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+        best = b[b.workers > 0].groupby("workers")["wall_s"].min()
+        print(f"RESULT name=scaling_geometry_speedup_2_workers ratio={best[1] / best[2]:.3f} target=>=1.6 "
+              f"rows={int(b.rows.iloc[0])} (run_moments of the geometry+calibration columns, best of 2 each)")
+    if args.docs and records:
+        print(f"wrote {write_doc(pd.DataFrame(records), Path(args.docs), args, lines)}")
     return 0
+
+
+def write_doc(df: Any, docs: Path, args: argparse.Namespace, lines: list[str]) -> Path:
+    """Append the measured table of this run to docs/scaling.md's measurement section (between markers)."""
+    path = docs / "scaling.md"
+    text = path.read_text() if path.exists() else "# Scaling\n"
+    tab = df.copy()
+    tab["workers"] = tab["workers"].map(lambda w: "in process" if w == 0 else str(w))
+    body = "| rows | workers | op | wall (s) | client ΔRSS (MiB) | worker peak RSS (MiB) |\n|---|---|---|---|---|---|\n"
+    body += "".join(f"| {r.rows:,} | {r.workers} | {r.op} | {r.wall_s:.2f} | "
+                    f"{'' if np.isnan(r.client_mib) else f'{r.client_mib:.0f}'} | "
+                    f"{'' if np.isnan(r.worker_mib) else f'{r.worker_mib:.0f}'} |\n" for r in tab.itertuples())
+    block = (f"<!-- bench_scaling:begin -->\nMeasured by `python benchmarks/bench_scaling.py` on "
+             f"{dt.date.today().isoformat()}: {machine()}.\n\n```\n" + "\n".join(lines) + "\n```\n\n" + body
+             + "<!-- bench_scaling:end -->")
+    if "<!-- bench_scaling:begin -->" in text:
+        head, rest = text.split("<!-- bench_scaling:begin -->", 1)
+        text = head + block + rest.split("<!-- bench_scaling:end -->", 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+    return path
 
 
 if __name__ == "__main__":

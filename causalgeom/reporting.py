@@ -222,7 +222,8 @@ class _Progress:
 
 def report(study: Study | str | os.PathLike, out: str | os.PathLike = "report.html", *,
            query: str | os.PathLike | Any | list[Any] | None = None, interventions: bool = True,
-           refute: bool = True, progress: bool = True, robust: dict[str, Any] | None = None) -> Path:
+           refute: bool = True, progress: bool = True, robust: dict[str, Any] | None = None,
+           path: str = "auto") -> Path:
     """Analyse ``study`` and write ``out`` (HTML), ``out``'s ``.md`` twin and ``figures/*.png`` beside it.
 
     Parameters
@@ -239,18 +240,51 @@ def report(study: Study | str | os.PathLike, out: str | os.PathLike = "report.ht
     robust : dict, optional
         In-model intervention results to include (`causalgeom.interventions.robust_dose_response`
         outputs keyed ``"rescale"`` / ``"rotate"``; the demo computes them from the checkpoints).
+    path : {"auto", "in-process", "dask"}
+        Where the passes over the chunks run. ``"auto"`` (default): inside an open ``cg.distributed.client``
+        block on that cluster; otherwise by the study's size (`causalgeom.scale.choose_path`: a LocalCluster with
+        one single-threaded worker per core at or above the threshold measured by ``benchmarks/bench_scaling.py``,
+        else this process), logged in one line. ``"dask"`` uses the open client or starts a LocalCluster.
 
     Returns
     -------
     pathlib.Path
         The HTML file.
-    """
-    from . import causal
 
+    Raises
+    ------
+    ConfigError
+        Unknown ``path``.
+    """
+    import contextlib
+    import logging
+
+    from ._util.dask import active_client, client, current_client
+    from ._util.scale_choice import PATHS, choose_path
+    from .errors import ConfigError
+
+    if path not in ("auto",) + PATHS:
+        raise ConfigError(f"path: expected one of {['auto', *PATHS]}, got {path!r}")
     if not isinstance(study, Study):
         study = open_study(study)
     if len(study) == 0:
         raise QueryError(f"study {study.path} has no complete runs to report on")
+    cluster: Any = contextlib.nullcontext()
+    if active_client() is None and current_client() is None:  # an open client is the user's explicit choice
+        if path == "auto":
+            choice = choose_path(study)
+            logging.getLogger(__name__).info("report: %s", choice.reason)
+            path = choice.path
+        if path == "dask":
+            cluster = client(f"local:{max(1, os.cpu_count() or 1)}")
+    with cluster:
+        return _report(study, out, query, interventions, refute, progress, robust)
+
+
+def _report(study: Study, out: str | os.PathLike, query: Any, interventions: bool, refute: bool, progress: bool,
+            robust: dict[str, Any] | None) -> Path:
+    from . import causal
+
     if query is None:
         queries = default_queries(study)
     elif isinstance(query, (str, os.PathLike)):

@@ -132,6 +132,50 @@ def _resolve_levels(q: Any, table: Any) -> Any:
     return q
 
 
+#: 0/1 columns of the study table: ``outcome_model="auto"`` fits a logistic model to them (rows needed).
+def _binary(column: str) -> bool:
+    return column == "correct" or column.startswith("robust[")
+
+
+def _out_of_core_problem(q: Any, study: Any, refute: bool) -> str | None:
+    """Why query ``q`` cannot be answered by `causalgeom.scale.mediate_study` from per-run moments (None: it can,
+    with the same estimator, design and random draws as `mediate` on the table)."""
+    if (q.method or "regression") != "regression":
+        return f"method={q.method!r} needs the per-sample rows"
+    if (q.level or "sample") != "sample":
+        return f"level={q.level!r} needs the run table"
+    if q.cluster != "run_id":
+        return f"cluster={q.cluster!r}: out of core, runs are the clusters"
+    if q.outcome_model in ("logistic", "probit") or (q.outcome_model in (None, "auto")
+                                                       and any(_binary(o) for o in q.outcomes)):
+        return "a logistic/probit outcome model (0/1 outcome) needs the rows"
+    if q.inference == "wild" or (q.bootstrap or "cluster") != "cluster":
+        return "the wild bootstrap and row-resampling bootstraps need the rows"
+    if q.treatment not in ("regularizer", "strength", "seed"):
+        return f"treatment {q.treatment!r} is not a run-level column"
+    if refute:
+        return "--refute needs the per-sample rows"
+    if q.estimand == "model":
+        return "estimand='model' needs the per-image rows"
+    if q.estimand in (None, "auto"):
+        runs = study.runs
+        if q.treatment in runs.columns and runs[q.treatment].value_counts(dropna=False).min() < 2:
+            return "an arm has one run, so estimand 'auto' is model-conditional and needs the per-image rows"
+    return None
+
+
+def _moment_kwargs(q: Any) -> dict[str, Any]:
+    """`mediate_study` keywords of a query that `_out_of_core_problem` accepts."""
+    kw = q.mediate_kwargs()
+    for key in ("cluster", "method", "level", "outcome_model"):
+        kw.pop(key)
+    if q.treatment in ("strength", "seed"):  # command-line values arrive as strings
+        kw["control"] = _value(kw["control"]) if isinstance(kw["control"], str) else kw["control"]
+        kw["treated"] = _value(kw["treated"]) if isinstance(kw["treated"], str) else kw["treated"]
+    kw["center"] = q.center or "minimal_loss"
+    return kw
+
+
 def _mediate(args: argparse.Namespace) -> int:
     import matplotlib
 
@@ -166,7 +210,18 @@ def _mediate(args: argparse.Namespace) -> int:
                 tables[key] = study.to_frame(progress=not args.no_progress, **kw)
             return tables[key]
 
+    # on the Dask path (chosen by size, or --scheduler), queries that per-run moments answer run out of core
+    out_of_core = [False] * len(queries)
+    if getattr(args, "path_choice", None) == "dask" and not src.is_file():
+        for i, q in enumerate(queries):
+            why = _out_of_core_problem(q, study, bool(args.refute))
+            out_of_core[i] = why is None
+            how = ("out of core (cg.distributed.mediate_study: per-run moments on the Dask workers)" if why is None
+                   else f"from the per-sample table built on the Dask workers ({why})")
+            print(f"causalgeom mediate: {q.name or f'query {i + 1}'}: {how}", file=sys.stderr)
     for i, q in enumerate(queries):  # every query is checked against its table before anything is written
+        if out_of_core[i]:  # mediate_study checks the question itself, before its first pass over the chunks
+            continue
         table = get_table(q)
         queries[i] = _resolve_levels(q, table)
         with warnings.catch_warnings():
@@ -176,12 +231,17 @@ def _mediate(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     summaries, sens, md = [], [], []
     for i, q in enumerate(queries):
-        table = get_table(q)
-        q = _resolve_levels(q, table)
-        queries[i] = q
         with warnings.catch_warnings():  # the same message is printed below as a note
             warnings.simplefilter("ignore", FewClustersWarning)
-            res = mediate(table, **q.mediate_kwargs())
+            if out_of_core[i]:
+                from ..scale import mediate_study
+
+                res = mediate_study(study, **_moment_kwargs(q))
+            else:
+                table = get_table(q)
+                q = _resolve_levels(q, table)
+                queries[i] = q
+                res = mediate(table, **q.mediate_kwargs())
         label = q.name or f"query {i + 1}"
         s = res.summary()
         s.insert(0, "query", label)

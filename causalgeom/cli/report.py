@@ -28,6 +28,7 @@ def _report(args: argparse.Namespace) -> int:
     from ..reporting import report
 
     path = report(args.study, out=args.out, query=args.query, interventions=not args.no_interventions,
-                  refute=not args.no_refute, progress=not args.no_progress)
+                  refute=not args.no_refute, progress=not args.no_progress,
+                  path=getattr(args, "path_choice", None) or "auto")  # the size rule already ran in cli._scale
     print(f"report: {path.resolve()}")
     return 0

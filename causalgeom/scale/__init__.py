@@ -17,7 +17,10 @@ Three engines, one module:
   a store complete, and a failed rank's shard is redone by re-running that rank alone.
 * **Dask (training).** :func:`run_grid` submits one :func:`causalgeom.train.train_run` per task.
 
-See ``docs/scaling_out.md`` for what runs where.
+Which of the two a whole-study analysis uses when the user does not say is decided by :func:`choose_path`
+(the study's size against :data:`DASK_THRESHOLD_ROWS`, measured by ``benchmarks/bench_scaling.py``).
+
+See ``docs/scaling_out.md`` for what runs where, ``docs/scaling.md`` for the measurements.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from ..metrics.blocks import compute
 from .._util.dask import (CONNECT_TIMEOUT, SCHEDULER_ENV, active_client, client, current_client,
                           worker_loss_translated)
 from ..errors import WorkerLostError
+from .._util.scale_choice import DASK_THRESHOLD_ROWS, THRESHOLD_ENV, PathChoice, choose_path, dask_threshold
 from .dask import SAMPLE_MOMENT_COLUMNS, RunMoments, mediate_study, run_moments
 from .grid import run_grid
 from .torchrun import RankInfo, barrier, extract, extract_study, rank_device, torchrun_env
@@ -35,4 +39,5 @@ __all__ = [
     "SCHEDULER_ENV", "CONNECT_TIMEOUT", "RankInfo", "torchrun_env", "rank_device", "barrier", "extract", "extract_study",
     "run_grid",
     "SAMPLE_MOMENT_COLUMNS", "RunMoments", "run_moments", "mediate_study",
+    "choose_path", "PathChoice", "dask_threshold", "DASK_THRESHOLD_ROWS", "THRESHOLD_ENV",
 ]
