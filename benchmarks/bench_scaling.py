@@ -1,31 +1,42 @@
-"""Scaling of the study table and the cluster bootstrap with the number of rows, on 1 vs 2 Dask workers.
+"""When the out-of-core Dask path overtakes the in-process one, and what 2 workers buy over 1.
 
-Synthetic studies of ``--runs`` runs (half ``ce``, half ``label_smoothing``; feature dim ``--dim``) with
-10^4, 10^5, ... up to ``--max-rows`` samples in total are written with ``cg.save`` (Zarr, chunks of
-``--chunk`` samples). For each size, on a LocalCluster with 1 and then 2 worker processes, it times
+Synthetic studies of ``--runs`` runs (half ``ce``, half ``label_smoothing``, every run scoring the same images;
+feature dim ``--dim``, default 512, float32) of ``--min-rows`` to ``--max-rows`` samples in total are written with
+``cg.save`` (Zarr, chunks of ``--chunk`` samples). One mediation question (regularizer -> rms, cos_true ->
+overconfidence, paired by image, ``--n-boot`` cluster-bootstrap replicates) is answered at each size by
 
-* ``study_frame``: the per-sample study table (``study.to_frame()``; per-run graphs over the chunks on the
-  workers, the rows collected in this process),
-* ``mediate_study``: ``cg.distributed.mediate_study`` (per-run sufficient statistics as Dask tasks over the
-  chunks, then the cluster bootstrap with ``--n-boot`` replicates in this process),
+* the **in-process path**, what a command does without a cluster: ``study.to_frame()`` (the fused pass over the
+  chunks on dask's threads in this process, the per-sample table collected here) + ``cg.causal.mediate(table)``;
+* the **Dask path**, what the automatic choice starts: a ``LocalCluster`` (2 worker processes x 1 thread, 1 BLAS
+  thread each: Dask's ``OMP_NUM_THREADS=1`` pre-spawn setting, checked and printed) + ``mediate_study`` (per-run
+  moments as Dask tasks over the chunks, two passes, nothing per-sample leaves the workers) + closing the cluster;
+  its start and stop are timed once and added (the workers get `causalgeom.scale.WORKER_MALLOC_ENV`, as the
+  automatic choice gives them: Dask's own malloc setting made the fused pass 45% slower per chunk;
+  ``BENCH_DASK_MALLOC=1`` keeps Dask's),
 
-and once per size, in this process only,
+and also ``study_frame`` / ``mediate_study`` on 1 and on 2 workers, and ``mediate_study`` in this process. Wall
+time and the peak resident memory of this process (increase over its level before) and of the largest worker
+are recorded (sampled every 20 ms). It prints the crossover (the size from which the Dask path stays faster,
+log-log interpolated, or that none was found in range) and the rows at which the in-process path's measured
+memory per row would fill a quarter of this machine's RAM; `causalgeom.scale.DASK_THRESHOLD_ROWS` is the smaller
+of the two (docs/scaling.md).
 
-* ``mediate(table)``: ``cg.causal.mediate`` on the study table (``n_boot`` replicates, cluster bootstrap),
+``--big`` also writes a study of ``--big-runs`` x ``--big-rows-per-run`` x 512 (20 x 200,000: 7.6 GiB of float32
+features, into ``--dir``) and times ``run_moments`` of the geometry + calibration columns (one fused pass) on a
+LocalCluster of 1 and of 2 single-threaded workers, alternated twice, best of each.
 
-and records the wall time and the peak resident memory of this process (increase over its level before the
-operation) and of the workers (the largest worker), sampled every 20 ms.
+    python benchmarks/bench_scaling.py                        # 10^4 .. 4x10^5 rows at d=512 (about a minute)
+    python benchmarks/bench_scaling.py --max-rows 1e6 --big --dir /tmp    # + the 7.6 GiB study (minutes)
 
-    python benchmarks/bench_scaling.py                          # up to 10^5 rows (about a minute)
-    python benchmarks/bench_scaling.py --max-rows 10000000 --docs docs    # figures + docs/scaling.md
-
-The last lines are machine-readable (``RESULT name=... ratio=... target=...``): the 2-worker speed-up of
-each operation at the largest size, and the peak-memory ratio of ``mediate_study`` to ``mediate(table)``.
+The last lines are machine-readable (``RESULT name=... ratio=... target=...``): the 2-worker speed-ups at the
+largest size, the peak-memory ratio of ``mediate_study`` to the in-process path, and with ``--big`` the 2-worker
+speed-up of the out-of-core geometry (target >= 1.6).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import platform
@@ -152,7 +163,7 @@ def machine() -> str:
 
 
 def _sizes(lo: float, hi: float, per_decade: int) -> list[int]:
-    n = int(round(np.log10(hi / lo) * per_decade))
+    n = int(np.floor(np.log10(hi / lo) * per_decade + 1e-9))
     return sorted({int(round(lo * 10 ** (i / per_decade), -2)) for i in range(n + 1)})
 
 
@@ -177,8 +188,10 @@ def _cluster_start(n_workers: int) -> tuple[Any, Any, float]:
     from causalgeom import distributed
 
     t0 = time.perf_counter()
-    ctx = distributed.client(n_workers=n_workers, threads_per_worker=1, memory_limit="auto")
-    c = ctx.__enter__()
+    ctx = contextlib.ExitStack()
+    if not os.environ.get("BENCH_DASK_MALLOC"):  # BENCH_DASK_MALLOC=1: Dask's own worker malloc settings
+        ctx.enter_context(distributed.local_cluster_options())
+    c = ctx.enter_context(distributed.client(n_workers=n_workers, threads_per_worker=1, memory_limit="auto"))
     c.run(lambda: __import__("causalgeom.scale.dask") and None)
     return ctx, c, time.perf_counter() - t0
 
@@ -196,7 +209,8 @@ def _blas_threads(c: Any) -> str:
         return sorted({d["num_threads"] for d in threadpool_info() if d.get("user_api") == "blas"})
 
     got = c.run(info)
-    return ", ".join(f"{w.rsplit(':', 1)[-1]}: {v}" for w, v in sorted(got.items()))
+    mmap = set(c.run(lambda: os.environ.get("MALLOC_MMAP_THRESHOLD_", "glibc default")).values())
+    return ", ".join(f"{w.rsplit(':', 1)[-1]}: {v}" for w, v in sorted(got.items())) + f"; malloc mmap threshold {mmap}"
 
 
 #: The per-sample geometry and calibration columns of the --big part (run_moments of all of them: one fused pass).
@@ -383,6 +397,13 @@ def main(argv: list[str] | None = None) -> int:
                       f"interpolation of the time ratio; d={args.dim}, float32)")
             print(f"RESULT name=scaling_inprocess_over_dask_path_at_largest ratio={inproc[-1] / dask_path[-1]:.3f} "
                   f"rows={sizes[-1]} (>1: the Dask path is faster)")
+        mem = df[(df.rows == sizes[-1]) & (df.workers == 0) & df.op.isin(["study_frame", "mediate(table)"])]
+        per_row = float(mem.client_mib.sum()) * MIB / sizes[-1]
+        import psutil
+
+        quarter = psutil.virtual_memory().total / 4 / per_row
+        print(f"MEMORY in-process path: {per_row:.0f} bytes per row at its peak (to_frame + mediate, at "
+              f"{sizes[-1]:,} rows); a quarter of this machine's RAM holds {quarter:,.0f} rows")
         top = df[df.rows == sizes[-1]].set_index(["op", "workers"])["wall_s"]
         for op in ("study_frame", "mediate_study"):
             if (op, 1) in top.index and (op, 2) in top.index:

@@ -83,7 +83,8 @@ def call(args: argparse.Namespace) -> Any:
         address = f"local:{max(1, os.cpu_count() or 1)}"
     else:
         args.path_choice = "dask"
-    with distributed.client(address), distributed.worker_loss_translated(f"causalgeom {args.command}"):
+    with distributed.local_cluster_options(), distributed.client(address), \
+            distributed.worker_loss_translated(f"causalgeom {args.command}"):
         return args.func(args)
 
 

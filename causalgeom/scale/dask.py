@@ -55,16 +55,33 @@ def _moments_combine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.concatenate([[n], mean, C, a[1 + c + c * c:] + b[1 + c + c * c:]])
 
 
-def _tree(parts: list[Any]) -> Any:
-    import dask
-
-    combine = dask.delayed(_moments_combine, pure=True)
+def _combine_rows(rows: np.ndarray) -> np.ndarray:
+    """`_moments_combine` over the rows of ``rows`` (one `_moments_block` result per chunk), pairwise as a tree."""
+    parts = list(np.asarray(rows, dtype=np.float64))
     while len(parts) > 1:
-        nxt = [combine(parts[i], parts[i + 1]) for i in range(0, len(parts) - 1, 2)]
+        nxt = [_moments_combine(parts[i], parts[i + 1]) for i in range(0, len(parts) - 1, 2)]
         if len(parts) % 2:
             nxt.append(parts[-1])
         parts = nxt
     return parts[0]
+
+
+def _tree(arr: Any) -> Any:
+    """Delayed sufficient statistics of the rows of a dask array (n, c) with one chunk along its columns.
+
+    One `_moments_block` task per row chunk, then one task per run that combines them (`_combine_rows`); few
+    tasks, since on a small cluster each costs about as much scheduler time as a millisecond of work. The chunks
+    go through ``to_delayed`` so that another reduction of the same array in the same compute (the image means
+    of `mediate_study`) shares their keys instead of having the pass fused into it a second time.
+    """
+    import dask
+
+    c = int(arr.shape[1])
+    block = dask.delayed(_moments_block, pure=True)
+    parts = [block(b) for b in arr.to_delayed().ravel()]
+    if not parts:  # no samples
+        return dask.delayed(_moments_block)(np.empty((0, c)))
+    return dask.delayed(_combine_rows, pure=True)(parts)
 
 
 def _sample_columns(ds: Any) -> list[str]:
@@ -214,8 +231,7 @@ def _lazy_moments(ds: Any, columns: Sequence[str], center: str, stacked: Any = N
 
     if stacked is None:
         stacked = _run_columns(ds, columns, center)
-    block = dask.delayed(_moments_block, pure=True)
-    return _tree([block(b) for b in stacked.to_delayed().ravel()])
+    return _tree(stacked)
 
 
 class RunMoments(NamedTuple):
@@ -356,12 +372,11 @@ def _paired_grams(W: list[Any], wbar: np.ndarray, qbar: np.ndarray, K: int, q: i
 
     R, n_img, c = len(W), int(wbar.shape[0]), int(wbar.shape[1])
     lazy = []
-    block = dask.delayed(_moments_block, pure=True)
     for r in range(R):
         ch = W[r].chunks[0]
         v = da.concatenate([W[r] - da.from_array(wbar, chunks=(ch, c)), W[r][:, :K],
                             da.from_array(qbar, chunks=(ch, K))], axis=1).rechunk({1: -1})
-        lazy.append(_tree([block(b) for b in v.to_delayed().ravel()]))
+        lazy.append(_tree(v))
     from ..metrics.table import _one_blas_thread
 
     with _one_blas_thread():
