@@ -345,6 +345,11 @@ def _grams(design: Any, moments: list[RunMoments], t_run: np.ndarray, interactio
     return out
 
 
+def _demeaned_moments(w: np.ndarray, wbar: np.ndarray, qbar: np.ndarray, start: int, stop: int, K: int) -> np.ndarray:
+    """`_moments_block` of ``[w - wbar, M, qbar]`` for the rows ``start:stop`` of a run (``w``: its columns there)."""
+    return _moments_block(np.concatenate([w - wbar[start:stop], w[:, :K], qbar[start:stop]], axis=1))
+
+
 def _pairing_problem(runs: list[Any]) -> str | None:
     """Why ``runs`` cannot be paired by image (None when every run holds the same sample ids in the same order)."""
     ids = [np.asarray(ds["sample"].values) if "sample" in ds.coords else np.arange(int(ds.sizes["sample"]))
@@ -378,15 +383,17 @@ def _paired_grams(W: list[Any], wbar: np.ndarray, qbar: np.ndarray, K: int, q: i
     them.
     """
     import dask
-    import dask.array as da
 
     R, n_img, c = len(W), int(wbar.shape[0]), int(wbar.shape[1])
+    # the image means enter the graph once (one key each, sent once to each worker), not once per run and chunk
+    wkey, qkey = dask.delayed(wbar, pure=True), dask.delayed(qbar, pure=True)
+    block = dask.delayed(_demeaned_moments, pure=True)
     lazy = []
     for r in range(R):
-        ch = W[r].chunks[0]
-        v = da.concatenate([W[r] - da.from_array(wbar, chunks=(ch, c)), W[r][:, :K],
-                            da.from_array(qbar, chunks=(ch, K))], axis=1).rechunk({1: -1})
-        lazy.append(_tree(v))
+        stops = np.cumsum(W[r].chunks[0])
+        parts = [block(b, wkey, qkey, int(e - n), int(e), K)
+                 for b, n, e in zip(W[r].to_delayed().ravel(), W[r].chunks[0], stops)]
+        lazy.append(dask.delayed(_combine_rows, pure=True)(parts))
     from ..metrics.table import _one_blas_thread
 
     with _one_blas_thread():
