@@ -392,6 +392,11 @@ def main(argv: list[str] | None = None) -> int:
             x, why = crossover(sizes, inproc, dask_path)
             if x is None:
                 print(f"CROSSOVER none in range: {why}")
+                r0, r1 = inproc[-2] / dask_path[-2] if len(sizes) > 1 else np.nan, inproc[-1] / dask_path[-1]
+                if len(sizes) > 1 and r0 < r1 < 1:  # in-process still faster but its lead shrinking
+                    slope = np.log(r1 / r0) / np.log(sizes[-1] / sizes[-2])
+                    print(f"EXTRAPOLATED parity near {sizes[-1] * np.exp(-np.log(r1) / slope):,.0f} rows (log-log "
+                          "trend of the time ratio over the last two sizes; not measured)")
             else:
                 print(f"CROSSOVER rows={x:,.0f} features_gib={x * args.dim * 4 / 2**30:.3f} ({why}; log-log "
                       f"interpolation of the time ratio; d={args.dim}, float32)")
@@ -434,7 +439,7 @@ def write_doc(df: Any, docs: Path, args: argparse.Namespace, lines: list[str]) -
     tab = df.copy()
     tab["workers"] = tab["workers"].map(lambda w: "in process" if w == 0 else str(w))
     body = "| rows | workers | op | wall (s) | client ΔRSS (MiB) | worker peak RSS (MiB) |\n|---|---|---|---|---|---|\n"
-    body += "".join(f"| {r.rows:,} | {r.workers} | {r.op} | {r.wall_s:.2f} | "
+    body += "".join(f"| {f'{r.rows:,}' if r.rows else '—'} | {r.workers} | {r.op} | {r.wall_s:.2f} | "
                     f"{'' if np.isnan(r.client_mib) else f'{r.client_mib:.0f}'} | "
                     f"{'' if np.isnan(r.worker_mib) else f'{r.worker_mib:.0f}'} |\n" for r in tab.itertuples())
     block = (f"<!-- bench_scaling:begin -->\nMeasured by `python benchmarks/bench_scaling.py` on "

@@ -5,10 +5,10 @@ The rule lives in `_util` (below every layer) because two layers apply it: the c
 `causalgeom.scale.choose_path`. It reads only each run's metadata (sizes and the features' data type), never a
 sample.
 
-The threshold is the size measured by ``benchmarks/bench_scaling.py`` (docs/scaling.md): below it, the
-in-process path (``Study.to_frame()`` + ``cg.causal.mediate`` on the dask threads of this process) was faster
-than starting a ``LocalCluster`` and running the out-of-core path (``mediate_study``) on it, and its per-sample
-table fits comfortably in memory; above it the out-of-core path is chosen.
+The threshold comes from ``benchmarks/bench_scaling.py`` (docs/scaling.md; :data:`DASK_THRESHOLD_ROWS` says how):
+below it, the in-process path (``Study.to_frame()`` + ``cg.causal.mediate`` on the dask threads of this process)
+was faster than starting a ``LocalCluster`` and running the out-of-core path (``mediate_study``) on it, and its
+per-sample table fits comfortably in memory; above it the out-of-core path is chosen.
 """
 
 from __future__ import annotations
@@ -25,11 +25,14 @@ __all__ = ["DASK_THRESHOLD_ROWS", "THRESHOLD_ENV", "PATHS", "PathChoice", "dask_
            "choose_path", "WORKER_MALLOC_ENV", "local_cluster_options"]
 
 #: Rows of the study table (samples summed over the runs) from which whole-study analyses run out of core on a
-#: Dask LocalCluster. Measured by ``python benchmarks/bench_scaling.py`` on a 2-core Xeon with 24 GiB of RAM
-#: (docs/scaling.md): the in-process path was faster at every size timed (up to 1.6 million rows, 3 GiB of
-#: float32 features at d=512), so the threshold is where the in-process table would take a quarter of that
-#: machine's memory (the measured ~750 bytes per row of ``to_frame`` + ``mediate`` at its peak, 6 GiB / 750 B).
-DASK_THRESHOLD_ROWS = 8_000_000
+#: Dask LocalCluster. Measured by ``python benchmarks/bench_scaling.py`` (2 cores, 24 GiB of RAM, d=512 float32,
+#: 10 runs paired by image; docs/scaling.md): the in-process path was faster at every size timed, 10^4 to
+#: 3.16 million rows, but its lead shrank with size (Dask path / in-process time 3.2 at 10^4 rows, 1.7 at 10^6,
+#: 1.09 at 3.16 x 10^6); the log-log trend of the last two sizes reaches parity near 4 million rows (an
+#: extrapolation, 7.6 GiB of features). Above that the Dask path is expected to be at least as fast, and its client
+#: memory stays ~50 MiB where the in-process table took ~500 bytes per row (1.5 GiB at 3.16 million rows; a quarter
+#: of that machine's RAM at 12.9 million rows).
+DASK_THRESHOLD_ROWS = 4_000_000
 
 #: Environment variable that overrides :data:`DASK_THRESHOLD_ROWS` (a number of rows, e.g. ``2e6``).
 THRESHOLD_ENV = "CAUSALGEOM_DASK_THRESHOLD_ROWS"
