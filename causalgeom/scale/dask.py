@@ -263,8 +263,11 @@ def run_moments(study: Any, columns: Sequence[str], *, run_ids: Sequence[str] | 
 
     For each run: the number of samples, the mean of every column and their co-moment matrix
     ``sum_i (x_i - mean)(x_i - mean)'`` (one task per chunk, combined pairwise by Chan, Golub &
-    LeVeque's update, so the chunks' rows never leave the workers). All runs are computed in one
-    pass (on the cluster inside a :func:`client` block).
+    LeVeque's update, so the chunks' rows never leave the workers). Every geometry and calibration
+    column comes from the fused per-sample pass (`causalgeom.metrics.table.fused_run`), so each chunk
+    of ``features`` and ``logits`` is read once however many columns are asked. All runs are computed
+    in one pass (on the cluster inside a :func:`client` block; in this process otherwise, one BLAS
+    thread per dask thread).
 
     Parameters
     ----------
