@@ -10,9 +10,9 @@ overconfidence, paired by image, ``--n-boot`` cluster-bootstrap replicates) is a
 * the **Dask path**, what the automatic choice starts: a ``LocalCluster`` (2 worker processes x 1 thread, 1 BLAS
   thread each: Dask's ``OMP_NUM_THREADS=1`` pre-spawn setting, checked and printed) + ``mediate_study`` (per-run
   moments as Dask tasks over the chunks, two passes, nothing per-sample leaves the workers) + closing the cluster;
-  its start and stop are timed once and added (the workers get `causalgeom.scale.WORKER_MALLOC_ENV`, as the
-  automatic choice gives them: Dask's own malloc setting made the fused pass 45% slower per chunk;
-  ``BENCH_DASK_MALLOC=1`` keeps Dask's),
+  its start and stop are timed once and added (the workers get `causalgeom.scale.WORKER_MALLOC_ENV`, as every
+  LocalCluster `causalgeom.distributed.client` starts: Dask's own malloc setting made the fused pass 45% slower
+  per chunk),
 
 and also ``study_frame`` / ``mediate_study`` on 1 and on 2 workers, and ``mediate_study`` in this process. Wall
 time and the peak resident memory of this process (increase over its level before) and of the largest worker
@@ -189,8 +189,6 @@ def _cluster_start(n_workers: int) -> tuple[Any, Any, float]:
 
     t0 = time.perf_counter()
     ctx = contextlib.ExitStack()
-    if not os.environ.get("BENCH_DASK_MALLOC"):  # BENCH_DASK_MALLOC=1: Dask's own worker malloc settings
-        ctx.enter_context(distributed.local_cluster_options())
     c = ctx.enter_context(distributed.client(n_workers=n_workers, threads_per_worker=1, memory_limit="auto"))
     c.run(lambda: __import__("causalgeom.scale.dask") and None)
     return ctx, c, time.perf_counter() - t0

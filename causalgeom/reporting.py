@@ -260,7 +260,7 @@ def report(study: Study | str | os.PathLike, out: str | os.PathLike = "report.ht
     import logging
 
     from ._util.dask import active_client, client, current_client
-    from ._util.scale_choice import PATHS, choose_path, local_cluster_options
+    from ._util.scale_choice import PATHS, choose_path
     from .errors import ConfigError
 
     if path not in ("auto",) + PATHS:
@@ -276,9 +276,7 @@ def report(study: Study | str | os.PathLike, out: str | os.PathLike = "report.ht
             logging.getLogger(__name__).info("report: %s", choice.reason)
             path = choice.path
         if path == "dask":
-            cluster = contextlib.ExitStack()
-            cluster.enter_context(local_cluster_options())
-            cluster.enter_context(client(f"local:{max(1, os.cpu_count() or 1)}"))
+            cluster = client(f"local:{max(1, os.cpu_count() or 1)}")
     with cluster:
         return _report(study, out, query, interventions, refute, progress, robust)
 

@@ -122,3 +122,29 @@ def test_fused_pass_direct_equals_fused_pass_through_zarr(store, monkeypatch):
     through_zarr = table.fused_run(ds)
     for k in direct:  # the same kernel on the same bytes, chunk by chunk: exact
         assert np.array_equal(direct[k], through_zarr[k], equal_nan=True), k
+
+
+@pytest.mark.parametrize("kind", ["float16", "bfloat16"])
+def test_half_precision_features_take_the_direct_path_with_the_same_values(tmp_path, monkeypatch, kind):
+    import torch
+
+    ds = make_run(n=300, d=8, k=4, seed=2, run_id="h", regularizer="ce", strength=0.0)
+    f = torch.from_numpy(ds["features"].values).to(getattr(torch, kind))
+    if kind == "float16":
+        ds["features"] = (("sample", "feature"), f.numpy())
+        ds["features"].attrs["stored_dtype"] = "float16"
+    else:
+        ds["features"] = (("sample", "feature"), f.view(torch.int16).numpy().view(np.uint16))
+        ds["features"].attrs["encoded_dtype"] = "bfloat16"
+    cg.save(ds, tmp_path / "h.zarr", sample_chunk=64, check_values=False)
+    run = cg.open(tmp_path / "h.zarr")
+    reader = reader_for(run, "features")
+    assert reader is not None and run["features"].attrs["stored_dtype"] == kind
+    assert np.array_equal(np.concatenate([reader.read_decoded(i) for i in range(reader.n_chunks)]).astype(np.float32),
+                          run["features"].values)  # the values `open` decodes: exact
+    assert reader_for(run.assign(features=run["features"] + 0), "features") is None
+    direct = table.fused_run(run)
+    monkeypatch.setattr(table, "_direct_fused", lambda ds, C: None)
+    through_zarr = table.fused_run(run)
+    for k in direct:  # float16 -> float64 directly or through the float32 decode: both exact, same kernel
+        assert np.array_equal(direct[k], through_zarr[k], equal_nan=True), k

@@ -8,18 +8,16 @@ torchmetrics in tests/test_calibration.py).
 from __future__ import annotations
 
 import math
-from collections import Counter
 
 import numpy as np
 import pytest
-import zarr.storage
 
 import causalgeom as cg
 from causalgeom import calibration, geometry
-from causalgeom.dump.chunks import ChunkReader
 from causalgeom.kernels import FUSED_FIELDS, fused_block
 from causalgeom.table import fused_run
 
+from ._reads import ReadCounter
 from .conftest import make_run
 
 
@@ -66,48 +64,11 @@ def study(tmp_path_factory):
     return st
 
 
-class _ReadCounter:
-    """Counts the chunk reads of a Zarr LocalStore and of `ChunkReader` by key (``features/c/0/0`` ...)."""
-
-    def __init__(self, monkeypatch):
-        self.keys: Counter[str] = Counter()
-        orig_get = zarr.storage.LocalStore.get
-        orig_partial = zarr.storage.LocalStore.get_partial_values
-        counter = self
-
-        async def get(self, key, *args, **kwargs):
-            counter.keys[f"{self.root.name}/{key}"] += 1
-            return await orig_get(self, key, *args, **kwargs)
-
-        async def get_partial_values(self, prototype, key_ranges):
-            key_ranges = list(key_ranges)
-            for key, _ in key_ranges:
-                counter.keys[f"{self.root.name}/{key}"] += 1
-            return await orig_partial(self, prototype, key_ranges)
-
-        monkeypatch.setattr(zarr.storage.LocalStore, "get", get)
-        monkeypatch.setattr(zarr.storage.LocalStore, "get_partial_values", get_partial_values)
-
-        orig_read = ChunkReader.read  # the fused pass's direct reads of uncompressed chunk files count too
-
-        def read(self, i):
-            key = "/".join(["c", str(i)] + ["0"] * (len(self.shape) - 1))
-            counter.keys[f"{self.path.parent.name}/{self.path.name}/{key}"] += 1
-            counter.direct += 1
-            return orig_read(self, i)
-
-        self.direct = 0
-        monkeypatch.setattr(ChunkReader, "read", read)
-
-    def chunks(self, var: str) -> Counter[str]:
-        return Counter({k: v for k, v in self.keys.items() if f"/{var}/c" in k})
-
-
 @pytest.mark.parametrize("level", ["sample", "run"])
 def test_to_frame_reads_each_chunk_of_features_and_logits_once(study, monkeypatch, level):
     for rid in study.run_ids:  # the first open of a small store verifies its checksums (reads files); not counted
         study[rid]
-    reads = _ReadCounter(monkeypatch)
+    reads = ReadCounter(monkeypatch)
     frame = study.to_frame(level=level, progress=False)
     assert len(frame) == (600 if level == "sample" else 2)
     for var in ("features", "logits"):
@@ -122,7 +83,7 @@ def test_compressed_store_reads_each_chunk_once_through_zarr(tmp_path, monkeypat
     ds = make_run(n=300, d=8, k=4, seed=3, run_id="z", regularizer="ce", strength=0.0)
     cg.save(ds, tmp_path / "z.zarr", sample_chunk=64, compressor="zstd")
     run = cg.open(tmp_path / "z.zarr")
-    reads = _ReadCounter(monkeypatch)
+    reads = ReadCounter(monkeypatch)
     fused_run(run)
     assert reads.direct == 0  # not the direct reader's kind: Zarr decodes
     for var in ("features", "logits"):
@@ -133,7 +94,7 @@ def test_compressed_store_reads_each_chunk_once_through_zarr(tmp_path, monkeypat
 def test_mean_centers_take_one_more_pass(study, monkeypatch):
     for rid in study.run_ids:
         study[rid]
-    reads = _ReadCounter(monkeypatch)
+    reads = ReadCounter(monkeypatch)
     study.to_frame(level="sample", progress=False, center="mean")
     got = reads.chunks("features")
     assert len(got) == 10 and set(got.values()) == {2}  # class means first, then the fused pass

@@ -159,3 +159,17 @@ def test_cli_on_a_real_local_cluster_equals_in_process(study, tmp_path, monkeypa
     cols = ["estimate", "ci_low", "ci_high", "p_value"]
     # per-run moments on the workers vs the rows in process: floating-point summation order only
     np.testing.assert_allclose(big[cols].to_numpy(float), small[cols].to_numpy(float), rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.slow
+def test_every_local_cluster_gets_the_worker_malloc_settings(monkeypatch):
+    import dask
+
+    monkeypatch.delenv(scale.SCHEDULER_ENV, raising=False)
+    with scale.client("local:1") as c:
+        env = c.run(lambda: {k: __import__("os").environ.get(k) for k in scale.WORKER_MALLOC_ENV})
+    assert list(env.values()) == [{k: str(v) for k, v in scale.WORKER_MALLOC_ENV.items()}]
+    key = "distributed.nanny.pre-spawn-environ.MALLOC_TOP_PAD_"
+    with dask.config.set({key: 4096}), scale.local_cluster_options():  # the user's own setting wins
+        assert dask.config.get(key) == 4096
+        assert dask.config.get("distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_") == 256 * 2**20

@@ -7,7 +7,6 @@ in-memory study table (`causalgeom.table.run_table`, itself checked against outs
 
 from __future__ import annotations
 
-from collections import Counter
 
 import dask
 import numpy as np
@@ -17,6 +16,7 @@ import causalgeom as cg
 from causalgeom import distributed, table
 from causalgeom.errors import QueryError
 
+from ._reads import ReadCounter
 from .conftest import make_run
 
 pytestmark = pytest.mark.filterwarnings("ignore::causalgeom.causal.FewClustersWarning")
@@ -37,48 +37,7 @@ def study(tmp_path_factory):
     return st
 
 
-class _ReadCounter:
-    """Counts chunk reads by (store, variable, chunk): through Zarr's LocalStore and through the direct chunk-file
-    reader of the fused pass (`causalgeom.dump.chunks.ChunkReader`, when the lead's fast path is present)."""
-
-    def __init__(self, monkeypatch):
-        import zarr.storage
-
-        self.keys: Counter[str] = Counter()
-        counter = self
-        orig_get = zarr.storage.LocalStore.get
-        orig_partial = zarr.storage.LocalStore.get_partial_values
-
-        async def get(self, key, *args, **kwargs):
-            counter.keys[f"{self.root.name}/{key}"] += 1
-            return await orig_get(self, key, *args, **kwargs)
-
-        async def get_partial_values(self, prototype, key_ranges):
-            key_ranges = list(key_ranges)
-            for key, _ in key_ranges:
-                counter.keys[f"{self.root.name}/{key}"] += 1
-            return await orig_partial(self, prototype, key_ranges)
-
-        monkeypatch.setattr(zarr.storage.LocalStore, "get", get)
-        monkeypatch.setattr(zarr.storage.LocalStore, "get_partial_values", get_partial_values)
-        try:
-            from causalgeom.dump.chunks import ChunkReader
-        except ImportError:  # no direct reader: every read goes through Zarr
-            return
-        orig_read = ChunkReader.read
-
-        def read(self, i):
-            key = "/".join(["c", str(i)] + ["0"] * (len(self.shape) - 1))
-            counter.keys[f"{self.path.parent.name}/{self.path.name}/{key}"] += 1
-            return orig_read(self, i)
-
-        monkeypatch.setattr(ChunkReader, "read", read)
-
-    def chunks(self, var: str) -> Counter[str]:
-        return Counter({k: v for k, v in self.keys.items() if f"/{var}/c" in k})
-
-
-def _per_chunk(reads: _ReadCounter, var: str) -> set[int]:
+def _per_chunk(reads: ReadCounter, var: str) -> set[int]:
     got = reads.chunks(var)
     assert len(got) == 4 * 5, sorted(got)  # every chunk of every run was read
     return set(got.values())
@@ -88,7 +47,7 @@ COLS = ["norm", "rms", "cos_true", "cos_pred", "confidence", "correct", "overcon
 
 
 def test_run_moments_reads_each_chunk_once_and_matches_the_table(study, monkeypatch):
-    reads = _ReadCounter(monkeypatch)
+    reads = ReadCounter(monkeypatch)
     with dask.config.set(scheduler="threads"):
         mom = distributed.run_moments(study, COLS)
     assert _per_chunk(reads, "features") == {1}
@@ -106,7 +65,7 @@ def test_run_moments_reads_each_chunk_once_and_matches_the_table(study, monkeypa
 def test_mediate_study_reads_each_chunk_once_per_pass(study, monkeypatch, paired_by, passes):
     kw = dict(treatment="regularizer", mediators=["rms", "cos_true"], outcome=["overconfidence", "nll"], n_boot=0,
               rng=0, paired_by=paired_by)
-    reads = _ReadCounter(monkeypatch)
+    reads = ReadCounter(monkeypatch)
     with dask.config.set(scheduler="threads"):
         res = distributed.mediate_study(study, **kw)
     # unpaired: one pass; paired: the runs' moments share the image-mean pass, then the demeaned moments

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .dask import WORKER_MALLOC_ENV, local_cluster_options  # noqa: F401  (re-exported)
 
 __all__ = ["DASK_THRESHOLD_ROWS", "THRESHOLD_ENV", "PATHS", "PathChoice", "dask_threshold", "study_size",
            "choose_path", "WORKER_MALLOC_ENV", "local_cluster_options"]
@@ -151,20 +152,4 @@ def choose_path(study: Any, *, threshold: int | float | None = None) -> PathChoi
                       f"out-of-core Dask path ({source}; --scheduler local to use Dask anyway)")
 
 
-#: glibc malloc settings of the LocalCluster workers the automatic choice starts. Dask's nanny sets
-#: ``MALLOC_TRIM_THRESHOLD_=65536`` in every worker, which (as any explicit malloc tuning does) turns off glibc's
-#: dynamic mmap threshold: every block above 128 KiB is then a fresh mmap, page-faulted on first touch and
-#: unmapped on free. The fused pass allocates tens of MiB per chunk, and measured 33 ms per 16,384 x 512 chunk that
-#: way vs 23 ms in a plain process (2-core machine, docs/scaling.md). Blocks up to 256 MiB from the heap and
-#: 128 MiB of top pad give back the plain process's speed; Dask's trim threshold is kept (a worker still returns
-#: memory above that pad).
-WORKER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": 256 * 2**20, "MALLOC_TOP_PAD_": 128 * 2**20}
-
-
-def local_cluster_options() -> Any:
-    """Context that sets :data:`WORKER_MALLOC_ENV` in Dask's ``distributed.nanny.pre-spawn-environ`` for the
-    LocalCluster workers started inside it (one BLAS thread each stays Dask's default ``OMP_NUM_THREADS=1``)."""
-    import dask
-
-    return dask.config.set({f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in WORKER_MALLOC_ENV.items()})
 

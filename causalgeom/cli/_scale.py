@@ -83,7 +83,7 @@ def call(args: argparse.Namespace) -> Any:
         address = f"local:{max(1, os.cpu_count() or 1)}"
     else:
         args.path_choice = "dask"
-    with distributed.local_cluster_options(), distributed.client(address), \
+    with distributed.client(address), \
             distributed.worker_loss_translated(f"causalgeom {args.command}"):
         return args.func(args)
 

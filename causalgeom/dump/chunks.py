@@ -31,6 +31,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import StoreError
+from .schema import ENCODED_DTYPE_ATTR, STORED_DTYPE_ATTR, bfloat16_bits_to_float32
+
+#: Name prefix of the dask layer `causalgeom.dump.store.decode_features` adds for each half-precision kind, and
+#: the dtype of the chunks on disk.
+_DECODE_LAYERS = {"float16": "astype-", "bfloat16": "bfloat16_bits_to_float32-"}
+_STORED_AS = {"float16": "<f2", "bfloat16": "<u2"}
 
 __all__ = ["ChunkReader", "reader_for"]
 
@@ -86,6 +92,8 @@ class ChunkReader:
         self.nbytes = int(np.prod(self.chunk_shape)) * self.dtype.itemsize  # edge chunks are stored whole
         self.n_chunks = -(-self.shape[0] // self.rows) if self.shape[0] else 0
         self._local = threading.local()
+        #: Applied by `read_decoded` (bfloat16 bit patterns -> float32); None: the stored values as they are.
+        self.decode: Any = None
 
     def __getstate__(self) -> dict[str, Any]:  # picklable for Dask workers: the buffers stay behind
         state = self.__dict__.copy()
@@ -177,33 +185,58 @@ class ChunkReader:
         return out
 
 
+    def read_decoded(self, i: int) -> np.ndarray:
+        """`read`, then `decode` where set: the values the opened variable holds (float16 stays float16, which
+        widens exactly to float32 and float64 alike)."""
+        out = self.read(i)
+        return out if self.decode is None else self.decode(out)
+
+
 def reader_for(ds: Any, name: str) -> ChunkReader | None:
     """A `ChunkReader` for variable ``name`` of a run opened with `causalgeom.open`, or None.
 
     None unless ``ds[name]`` is still exactly the lazy array of the store on disk (``ds.encoding["source"]``):
-    dask-backed, its graph only xarray's open of that variable, of the stored shape, with one dask chunk per
-    stored chunk along ``sample`` and the other axes whole, and no decoding in between (no ``encoded_dtype``,
-    scale or offset attributes). A variable that was selected, reordered, replaced or computed on reads through
-    dask and Zarr as before.
+    dask-backed, its graph only xarray's open of that variable (plus, for half-precision ``features``, the one
+    decode layer of `causalgeom.dump.store.decode_features`; the reader then decodes bfloat16 in
+    `ChunkReader.read_decoded`), of the stored shape, with one dask chunk per stored chunk along ``sample`` and the
+    other axes whole, and no other decoding (no ``encoded_dtype``, scale or offset attributes). A variable that
+    was selected, reordered, replaced or computed on reads through dask and Zarr as before.
     """
     source = getattr(ds, "encoding", {}).get("source")
     if not source or name not in ds.variables:
         return None
     var = ds[name]
     data = var.data
-    layers = getattr(getattr(data, "dask", None), "layers", None)
-    dname = getattr(data, "name", "")
-    if layers is None or not dname.startswith(f"open_dataset-{name}-") or set(layers) != {dname, f"original-{dname}"}:
+    graph = getattr(data, "dask", None)
+    layers = getattr(graph, "layers", None)
+    if layers is None:
         return None
-    if any(k in var.attrs or k in var.encoding for k in ("encoded_dtype", "scale_factor", "add_offset")):
+    stored = var.attrs.get(STORED_DTYPE_ATTR)
+    top = getattr(data, "name", "")
+    if stored is None:  # the store's own array: xarray's open layer and its source
+        base = top
+        if set(layers) != {base, f"original-{base}"}:
+            return None
+    else:  # half-precision features: exactly one decode layer of `decode_features` on top of the open
+        prefix = _DECODE_LAYERS.get(stored)
+        deps = getattr(graph, "dependencies", {}).get(top, set())
+        base = next(iter(deps), "") if len(deps) == 1 else ""
+        if prefix is None or not top.startswith(prefix) or set(layers) != {top, base, f"original-{base}"}:
+            return None
+    if not base.startswith(f"open_dataset-{name}-"):
+        return None
+    if any(k in var.attrs or k in var.encoding for k in (ENCODED_DTYPE_ATTR, "scale_factor", "add_offset")):
         return None
     try:
         reader = ChunkReader(Path(source) / name)
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if reader.shape != tuple(data.shape) or reader.dtype != data.dtype:
+    want_dtype = data.dtype if stored is None else np.dtype(_STORED_AS[stored])
+    if reader.shape != tuple(data.shape) or reader.dtype != want_dtype:
         return None
     want = tuple(reader.chunk_rows(i) for i in range(reader.n_chunks))
     if data.chunks[0] != want or any(len(c) != 1 for c in data.chunks[1:]):
         return None
+    if stored == "bfloat16":
+        reader.decode = bfloat16_bits_to_float32
     return reader

@@ -147,7 +147,7 @@ def _fused_lazy(ds: Any, center: str, warn_missing_head: bool) -> Any:
 
 
 def _fused_chunk(readers: tuple[Any, Any, Any], i: int, C: np.ndarray | None) -> np.ndarray:
-    f, z, y = (r.read(i) for r in readers)
+    f, z, y = (r.read_decoded(i) for r in readers)
     return fused_block(f, z, y, C)
 
 
