@@ -62,7 +62,16 @@ def test_size_and_threshold(study, monkeypatch):
     assert below.rows == rows and below.features_gib == pytest.approx(rows * D * 4 / 2**30, rel=1e-12)  # float32
     assert f"{rows:,} rows" in below.reason and f"below the threshold of {rows + 1:,} rows" in below.reason
     assert "at or above the threshold" in at.reason
-    assert scale.choose_path(study).threshold == scale.DASK_THRESHOLD_ROWS  # the measured constant by default
+    # the measured constant by default, or the rows whose table would fill a quarter of the RAM if fewer
+    assert scale.choose_path(study).threshold == min(scale.DASK_THRESHOLD_ROWS, scale.memory_rows() or 10**18)
+    import causalgeom._util.scale_choice as sc
+
+    monkeypatch.setattr(sc, "memory_rows", lambda: rows)  # a machine whose RAM bounds the in-process table here
+    mem = scale.choose_path(study)
+    assert mem.path == "dask" and mem.threshold == rows and "quarter of this machine's RAM" in mem.reason
+    assert scale.choose_path(study, threshold=rows + 1).path == "in-process"  # a given threshold wins
+    monkeypatch.undo()
+    monkeypatch.delenv(scale.THRESHOLD_ENV, raising=False)
     monkeypatch.setenv(scale.THRESHOLD_ENV, "1e2")
     env = scale.choose_path(study)
     assert env.threshold == 100 and env.path == "dask" and scale.THRESHOLD_ENV in env.reason

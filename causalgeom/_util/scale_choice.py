@@ -22,18 +22,22 @@ from typing import Any
 from ..errors import ConfigError
 from .dask import WORKER_MALLOC_ENV, local_cluster_options  # noqa: F401  (re-exported)
 
-__all__ = ["DASK_THRESHOLD_ROWS", "THRESHOLD_ENV", "PATHS", "PathChoice", "dask_threshold", "study_size",
+__all__ = ["DASK_THRESHOLD_ROWS", "IN_PROCESS_BYTES_PER_ROW", "memory_rows", "THRESHOLD_ENV", "PATHS", "PathChoice", "dask_threshold", "study_size",
            "choose_path", "WORKER_MALLOC_ENV", "local_cluster_options"]
 
 #: Rows of the study table (samples summed over the runs) from which whole-study analyses run out of core on a
-#: Dask LocalCluster. Measured by ``python benchmarks/bench_scaling.py`` (2 cores, 24 GiB of RAM, d=512 float32,
-#: 10 runs paired by image; docs/scaling.md): the in-process path was faster at every size timed, 10^4 to
-#: 3.16 million rows, but its lead shrank with size (Dask path / in-process time 3.2 at 10^4 rows, 1.7 at 10^6,
-#: 1.09 at 3.16 x 10^6); the log-log trend of the last two sizes reaches parity near 4 million rows (an
-#: extrapolation, 7.6 GiB of features). Above that the Dask path is expected to be at least as fast, and its client
-#: memory stays ~50 MiB where the in-process table took ~500 bytes per row (1.5 GiB at 3.16 million rows; a quarter
-#: of that machine's RAM at 12.9 million rows).
-DASK_THRESHOLD_ROWS = 4_000_000
+#: Dask LocalCluster. Measured by ``python benchmarks/bench_scaling.py --max-rows 3162300 --big`` (2-core AMD
+#: EPYC, 24 GiB of RAM, nothing else running, d=512 float32, 10 runs paired by image, the fused pass reading
+#: chunk files directly; docs/scaling.md): the in-process path was faster at every size timed, 10^4 to 3.16
+#: million rows (in-process / Dask-path time 0.55 at 10^6 rows, 0.76 at 3.16 x 10^6); the log-log trend of the
+#: last two sizes reaches parity near 8.2 million rows (an extrapolation, not a measurement), rounded down here.
+#: The in-process table took ~500 bytes per row at its peak (:data:`IN_PROCESS_BYTES_PER_ROW`), so `choose_path`
+#: also goes out of core where the table would fill a quarter of this machine's RAM, if that comes first.
+DASK_THRESHOLD_ROWS = 8_000_000
+
+#: Peak memory of the in-process path per row of the study table (``to_frame`` + ``mediate``), measured by
+#: ``benchmarks/bench_scaling.py`` (498 bytes at 3.16 million rows), rounded up.
+IN_PROCESS_BYTES_PER_ROW = 500
 
 #: Environment variable that overrides :data:`DASK_THRESHOLD_ROWS` (a number of rows, e.g. ``2e6``).
 THRESHOLD_ENV = "CAUSALGEOM_DASK_THRESHOLD_ROWS"
@@ -94,6 +98,17 @@ def dask_threshold(threshold: int | float | None = None) -> int:
     return int(threshold)
 
 
+def memory_rows() -> int | None:
+    """Rows whose in-process table (:data:`IN_PROCESS_BYTES_PER_ROW` each) fills a quarter of this machine's RAM
+    (None when the RAM cannot be read)."""
+    try:
+        import psutil  # a dependency of dask.distributed
+
+        return int(psutil.virtual_memory().total // 4 // IN_PROCESS_BYTES_PER_ROW)
+    except Exception:  # noqa: BLE001 - no psutil, or no RAM figure on this platform
+        return None
+
+
 def _features_itemsize(path: Any) -> int:
     """Bytes per value of a run store's ``features`` (its Zarr metadata; 4 when it cannot be read)."""
     try:
@@ -123,7 +138,8 @@ def choose_path(study: Any, *, threshold: int | float | None = None) -> PathChoi
     """Run a whole-study analysis in this process or out of core on Dask, by the study's size.
 
     ``"dask"`` when the study table has at least ``threshold`` rows (samples summed over the complete runs),
-    else ``"in-process"``. An explicit choice of the user (``--scheduler``, an open ``cg.distributed.client``
+    else ``"in-process"``. Without a given threshold or ``$CAUSALGEOM_DASK_THRESHOLD_ROWS`` the threshold is
+    :data:`DASK_THRESHOLD_ROWS` or, if smaller, `memory_rows` (the table would fill a quarter of the RAM). An explicit choice of the user (``--scheduler``, an open ``cg.distributed.client``
     block, ``cg.report(path=...)``) is applied by the callers before this rule.
 
     Parameters
@@ -142,6 +158,10 @@ def choose_path(study: Any, *, threshold: int | float | None = None) -> PathChoi
     rows, gib = study_size(study)
     source = ("given" if threshold is not None else f"${THRESHOLD_ENV}" if os.environ.get(THRESHOLD_ENV, "").strip()
               else "measured by benchmarks/bench_scaling.py")
+    mem = memory_rows() if source.startswith("measured") else None
+    if mem is not None and mem < limit:
+        limit, source = mem, (f"the rows whose in-process table, ~{IN_PROCESS_BYTES_PER_ROW} bytes per row, "
+                              "would fill a quarter of this machine's RAM")
     size = f"{rows:,} rows ({gib:.2f} GiB of features)"
     if rows >= limit:
         return PathChoice("dask", rows, gib, limit,

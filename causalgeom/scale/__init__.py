@@ -29,8 +29,8 @@ from ..metrics.blocks import compute
 from .._util.dask import (CONNECT_TIMEOUT, SCHEDULER_ENV, active_client, client, current_client,
                           worker_loss_translated)
 from ..errors import WorkerLostError
-from .._util.scale_choice import (DASK_THRESHOLD_ROWS, THRESHOLD_ENV, WORKER_MALLOC_ENV, PathChoice, choose_path,
-                                  dask_threshold, local_cluster_options)
+from .._util.scale_choice import (DASK_THRESHOLD_ROWS, IN_PROCESS_BYTES_PER_ROW, THRESHOLD_ENV, WORKER_MALLOC_ENV,
+                                  PathChoice, choose_path, dask_threshold, local_cluster_options, memory_rows)
 from .dask import SAMPLE_MOMENT_COLUMNS, RunMoments, mediate_study, run_moments
 from .grid import run_grid
 from .torchrun import RankInfo, barrier, extract, extract_study, rank_device, torchrun_env
@@ -40,6 +40,7 @@ __all__ = [
     "SCHEDULER_ENV", "CONNECT_TIMEOUT", "RankInfo", "torchrun_env", "rank_device", "barrier", "extract", "extract_study",
     "run_grid",
     "SAMPLE_MOMENT_COLUMNS", "RunMoments", "run_moments", "mediate_study",
-    "choose_path", "PathChoice", "dask_threshold", "DASK_THRESHOLD_ROWS", "THRESHOLD_ENV", "WORKER_MALLOC_ENV",
+    "choose_path", "PathChoice", "dask_threshold", "DASK_THRESHOLD_ROWS", "IN_PROCESS_BYTES_PER_ROW", "memory_rows",
+    "THRESHOLD_ENV", "WORKER_MALLOC_ENV",
     "local_cluster_options",
 ]
