@@ -49,8 +49,9 @@ DESCRIPTIONS: dict[str, str] = {
     "geometry": "the fused per-sample pass (norm, rms, cosines, confidence, NLL, Brier, margin) over a 100k x 512 "
                 "dump (--small) vs reading the features once; peak RSS vs the 2 GiB bound",
     "mediation": "cluster bootstrap (1,000 replicates) vs statsmodels Mediation(...).fit(n_rep=1000), speed-up",
-    "scaling": "study table and cluster bootstrap on 1 vs 2 Dask workers (speed-up); mediate_study memory vs "
-               "mediate on the table",
+    "scaling": "in-process path (to_frame + mediate) vs the Dask path (LocalCluster + mediate_study) by size "
+               "(crossover); study table and mediate_study on 1 vs 2 Dask workers (speed-up); mediate_study memory "
+               "vs the in-process path; --big: out-of-core geometry of a 20-run study on 1 vs 2 workers",
 }
 
 
