@@ -14,6 +14,7 @@ import pytest
 import zarr
 
 import causalgeom as cg
+from causalgeom.dump import chunks
 from causalgeom.dump.chunks import ChunkReader, reader_for
 from causalgeom.errors import StoreError
 from causalgeom.metrics import table
@@ -118,7 +119,7 @@ def test_read_fallback_without_mmap_gives_the_same_bytes(store, monkeypatch):
 def test_fused_pass_direct_equals_fused_pass_through_zarr(store, monkeypatch):
     ds = cg.open(store)
     direct = table.fused_run(ds)
-    monkeypatch.setattr(table, "_direct_fused", lambda ds, C: None)
+    monkeypatch.setattr(chunks, "direct_array", lambda ds, name: None)
     through_zarr = table.fused_run(ds)
     for k in direct:  # the same kernel on the same bytes, chunk by chunk: exact
         assert np.array_equal(direct[k], through_zarr[k], equal_nan=True), k
@@ -144,7 +145,16 @@ def test_half_precision_features_take_the_direct_path_with_the_same_values(tmp_p
                           run["features"].values)  # the values `open` decodes: exact
     assert reader_for(run.assign(features=run["features"] + 0), "features") is None
     direct = table.fused_run(run)
-    monkeypatch.setattr(table, "_direct_fused", lambda ds, C: None)
+    monkeypatch.setattr(chunks, "direct_array", lambda ds, name: None)
     through_zarr = table.fused_run(run)
     for k in direct:  # float16 -> float64 directly or through the float32 decode: both exact, same kernel
         assert np.array_equal(direct[k], through_zarr[k], equal_nan=True), k
+
+
+def test_direct_array_holds_the_variables_values_chunk_for_chunk(store):
+    ds = cg.open(store)
+    for name in ("features", "logits", "label"):
+        arr = chunks.direct_array(ds, name)
+        assert arr.chunks == ds[name].data.chunks and arr.dtype == ds[name].dtype
+        assert np.array_equal(arr.compute(), ds[name].values)  # the same bytes: exact
+    assert chunks.direct_array(ds.isel(sample=slice(0, 10)), "features") is None

@@ -98,6 +98,7 @@ def test_mean_centers_take_one_more_pass(study, monkeypatch):
     study.to_frame(level="sample", progress=False, center="mean")
     got = reads.chunks("features")
     assert len(got) == 10 and set(got.values()) == {2}  # class means first, then the fused pass
+    assert reads.direct == 2 * 5 * (2 + 1 + 2)  # both passes read the files directly (features, logits, label)
     assert set(reads.chunks("logits").values()) == {1}
 
 

@@ -17,7 +17,8 @@ It takes only what it can read exactly: a local Zarr v3 array with a regular chu
 axis only, the default ``/`` chunk-key encoding, codecs exactly ``bytes`` (little endian) + ``crc32c``, no
 storage transformers, and a fixed-size numeric data type. `reader_for` returns None for anything else
 (compressed stores, shards, an array that is not the store's own untouched data), and callers fall back to
-Zarr through dask. A chunk file that does not exist holds the fill value, as in Zarr.
+Zarr through dask. `direct_array` wraps a reader as a dask array (one task per chunk); analyses take it through
+`causalgeom.metrics.blocks.run_array` (the fused pass, the class means). A chunk file that does not exist holds the fill value, as in Zarr.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from .schema import ENCODED_DTYPE_ATTR, STORED_DTYPE_ATTR, bfloat16_bits_to_floa
 _DECODE_LAYERS = {"float16": "astype-", "bfloat16": "bfloat16_bits_to_float32-"}
 _STORED_AS = {"float16": "<f2", "bfloat16": "<u2"}
 
-__all__ = ["ChunkReader", "reader_for"]
+__all__ = ["ChunkReader", "reader_for", "direct_array"]
 
 _DTYPES = {"float32": "<f4", "float16": "<f2", "float64": "<f8", "int64": "<i8", "int32": "<i4", "int16": "<i2",
            "int8": "i1", "uint8": "u1", "uint16": "<u2", "uint32": "<u4", "uint64": "<u8", "bool": "?"}
@@ -240,3 +241,23 @@ def reader_for(ds: Any, name: str) -> ChunkReader | None:
     if stored == "bfloat16":
         reader.decode = bfloat16_bits_to_float32
     return reader
+
+
+def direct_array(ds: Any, name: str) -> Any:
+    """``ds[name]``'s data as a dask array with one task per stored chunk that reads the chunk file directly
+    (`ChunkReader.read_decoded`), or None where `reader_for` gives no reader (then read through Zarr).
+
+    The same values as ``ds[name].data`` chunk for chunk (the same bytes; float16 ``features`` stay float16 here,
+    which every block function widens exactly). Chunks are read-only views of the mapped files.
+    """
+    reader = reader_for(ds, name)
+    if reader is None or reader.n_chunks == 0:
+        return None
+    import dask
+    import dask.array as da
+
+    read = dask.delayed(reader.read_decoded, pure=False)
+    dtype = np.dtype(np.float32) if reader.decode is not None else reader.dtype
+    parts = [da.from_delayed(read(i), shape=(reader.chunk_rows(i),) + reader.shape[1:], dtype=dtype)
+             for i in range(reader.n_chunks)]
+    return da.concatenate(parts, axis=0)

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 import xarray as xr
 
-from .blocks import check_run, compute, is_dask, raw, require_vars, sample_reduce
+from .blocks import check_run, compute, is_dask, raw, require_vars, run_array, sample_reduce
 from .._util.checks import check_choice
 from ..errors import ConfigError, SchemaError
 from .kernels import head64
@@ -311,8 +311,8 @@ def _class_sums_block(f: np.ndarray, y: np.ndarray, K: int) -> np.ndarray:
 def _class_means(ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray]:
     """Class means (K, d) (NaN rows for empty classes) and counts (K,), one pass."""
     K, d = int(ds.sizes["class"]), int(ds.sizes["feature"])
-    sums = np.asarray(compute(sample_reduce(lambda f, y: _class_sums_block(f, y, K), raw(ds["features"]),
-                                            raw(ds["label"]), shape=(K, d + 1)))[0])
+    sums = np.asarray(compute(sample_reduce(lambda f, y: _class_sums_block(f, y, K), run_array(ds, "features"),
+                                            run_array(ds, "label"), shape=(K, d + 1)))[0])
     counts = sums[:, -1]
     with np.errstate(invalid="ignore", divide="ignore"):
         means = np.where(counts[:, None] > 0, sums[:, :-1] / counts[:, None], np.nan)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import HeadMissingError, QueryError
-from .blocks import compute, raw, require_vars, sample_map
+from .blocks import compute, require_vars, run_array, sample_map
 from .kernels import FUSED_FIELDS, calibration_error, fused_block, width_bin_stats
 
 __all__ = ["study_frame", "run_table", "fused_run", "robust_column", "min_flip_column", "robust_acc_column",
@@ -139,35 +139,8 @@ def _fused_lazy(ds: Any, center: str, warn_missing_head: bool) -> Any:
         warnings.warn(f"run {ds.attrs.get('run_id')!r} has no head_weight: cos_true/cos_pred with "
                       f"center={center!r} need it and are NaN (use center='mean' for dumps without a head)",
                       UserWarning, stacklevel=4)
-    direct = _direct_fused(ds, C)
-    if direct is not None:
-        return direct
-    return sample_map(lambda f, z, y: fused_block(f, z, y, C), raw(ds["features"]), raw(ds["logits"]),
-                      raw(ds["label"]), ncols=len(FUSED_FIELDS))
-
-
-def _fused_chunk(readers: tuple[Any, Any, Any], i: int, C: np.ndarray | None) -> np.ndarray:
-    f, z, y = (r.read_decoded(i) for r in readers)
-    return fused_block(f, z, y, C)
-
-
-def _direct_fused(ds: Any, C: np.ndarray | None) -> Any:
-    """The fused pass as one dask task per stored chunk that reads the chunk files itself
-    (`causalgeom.dump.chunks`: the same bytes and CRC32C check as Zarr's read, at a fraction of its CPU), or
-    None when the run is not an untouched, uncompressed store on disk (then `sample_map` reads through Zarr)."""
-    from ..dump.chunks import reader_for
-
-    readers = tuple(reader_for(ds, name) for name in ("features", "logits", "label"))
-    if any(r is None for r in readers) or len({r.rows for r in readers}) != 1:
-        return None
-    import dask
-    import dask.array as da
-
-    fn = dask.delayed(_fused_chunk, pure=False)
-    ncols = len(FUSED_FIELDS)
-    parts = [da.from_delayed(fn(readers, i, C), shape=(readers[0].chunk_rows(i), ncols), dtype=np.float64)
-             for i in range(readers[0].n_chunks)]
-    return da.concatenate(parts, axis=0) if parts else None
+    return sample_map(lambda f, z, y: fused_block(f, z, y, C), run_array(ds, "features"), run_array(ds, "logits"),
+                      run_array(ds, "label"), ncols=len(FUSED_FIELDS))
 
 
 def _fused_columns(arr: np.ndarray, d: int) -> dict[str, np.ndarray]:
