@@ -53,6 +53,11 @@ def test_missing_chunk_file_is_the_fill_value_as_in_zarr(tmp_path):
     want = zarr.open_array(tmp_path / "m.zarr" / "features", mode="r")[50:]
     got = reader.read(1)
     assert np.isnan(want).all() and np.array_equal(got, want, equal_nan=True)
+    # a file that existed when the reader was made and is gone now is an error, never the fill value (a Dask
+    # worker that does not see the store would otherwise read NaN everywhere)
+    (tmp_path / "m.zarr" / "features" / "c" / "0" / "0").unlink()
+    with pytest.raises(StoreError, match="c/0/0 .* existed when the run was opened and is gone now"):
+        reader.read(0)
 
 
 def _copy(store, tmp_path):

@@ -93,6 +93,9 @@ class ChunkReader:
         self.nbytes = int(np.prod(self.chunk_shape)) * self.dtype.itemsize  # edge chunks are stored whole
         self.n_chunks = -(-self.shape[0] // self.rows) if self.shape[0] else 0
         self._local = threading.local()
+        #: Chunks whose files existed when the reader was made: a file of these missing later (a worker that does
+        #: not see the store, a file deleted meanwhile) is an error, not the fill value.
+        self.present = frozenset(i for i in range(self.n_chunks) if (self.path / self._key(i)).exists())
         #: Applied by `read_decoded` (bfloat16 bit patterns -> float32); None: the stored values as they are.
         self.decode: Any = None
 
@@ -104,6 +107,9 @@ class ChunkReader:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._local = threading.local()
+
+    def _key(self, i: int) -> str:
+        return "/".join(["c", str(i)] + ["0"] * (len(self.shape) - 1))
 
     def chunk_rows(self, i: int) -> int:
         """Rows of chunk ``i`` inside the array (the last chunk may be partial)."""
@@ -154,12 +160,16 @@ class ChunkReader:
         """
         if not 0 <= i < self.n_chunks:
             raise IndexError(f"chunk {i} of {self.n_chunks}")
-        key = "/".join(["c", str(i)] + ["0"] * (len(self.shape) - 1))
+        key = self._key(i)
         file = self.path / key
         rows = self.chunk_rows(i)
         try:
             fd = os.open(file, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         except FileNotFoundError:
+            if i in self.present:
+                raise StoreError(f"{self.path.name}: chunk file {key} of {self.path.parent} existed when the run was "
+                                 "opened and is gone now (deleted meanwhile, or this process - a Dask worker? - does "
+                                 "not see that folder)") from None
             return np.full((rows,) + self.shape[1:], self.fill_value, dtype=self.dtype)
         except OSError as e:  # a symlink (O_NOFOLLOW), a folder, no permission
             raise StoreError(f"{self.path.name}: chunk file {key} of {self.path.parent} cannot be read as a "
