@@ -26,17 +26,18 @@ __all__ = ["DASK_THRESHOLD_ROWS", "IN_PROCESS_BYTES_PER_ROW", "memory_rows", "TH
            "choose_path", "WORKER_MALLOC_ENV", "local_cluster_options"]
 
 #: Rows of the study table (samples summed over the runs) from which whole-study analyses run out of core on a
-#: Dask LocalCluster. Measured by ``python benchmarks/bench_scaling.py --max-rows 3162300 --big`` (2-core AMD
-#: EPYC, 24 GiB of RAM, nothing else running, d=512 float32, 10 runs paired by image, the fused pass reading
-#: chunk files directly; docs/scaling.md): the in-process path was faster at every size timed, 10^4 to 3.16
-#: million rows (in-process / Dask-path time 0.55 at 10^6 rows, 0.76 at 3.16 x 10^6); the log-log trend of the
-#: last two sizes reaches parity near 8.2 million rows (an extrapolation, not a measurement), rounded down here.
-#: The in-process table took ~500 bytes per row at its peak (:data:`IN_PROCESS_BYTES_PER_ROW`), so `choose_path`
-#: also goes out of core where the table would fill a quarter of this machine's RAM, if that comes first.
-DASK_THRESHOLD_ROWS = 8_000_000
+#: Dask LocalCluster. Measured by ``benchmarks/bench_scaling.py`` (2-core AMD EPYC, 24 GiB of RAM, nothing else
+#: running, d=512 float32, 10 runs paired by image, the fused pass reading chunk files directly; docs/scaling.md):
+#: the in-process path was faster at every size timed, 10^4 to 8.89 million rows (17 GiB of features, more than
+#: the page cache holds; in-process / Dask-path time 0.55 at 10^6 rows, 0.76 at 3.16 x 10^6, 0.79 at 8.89 x 10^6),
+#: so no crossover was measured; the log-log trend of the last two sizes reaches parity near 13.8 million rows (an
+#: extrapolation), rounded down here. Before that, memory binds: the in-process table took ~460-500 bytes per row at
+#: its peak (:data:`IN_PROCESS_BYTES_PER_ROW`), so `choose_path` also goes out of core where the table would fill
+#: a quarter of this machine's RAM, if that comes first (12.6 million rows on that machine).
+DASK_THRESHOLD_ROWS = 12_000_000
 
 #: Peak memory of the in-process path per row of the study table (``to_frame`` + ``mediate``), measured by
-#: ``benchmarks/bench_scaling.py`` (498 bytes at 3.16 million rows), rounded up.
+#: ``benchmarks/bench_scaling.py`` (498 bytes at 3.16 million rows, 456 at 8.89 million), rounded up.
 IN_PROCESS_BYTES_PER_ROW = 500
 
 #: Environment variable that overrides :data:`DASK_THRESHOLD_ROWS` (a number of rows, e.g. ``2e6``).
