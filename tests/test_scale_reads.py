@@ -61,6 +61,25 @@ def test_run_moments_reads_each_chunk_once_and_matches_the_table(study, monkeypa
         np.testing.assert_allclose(m.comoment, (x - x.mean(0)).T @ (x - x.mean(0)), rtol=1e-9, atol=1e-12)
 
 
+def test_derived_min_flip_takes_the_fused_correctness_without_a_second_read_of_the_logits(study, monkeypatch):
+    ds0 = study[study.run_ids[0]]
+    assert "adv_correct" in ds0.variables and "min_flip_eps" not in ds0.variables  # derived, not stored
+    flip = [c for c in table.run_table(ds0).columns if c.startswith("min_flip_eps[")]
+    cols = ["norm", "correct"] + flip + [c for c in table.run_table(ds0).columns if c.startswith("robust[")][:1]
+    reads = ReadCounter(monkeypatch)
+    with dask.config.set(scheduler="threads"):
+        mom = distributed.run_moments(study, cols)
+    assert _per_chunk(reads, "features") == {1}
+    assert _per_chunk(reads, "logits") == {1}
+    monkeypatch.undo()
+    for rid in study.run_ids:
+        x = table.run_table(study[rid])[cols].to_numpy(float)
+        finite = np.isfinite(x)  # inf = no swept eps flips the sample; run_moments counts it and sums it as 0
+        np.testing.assert_array_equal(mom[rid].nonfinite, (~finite).sum(0))
+        # min_flip_eps is the same float32 value either way (robustness.flip_given_clean); sums: order only
+        np.testing.assert_allclose(mom[rid].mean, np.where(finite, x, 0).mean(0), rtol=1e-12, atol=1e-15)
+
+
 @pytest.mark.parametrize("paired_by, passes", [(None, 1), ("sample", 2)])
 def test_mediate_study_reads_each_chunk_once_per_pass(study, monkeypatch, paired_by, passes):
     kw = dict(treatment="regularizer", mediators=["rms", "cos_true"], outcome=["overconfidence", "nll"], n_boot=0,
@@ -87,5 +106,7 @@ def test_missing_head_is_a_query_error(tmp_path):
     with pytest.raises(QueryError, match="'nohead' has no head_weight, which center='minimal_loss' needs"):
         distributed.run_moments(st, ["cos_true"])
     mom = distributed.run_moments(st, ["norm"], center="mean")["nohead"]  # mean centers need no head
+    no_cos = distributed.run_moments(st, ["norm"])["nohead"]  # no cosine asked: no centers, no head needed
+    np.testing.assert_array_equal(no_cos.mean, mom.mean)  # the same norms, the same sums: exact
     np.testing.assert_allclose(mom.mean[0], np.linalg.norm(ds["features"].values.astype(float), axis=1).mean(),
                                rtol=1e-12)

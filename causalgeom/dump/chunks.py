@@ -18,17 +18,20 @@ axis only, the default ``/`` chunk-key encoding, codecs exactly ``bytes`` (littl
 storage transformers, and a fixed-size numeric data type. `reader_for` returns None for anything else
 (compressed stores, shards, an array that is not the store's own untouched data), and callers fall back to
 Zarr through dask. `direct_array` wraps a reader as a dask array (one task per chunk); analyses take it through
-`causalgeom.metrics.blocks.run_array` (the fused pass, the class means). A chunk file that does not exist holds the fill value, as in Zarr.
+`causalgeom.metrics.blocks.run_array` (the fused pass, the class means). A chunk file that does not exist when
+the reader is made holds the fill value, as in Zarr.
 """
 
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import threading
 from pathlib import Path
 from typing import Any
 
+import google_crc32c  # zarr's own CRC32C implementation (a zarr dependency)
 import numpy as np
 
 from ..errors import StoreError
@@ -119,12 +122,10 @@ class ChunkReader:
     def _map(fd: int, size: int) -> np.ndarray | None:
         """The file mapped read-only (pages populated at once where the OS can), or None where mmap fails."""
         try:
-            import mmap
-
             flags = getattr(mmap, "MAP_SHARED", 0) | getattr(mmap, "MAP_POPULATE", 0)
             m = (mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ) if hasattr(mmap, "PROT_READ")
                  else mmap.mmap(fd, size, access=mmap.ACCESS_READ))
-        except (OSError, ValueError, ImportError):  # pragma: no cover - no mmap on this file system
+        except (OSError, ValueError):  # pragma: no cover - no mmap on this file system
             return None
         return np.frombuffer(m, dtype=np.uint8)  # the array keeps the mapping alive; unmapped when it goes
 
@@ -187,14 +188,10 @@ class ChunkReader:
             os.close(fd)
         data = raw[:self.nbytes]
         data.flags.writeable = False
-        import google_crc32c  # zarr's own CRC32C implementation (a zarr dependency)
-
         if google_crc32c.value(data) != int(raw[self.nbytes:].view("<u4")[0]):
             raise StoreError(f"{self.path.name}: chunk {key} of {self.path.parent} does not match its CRC32C "
                              "checksum: the store is damaged (causalgeom verify lists every problem)")
-        out = data.view(self.dtype).reshape(self.chunk_shape)[:rows]
-        return out
-
+        return data.view(self.dtype).reshape(self.chunk_shape)[:rows]
 
     def read_decoded(self, i: int) -> np.ndarray:
         """`read`, then `decode` where set: the values the opened variable holds (float16 stays float16, which

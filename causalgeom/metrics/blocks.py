@@ -15,9 +15,11 @@ import numpy as np
 import xarray as xr
 
 from .._util.dask import compute_arrays
+from ..dump import chunks
 from ..errors import SchemaError
 
-__all__ = ["is_dask", "raw", "run_array", "sample_reduce", "sample_map", "compute", "check_run", "require_vars", "NUMPY_BLOCK_ROWS"]
+__all__ = ["is_dask", "raw", "run_array", "one_blas_thread", "sample_reduce", "sample_map", "compute", "check_run",
+           "require_vars", "NUMPY_BLOCK_ROWS"]
 
 #: Rows per block when a numpy array is reduced block by block (bounds temporaries).
 NUMPY_BLOCK_ROWS = 1 << 15
@@ -45,10 +47,20 @@ def run_array(ds: xr.Dataset, name: str) -> Any:
     """Variable ``name`` of run ``ds`` for a block pass: read straight from its chunk files where the store allows
     it (an untouched, uncompressed store opened by `causalgeom.open`: `causalgeom.dump.chunks.direct_array`, the
     same bytes and CRC32C check as Zarr's read at a fraction of its CPU), else `raw` (through dask and Zarr)."""
-    from ..dump import chunks
-
     direct = chunks.direct_array(ds, name)
     return raw(ds[name]) if direct is None else direct
+
+
+def one_blas_thread() -> Any:
+    """One BLAS thread per Dask thread during the fused pass (its matmuls are small; two BLAS threads under each
+    of two Dask threads on two cores made the pass 1.4x slower in bench_geometry). A no-op without threadpoolctl."""
+    import contextlib
+
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - scikit-learn brings it
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def sample_reduce(func: Callable[..., np.ndarray], *arrays: Any, shape: Sequence[int],

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import HeadMissingError, QueryError
-from .blocks import compute, require_vars, run_array, sample_map
+from .blocks import compute, one_blas_thread, require_vars, run_array, sample_map
 from .kernels import FUSED_FIELDS, calibration_error, fused_block, width_bin_stats
 
 __all__ = ["study_frame", "run_table", "fused_run", "robust_column", "min_flip_column", "robust_acc_column",
@@ -109,29 +109,22 @@ def fused_run(ds: Any, center: str = "minimal_loss", *, warn_missing_head: bool 
 
     require_vars(ds, ("features", "logits", "label"), "fused_run")
     out = _fused_lazy(ds, center, warn_missing_head)
-    with _one_blas_thread():
+    with one_blas_thread():
         arr = np.asarray(compute(out)[0])
     return _fused_columns(arr, int(ds.sizes["feature"]))
 
 
-def _one_blas_thread() -> Any:
-    """One BLAS thread per Dask thread during the fused pass (its matmuls are small; two BLAS threads under each
-    of two Dask threads on two cores made the pass 1.4x slower in bench_geometry). A no-op without threadpoolctl."""
-    import contextlib
+def _fused_lazy(ds: Any, center: str, warn_missing_head: bool, cosines: bool = True) -> Any:
+    """The fused pass of ``ds`` as an (n_samples, len(FUSED_FIELDS)) array (lazy on dask-backed runs).
 
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - scikit-learn brings it
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
-
-
-def _fused_lazy(ds: Any, center: str, warn_missing_head: bool) -> Any:
-    """The fused pass of ``ds`` as an (n_samples, len(FUSED_FIELDS)) array (lazy on dask-backed runs)."""
+    ``cosines=False``: no class centers are computed (no head needed, no class-mean pass) and the cosine columns
+    are NaN, for callers that use none of them."""
     from . import geometry
 
+    C = None
     try:
-        C = np.asarray(geometry.class_centers(ds, kind=center).values, dtype=np.float64)
+        if cosines:
+            C = np.asarray(geometry.class_centers(ds, kind=center).values, dtype=np.float64)
     except HeadMissingError:
         if not warn_missing_head:
             raise
@@ -185,7 +178,7 @@ def run_table(ds: Any, *, attack: str | Sequence[str] | None = None, eps: float 
         stored_flip = "min_flip_eps" in ds.variables
         lazy["flip"] = (ds["min_flip_eps"] if stored_flip else robustness.first_flip_eps(ds)).isel(attack=a_idx)
     lazy["label"] = ds["label"]
-    with _one_blas_thread():
+    with one_blas_thread():
         vals = compute(lazy)[0]
     fused = _fused_columns(np.asarray(vals["fused"]), int(ds.sizes["feature"]))
 

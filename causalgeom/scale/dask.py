@@ -9,7 +9,11 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from ..errors import QueryError
+from ..errors import HeadMissingError, QueryError
+from ..metrics import robustness
+from ..metrics.blocks import one_blas_thread
+from ..metrics.kernels import FUSED_FIELDS
+from ..metrics.table import _fused_lazy, _strings, min_flip_column, robust_column
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +90,6 @@ def _tree(arr: Any) -> Any:
 
 def _sample_columns(ds: Any) -> list[str]:
     """Per-sample numeric columns the study table would have for this run."""
-    from ..metrics.table import _strings, min_flip_column, robust_column
-
     cols = list(SAMPLE_MOMENT_COLUMNS)
     if "adv_correct" in ds.variables:
         attacks = _strings(ds["attack"].values)
@@ -105,7 +107,9 @@ def _assemble(spec: tuple[tuple[str, Any], ...], d: int, *blocks: np.ndarray) ->
     """The study-table columns of one sample chunk (rows, len(spec)) from that chunk's fused block and extra columns.
 
     ``spec`` entries: ("fused", j) column j of the fused block (``blocks[0]``); ("rms", j) that column / sqrt(d);
-    ("over", (jc, jk)) confidence − correct; ("extra", i) the 1-column block ``blocks[i]``; ("const", v) a value.
+    ("over", (jc, jk)) confidence − correct; ("extra", i) the 1-column block ``blocks[i]``; ("flip", (i, jk))
+    `robustness.min_flip_eps` from the first flipping ε in ``blocks[i]`` and the clean correctness (fused column
+    jk), so the logits are not read again for it; ("const", v) a value.
     """
     rows = blocks[0].shape[0]
     out = np.empty((rows, len(spec)), dtype=np.float64)
@@ -118,6 +122,8 @@ def _assemble(spec: tuple[tuple[str, Any], ...], d: int, *blocks: np.ndarray) ->
             out[:, k] = blocks[0][:, arg[0]] - blocks[0][:, arg[1]]
         elif kind == "extra":
             out[:, k] = blocks[arg][:, 0]
+        elif kind == "flip":
+            out[:, k] = robustness.flip_given_clean(blocks[arg[0]][:, 0][None, :], blocks[0][:, arg[1]])[0]
         else:
             out[:, k] = arg
     return out
@@ -134,10 +140,6 @@ def _run_columns(ds: Any, columns: Sequence[str], center: str) -> Any:
     scheduler time than the pass itself on a cluster).
     """
     import dask.array as da
-
-    from ..errors import HeadMissingError
-    from ..metrics.kernels import FUSED_FIELDS
-    from ..metrics.table import _fused_lazy, _strings, min_flip_column, robust_column
 
     ref = ds["label"].data
     n = int(ds.sizes["sample"])
@@ -170,15 +172,16 @@ def _run_columns(ds: Any, columns: Sequence[str], center: str) -> Any:
             spec.append(("const", np.nan if value is None else float(value)))
             continue
         else:
-            col = None
+            col, derived = None, False
             if "adv_correct" in ds.variables:
-                from ..metrics import robustness
-
                 attacks = _strings(ds["attack"].values)
                 eps = np.asarray(ds["eps"].values, dtype=float)
                 for i, a in enumerate(attacks):
                     if name == min_flip_column(a):
-                        flip = robustness.min_flip_eps(ds) if flip is None else flip
+                        # a stored min_flip_eps as it is; a derived one from the fused pass's correctness
+                        derived = "min_flip_eps" not in ds.variables
+                        if flip is None:
+                            flip = robustness.first_flip_eps(ds) if derived else robustness.min_flip_eps(ds)
                         col = lazy2d(flip.isel(attack=i))
                     for j, e in enumerate(eps):
                         if name == robust_column(a, e):
@@ -187,12 +190,15 @@ def _run_columns(ds: Any, columns: Sequence[str], center: str) -> Any:
                 raise QueryError(f"column {name!r} is not a per-sample column of run {ds.attrs.get('run_id')!r}; "
                                  f"available: {_sample_columns(ds) + list(_RUN_LEVEL)}")
             extras.append(col)
-            spec.append(("extra", len(extras)))
-            continue
+            if not derived:
+                spec.append(("extra", len(extras)))
+                continue
+            spec.append(("flip", (len(extras), FUSED_FIELDS.index("correct"))))
         needs_fused = True
     if needs_fused:
+        cosines = any(name in ("cos_true", "cos_pred") for name in columns)
         try:
-            first = lazy2d(_fused_lazy(ds, center, warn_missing_head=False))
+            first = lazy2d(_fused_lazy(ds, center, warn_missing_head=False, cosines=cosines))
         except HeadMissingError:
             raise QueryError(f"columns {list(columns)}: run {ds.attrs.get('run_id')!r} has no head_weight, which "
                              f"center={center!r} needs for the cosines; use center='mean'") from None
@@ -294,9 +300,7 @@ def run_moments(study: Any, columns: Sequence[str], *, run_ids: Sequence[str] | 
         lazy = [_lazy_moments(study[r], columns, center) for r in ids]
     import dask
 
-    from ..metrics.table import _one_blas_thread
-
-    with _one_blas_thread():  # in this process: one BLAS thread per dask thread (workers: Dask's pre-spawn env)
+    with one_blas_thread():  # in this process: one BLAS thread per dask thread (workers: Dask's pre-spawn env)
         values = dask.compute(*lazy)  # Delayed trees (not arrays): dask.compute, on the active client if any
     return {r: _unpack(v, len(columns)) for r, v in zip(ids, values)}
 
@@ -397,9 +401,7 @@ def _paired_grams(W: list[Any], wbar: np.ndarray, qbar: np.ndarray, K: int, q: i
         parts = [block(b, wkey, qkey, int(e - n), int(e), K)
                  for b, n, e in zip(W[r].to_delayed().ravel(), W[r].chunks[0], stops)]
         lazy.append(dask.delayed(_combine_rows, pure=True)(parts))
-    from ..metrics.table import _one_blas_thread
-
-    with _one_blas_thread():
+    with one_blas_thread():
         moments = [_unpack(v, c + 2 * K) for v in dask.compute(*lazy)]
     mM = wbar[:, :K].mean(0)  # global mean of the mediators (balanced: mean of the image means)
     tbar = float(np.mean(t_run))
@@ -535,9 +537,7 @@ def mediate_study(study: Any, *, treatment: str, mediators: str | Sequence[str],
         lazy = [_lazy_moments(runs[r], columns, center, stacked=w) for r, w in zip(kept, W)]
     pairing = None if paired_by is None else _pairing_problem([runs[r] for r in kept])
     wbar = qbar = None
-    from ..metrics.table import _one_blas_thread
-
-    with _one_blas_thread():
+    with one_blas_thread():
         if paired_by is not None and pairing is None:
             wbar, qbar, *values = dask.compute(*_image_means(W, len(meta.mediators), t_run), *lazy)
         else:
