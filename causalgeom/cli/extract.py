@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import ConfigError
+from .io import parse_attrs
 
 __all__ = ["register"]
 
@@ -26,6 +27,10 @@ attack specs (--attack, repeatable; all attacks share one eps grid, the union of
 examples:
   causalgeom extract runs_out                             every finished run -> runs_out/study
   causalgeom extract runs_out/runs/ce-s0 --out ce.zarr --attack pgd:linf:eps=standard
+  causalgeom extract --model r18.safetensors --arch torchvision:resnet18 --preprocess cifar10 \
+      --data imagefolder:imgs --out study/r18.zarr --attr regularizer=mixup --attr seed=1
+  causalgeom extract --model torchvision:resnet18 --weights none --preprocess imagenet \
+      --data imagefolder:imgs --out study/random.zarr --no-attack
 """
 
 
@@ -40,7 +45,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--zoo", metavar="FILE", help="zoo file (TOML): one run per checkpoint into the study --out")
     g.add_argument("--model", metavar="NAME",
                    help="torchvision:ARCH, timm:ARCH.TAG or a state-dict file (.pt/.safetensors, with --arch)")
-    g.add_argument("--weights", metavar="NAME_OR_FILE", help="torchvision weights enum name, or a local file for timm")
+    g.add_argument("--weights", metavar="NAME_OR_FILE",
+                   help="torchvision weights enum name, a local file for timm, or 'none': random initialization "
+                        "(K = the data's class count; needs --preprocess; recorded as weights=none)")
+    g.add_argument("--preprocess", metavar="SPEC",
+                   help="preprocessing of a local checkpoint (--model FILE --arch NAME) or of --weights none: "
+                        "a preset (imagenet, cifar10, cifar100, none) or resize=N,crop=N,mean=R,G,B,std=R,G,B,"
+                        "interpolation=bilinear; torchvision and timm weights keep their own")
     g.add_argument("--arch", metavar="NAME", help="architecture of a state-dict file: torchvision:NAME or timm:NAME")
     g.add_argument("--head", metavar="MODULE", help="qualified name of the final nn.Linear (needed for MLP heads)")
     g.add_argument("--data", metavar="SPEC", help="imagefolder:DIR, cifar10:DIR or cifar100:DIR")
@@ -67,6 +78,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "error bound on rms/cosine in docs/methods_metrics.md; float16 refuses |h| >= 65520")
     p.add_argument("--shard", metavar="RANK/WORLD", help="fill only this share of the store, e.g. 0/2")
     p.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts (default 0)")
+    p.add_argument("--attr", action="append", default=[], metavar="KEY=VALUE",
+                   help="run attribute (repeatable), e.g. --attr regularizer=mixup --attr strength=0.2 --attr seed=1 "
+                        "(value parsed as JSON when it can be)")
     p.add_argument("--overwrite", action="store_true", help="start over instead of refusing/resuming")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -99,11 +113,19 @@ def run(args: argparse.Namespace) -> int:
         kwargs["features_dtype"] = args.features_dtype
     if args.zoo or args.model:
         return _run_public(args, kwargs)
+    for flag in ("preprocess", "weights", "arch"):
+        if getattr(args, flag) is not None:
+            raise ConfigError(f"--{flag} applies to --model / --zoo, not to a causalgeom checkpoint or runs folder")
     if args.source is None:
         raise ConfigError("CHECKPOINT_OR_RUNS_DIR: expected a checkpoint or runs folder, or --zoo FILE / --model NAME")
     source = Path(args.source)
     if not source.exists():
         raise ConfigError(f"CHECKPOINT_OR_RUNS_DIR: nothing at {source}")
+    if args.attr:  # one checkpoint: its attributes; a runs folder's runs carry theirs from training
+        if not (source.is_file() or (source / "checkpoint.pt").exists()):
+            raise ConfigError("--attr labels one run (a checkpoint, or --model); a training folder's runs carry "
+                              "their regularizer, strength and seed from training")
+        kwargs["attrs"] = parse_attrs(args.attr)
     is_run = source.is_file() or (source / "checkpoint.pt").exists()
     if is_run:
         if not args.out:
@@ -121,8 +143,7 @@ def _run_public(args: argparse.Namespace, kwargs: dict) -> int:
     """``--zoo FILE`` or ``--model NAME``: public checkpoints on ``--data`` (docs/zoo.md)."""
     from ..pipeline.data import open_eval_data
     from ..pipeline.extract import extract
-    from ..pipeline.models import LOAD_ATTRS, load
-    from ..pipeline.zoo import extract_zoo
+    from ..pipeline.zoo import extract_zoo, is_random_weights, load_entry
 
     if args.source is not None:
         raise ConfigError(f"CHECKPOINT_OR_RUNS_DIR ({args.source!r}) cannot be combined with --zoo / --model")
@@ -136,21 +157,33 @@ def _run_public(args: argparse.Namespace, kwargs: dict) -> int:
         raise ConfigError("--data-root / --split do not apply to --zoo / --model: --data names the images")
     kwargs = {k: v for k, v in kwargs.items() if k not in ("split", "data_root")}
     kwargs["num_workers"] = args.workers
+    extra = parse_attrs(args.attr)
     if args.zoo:
+        if args.attr or args.preprocess or args.weights or args.arch or args.head:
+            raise ConfigError("--attr / --preprocess / --weights / --arch / --head apply to --model; a zoo file "
+                              "gives them per entry (attrs, preprocess, weights, arch, head keys)")
         paths = extract_zoo(args.zoo, args.data, args.out, limit=args.limit, seed=args.seed,
                             class_map=args.class_map, download=args.download, **kwargs)
         print(f"{len(paths)} runs in {args.out}")
         return 0
-    model, preprocess = load(args.model, args.weights, arch=args.arch, head=args.head, download=args.download)
+    entry = {"model": args.model, "weights": args.weights, "arch": args.arch, "head": args.head,
+             "preprocess": args.preprocess}
+    n_classes = None
+    if is_random_weights(args.weights):
+        n_classes = len(set(open_eval_data(args.data, None, class_map=args.class_map).classes))
+    model, preprocess, info = load_entry(entry, args.download, num_classes=n_classes, seed=args.seed)
     data = open_eval_data(args.data, preprocess, num_classes=int(model.head.out_features), limit=args.limit,
                           seed=args.seed, class_map=args.class_map)
-    info = dict(getattr(model, LOAD_ATTRS))
     out = Path(args.out)
-    run_id = Path(args.model).stem if info["model_name"] != args.model else args.model.split(":", 1)[1]
-    run_id = "".join(c if c.isalnum() or c in "-_." else "-" for c in f"{run_id}-{info['weights']}")
+    run_id = str(extra.get("run_id", ""))
+    if not run_id:
+        run_id = Path(args.model).stem if info["model_name"] != args.model else args.model.split(":", 1)[1]
+        run_id = "".join(c if c.isalnum() or c in "-_." else "-" for c in f"{run_id}-{info['weights']}")
     if out.suffix != ".zarr":
         out = out / f"{run_id}.zarr"
-    attrs = {**info, "run_id": run_id, "model": info["model_name"], "regularizer": run_id, "dataset": args.data,
-             "split": "eval", "sample_ids_sha256": data.digest(), "data_limit": args.limit or 0, "data_seed": args.seed}
+    # the treatment is what --attr says; a file name is not a regularizer
+    attrs = {**info, "run_id": run_id, "model": info["model_name"], "regularizer": "unknown",
+             "dataset": args.data, "split": "eval", "sample_ids_sha256": data.digest(), "data_limit": args.limit or 0,
+             "data_seed": args.seed, **extra}
     print(extract(model, data, out, attrs=attrs, **kwargs))
     return 0

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-__all__ = ["register"]
+__all__ = ["register", "parse_attrs"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -132,7 +132,8 @@ def _manifest_note(path: Path) -> str:
             "but missing or extra chunks are found only by counting; re-save the run to add a manifest)")
 
 
-def _parse_attrs(items: list[str]) -> dict:
+def parse_attrs(items: list[str]) -> dict:
+    """``--attr KEY=VALUE`` items -> dict (each value parsed as JSON when it can be, else kept as text)."""
     from ..errors import ConfigError
 
     out = {}
@@ -158,7 +159,7 @@ def _import(args: argparse.Namespace) -> int:
     if len(args.src) == 1 and dst.suffix == ".zarr":
         if args.run_table:
             raise ConfigError("--run-table is for importing into a study folder, not a single RUN.zarr")
-        attrs = {"run_id": dst.stem, **_parse_attrs(args.attr)}
+        attrs = {"run_id": dst.stem, **parse_attrs(args.attr)}
         ds = import_dump(args.src[0], dst, attrs=attrs, mode=mode, **keys)
         print(f"imported {args.src[0]} -> {dst} ({ds.sizes['sample']} samples, "
               f"{'with' if 'head_weight' in ds else 'without'} head)")

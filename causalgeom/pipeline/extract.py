@@ -123,9 +123,52 @@ class _DatasetSource:
         kw["pin_memory"] = pin or kw.get("pin_memory", False)
         sampler = _BatchSampler(spans, self.batch_size, self.indices)
         loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=sampler, **kw)
-        for (chunk, offset, _, _), batch in zip(_spans_to_batches(spans, self.batch_size), loader):
+        shape: tuple[int, ...] | None = None
+        for (chunk, offset, _, _), (idx, batch) in zip(_spans_to_batches(spans, self.batch_size),
+                                                       _sized(loader, self)):
             xb, yb = _as_xy(batch)
+            if shape is None:
+                shape = tuple(xb.shape[1:])
+            elif tuple(xb.shape[1:]) != shape:
+                self.size_error(idx, shape)
             yield chunk, offset, xb, yb
+
+    def sample_name(self, i: int) -> str:
+        """The file (sample id) of dataset item ``i`` when the dataset has ids, else ``sample i``."""
+        ids = getattr(self.dataset, "sample_ids", None)
+        return f"{ids[i]!r} (sample {i})" if ids is not None and i < len(ids) else f"sample {i}"
+
+    def size_error(self, indices: Sequence[int], shape: tuple[int, ...] | None = None) -> None:
+        """Raise `ConfigError` naming the first item of ``indices`` whose size differs from ``shape`` (default: the
+        first item's): images of different sizes cannot be batched."""
+        for i in indices:
+            s = tuple(self.dataset[i][0].shape)
+            if shape is None:
+                shape = s
+            elif s != shape:
+                raise ConfigError(
+                    f"data: image {self.sample_name(i)} is {'x'.join(map(str, s))} after preprocessing, the images "
+                    f"before it {'x'.join(map(str, shape))}; images of different sizes cannot be batched. Resize them "
+                    "with the preprocessing (CLI --preprocess resize=N,crop=N or a preset such as imagenet), or "
+                    "make them one size")
+        raise ConfigError("data: the images of a batch differ in size; resize them with the preprocessing (CLI "
+                          "--preprocess resize=N,crop=N)")
+
+
+def _sized(loader: Any, source: "_DatasetSource") -> Iterator[tuple[list[int], Any]]:
+    """``(indices, batch)`` of ``loader``; a batch whose images differ in size becomes a `ConfigError` naming the
+    first such file (instead of torch's "stack expects each tensor to be equal size")."""
+    it = iter(loader)
+    for indices in iter(loader.batch_sampler):
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except RuntimeError as exc:
+            if "stack expects each tensor to be equal size" in str(exc):
+                source.size_error(indices)
+            raise
+        yield indices, batch
 
 
 def _spans_to_batches(spans: Sequence[tuple[int, int, int]], batch_size: int) -> Iterator[tuple[int, int, int, int]]:
