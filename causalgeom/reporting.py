@@ -28,6 +28,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from ._util.eps import eps_label, parse_eps_label
 from ._util.io import atomic_write
 from .errors import CausalGeomError, QueryError
 from .dump.study import Study, open_study
@@ -42,14 +43,6 @@ SECTION_IDS = ("summary", "decomposition", "provenance", "paper-table", "reliabi
 DECOMPOSE_OUTCOMES = ("signed_ece", "ece", "nll", "accuracy")
 _OUTCOME_WORDS = {"signed_ece": "overconfidence (signed ECE = mean confidence − accuracy)", "ece": "ECE",
                   "nll": "NLL", "accuracy": "accuracy", "robust_accuracy": "robust accuracy"}
-
-
-def eps_label(eps: float) -> str:
-    """An attack budget on the pixel scale [0, 1] as ``k/255`` when it is one (``8/255``), else 3 significant digits."""
-    k = float(eps) * 255.0
-    if math.isfinite(k) and k > 0 and abs(k - round(k)) < 1e-3 * max(1.0, k):
-        return f"{int(round(k))}/255"
-    return f"{float(eps):.3g}"
 
 
 def _relabel_eps(text: str) -> str:
@@ -453,6 +446,12 @@ class _Context:
                    + (f" Runs trained for sigmoid outputs (binary cross-entropy): {', '.join(sigmoid)}; their "
                       "calibration is that of the softmax of a BCE model, not of the probabilities their training "
                       "targeted." if sigmoid else ""))
+        pre = [(rid, self.study[rid].attrs.get("preprocess"), self.study[rid].attrs.get("weights"))
+               for rid in self.runs["run_id"]]
+        if any(p or w is not None for _, p, w in pre):  # how the images reached each network (issue 25)
+            s.add_table(pd.DataFrame([(r, w if w is not None else "", p or "not recorded") for r, p, w in pre],
+                                     columns=["run_id", "weights", "preprocess"]),
+                        "Weights (none: random initialization) and input preprocessing of each run.")
         if incomplete := self.study.incomplete:
             s.add_text(f"Not included (incompletely written): {', '.join(incomplete)}.")
         return s
@@ -696,7 +695,7 @@ def _plot_robust(res: Any, dim: str) -> Any:
             ax.errorbar(grid, ra.sel(sel).values,
                         yerr=[ra.sel(sel).values - res["robust_accuracy_ci_low"].sel(sel).values,
                               res["robust_accuracy_ci_high"].sel(sel).values - ra.sel(sel).values],
-                        marker="o", ms=3, capsize=2, label=f"ε={float(eps) * 255:.0f}/255")
+                        marker="o", ms=3, capsize=2, label=f"ε={eps_label(eps)}")
     if dim == "scale":
         ax.set_xscale("log", base=2)
     ax.set_xlabel("feature scale s" if dim == "scale" else "rotation fraction α toward the center")
@@ -808,8 +807,8 @@ def _decomposition_outcome(outcome: str, res: Any) -> str | None:
         return "signed_ece"
     if outcome in ("nll", "ece", "accuracy", "brier"):
         return outcome
-    m = re.match(r"robust\[(.+)@([0-9.eE+-]+)\]$", outcome)
-    if m and res.eps is not None and m.group(1) == res.attack and math.isclose(float(m.group(2)), res.eps,
+    m = re.match(r"robust\[(.+)@([0-9./eE+-]+)\]$", outcome)
+    if m and res.eps is not None and m.group(1) == res.attack and math.isclose(parse_eps_label(m.group(2)), res.eps,
                                                                                rel_tol=1e-4):
         return "robust_accuracy"
     return None

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from .._util.eps import eps_label
 from .._util.rng import check_random_state
 from ..metrics.kernels import bin_index as _bin_index, calibration_error as _calibration_error, \
     sample_stats_block as _sample_stats_block, width_bin_stats as _width_bin_stats
@@ -871,8 +872,8 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
               + f"each pair's gap split among {mode_text} by Shapley averaging over the {math.factorial(k)} "
               f"orders of {2 ** k} worlds (logits = W·h + b)")
     if need_adv:
-        design += (f"; robust outcomes from the attacked images' features ({sel_attack}, ε = {sel_eps:.4g} = "
-                   f"{sel_eps * 255:.3g}/255)")
+        design += (f"; robust outcomes from the attacked images' features ({sel_attack}, ε = "
+                   f"{eps_label(sel_eps)})")
     n_bad = int((~alignment["aligned"]).sum())
     if n_bad:
         msg = (f"{n_bad} of {len(alignment)} run pairs have unaligned feature bases (swapping only the head keeps less "

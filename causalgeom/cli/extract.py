@@ -175,8 +175,8 @@ def _run_public(args: argparse.Namespace, kwargs: dict) -> int:
     data = open_eval_data(args.data, preprocess, num_classes=int(model.head.out_features), limit=args.limit,
                           seed=args.seed, class_map=args.class_map)
     out = Path(args.out)
-    run_id = str(extra.get("run_id", ""))
-    if not run_id:
+    run_id = str(extra.get("run_id", "")) or (out.stem if out.suffix == ".zarr" else "")
+    if not run_id:  # a study folder: the run is named after the model and its weights
         run_id = Path(args.model).stem if info["model_name"] != args.model else args.model.split(":", 1)[1]
         run_id = "".join(c if c.isalnum() or c in "-_." else "-" for c in f"{run_id}-{info['weights']}")
     if out.suffix != ".zarr":

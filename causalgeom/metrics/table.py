@@ -15,6 +15,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from .._util.eps import eps_label
 from ..errors import HeadMissingError, QueryError
 from .blocks import compute, one_blas_thread, require_vars, run_array, sample_map
 from .kernels import FUSED_FIELDS, calibration_error, fused_block, width_bin_stats
@@ -35,20 +36,21 @@ _MEAN_COLUMNS = ("norm", "rms", "cos_true", "cos_pred", "confidence", "overconfi
 
 
 def robust_key(attack: str, eps: float, metric: str = "robust_acc") -> str:
-    """Column name of a per-(attack, ε) metric: ``"robust_acc[pgd-linf@0.00392157]"`` (ε with 6 significant digits).
+    """Column name of a per-(attack, ε) metric: ``"robust_acc[pgd-linf@1/255]"`` (ε as `causalgeom._util.eps.eps_label`:
+    k/255 where it is one, else 6 significant digits, ``"robust_acc[pgd-l2@0.25]"``).
 
     The one rule for these names (re-exported as ``causalgeom.summary.robust_key``).
     """
-    return f"{metric}[{attack}@{float(eps):.6g}]"
+    return f"{metric}[{attack}@{eps_label(eps)}]"
 
 
 def robust_column(attack: str, eps: float) -> str:
-    """Name of the per-sample robustness indicator: ``"robust[pgd-linf@0.00392157]"`` (ε to 6 significant digits)."""
+    """Name of the per-sample robustness indicator: ``"robust[pgd-linf@1/255]"`` (ε as `robust_key`)."""
     return robust_key(attack, eps, metric="robust")
 
 
 def robust_acc_column(attack: str, eps: float) -> str:
-    """Name of the per-run robust accuracy: ``"robust_acc[pgd-linf@0.00392157]"`` (as `causalgeom.summary`)."""
+    """Name of the per-run robust accuracy: ``"robust_acc[pgd-linf@1/255]"`` (as `causalgeom.summary`)."""
     return robust_key(attack, eps)
 
 
