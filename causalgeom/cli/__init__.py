@@ -14,7 +14,7 @@ import traceback
 from ..errors import CausalGeomError
 from . import _scale
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "cli_words"]
 
 #: cli sub-modules, in the order their commands appear in ``--help``.
 _MODULES = ("demo", "train", "extract", "io", "metrics", "mediate", "decompose", "intervene", "report")
@@ -107,15 +107,58 @@ def _explain(exc: BaseException) -> tuple[str, int]:
     return "internal error", 1
 
 
-def _message(exc: BaseException) -> str:
+#: Python keyword advice -> command-line flags, for keywords whose flag is not ``--NAME`` of the same name.
+_KEYWORD_FLAGS = {"mode='w'": "--overwrite", 'mode="w"': "--overwrite"}
+
+
+def cli_words(text: str, command: argparse.ArgumentParser | None) -> str:
+    """``text`` with the library's keyword advice spelled as the command's flags.
+
+    ``labels_key=`` / ``the labels_key= argument`` -> ``--labels-key``, ``method='regression'`` -> ``--method
+    regression``, ``mode='w'`` -> ``--overwrite``; only for keywords that are options of ``command`` (others stay).
+    """
+    import re
+
+    if command is None:
+        return text
+    flags = {}
+    for action in command._actions:
+        longs = [o for o in action.option_strings if o.startswith("--")]
+        if longs:
+            flags[action.dest] = longs[0]
+    for keyword, flag in _KEYWORD_FLAGS.items():
+        if flag in flags.values():
+            text = re.sub(rf"(pass |use |or |with |\(|\b){re.escape(keyword)}(?![\w'\"])", lambda m: m.group(1) + flag,
+                          text)
+
+    def value(m: "re.Match[str]") -> str:
+        flag = flags.get(m.group(1))
+        if flag is None:
+            return m.group(0)
+        return f"{flag} {m.group(3)}" if m.group(3) is not None else flag
+
+    text = re.sub(r"(?<![\w.-])([a-z_][a-z0-9_]*)=(['\"]([^'\"]*)['\"])?(?: argument)?(?![\w(])", value, text)
+    text = re.sub(r"(--[a-z0-9-]+) \(\1\)", r"\1", text)  # "--overwrite (--overwrite)"
+    text = re.sub(r"(--[a-z0-9-]+) / \1\b", r"\1", text)  # "--overwrite / --overwrite"
+    return re.sub(r"with the (--[a-z0-9-]+)", r"with \1", text)
+
+
+def _message(exc: BaseException, command: argparse.ArgumentParser | None = None) -> str:
     if isinstance(exc, CausalGeomError):
-        return _one_line(exc)
+        return cli_words(_one_line(exc), command)
     if isinstance(exc, OSError) and exc.strerror:
         where = f": {exc.filename}" if exc.filename else ""
         return _one_line(f"{exc.strerror}{where}")
     if isinstance(exc, KeyError) and exc.args:
         return _one_line(exc.args[0] if isinstance(exc.args[0], str) else f"{exc.args[0]!r} not found")
     return _one_line(f"{type(exc).__name__}: {exc}")
+
+
+def _command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser | None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get(command)
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         what, status = _explain(exc)
         hint = "" if debug or status == 2 else " (re-run with --debug for the traceback, and please report it)"
-        print(f"causalgeom {args.command}: {what}: {_message(exc)}{hint}", file=sys.stderr)
+        print(f"causalgeom {args.command}: {what}: {_message(exc, _command_parser(parser, args.command))}{hint}",
+              file=sys.stderr)
         return status
 
 

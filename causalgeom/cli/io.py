@@ -15,6 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "or a study's run table.",
                        epilog="example: causalgeom info demo_out/study/ce-s0.zarr")
     p.add_argument("path", help="a run store (RUN.zarr) or a study folder")
+    p.add_argument("--json", action="store_true", help="a run: its description as JSON (for programs)")
+    p.add_argument("--wide", action="store_true",
+                   help=f"a study: every attribute column (default: the run table cut to {WIDTH} characters)")
     p.set_defaults(func=_info)
 
     p = sub.add_parser("validate", help="check a run (or every run of a study) against schema v1",
@@ -75,6 +78,64 @@ def _describe(ds) -> dict:
     }
 
 
+#: Width of ``info STUDY`` without ``--wide``.
+WIDTH = 100
+#: Columns of ``info STUDY`` in order of interest; the first that fit in :data:`WIDTH` are shown.
+_STUDY_COLUMNS = ("run_id", "regularizer", "strength", "seed", "n_samples", "n_classes", "n_features", "has_head",
+                  "model", "dataset", "attacks", "eps", "weights", "preprocess")
+
+
+def _cell(value) -> str:
+    from .._util.eps import eps_label
+
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, float) for v in value):
+        return ",".join(eps_label(v) for v in value)
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    if isinstance(value, float) and value != value:
+        return "-"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _study_table(runs, wide: bool) -> str:
+    """The run table as text: every column with ``wide``, else the columns of interest that fit in WIDTH."""
+    frame = runs.drop(columns=["path"], errors="ignore")
+    frame = frame.assign(**{c: frame[c].map(_cell) for c in frame.columns})
+    if wide:
+        return frame.to_string(index=False)
+    cols, width = [], 0
+    for c in [c for c in _STUDY_COLUMNS if c in frame.columns]:
+        w = max(len(c), int(frame[c].str.len().max() if len(frame) else 0))
+        if w > 30:  # long text (a model path, a preprocessing spec): cut, --wide shows it whole
+            frame[c] = frame[c].map(lambda v: v if len(v) <= 30 else v[:29] + "…")
+            w = 30
+        if width + w + 2 > WIDTH:
+            continue
+        cols.append(c)
+        width += w + 2
+    hidden = len(frame.columns) - len(cols)
+    return frame[cols].to_string(index=False) + (f"\n({hidden} more columns: causalgeom info --wide)" if hidden else "")
+
+
+def _run_text(path: Path, d: dict) -> str:
+    from .._util.eps import eps_label
+
+    lines = [f"run {path}"]
+    lines.append("  dims:       " + ", ".join(f"{k}={v}" for k, v in d["dims"].items()))
+    lines.append("  variables:  " + ", ".join(f"{n} ({', '.join(v['dims'])}; {v['dtype']})"
+                                              for n, v in d["variables"].items()))
+    lines.append("  optional:   present: " + (", ".join(d["optional_present"]) or "none") + "; missing: "
+                 + (", ".join(d["optional_missing"]) or "none"))
+    if d["attacks"]:
+        lines.append(f"  attacks:    {', '.join(d['attacks'])} at eps {', '.join(eps_label(e) for e in d['eps'])}")
+    lines.append("  attributes:")
+    width = max((len(k) for k in d["attrs"]), default=0)
+    for k, v in d["attrs"].items():
+        text = json.dumps(v, default=str) if isinstance(v, (dict, list)) else str(v)
+        lines.append(f"    {k:<{width}}  {text}")
+    return "\n".join(lines)
+
+
 def _is_study(path: Path) -> bool:
     return path.is_dir() and not (path / "zarr.json").exists()
 
@@ -90,9 +151,10 @@ def _info(args: argparse.Namespace) -> int:
         print(f"study {path}: {len(runs)} complete runs" +
               (f", {len(study.incomplete)} incomplete: {study.incomplete}" if study.incomplete else ""))
         if len(runs):
-            print(runs.drop(columns=["path"]).to_string(index=False))
+            print(_study_table(runs, args.wide))
         return 0
-    print(json.dumps(_describe(open_run(path, verify=False)), indent=2, default=str))
+    desc = _describe(open_run(path, verify=False))
+    print(json.dumps(desc, indent=2, default=str) if args.json else _run_text(path, desc))
     return 0
 
 
