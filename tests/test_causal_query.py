@@ -45,7 +45,7 @@ def test_toml_round_trip(q):
 
 def test_file_round_trip(tmp_path):
     q = Query(treatment="regularizer", control="ce", treated="label_smoothing", mediators=["rms", "cos_true"],
-              outcomes=["overconfidence", "robust[pgd-linf@0.00392157]"], covariates=["label"], n_boot=500,
+              outcomes=["overconfidence", "robust[pgd-linf@1/255]"], covariates=["label"], n_boot=500,
               seed=3, name='ls "vs" ce')
     path = q.to_toml(tmp_path / "q.toml")
     assert Query.from_toml(path) == q

@@ -116,7 +116,7 @@ def test_interventions_equal_in_process(cluster, study):
 @pytest.mark.slow
 @pytest.mark.parametrize("kw", [
     dict(treatment="regularizer", mediators=["rms", "cos_true"], outcome=["overconfidence", "nll"]),
-    dict(treatment="regularizer", mediators="norm", outcome="robust[pgd-linf@0.00392157]", covariates=["label"],
+    dict(treatment="regularizer", mediators="norm", outcome="robust[pgd-linf@1/255]", covariates=["label"],
          interaction=True),
     dict(treatment="strength", mediators=["rms", "cos_true"], outcome="brier", ordered=True),
 ], ids=["two-mediators", "covariate-interaction", "continuous-ordered"])

@@ -38,7 +38,7 @@ def test_run_metrics_agree_with_module_functions(tmp_path):
     assert row["cos_true"] == pytest.approx(float(geo.cosine_to_center(ds)["cos_true"].mean()))
     ra = rob.robust_accuracy(ds)
     key = robust_key("pgd-linf", float(ra["eps"][0]))
-    assert key == "robust_acc[pgd-linf@0.00392157]"
+    assert key == "robust_acc[pgd-linf@1/255]"
     assert row[key] == pytest.approx(float(ra[0, 0]))
     assert row["robust_auc[pgd-linf]"] == pytest.approx(float(rob.robust_auc(ds)[0]))
     cg.save(ds, tmp_path / "ls.zarr", sample_chunk=16)
@@ -68,7 +68,7 @@ def test_paper_table_t_interval(study):
         lo, hi = stats.t.interval(0.9, len(x) - 1, loc=x.mean(), scale=stats.sem(x))
         assert row["ece"] == pytest.approx(x.mean())
         assert row["ece_low"] == pytest.approx(lo) and row["ece_high"] == pytest.approx(hi)
-    assert "seed" not in table.columns and "robust_acc[pgd-linf@0.00392157]_low" in table.columns
+    assert "seed" not in table.columns and "robust_acc[pgd-linf@1/255]_low" in table.columns
     from_study = paper_table(study, ci=0.9)
     pd.testing.assert_frame_equal(from_study, table)
     one = paper_table(frame[frame["run_id"] == "ce-s0"])

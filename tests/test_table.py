@@ -38,7 +38,7 @@ def test_sample_frame_matches_metric_functions(study, frame):
     robust = [robust_column("pgd-linf", e) for e in eps]
     assert list(frame.columns) == list(SAMPLE_COLUMNS) + robust + [min_flip_column("pgd-linf")]
     assert frame.attrs["level"] == "sample" and len(frame) == 480
-    assert robust[0] == "robust[pgd-linf@0.00392157]"
+    assert robust[0] == "robust[pgd-linf@1/255]"
     for run_id in study.run_ids:
         ds = study[run_id]
         part = frame[frame.run_id == run_id]

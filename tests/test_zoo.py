@@ -208,8 +208,11 @@ def test_extract_model_cli_local_state_dict(tmp_path, capsys):
     net = torchvision.models.resnet18(num_classes=3)
     torch.save(net.state_dict(), tmp_path / "mine.pt")
     out = tmp_path / "mine.zarr"
-    rc = main(["extract", "--model", str(tmp_path / "mine.pt"), "--arch", "torchvision:resnet18", "--data",
-               f"imagefolder:{root}", "--no-attack", "--out", str(out), "--no-progress"])
+    args = ["extract", "--model", str(tmp_path / "mine.pt"), "--arch", "torchvision:resnet18", "--data",
+            f"imagefolder:{root}", "--no-attack", "--out", str(out), "--no-progress"]
+    assert main(args) == 2 and not out.exists()  # no preprocessing named: refused (issue 25)
+    assert "--preprocess" in capsys.readouterr().err
+    rc = main([*args, "--preprocess", "mean=0.485,0.456,0.406,std=0.229,0.224,0.225"])
     assert rc == 0
     ds = cg.open(out)
     assert ds.sizes["sample"] == 6 and ds.attrs["weights_file"] == str(tmp_path / "mine.pt")

@@ -222,7 +222,15 @@ def _import(args: argparse.Namespace) -> int:
         if args.run_table:
             raise ConfigError("--run-table is for importing into a study folder, not a single RUN.zarr")
         attrs = {"run_id": dst.stem, **parse_attrs(args.attr)}
-        ds = import_dump(args.src[0], dst, attrs=attrs, mode=mode, **keys)
+        made = [p for p in reversed(dst.absolute().parents) if not p.exists()]
+        dst.parent.mkdir(parents=True, exist_ok=True)  # `import dump.npz study/run1.zarr` creates study/
+        try:
+            ds = import_dump(args.src[0], dst, attrs=attrs, mode=mode, **keys)
+        except BaseException:
+            for folder in reversed(made):  # nothing half written: remove the folders made for it
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
+            raise
         print(f"imported {args.src[0]} -> {dst} ({ds.sizes['sample']} samples, "
               f"{'with' if 'head_weight' in ds else 'without'} head)")
         return 0
