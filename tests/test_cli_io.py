@@ -26,7 +26,7 @@ def test_help_lists_commands_with_examples(capsys):
 def test_info_run_and_study(tmp_path, capsys):
     study = cg.open_study(tmp_path, create=True)
     study.add(make_run(n=30, run_id="a", attacks=True))
-    assert main(["info", str(tmp_path / "a.zarr")]) == 0
+    assert main(["info", str(tmp_path / "a.zarr"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["dims"]["sample"] == 30 and "adv_correct" in info["optional_present"]
     assert info["attrs"]["run_id"] == "a"
