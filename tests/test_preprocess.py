@@ -1,4 +1,4 @@
-"""Explicit preprocessing of local checkpoints, random weights, run attributes, zoo preflight, CLI wording (issue 25)."""
+"""Explicit preprocessing of local checkpoints, random weights, run attributes, zoo preflight, CLI wording."""
 
 from __future__ import annotations
 
