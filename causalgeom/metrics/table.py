@@ -17,6 +17,7 @@ import pandas as pd
 
 from ..errors import HeadMissingError, QueryError
 from .blocks import compute, one_blas_thread, require_vars, run_array, sample_map
+from .calibration import confidence_outcomes, ece_ts
 from .kernels import FUSED_FIELDS, calibration_error, fused_block, width_bin_stats
 
 __all__ = ["study_frame", "run_table", "fused_run", "robust_column", "min_flip_column", "robust_acc_column",
@@ -29,7 +30,8 @@ SAMPLE_COLUMNS = ID_COLUMNS + ("sample", "label", "norm", "rms", "cos_true", "co
                                "overconfidence", "nll", "brier", "margin")
 #: Fixed columns of the run-level table.
 RUN_COLUMNS = ID_COLUMNS + ("n_samples", "norm", "rms", "cos_true", "cos_pred", "confidence", "accuracy",
-                            "overconfidence", "nll", "brier", "ece", "signed_ece")
+                            "overconfidence", "nll", "brier", "ece", "signed_ece", "ece_ts", "ece_debiased",
+                            "ece_floor", "aurc")
 
 _MEAN_COLUMNS = ("norm", "rms", "cos_true", "cos_pred", "confidence", "overconfidence", "nll", "brier")
 
@@ -262,7 +264,9 @@ def study_frame(study: Any, level: str = "sample", attack: str | Sequence[str] |
 
         Run level, one row per run: the identifiers, ``n_samples``, the means over samples of ``norm`` ...
         ``brier`` (``accuracy`` = mean of ``correct``), ``ece`` and ``signed_ece`` (15 equal-width bins,
-        `calibration.ece` / `calibration.signed_ece`), ``robust_acc[A@E]`` (mean of ``robust[A@E]`` =
+        `calibration.ece` / `calibration.signed_ece`), ``ece_ts`` (ECE after temperature scaling fitted on a
+        held-out half, `calibration.ece_ts`), ``ece_debiased``, ``ece_floor`` and ``aurc``
+        (`calibration.confidence_outcomes`), ``robust_acc[A@E]`` (mean of ``robust[A@E]`` =
         `robustness.robust_accuracy`) and ``min_flip_eps[A]`` (median over samples, robust to inf).
 
     Raises
@@ -283,7 +287,7 @@ def study_frame(study: Any, level: str = "sample", attack: str | Sequence[str] |
         ds = study[run_id]
         df = run_table(ds, attack=attack, eps=eps, center=center)
         if level == "run":
-            df = _aggregate(df)
+            df = _aggregate(df, ds)
         frames.append(df)
     if not frames:
         cols = SAMPLE_COLUMNS if level == "sample" else RUN_COLUMNS
@@ -302,8 +306,11 @@ def study_frame(study: Any, level: str = "sample", attack: str | Sequence[str] |
     return out
 
 
-def _aggregate(df: pd.DataFrame) -> pd.DataFrame:
-    """One run's row of the run-level table from its sample-level rows (no further read of the run)."""
+def _aggregate(df: pd.DataFrame, ds: Any = None) -> pd.DataFrame:
+    """One run's row of the run-level table from its sample-level rows.
+
+    Every column comes from the rows in memory, except ``ece_ts`` (given ``ds``): its temperature fit reads the
+    logits of the fit half again (one pass per Newton step; `causalgeom.calibration.ece_ts`)."""
     row: dict[str, Any] = {c: df[c].iloc[0] for c in ID_COLUMNS}
     row["n_samples"] = len(df)
     for c in _MEAN_COLUMNS:
@@ -315,6 +322,8 @@ def _aggregate(df: pd.DataFrame) -> pd.DataFrame:
     stats = width_bin_stats(df["confidence"].to_numpy(float), df["correct"].to_numpy(float), 15)
     row["ece"] = calibration_error(stats, "l1")
     row["signed_ece"] = calibration_error(stats, "signed")
+    row["ece_ts"] = float(ece_ts(ds, 15)) if ds is not None else np.nan
+    row.update(confidence_outcomes(df["confidence"].to_numpy(float), df["correct"].to_numpy(float), 15))
     for c in df.columns:
         if c.startswith("robust["):
             row["robust_acc" + c[len("robust"):]] = float(df[c].mean())
