@@ -17,7 +17,8 @@ import causalgeom as cg
 from causalgeom.errors import ConfigError, QueryError
 from causalgeom.metrics import calibration as cal
 from causalgeom.metrics.kernels import (aurc, bin_index, calibration_error, debiased_squared_ce, ece_noise_floor,
-                                        poisson_binomial_pmf, width_bin_stats, wilson_interval)
+                                        poisson_binomial_pmf, width_bin_stats)
+from causalgeom.metrics.robustness import wilson_interval
 from causalgeom.testing import make_run
 
 

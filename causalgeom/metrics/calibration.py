@@ -25,7 +25,8 @@ from .._util.checks import check_choice
 from .._util.rng import check_random_state
 from ..errors import ConfigError, SchemaError
 from .kernels import (aurc as _aurc, bin_index, calibration_error, debiased_squared_ce, ece_noise_floor,
-                      mass_bin_stats, sample_stats_block, softmax_block, width_bin_stats, wilson_interval)
+                      mass_bin_stats, sample_stats_block, softmax_block, width_bin_stats)
+from .robustness import wilson_interval
 
 __all__ = [
     "BINNINGS", "NORMS", "per_sample", "accuracy", "mean_confidence", "ece", "signed_ece", "classwise_ece",
@@ -374,10 +375,10 @@ def reliability(ds: xr.Dataset, n_bins: int = 15, binning: str = "width", *, tem
         Dim ``bin`` (M). Variables ``confidence``, ``accuracy`` (NaN for empty bins), ``count``
         (int), ``weight`` (count / n), ``gap`` (confidence − accuracy), ``acc_low`` / ``acc_high``
         (the **Wilson score** interval of the bin's accuracy at ``level``, treating its images as independent
-        Bernoulli trials; NaN for empty bins; `causalgeom.kernels.wilson_interval`, equal to statsmodels'
-        ``proportion_confint(method="wilson")``), ``few`` (bool: 0 < count < ``min_count``); coordinates
-        ``bin_lower``, ``bin_upper`` (the bin edges for ``"width"``; the lowest / highest confidence in the
-        bin for ``"mass"``). Bins as in `ece`. Attributes record ``interval``, ``level`` and ``min_count``.
+        Bernoulli trials; NaN for empty bins; `causalgeom.robustness.wilson_interval`, the one used for robust
+        accuracy, equal to statsmodels' ``proportion_confint(method="wilson")``), ``few`` (bool:
+        0 < count < ``min_count``); coordinates ``bin_lower``, ``bin_upper`` (the bin edges for ``"width"``;
+        the lowest / highest confidence in the bin for ``"mass"``). Bins as in `ece`. Attributes record ``interval``, ``level`` and ``min_count``.
 
     References
     ----------

@@ -24,7 +24,7 @@ from ..dump.schema import require_head
 
 __all__ = ["ERROR_NORMS", "softmax_block", "sample_stats_block", "bin_index", "width_bin_stats", "mass_bin_stats",
            "calibration_error", "debiased_squared_ce", "poisson_binomial_pmf", "ece_noise_floor", "aurc",
-           "wilson_interval", "head64", "FUSED_FIELDS", "fused_block"]
+           "head64", "FUSED_FIELDS", "fused_block"]
 
 #: Norms of `calibration_error`: l1 (ECE), l2 (RMS calibration error), max (MCE), signed (signed ECE).
 ERROR_NORMS = ("l1", "l2", "max", "signed")
@@ -205,9 +205,9 @@ def ece_noise_floor(conf: np.ndarray, n_bins: int) -> float:
     depend only on the confidences, so they are those of the run. With S_b = the number correct in bin b (a
     Poisson-binomial variable) the floor is ``E[ECE] = (1/n) sum_b E|sum_{i in b} c_i - S_b|``, computed exactly
     from S_b's distribution (`poisson_binomial_pmf`). It is the ECE that binning noise alone produces at this n:
-    an ECE near it is no evidence of miscalibration. (The "noise floor" of the binned ECE; see Roelofs, Cain,
-    Shlens, Mozer, "Mitigating Bias in Calibration Error Estimation", AISTATS 2022, and Bröcker & Smith 2007,
-    "Increasing the reliability of reliability diagrams", for the consistency-resampling view of the same null.)
+    an ECE near it is no evidence of miscalibration. (The same null as the "consistency resampling" of Bröcker &
+    Smith, "Increasing the reliability of reliability diagrams", Weather and Forecasting 2007, which simulates it;
+    here its expectation is exact. On the bias of the binned ECE see Roelofs et al., AISTATS 2022.)
     """
     conf = np.asarray(conf, dtype=np.float64).ravel()
     n = conf.size
@@ -247,27 +247,6 @@ def aurc(conf: np.ndarray, correct: np.ndarray) -> float:
     j = np.arange(n) - starts[g] + 1.0  # position within the tied group, 1..m
     expected_errors = before[g] + j * group_err[g] / sizes[g]
     return float(np.mean(expected_errors / np.arange(1, n + 1)))
-
-
-def wilson_interval(successes: np.ndarray, count: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-    """Wilson score interval of a binomial proportion (NaN where count = 0).
-
-    ``(p + z^2/(2n) -/+ z sqrt(p(1 - p)/n + z^2/(4n^2))) / (1 + z^2/n)`` with p = successes / n and z the
-    (1 + level)/2 normal quantile (Wilson, "Probable inference, the law of succession, and statistical
-    inference", JASA 1927; as ``statsmodels.stats.proportion.proportion_confint(method="wilson")``).
-    """
-    from scipy.stats import norm
-
-    x = np.asarray(successes, dtype=np.float64)
-    n = np.asarray(count, dtype=np.float64)
-    z = float(norm.isf((1.0 - float(level)) / 2.0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p = x / n
-        denom = 1.0 + z ** 2 / n
-        center = (p + z ** 2 / (2.0 * n)) / denom
-        half = z * np.sqrt(p * (1.0 - p) / n + z ** 2 / (4.0 * n ** 2)) / denom
-    empty = n <= 0
-    return np.where(empty, np.nan, center - half), np.where(empty, np.nan, center + half)
 
 
 #: Rows per float64 sub-block of `fused_block` (2 MiB at d = 512: stays in cache).

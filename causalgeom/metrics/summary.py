@@ -1,7 +1,8 @@
 """Per-run metric summaries and the "paper table": mean and t-interval over seeds per regularizer and strength.
 
 `run_metrics` reduces one run to a flat dict (one pass over its chunks: features, logits and
-attack outcomes are read once); `run_frame` does so for every run of a study; `paper_table`
+attack outcomes are read once; then ``ece_ts`` streams the logits of its fit half once per Newton step of the
+temperature fit, in bounded memory); `run_frame` does so for every run of a study; `paper_table`
 groups those rows by (regularizer, strength) and reports each metric's mean and a Student-t
 confidence interval over the runs (seeds) of the group. Definitions: ``docs/methods_metrics.md``.
 """
@@ -32,7 +33,7 @@ DESCRIPTOR_COLUMNS = ("run_id", "regularizer", "strength", "seed", "model", "dat
 
 
 def run_metrics(ds: xr.Dataset, n_bins: int = 15, *, center_kind: str = "minimal_loss") -> dict[str, Any]:
-    """The per-run numbers of the paper table, from one pass over the run's chunks.
+    """The per-run numbers of the paper table: one pass over the run's chunks, then the temperature fit of ``ece_ts``.
 
     Parameters
     ----------
