@@ -30,6 +30,7 @@ import pandas as pd
 
 from .._util.eps import eps_label
 from .._util.rng import check_random_state
+from ..metrics.calibration import EXTRA_OUTCOMES as _EXTRA, run_outcome as _extra_outcome, ts_split as _ts_split
 from ..metrics.kernels import bin_index as _bin_index, calibration_error as _calibration_error, \
     sample_stats_block as _sample_stats_block, width_bin_stats as _width_bin_stats
 from ..errors import QueryError
@@ -41,7 +42,7 @@ __all__ = ["decompose", "DecompositionResult", "shapley_values", "FACTORS", "DEC
 #: "orientation": the basis-free split, see `decompose`).
 FACTORS = ("head", "magnitude", "direction", "cosine", "head_norm", "orientation")
 #: Outcomes of `decompose` (``robust_*`` need ``adv_features``, stored by ``causalgeom extract --save-adv``).
-DECOMPOSE_OUTCOMES = ("signed_ece", "ece", "nll", "accuracy", "brier", "robust_accuracy", "robust_margin")
+DECOMPOSE_OUTCOMES = ("signed_ece", "ece", "nll", "accuracy", "brier", "robust_accuracy", "robust_margin") + _EXTRA
 #: Outcomes that are means of a per-image quantity, so that their shares also add up image by image.
 PER_IMAGE_OUTCOMES = ("signed_ece", "nll", "accuracy", "brier", "robust_accuracy", "robust_margin")
 #: ``estimand=`` values: over training runs, conditional on these models, or chosen from the design.
@@ -244,13 +245,15 @@ def _per_image(logits: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
     other = logits.copy()
     other[rows, labels] = -np.inf
     return {"confidence": conf, "correct": correct.astype(np.float64), "nll": nll, "brier": brier,
-            "margin": zy - other.max(axis=1)}
+            "margin": zy - other.max(axis=1), "logits": logits, "labels": labels}
 
 
 def _run_outcome(name: str, stats: dict[str, np.ndarray], n_bins: int, idx: np.ndarray | None = None) -> float:
     """Run-level outcome from per-image statistics (the package's calibration kernels)."""
     def get(key: str) -> np.ndarray:
         return stats[key] if idx is None else stats[key][idx]
+    if name in _EXTRA:  # ece_ts, ece_debiased, ece_floor, aurc: the metrics layer's one implementation
+        return _extra_outcome(name, stats, n_bins, idx)
     if name in ("signed_ece", "ece"):
         bins = _width_bin_stats(get("confidence"), get("correct"), n_bins)
         return _calibration_error(bins, "signed" if name == "signed_ece" else "l1")
@@ -277,7 +280,10 @@ def _boot_world_values(name: str, worlds: list[dict[str, np.ndarray]], counts: n
     n = counts.shape[1]
     out = np.empty((counts.shape[0], len(worlds)))
     for w, stats in enumerate(worlds):
-        if name in ("signed_ece", "ece"):
+        if name in _EXTRA:  # not sums over images: recomputed on each resample (a repeated image keeps its half)
+            out[:, w] = [_run_outcome(name, stats, n_bins, np.repeat(np.arange(n), c.astype(np.int64)))
+                         for c in counts]
+        elif name in ("signed_ece", "ece"):
             onehot = np.eye(n_bins)[_bin_index(stats["confidence"], n_bins)]  # (n, M)
             bins = np.stack([counts @ onehot, counts @ (onehot * stats["confidence"][:, None]),
                              counts @ (onehot * stats["correct"][:, None])], axis=1)  # (B, 3, M), as _width_bin_stats
@@ -572,7 +578,9 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
         From :data:`DECOMPOSE_OUTCOMES`: ``"signed_ece"`` (= overconfidence, mean confidence − accuracy),
         ``"ece"`` (top-label, ``n_bins`` equal-width bins, l1), ``"nll"``, ``"accuracy"``, ``"brier"``;
         ``"robust_accuracy"`` / ``"robust_margin"`` (true-class logit minus the best other) from the
-        world logits of the attacked images' features (needs ``adv_features``: ``extract --save-adv``).
+        world logits of the attacked images' features (needs ``adv_features``: ``extract --save-adv``);
+        ``"ece_ts"``, ``"ece_debiased"``, ``"ece_floor"``, ``"aurc"`` (`causalgeom.calibration.EXTRA_OUTCOMES`;
+        ``ece_ts`` refits the temperature in every world on the same held-out half, `causalgeom.calibration.ts_split`).
     factors : tuple of str
         ``("head", "magnitude", "direction")`` (2³ worlds), or ``("head", "magnitude", "cosine")``: the
         direction's cosine to the class center is its own factor, and ``direction`` then means the rest of
@@ -711,6 +719,7 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
             sel_attack, sel_eps = a, e
         loaded[rid] = run
     labels = loaded[all_ids[0]].labels
+    ts_fit = _ts_split(ref_ids)
     for rid in all_ids[1:]:
         if not np.array_equal(loaded[rid].labels, labels):
             raise QueryError(f"run {rid!r}: the labels of the paired images differ from run {all_ids[0]!r}; the runs "
@@ -739,6 +748,8 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
         pair = (loaded[all_ids[i]], loaded[all_ids[j]])
         worlds = _world_stats(pair, facs, mode, adv=False)
         adv_worlds = _world_stats(pair, facs, mode, adv=True) if need_adv else None
+        for w in worlds + (adv_worlds or []):
+            w["ts_fit"] = ts_fit  # ece_ts: the held-out split of the images (the same in every run)
         is_cross = i < n_c <= j
         if is_cross and mode != "basisfree":
             acc = [float(w["correct"].mean()) for w in worlds]

@@ -24,13 +24,15 @@ from .blocks import check_run, compute, is_dask, raw, require_vars, sample_reduc
 from .._util.checks import check_choice
 from .._util.rng import check_random_state
 from ..errors import ConfigError, SchemaError
-from .kernels import (bin_index, calibration_error, mass_bin_stats, sample_stats_block, softmax_block,
-                      width_bin_stats)
+from .kernels import (aurc as _aurc, bin_index, calibration_error, debiased_squared_ce, ece_noise_floor,
+                      mass_bin_stats, sample_stats_block, softmax_block, width_bin_stats)
+from .robustness import wilson_interval
 
 __all__ = [
     "BINNINGS", "NORMS", "per_sample", "accuracy", "mean_confidence", "ece", "signed_ece", "classwise_ece",
     "nll", "brier", "reliability", "fit_temperature", "bootstrap_ci", "outcomes_from_logits", "ece_from_probs",
-    "BOOTSTRAP_METRICS", "confidence_attrs"
+    "BOOTSTRAP_METRICS", "confidence_attrs", "EXTRA_OUTCOMES", "TS_SPLIT_RULE", "RELIABILITY_MIN_COUNT", "ts_split",
+    "ece_ts", "ece_ts_from_logits", "ece_floor", "ece_debiased", "aurc", "confidence_outcomes", "run_outcome"
 ]
 
 #: Confidence binnings of `ece`: equal-width or equal-mass bins.
@@ -39,6 +41,15 @@ BINNINGS = ("width", "mass")
 NORMS = ("l1", "l2", "max")
 #: Metric names `bootstrap_ci` resamples from per-sample statistics.
 BOOTSTRAP_METRICS = ("accuracy", "mean_confidence", "overconfidence", "ece", "signed_ece", "nll", "brier")
+#: Per-run outcomes beyond the binned ECE (every one a column of `causalgeom.summary.run_metrics`, of the run-level
+#: analysis table and an outcome of `causalgeom.causal.decompose`): ECE after temperature scaling fitted on a
+#: held-out half, the debiased L2 calibration error, the ECE noise floor, and the AURC.
+EXTRA_OUTCOMES = ("ece_ts", "ece_debiased", "ece_floor", "aurc")
+#: How `ece_ts` splits the test images (`ts_split`): the same images in each half for every run that scored them.
+TS_SPLIT_RULE = ("images ranked by sample id (stable sort); the temperature is fitted (NLL) on the even ranks "
+                 "0, 2, 4, ... and the ECE evaluated on the odd ranks 1, 3, 5, ...")
+#: Reliability-diagram bins with fewer images than this are flagged ``few`` (their accuracy is too noisy to read).
+RELIABILITY_MIN_COUNT = 20
 
 # Layout of the per-run statistics vector produced by `_run_stats_block`.
 _N, _CORRECT, _CONF, _NLL, _BRIER = range(5)
@@ -343,21 +354,49 @@ def brier(ds: xr.Dataset, *, temperature: float = 1.0) -> xr.DataArray:
     return _scalar(_finish_run_stats(vec, 1)["brier"], "brier", temperature=float(temperature))
 
 
-def reliability(ds: xr.Dataset, n_bins: int = 15, binning: str = "width", *, temperature: float = 1.0) -> xr.Dataset:
-    """Reliability-diagram data: per bin mean confidence, accuracy and count.
+def reliability(ds: xr.Dataset, n_bins: int = 15, binning: str = "width", *, temperature: float = 1.0,
+                level: float = 0.95, min_count: int = RELIABILITY_MIN_COUNT) -> xr.Dataset:
+    """Reliability-diagram data with evidence: per bin mean confidence, accuracy, count and an interval on the accuracy.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A run with ``logits`` and ``label``.
+    n_bins, binning, temperature
+        As in `ece`.
+    level : float
+        Coverage of the per-bin interval on the accuracy, in (0, 1).
+    min_count : int
+        Bins with fewer images than this are flagged ``few`` (default :data:`RELIABILITY_MIN_COUNT` = 20).
 
     Returns
     -------
     xarray.Dataset
         Dim ``bin`` (M). Variables ``confidence``, ``accuracy`` (NaN for empty bins), ``count``
-        (int), ``weight`` (count / n), ``gap`` (confidence − accuracy); coordinates ``bin_lower``,
-        ``bin_upper`` (the bin edges for ``"width"``; the lowest / highest confidence in the
-        bin for ``"mass"``). Bins as in `ece`.
+        (int), ``weight`` (count / n), ``gap`` (confidence − accuracy), ``acc_low`` / ``acc_high``
+        (the **Wilson score** interval of the bin's accuracy at ``level``, treating its images as independent
+        Bernoulli trials; NaN for empty bins; `causalgeom.robustness.wilson_interval`, the one used for robust
+        accuracy, equal to statsmodels' ``proportion_confint(method="wilson")``), ``few`` (bool:
+        0 < count < ``min_count``); coordinates ``bin_lower``, ``bin_upper`` (the bin edges for ``"width"``;
+        the lowest / highest confidence in the bin for ``"mass"``). Bins as in `ece`. Attributes record ``interval``, ``level`` and ``min_count``.
+
+    References
+    ----------
+    Wilson, JASA 1927 (score interval); Bröcker & Smith, "Increasing the reliability of reliability diagrams",
+    Weather and Forecasting 2007 (intervals on reliability diagrams).
     """
     check_run(ds, "reliability")
     n_bins = _check_bins(n_bins)
     check_choice(binning, "binning", BINNINGS)
     t = _check_temperature(temperature)
+    try:
+        level = float(level)
+    except (TypeError, ValueError):
+        raise ConfigError(f"level: expected a number in (0, 1), got {level!r}") from None
+    if not 0 < level < 1:
+        raise ConfigError(f"level: expected a number in (0, 1), got {level!r}")
+    if isinstance(min_count, bool) or not isinstance(min_count, (int, np.integer)) or min_count < 1:
+        raise ConfigError(f"min_count: expected a positive integer, got {min_count!r}")
     if binning == "width":
         vec = compute(_lazy_run_stats(ds, n_bins, t, "reliability"))[0]
         stats = np.asarray(vec)[_HEAD:].reshape(3, n_bins)
@@ -370,11 +409,15 @@ def reliability(ds: xr.Dataset, n_bins: int = 15, binning: str = "width", *, tem
     with np.errstate(invalid="ignore", divide="ignore"):
         c = np.where(count > 0, sconf / count, np.nan)
         a = np.where(count > 0, sacc / count, np.nan)
+    low, high = wilson_interval(sacc, count, level)
     return xr.Dataset(
         {"confidence": ("bin", c), "accuracy": ("bin", a), "count": ("bin", count.astype(np.int64)),
-         "weight": ("bin", count / count.sum()), "gap": ("bin", c - a)},
+         "weight": ("bin", count / count.sum()), "gap": ("bin", c - a), "acc_low": ("bin", low),
+         "acc_high": ("bin", high), "few": ("bin", (count > 0) & (count < int(min_count)))},
         coords={"bin": np.arange(n_bins), "bin_lower": ("bin", lo), "bin_upper": ("bin", hi)},
-        attrs={"n_bins": n_bins, "binning": binning, "temperature": t, "run_id": ds.attrs.get("run_id")})
+        attrs={"n_bins": n_bins, "binning": binning, "temperature": t, "run_id": ds.attrs.get("run_id"),
+               "interval": "Wilson score interval of the bin accuracy", "level": level,
+               "min_count": int(min_count)})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -429,6 +472,12 @@ def fit_temperature(calib_ds: xr.Dataset, *, bounds: tuple[float, float] = (1e-3
     """
     check_run(calib_ds, "fit_temperature")
     logits, labels = _inputs(calib_ds, "fit_temperature")
+    return _fit_temperature_arrays(logits, labels, bounds, tol, max_iter)
+
+
+def _fit_temperature_arrays(logits: Any, labels: Any, bounds: tuple[float, float] = (1e-3, 1e3), tol: float = 1e-10,
+                            max_iter: int = 100) -> float:
+    """`fit_temperature` on (n, K) logits and (n,) labels (numpy or dask); the one implementation of the fit."""
     t_lo, t_hi = (float(b) for b in bounds)
     if not (0 < t_lo < t_hi < math.inf):
         raise ConfigError(f"bounds: expected 0 < low < high < inf, got {bounds!r}")
@@ -439,7 +488,9 @@ def fit_temperature(calib_ds: xr.Dataset, *, bounds: tuple[float, float] = (1e-3
                                                 shape=(3,)))[0])
 
     beta = min(max(1.0, lo), hi)
-    n = float(calib_ds.sizes["sample"])
+    n = float(logits.shape[0])
+    if n == 0:
+        raise ConfigError("fit_temperature: no samples to fit the temperature on")
     for _ in range(max_iter):
         _, g, h = evaluate(beta) / n
         if abs(g) <= tol:
@@ -456,8 +507,168 @@ def fit_temperature(calib_ds: xr.Dataset, *, bounds: tuple[float, float] = (1e-3
         beta = new
     if beta <= 1.0 / t_hi * (1 + 1e-6) or beta >= 1.0 / t_lo * (1 - 1e-6):
         warnings.warn(f"fit_temperature: the NLL optimum lies at or beyond the bound T={1 / beta:.4g} "
-                      f"(bounds={bounds}); returning the bound", RuntimeWarning, stacklevel=2)
+                      f"(bounds={bounds}); returning the bound", RuntimeWarning, stacklevel=3)
     return float(1.0 / beta)
+
+
+# ----------------------------------------------------------------------------------------------
+# outcomes beyond the binned ECE: ECE after temperature scaling, debiased ECE, noise floor, AURC
+# ----------------------------------------------------------------------------------------------
+def ts_split(sample_ids: ArrayLike) -> np.ndarray:
+    """The held-out split of `ece_ts`: True for the images the temperature is fitted on, False for the others.
+
+    Rule (:data:`TS_SPLIT_RULE`): the images are ranked by their sample id (stable sort); even ranks fit, odd ranks
+    evaluate. The split depends only on the set of ids, so every run that scored the same images splits them the
+    same way whatever order it stores them in (the comparison of ``ece_ts`` between runs is paired); ranks rather
+    than the ids themselves keep the halves balanced (sizes ceil(n/2) and floor(n/2)) for any ids.
+
+    Parameters
+    ----------
+    sample_ids : array, shape (n,)
+        The ``sample`` coordinate of a run (or its positions 0..n-1 when it has none).
+
+    Returns
+    -------
+    ndarray of bool, shape (n,)
+    """
+    ids = np.asarray(sample_ids).ravel()
+    rank = np.empty(ids.size, dtype=np.int64)
+    rank[np.argsort(ids, kind="stable")] = np.arange(ids.size)
+    return rank % 2 == 0
+
+
+def _sample_ids(ds: xr.Dataset) -> np.ndarray:
+    n = int(ds.sizes.get("sample", 0))
+    return np.asarray(ds["sample"].values) if "sample" in ds.coords else np.arange(n)
+
+
+def ece_ts(ds: xr.Dataset, n_bins: int = 15) -> xr.DataArray:
+    """Top-label ECE after temperature scaling, the temperature fitted on a held-out half of the same images.
+
+    The images are split by `ts_split` (:data:`TS_SPLIT_RULE`: even ranks of the sorted sample ids fit, odd ranks
+    evaluate; the same images in each half for every run of a study, so the comparison between runs is paired). The
+    temperature T minimizes the NLL on the fit half (`fit_temperature`); the value is ``ece(eval half, n_bins,
+    temperature=T)`` (l1, equal-width bins): exactly that computation. It answers whether a model stays better
+    calibrated than another once each is given its best single temperature (Guo et al. 2017), without fitting and
+    evaluating on the same images.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A run with ``logits`` and ``label`` (lazy runs are streamed: one pass over the fit half per Newton step).
+    n_bins : int
+
+    Returns
+    -------
+    xarray.DataArray
+        0-d float64 (NaN when a half is empty); attrs ``temperature`` (fitted T), ``split_rule``, ``n_fit``,
+        ``n_eval``, ``n_bins``.
+
+    References
+    ----------
+    Guo, Pleiss, Sun, Weinberger, "On Calibration of Modern Neural Networks", ICML 2017.
+    """
+    check_run(ds, "ece_ts")
+    n_bins = _check_bins(n_bins)
+    require_vars(ds, ("logits", "label"), "ece_ts")
+    fit = ts_split(_sample_ids(ds))
+    fit_idx, eval_idx = np.flatnonzero(fit), np.flatnonzero(~fit)
+    attrs = {"split_rule": TS_SPLIT_RULE, "n_fit": int(fit_idx.size), "n_eval": int(eval_idx.size),
+             "n_bins": n_bins}
+    if fit_idx.size == 0 or eval_idx.size == 0:
+        return _scalar(math.nan, "ece_ts", temperature=math.nan, **attrs)
+    t = fit_temperature(ds.isel(sample=fit_idx))
+    value = float(ece(ds.isel(sample=eval_idx), n_bins, temperature=t))
+    return _scalar(value, "ece_ts", temperature=t, **attrs)
+
+
+def ece_ts_from_logits(logits: ArrayLike, labels: ArrayLike, fit: ArrayLike, n_bins: int = 15) -> tuple[float, float]:
+    """`ece_ts` of raw logits: ``(ECE on the rows where fit is False at T, T)``, T fitted on the rows where fit is True.
+
+    The array entry point (the decomposition's counterfactual logits); ``fit`` is `ts_split` of the images' ids.
+    NaN, NaN when a half is empty.
+    """
+    x = _as_2d(logits, "logits")
+    y = _as_labels(labels, x.shape[0], x.shape[1])
+    mask = np.asarray(fit, dtype=bool).ravel()
+    if mask.shape[0] != x.shape[0]:
+        raise SchemaError(f"fit: expected a boolean mask of shape ({x.shape[0]},), got shape {mask.shape}")
+    n_bins = _check_bins(n_bins)
+    if mask.all() or not mask.any():
+        return math.nan, math.nan
+    t = _fit_temperature_arrays(x[mask], y[mask])
+    return outcomes_from_logits(x[~mask], y[~mask], n_bins, temperature=t)["ece"], t
+
+
+def confidence_outcomes(confidence: ArrayLike, correct: ArrayLike, n_bins: int = 15) -> dict[str, float]:
+    """``ece_debiased``, ``ece_floor`` and ``aurc`` from per-sample top-label confidences and correctness.
+
+    The one implementation behind `ece_debiased`, `ece_floor`, `aurc`, `causalgeom.summary.run_metrics` and the
+    run-level analysis table.
+
+    - ``ece_debiased``: ``sqrt(max(D, 0))`` with D the debiased estimate of the squared L2 binned calibration error
+      (`causalgeom.kernels.debiased_squared_ce`; Kumar, Liang, Ma, NeurIPS 2019, their ``unbiased_l2_ce``).
+      An estimate of the RMS calibration error ``ece(norm="l2")`` with its binning-noise bias removed (compare it
+      with that, not with the l1 ``ece``).
+    - ``ece_floor``: the expected l1 ECE of a perfectly calibrated model with these confidences and bins (labels
+      drawn Bernoulli(confidence)), exactly (`causalgeom.kernels.ece_noise_floor`): the ECE binning noise alone
+      gives at this n.
+    - ``aurc``: area under the risk-coverage curve, confidence = max softmax probability, ties in expectation over
+      random orders (`causalgeom.kernels.aurc`).
+    """
+    conf = np.asarray(confidence, dtype=np.float64).ravel()
+    corr = np.asarray(correct, dtype=np.float64).ravel()
+    n_bins = _check_bins(n_bins)
+    d = debiased_squared_ce(width_bin_stats(conf, corr, n_bins))
+    return {"ece_debiased": float(math.sqrt(max(d, 0.0))) if math.isfinite(d) else math.nan,
+            "ece_floor": ece_noise_floor(conf, n_bins), "aurc": _aurc(conf, corr)}
+
+
+def _confidence_outcome(ds: xr.Dataset, name: str, n_bins: int) -> xr.DataArray:
+    check_run(ds, name)
+    n_bins = _check_bins(n_bins)
+    conf, correct, _, _ = _vectors(ds, 1.0, name)
+    return _scalar(confidence_outcomes(conf, correct, n_bins)[name], name, n_bins=n_bins, **confidence_attrs(ds))
+
+
+def ece_debiased(ds: xr.Dataset, n_bins: int = 15) -> xr.DataArray:
+    """Debiased L2 calibration error of the run (0-d); see `confidence_outcomes` for the definition."""
+    return _confidence_outcome(ds, "ece_debiased", n_bins)
+
+
+def ece_floor(ds: xr.Dataset, n_bins: int = 15) -> xr.DataArray:
+    """Noise floor of the run's ECE: the expected ECE of a perfectly calibrated model with its confidences (0-d).
+
+    See `confidence_outcomes` and `causalgeom.kernels.ece_noise_floor`."""
+    return _confidence_outcome(ds, "ece_floor", n_bins)
+
+
+def aurc(ds: xr.Dataset) -> xr.DataArray:
+    """Area under the risk-coverage curve of the run (0-d; lower is better); see `causalgeom.kernels.aurc`."""
+    return _confidence_outcome(ds, "aurc", 1)
+
+
+def run_outcome(name: str, stats: dict[str, np.ndarray], n_bins: int = 15, idx: np.ndarray | None = None) -> float:
+    """One of :data:`EXTRA_OUTCOMES` from per-image statistics (for callers that hold them, such as the decomposition).
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`EXTRA_OUTCOMES`.
+    stats : dict
+        ``confidence`` (n,) and ``correct`` (n,); for ``ece_ts`` also ``logits`` (n, K), ``labels`` (n,) and
+        ``ts_fit`` (n,) bool (`ts_split` of the images' ids).
+    n_bins : int
+    idx : ndarray of int, optional
+        Rows to use (a bootstrap resample: a repeated image keeps its half).
+    """
+    check_choice(name, "outcome", EXTRA_OUTCOMES)
+
+    def get(key: str) -> np.ndarray:
+        return stats[key] if idx is None else stats[key][idx]
+    if name == "ece_ts":
+        return ece_ts_from_logits(get("logits"), get("labels"), get("ts_fit"), n_bins)[0]
+    return confidence_outcomes(get("confidence"), get("correct"), n_bins)[name]
 
 
 # ----------------------------------------------------------------------------------------------

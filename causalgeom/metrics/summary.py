@@ -1,7 +1,8 @@
 """Per-run metric summaries and the "paper table": mean and t-interval over seeds per regularizer and strength.
 
 `run_metrics` reduces one run to a flat dict (one pass over its chunks: features, logits and
-attack outcomes are read once); `run_frame` does so for every run of a study; `paper_table`
+attack outcomes are read once; then ``ece_ts`` streams the logits of its fit half once per Newton step of the
+temperature fit, in bounded memory); `run_frame` does so for every run of a study; `paper_table`
 groups those rows by (regularizer, strength) and reports each metric's mean and a Student-t
 confidence interval over the runs (seeds) of the group. Definitions: ``docs/methods_metrics.md``.
 """
@@ -17,7 +18,7 @@ import pandas as pd
 import xarray as xr
 
 from .blocks import check_run, compute
-from .calibration import _check_bins, _finish_run_stats, _lazy_run_stats
+from .calibration import _check_bins, _finish_run_stats, _lazy_run_stats, confidence_outcomes, ece_ts, per_sample
 from .._util.checks import check_choice
 from ..errors import ConfigError, HeadMissingError
 from .geometry import CENTER_KINDS, cosine_to_center, magnitude
@@ -32,7 +33,7 @@ DESCRIPTOR_COLUMNS = ("run_id", "regularizer", "strength", "seed", "model", "dat
 
 
 def run_metrics(ds: xr.Dataset, n_bins: int = 15, *, center_kind: str = "minimal_loss") -> dict[str, Any]:
-    """The per-run numbers of the paper table, from one pass over the run's chunks.
+    """The per-run numbers of the paper table: one pass over the run's chunks, then the temperature fit of ``ece_ts``.
 
     Parameters
     ----------
@@ -49,7 +50,10 @@ def run_metrics(ds: xr.Dataset, n_bins: int = 15, *, center_kind: str = "minimal
     dict
         ``run_id``, ``regularizer``, ``strength``, ``seed``, ``model``, ``dataset``, ``split``,
         ``n_samples``, ``center_kind``; outcomes ``accuracy``, ``ece`` (l1, equal width),
-        ``signed_ece``, ``nll``, ``brier``, ``mean_confidence``; geometry (means over samples)
+        ``signed_ece``, ``nll``, ``brier``, ``mean_confidence``, ``ece_ts`` (ECE after temperature scaling
+        fitted on a held-out half, `causalgeom.calibration.ece_ts`) with its fitted ``ts_temperature``,
+        ``ece_debiased``, ``ece_floor`` (the ECE's noise floor) and ``aurc``
+        (`causalgeom.calibration.confidence_outcomes`); geometry (means over samples)
         ``norm``, ``rms``, ``cos_true``, ``cos_pred``; and, when the dump has attack outcomes,
         ``robust_acc[ATTACK@EPS]`` per attack and ε (see `robust_key`) and ``robust_auc[ATTACK]``
         (`causalgeom.robustness.robust_auc`, clean point included).
@@ -68,6 +72,8 @@ def run_metrics(ds: xr.Dataset, n_bins: int = 15, *, center_kind: str = "minimal
         "n_samples": int(ds.sizes.get("sample", 0)), "center_kind": center_kind,
     }
     lazy: dict[str, Any] = {"calib": _lazy_run_stats(ds, n_bins, 1.0, "run_metrics")}
+    ps = per_sample(ds)
+    lazy["confidence"], lazy["correct"] = ps["confidence"], ps["correct"]
     mag = magnitude(ds)
     lazy["norm"], lazy["rms"] = mag["norm"].mean(), mag["rms"].mean()
     try:
@@ -81,6 +87,9 @@ def run_metrics(ds: xr.Dataset, n_bins: int = 15, *, center_kind: str = "minimal
         lazy["clean"] = clean_correct(ds).astype(np.float64).mean()
     (vals,) = compute(lazy)
     row.update(_finish_run_stats(np.asarray(vals["calib"]), n_bins))
+    ts = ece_ts(ds, n_bins)
+    row["ece_ts"], row["ts_temperature"] = float(ts), float(ts.attrs["temperature"])
+    row.update(confidence_outcomes(np.asarray(vals["confidence"].values), np.asarray(vals["correct"].values), n_bins))
     for key in ("norm", "rms", "cos_true", "cos_pred"):
         row[key] = float(vals[key]) if key in vals else math.nan
     if has_attacks:

@@ -18,6 +18,7 @@ import pandas as pd
 from .._util.eps import eps_label
 from ..errors import HeadMissingError, QueryError
 from .blocks import compute, one_blas_thread, require_vars, run_array, sample_map
+from .calibration import confidence_outcomes, ece_ts_from_logits, ts_split
 from .kernels import FUSED_FIELDS, calibration_error, fused_block, width_bin_stats
 
 __all__ = ["study_frame", "run_table", "fused_run", "robust_column", "min_flip_column", "robust_acc_column",
@@ -30,7 +31,8 @@ SAMPLE_COLUMNS = ID_COLUMNS + ("sample", "label", "norm", "rms", "cos_true", "co
                                "overconfidence", "nll", "brier", "margin")
 #: Fixed columns of the run-level table.
 RUN_COLUMNS = ID_COLUMNS + ("n_samples", "norm", "rms", "cos_true", "cos_pred", "confidence", "accuracy",
-                            "overconfidence", "nll", "brier", "ece", "signed_ece")
+                            "overconfidence", "nll", "brier", "ece", "signed_ece", "ece_ts", "ece_debiased",
+                            "ece_floor", "aurc")
 
 _MEAN_COLUMNS = ("norm", "rms", "cos_true", "cos_pred", "confidence", "overconfidence", "nll", "brier")
 
@@ -116,11 +118,12 @@ def fused_run(ds: Any, center: str = "minimal_loss", *, warn_missing_head: bool 
     return _fused_columns(arr, int(ds.sizes["feature"]))
 
 
-def _fused_lazy(ds: Any, center: str, warn_missing_head: bool, cosines: bool = True) -> Any:
+def _fused_lazy(ds: Any, center: str, warn_missing_head: bool, cosines: bool = True, logits: Any = None) -> Any:
     """The fused pass of ``ds`` as an (n_samples, len(FUSED_FIELDS)) array (lazy on dask-backed runs).
 
     ``cosines=False``: no class centers are computed (no head needed, no class-mean pass) and the cosine columns
-    are NaN, for callers that use none of them."""
+    are NaN, for callers that use none of them. ``logits``: the run's `run_array` of ``logits`` when the caller
+    also computes it (one array, so one read of each chunk)."""
     from . import geometry
 
     C = None
@@ -134,7 +137,8 @@ def _fused_lazy(ds: Any, center: str, warn_missing_head: bool, cosines: bool = T
         warnings.warn(f"run {ds.attrs.get('run_id')!r} has no head_weight: cos_true/cos_pred with "
                       f"center={center!r} need it and are NaN (use center='mean' for dumps without a head)",
                       UserWarning, stacklevel=4)
-    return sample_map(lambda f, z, y: fused_block(f, z, y, C), run_array(ds, "features"), run_array(ds, "logits"),
+    z = run_array(ds, "logits") if logits is None else logits
+    return sample_map(lambda f, z, y: fused_block(f, z, y, C), run_array(ds, "features"), z,
                       run_array(ds, "label"), ncols=len(FUSED_FIELDS))
 
 
@@ -164,11 +168,19 @@ def run_table(ds: Any, *, attack: str | Sequence[str] | None = None, eps: float 
     -------
     pandas.DataFrame, shape (n_samples, n_columns)
     """
+    return _run_table(ds, attack, eps, center)[0]
+
+
+def _run_table(ds: Any, attack: Any, eps: Any, center: str, keep_logits: bool = False) -> tuple[pd.DataFrame, Any]:
+    """`run_table` and, with ``keep_logits``, the run's logits (n, K) in memory from the same read of its chunks."""
     from . import robustness
 
     require_vars(ds, ("features", "logits", "label"), "the analysis table")
     n = int(ds.sizes["sample"])
-    lazy: dict[str, Any] = {"fused": _fused_lazy(ds, center, True)}
+    z = run_array(ds, "logits")
+    lazy: dict[str, Any] = {"fused": _fused_lazy(ds, center, True, logits=z)}
+    if keep_logits:  # the same dask array as the fused pass's: its chunk reads are shared, not repeated
+        lazy["logits"] = z
     a_idx = e_idx = None
     if "adv_correct" in ds.variables:
         attacks = _strings(ds["attack"].values)
@@ -218,7 +230,7 @@ def run_table(ds: Any, *, attack: str | Sequence[str] | None = None, eps: float 
             for j, e in enumerate(epss):
                 cols[robust_column(a, e)] = adv[i, j].astype(np.int8)
             cols[min_flip_column(a)] = flip[i]
-    return pd.DataFrame(cols)
+    return pd.DataFrame(cols), (np.asarray(vals["logits"]) if keep_logits else None)
 
 
 def study_frame(study: Any, level: str = "sample", attack: str | Sequence[str] | None = None,
@@ -264,7 +276,9 @@ def study_frame(study: Any, level: str = "sample", attack: str | Sequence[str] |
 
         Run level, one row per run: the identifiers, ``n_samples``, the means over samples of ``norm`` ...
         ``brier`` (``accuracy`` = mean of ``correct``), ``ece`` and ``signed_ece`` (15 equal-width bins,
-        `calibration.ece` / `calibration.signed_ece`), ``robust_acc[A@E]`` (mean of ``robust[A@E]`` =
+        `calibration.ece` / `calibration.signed_ece`), ``ece_ts`` (ECE after temperature scaling fitted on a
+        held-out half, `calibration.ece_ts`), ``ece_debiased``, ``ece_floor`` and ``aurc``
+        (`calibration.confidence_outcomes`), ``robust_acc[A@E]`` (mean of ``robust[A@E]`` =
         `robustness.robust_accuracy`) and ``min_flip_eps[A]`` (median over samples, robust to inf).
 
     Raises
@@ -283,9 +297,9 @@ def study_frame(study: Any, level: str = "sample", attack: str | Sequence[str] |
     frames = []
     for run_id in it:
         ds = study[run_id]
-        df = run_table(ds, attack=attack, eps=eps, center=center)
+        df, logits = _run_table(ds, attack, eps, center, keep_logits=level == "run")
         if level == "run":
-            df = _aggregate(df)
+            df = _aggregate(df, logits)
         frames.append(df)
     if not frames:
         cols = SAMPLE_COLUMNS if level == "sample" else RUN_COLUMNS
@@ -304,8 +318,12 @@ def study_frame(study: Any, level: str = "sample", attack: str | Sequence[str] |
     return out
 
 
-def _aggregate(df: pd.DataFrame) -> pd.DataFrame:
-    """One run's row of the run-level table from its sample-level rows (no further read of the run)."""
+def _aggregate(df: pd.DataFrame, logits: np.ndarray | None = None) -> pd.DataFrame:
+    """One run's row of the run-level table from its sample-level rows and (for ``ece_ts``) its logits in memory.
+
+    No further read of the run: ``ece_ts`` fits its temperature on the logits kept from the fused pass's read
+    (`causalgeom.calibration.ece_ts_from_logits`, split by `causalgeom.calibration.ts_split` of the ``sample``
+    column, as `causalgeom.calibration.ece_ts`)."""
     row: dict[str, Any] = {c: df[c].iloc[0] for c in ID_COLUMNS}
     row["n_samples"] = len(df)
     for c in _MEAN_COLUMNS:
@@ -317,6 +335,9 @@ def _aggregate(df: pd.DataFrame) -> pd.DataFrame:
     stats = width_bin_stats(df["confidence"].to_numpy(float), df["correct"].to_numpy(float), 15)
     row["ece"] = calibration_error(stats, "l1")
     row["signed_ece"] = calibration_error(stats, "signed")
+    row["ece_ts"] = (ece_ts_from_logits(logits, df["label"].to_numpy(), ts_split(df["sample"].to_numpy()), 15)[0]
+                     if logits is not None else np.nan)
+    row.update(confidence_outcomes(df["confidence"].to_numpy(float), df["correct"].to_numpy(float), 15))
     for c in df.columns:
         if c.startswith("robust["):
             row["robust_acc" + c[len("robust"):]] = float(df[c].mean())
