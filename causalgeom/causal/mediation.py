@@ -12,7 +12,7 @@ from ..errors import QueryError
 from ._design import MIN_CLUSTERS_CONTINUOUS, MIN_CLUSTERS_PER_ARM, Design, build_design
 from .bootstrap import replicate_batches, row_strata
 from .estimators import LinearMediation
-from .inference import (fieller, randomization_floor, randomization_pvalue, relabelings, t_interval,
+from .inference import (fieller, floor_text, log_assignments, randomization_floor, randomization_pvalue, relabelings, t_interval,
                         wild_replicates)
 from .options import BOOTSTRAP_SCHEMES, ESTIMANDS, INFERENCE, METHODS, OUTCOME_MODELS, PAIRED_BY
 from .results import MediationResult
@@ -310,9 +310,11 @@ def run_inference(est: LinearMediation, design: Design, point: np.ndarray, *, in
     """
     E, L = point.shape
     nan = np.full(point.shape, np.nan)
-    floor, n_assign = randomization_floor(design.run_T if design.estimand == "runs" else None)
+    run_T = design.run_T if design.estimand == "runs" else None
+    floor, n_assign = randomization_floor(run_T)
     out: dict[str, Any] = dict(lo=nan, hi=nan.copy(), pv=nan.copy(), reps=np.empty((0, E, L)), po_reps=None,
-                               n_used=0, cr2=None, floor=floor, n_assign=n_assign)
+                               n_used=0, cr2=None, floor=floor, n_assign=n_assign,
+                               log_assign=log_assignments(run_T))
     pct = f"{100 * ci_level:g}%"
     G = design.n_clusters
     unit_name = design.cluster or "row"
@@ -508,7 +510,11 @@ def build_result(est: LinearMediation, design: Design, point: np.ndarray, po: np
                 if at[e, l]:
                     note[e, l] = "; ".join(x for x in (note[e, l], f"p ≥ {floor:.3g} (design floor)") if x)
         notes.append(f"p-values are at least {floor:.3g}: the smallest a randomization of the treatment over these "
-                     f"{design.n_runs} runs can give ({inf.get('n_assign')} assignments)")
+                     f"{_units(design)} can give ({_count_text(inf)} assignments)")
+    elif float(inf.get("log_assign", 0.0)) > 0:
+        notes.append(f"the design's p-value floor (a randomization of the treatment over these {_units(design)}: "
+                     f"{_count_text(inf)} assignments) is "
+                     f"{floor_text(0.0, log_count=float(inf['log_assign']))}: it limits no p-value here")
     rows = summary_rows(design, names, point, lo, hi, pv, n_samples=design.n, p_floor=floor, note=note)
     summary = pd.DataFrame(rows)
     if outcome_model == "linear":
@@ -537,6 +543,21 @@ def build_result(est: LinearMediation, design: Design, point: np.ndarray, po: np
                       inference=inference, paired=est.paired),
         design=_design_sentence(design), estimand=_estimand_sentence(design), inference=inference_text,
         overlap=overlap if overlap is not None else pd.DataFrame(), mundlak=est.mundlak(), p_floor=floor)
+
+
+def _units(design: Design) -> str:
+    if design.cluster is None:
+        return f"{design.n_clusters} rows (cluster=None: each row a unit)"
+    return f"{design.n_runs} runs"
+
+
+def _count_text(inf: dict[str, Any]) -> str:
+    """The number of assignments: exactly when known, else ``about 10^k`` from its logarithm."""
+    if inf.get("n_assign") is not None:
+        return f"{inf['n_assign']}"
+    import math
+
+    return f"about 10^{float(inf.get('log_assign', 0.0)) / math.log(10):.0f}"
 
 
 def summary_rows(design: Design, names: list[str], point: np.ndarray, lo: np.ndarray, hi: np.ndarray,
