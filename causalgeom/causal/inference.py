@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-__all__ = ["MAX_EXACT", "randomization_floor", "log_assignments", "floor_text", "relabelings", "cr2_scores", "CR2", "delta_ratio", "fieller", "WEBB",
+__all__ = ["MAX_EXACT", "randomization_floor", "log_assignments", "floor_text", "design_floor",
+           "seeds_for_floor", "relabelings", "cr2_scores", "CR2", "delta_ratio", "fieller", "WEBB",
            "wild_replicates"]
 
 #: Largest number of relabelings enumerated for an exact randomization test.
@@ -84,8 +85,48 @@ def randomization_floor(run_T: np.ndarray | None) -> tuple[float, int | None]:
             C = None
     if C is not None and C <= 1:
         return 1.0, C
+    if C is not None:  # exact division where the count is an exact float
+        return min(1.0, (2.0 if _symmetric(run_T) else 1.0) / C), C
     log_floor = (math.log(2.0) if _symmetric(run_T) else 0.0) - logC
     return (min(1.0, math.exp(log_floor)) if log_floor > -745.0 else 0.0), C
+
+
+def design_floor(counts: Sequence[int], *, paired: bool = False) -> float:
+    """The randomization floor of a design given by its arm sizes.
+
+    Parameters
+    ----------
+    counts : sequence of int
+        Runs per treatment value (``paired=False``), or ``[n_pairs]`` (``paired=True``).
+    paired : bool
+        Sign-flip test over ``n`` matched pairs (arm labels swapped within pairs): ``2 / 2^n``. Otherwise the
+        relabelings of the runs across arms (`randomization_floor`): ``2 / C`` for two equal arms, else ``1 / C``.
+
+    Returns
+    -------
+    float
+        The floor (0.0 where it underflows).
+    """
+    counts = [int(c) for c in counts]
+    if paired:
+        n = counts[0]
+        return min(1.0, 2.0 ** (1 - n)) if n < 1000 else 0.0
+    run_T = np.repeat(np.arange(len(counts), dtype=float), counts)
+    return randomization_floor(run_T)[0]
+
+
+def seeds_for_floor(counts: Sequence[int], alpha: float = 0.05, *, paired: bool = False,
+                    max_n: int = 100_000) -> int:
+    """Smallest number ``n`` of seeds per arm (equal arms; or of seed pairs when ``paired``) whose design floor
+    (`design_floor`) is at most ``alpha``: e.g. 4 per arm for two arms (``2 / C(8, 4) = 0.029``), 6 pairs for a
+    sign-flip test (``2 / 2^6 = 0.031``) at ``alpha = 0.05``."""
+    k = 1 if paired else max(len(counts), 2)
+    n = 1
+    while n <= max_n:
+        if design_floor([n] * k if not paired else [n], paired=paired) <= alpha:
+            return n
+        n += 1
+    return max_n
 
 
 def floor_text(floor: float, n_assignments: int | None = None, log_count: float | None = None) -> str:

@@ -15,7 +15,7 @@ from .estimators import LinearMediation
 from .inference import (fieller, floor_text, log_assignments, randomization_floor, randomization_pvalue, relabelings, t_interval,
                         wild_replicates)
 from .options import BOOTSTRAP_SCHEMES, ESTIMANDS, INFERENCE, METHODS, OUTCOME_MODELS, PAIRED_BY, SLOPES
-from .results import MediationResult
+from .results import MediationResult, floor_interval_sentence
 
 __all__ = ["mediate", "FewClustersWarning", "RunConfoundingWarning", "DEFAULT_SLOPE", "RUN_TEST_ALPHA",
            "run_confounding", "percentile_ci", "bootstrap_pvalue", "P_VALUE_METHOD",
@@ -632,6 +632,15 @@ def build_result(est: LinearMediation, design: Design, point: np.ndarray, po: np
         notes.append(f"the design's p-value floor (a randomization of the treatment over these {_units(design)}: "
                      f"{_count_text(inf)} assignments) is "
                      f"{floor_text(0.0, log_count=float(inf['log_assign']))}: it limits no p-value here")
+    if floor > 1.0 - ci_level and design.run_T is not None:
+        _, arm_counts = np.unique(design.run_T, return_counts=True)
+        for l, y in enumerate(design.outcomes):
+            excl = [name for e, name in enumerate(names) if not name.startswith("prop_mediated")
+                    and np.isfinite(lo[e, l]) and np.isfinite(hi[e, l]) and (lo[e, l] > 0 or hi[e, l] < 0)]
+            sentence = floor_interval_sentence(excl, floor, [int(c) for c in arm_counts], alpha=1.0 - ci_level,
+                                               ci_level=ci_level)
+            if sentence:
+                notes.append(sentence if len(design.outcomes) == 1 else f"{y}: {sentence}")
     slope = getattr(est, "slope", "pooled")
     confounding = run_confounding_text(run_test or {}, slope)
     if confounding:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["MediationResult", "SUMMARY_COLUMNS", "markdown_table"]
+__all__ = ["MediationResult", "SUMMARY_COLUMNS", "markdown_table", "floor_interval_sentence"]
 
 #: Columns of `MediationResult.summary` (``outcome`` first, so results with several outcomes stay one table).
 SUMMARY_COLUMNS = ("outcome", "effect", "estimate", "ci_low", "ci_high", "p_value", "p_floor", "note", "n_runs",
@@ -24,6 +24,51 @@ def _fmt(v: Any) -> str:
             return ""
         return f"{v:.4g}"
     return str(v)
+
+
+def floor_interval_sentence(effects: list[str], p_floor: float, counts: list[int] | dict[str, int], *,
+                            alpha: float = 0.05, ci_level: float = 0.95, paired: bool = False) -> str:
+    """One sentence when intervals exclude 0 but the exact (randomization) test cannot reach ``alpha``.
+
+    Parameters
+    ----------
+    effects : list of str
+        The effects whose interval excludes 0 (empty: no sentence).
+    p_floor : float
+        The design's smallest p-value (`causalgeom.causal.inference.randomization_floor`); no sentence when it is
+        at most ``alpha``.
+    counts : list of int or dict
+        Runs per arm (or ``[n_pairs]`` when ``paired``).
+    alpha : float
+        The level the exact test should be able to reach.
+    paired : bool
+        The floor is that of a sign-flip test over seed pairs (``2 / 2^n``).
+
+    Returns
+    -------
+    str
+        "" or the sentence, with the smallest number of seeds per arm (pairs) whose floor is at most ``alpha``
+        (`causalgeom.causal.inference.seeds_for_floor`).
+    """
+    from .inference import seeds_for_floor
+
+    if not effects or not np.isfinite(p_floor) or p_floor <= alpha:
+        return ""
+    sizes = list(counts.values()) if isinstance(counts, dict) else list(counts)
+    n = seeds_for_floor(sizes, alpha, paired=paired)
+    if paired:
+        have = f"{sizes[0]} seed pairs"
+        need = f"{n} seed pairs ({n - sizes[0]} more)"
+    else:
+        have = " + ".join(str(int(c)) for c in sizes) + " runs"
+        more = [max(n - int(c), 0) for c in sizes]
+        need = f"{n} seeds per arm ({' and '.join(str(m) for m in more)} more)" if len(set(more)) > 1 else \
+            f"{n} seeds per arm ({more[0]} more each)"
+    which = ", ".join(effects)
+    verb = "interval of {} excludes".format(which) if len(effects) == 1 else f"intervals of {which} exclude"
+    return (f"The {100 * ci_level:g}% {verb} 0, but with {have} the exact randomization test "
+            f"cannot give p below {p_floor:.2g} (> {alpha:g}), so it cannot confirm it at {alpha:g}; {need} would "
+            f"let it.")
 
 
 def markdown_table(df: pd.DataFrame) -> str:
