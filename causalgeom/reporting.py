@@ -624,6 +624,7 @@ class _Context:
             if len(mundlak):
                 s.add_table(mundlak, f"{label}: within-image vs between-image (Mundlak) slopes of each "
                                      "mediator → outcome relation.")
+            self._run_level_and_plan(s, label, res)
             s.add_figure(f"forest_{i}_{_slug(str(q.treated))}", res.plot(),
                          f"Forest plot: {label} (estimates with {int(round(100 * res.ci_level))}% intervals).")
         if not self.mediation_results:
@@ -631,6 +632,27 @@ class _Context:
         else:
             self._versus_decomposition(s)
         return s
+
+    @staticmethod
+    def _run_level_and_plan(s: Section, label: str, res: Any) -> None:
+        """Run-level confounding table, the floor/interval sentence and, when this design cannot decide, the
+        seeds per arm that would (`causalgeom.causal.plan`)."""
+        from . import causal
+
+        if len(res.run_confounding):
+            s.add_table(res.run_confounding, f"{label}: mediator → outcome slopes pooled, within runs and between "
+                                             f"runs (Mundlak test over runs; slope used: {res.slope}).")
+        for note in res.notes:
+            if "cannot confirm" in note:
+                s.add_text(f"{label}: {note}")
+        tot = res.summary().query("effect == 'total'")
+        undecided = res.p_floor > 1 - res.ci_level or bool(
+            ((tot["ci_low"] <= 0) & (tot["ci_high"] >= 0)).any())
+        if undecided:
+            try:
+                s.add_text(f"{label}: {causal.plan(res, alpha=1 - res.ci_level).sentence()}")
+            except QueryError:
+                pass
 
     def _versus_decomposition(self, s: Section) -> None:
         """Regression mediation next to the decomposition, on the same estimand (total indirect, treated network)."""

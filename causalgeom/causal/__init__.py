@@ -31,9 +31,11 @@ from .results import MediationResult
 from ._backends import REFUTERS, refute
 from .simulate import simulate_mediation
 from .decompose import DecompositionResult, decompose
+from .plan import PlanResult, plan
 
 
 __all__ = ["mediate", "MediationResult", "Query", "read_queries", "write_queries", "refute", "FewClustersWarning",
            "MIN_CLUSTERS_PER_ARM", "MIN_CLUSTERS_CONTINUOUS", "RHO_GRID", "effect_names", "percentile_ci",
            "bootstrap_pvalue", "REFUTERS", "simulate_mediation", "DEFAULT_INFERENCE", "INFERENCE", "PAIRED_BY",
-           "ESTIMANDS", "randomization_floor", "decompose", "DecompositionResult"]
+           "ESTIMANDS", "randomization_floor", "decompose", "DecompositionResult",
+           "plan", "PlanResult"]

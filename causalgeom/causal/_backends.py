@@ -255,7 +255,7 @@ def refute(result: Any, *, methods: tuple[str, ...] = REFUTERS, num_simulations:
     opts = result._options
     est = LinearMediation(design, outcome_model=opts.get("outcome_model", "linear"),
                           interaction=opts.get("interaction", False), ordered=opts.get("ordered", False),
-                          paired=opts.get("paired"))
+                          paired=opts.get("paired"), slope=opts.get("slope", "pooled"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         point = est.point()[0]
@@ -340,7 +340,7 @@ def _subset_point(est: Any, design: Design, kept_runs: np.ndarray) -> np.ndarray
                              run_T=design.run_T[np.sort(kept_runs)],
                              images=None if design.images is None else design.images[rows])
     e2 = LinearMediation(d2, outcome_model=est.outcome_model, interaction=est.interaction, ordered=est.ordered,
-                         paired=est.paired)
+                         paired=est.paired, slope=est.slope)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return e2.point()[0]

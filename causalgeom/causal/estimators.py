@@ -75,6 +75,40 @@ def image_means(V: np.ndarray, images: np.ndarray, n_images: int) -> np.ndarray:
     return out
 
 
+def _group_means(V: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Mean of every column of ``V`` (n, c) within each group (run), broadcast back to the rows (n, c)."""
+    n_g = int(groups.max()) + 1 if groups.size else 0
+    counts = np.bincount(groups, minlength=n_g).astype(np.float64)
+    out = np.empty((V.shape[0], V.shape[1]), dtype=np.float64)
+    for j in range(V.shape[1]):
+        out[:, j] = (np.bincount(groups, weights=V[:, j], minlength=n_g) / counts)[groups]
+    return out
+
+
+def _within_varying(X: np.ndarray, groups: np.ndarray | None) -> list[int]:
+    """Columns of ``X`` that vary within some group (run-constant columns are run-level already)."""
+    if groups is None or X.shape[1] == 0:
+        return []
+    dev = np.abs(X - _group_means(X, groups)).max(0)
+    scale = np.maximum(np.abs(X).max(0), 1.0)
+    return [j for j in range(X.shape[1]) if dev[j] > 1e-10 * scale[j]]
+
+
+def _check_within(design: Design, outcome_model: str, interaction: bool, ordered: bool) -> None:
+    """Where the within-run slope is defined (`LinearMediation` with ``slope="within"``)."""
+    why = None
+    if outcome_model != "linear":
+        why = f"a linear outcome model (got outcome_model={outcome_model!r})"
+    elif interaction or ordered:
+        why = "interaction=False and ordered=False"
+    elif design.run_codes is None or design.cluster is None or design.level != "sample":
+        why = "a sample-level table clustered by run (several rows per run)"
+    elif design.estimand != "runs" or design.run_T is None:
+        why = "the estimand over training runs with the treatment constant within runs"
+    if why:
+        raise QueryError(f"slope='within' (image + run fixed effects) needs {why}; use slope='pooled'")
+
+
 def _solve(A: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Batched solve; replicates whose system is singular give NaN instead of failing the batch."""
     try:
@@ -115,6 +149,8 @@ class _Layout:
     L: int
     interaction: bool
     paired: bool = False
+    #: run means of the within-run-varying outcome regressors (mediators first), ``slope="within"``
+    n_rm: int = 0
 
     def __post_init__(self) -> None:
         K, q, L = self.K, self.q, self.L
@@ -129,11 +165,15 @@ class _Layout:
         self.i_zx = list(range(start + K, start + K + q)) if self.paired else []
         self.i_ztm = list(range(start + K + q, start + nz)) if self.paired else []
         start += nz
+        self.i_rm = list(range(start, start + self.n_rm))
+        start += self.n_rm
         self.i_y = list(range(start, start + L))
         self.p = start + L
         self.med_reg = [0, 1] + self.i_x + self.i_zx
         self.med2_reg = ([0, 1, self.i_m[0]] + self.i_x + self.i_zm[:1] + self.i_zx) if K >= 1 else []
-        self.out_reg = [0, 1] + self.i_m + self.i_x + self.i_tm + self.i_zm + self.i_zx + self.i_ztm
+        self.out_reg = [0, 1] + self.i_m + self.i_x + self.i_tm + self.i_zm + self.i_zx + self.i_ztm + self.i_rm
+        #: positions in ``out_reg`` of the run means of the mediators (their coefficients: between − within)
+        self.pos_rm_m = [self.out_reg.index(c) for c in self.i_rm[:K]]
         #: regressors whose coefficients do not enter the effects (covariates and image means)
         self.i_z = self.i_zm + self.i_zx + self.i_ztm
 
@@ -158,6 +198,16 @@ class LinearMediation:
         difference. Logistic outcome: demeaning does not carry over to a logit, so the image means of the
         mediators, covariates and treatment × mediator terms enter as regressors instead (the Mundlak–Chamberlain
         correlated-random-effects model; image dummies would suffer the incidental-parameter bias).
+    slope : {"pooled", "within"}
+        Mediator → outcome slope of the outcome model. ``"pooled"``: from all variation left after the treatment,
+        the covariates and the image effects (within- and between-run). ``"within"``: from within-run variation
+        only (image + run fixed effects): the run means of the mediators (and of the covariates that vary within
+        runs) enter the outcome model as regressors (Mundlak 1978 over runs), so the mediator coefficient is the
+        two-way fixed-effects slope and the run means' coefficients ``λ`` are ``between − within``; the run
+        means stand in for whatever run-level luck moves mediator and outcome together. Effects: ``indirect =
+        a b_within Δ``, ``direct = Δ (c + Σ_j λ_j a_j)`` (the part of the run means' association that the
+        treatment does not explain through ``b_within``), total unchanged. Linear outcome, no interaction, not
+        ordered; needs at least 3 runs.
 
     Notes
     -----
@@ -166,7 +216,7 @@ class LinearMediation:
     """
 
     def __init__(self, design: Design, outcome_model: str = "linear", interaction: bool = False,
-                 ordered: bool = False, paired: bool | None = None):
+                 ordered: bool = False, paired: bool | None = None, slope: str = "pooled"):
         K = design.M.shape[1]
         if ordered and K != 2:
             raise QueryError(f"ordered: causally ordered mediators are supported for exactly 2 mediators, got {K}")
@@ -174,6 +224,16 @@ class LinearMediation:
             raise QueryError("ordered=True with interaction=True is not supported; drop one of them")
         if ordered and outcome_model != "linear":
             raise QueryError("ordered=True needs outcome_model='linear' (path-specific effects of a linear model)")
+        if slope not in ("pooled", "within"):
+            raise QueryError(f"slope: unknown value {slope!r}; allowed: ['pooled', 'within']")
+        if slope == "within":
+            _check_within(design, outcome_model, interaction, ordered)
+        rm_x = _within_varying(design.X, design.run_codes) if slope == "within" else []
+        if slope == "within" and design.run_T.size < 3 + K + len(rm_x):
+            raise QueryError(f"slope='within' needs at least {3 + K + len(rm_x)} runs (intercept, treatment and "
+                             f"{K + len(rm_x)} run means, plus one degree of freedom), got {design.run_T.size}; use "
+                             "slope='pooled'")
+        self.slope = slope
         self.design = design
         self.outcome_model = outcome_model
         self.interaction = interaction
@@ -184,7 +244,8 @@ class LinearMediation:
             raise QueryError("paired=True needs a design paired by image (design.images)")
         self.mundlak_columns = self.paired and outcome_model != "linear"
         self._inv_link = _probit if outcome_model == "probit" else _expit
-        self.lay = _Layout(K, design.X.shape[1], design.Y.shape[1], interaction, self.mundlak_columns)
+        self.lay = _Layout(K, design.X.shape[1], design.Y.shape[1], interaction, self.mundlak_columns,
+                           K + len(rm_x) if slope == "within" else 0)
         self.names = effect_names(design.mediators, ordered)
         self.t0, self.t1 = design.t0, design.t1
         Mc = design.M - design.M.mean(0)
@@ -202,6 +263,8 @@ class LinearMediation:
             parts = parts[:2] + [dm[:, :k]]
             Mc, Xc = dm[:, :K], dm[:, K:K + design.X.shape[1]]
             Yc = dm[:, k:]
+        if slope == "within":  # run means of the (image-demeaned) mediators and within-run-varying covariates
+            parts.append(_group_means(np.column_stack([Mc] + [Xc[:, [j]] for j in rm_x]), design.run_codes))
         parts.append(Yc)
         self.V = np.ascontiguousarray(np.column_stack(parts))
         self._Mc = Mc
@@ -249,6 +312,8 @@ class LinearMediation:
         r = lay.med_reg
         beta = _solve(S[:, r][:, :, r], S[:, r][:, :, lay.i_m])  # (B, |r|, K)
         out = {"a": beta[:, 1, :]}
+        if lay.i_rm:  # treatment coefficients of the run-mean columns (slope="within")
+            out["a_rm"] = _solve(S[:, r][:, :, r], S[:, r][:, :, lay.i_rm])[:, 1, :]
         if self.ordered:
             r2 = lay.med2_reg
             beta2 = _solve(S[:, r2][:, :, r2], S[:, r2][:, :, [lay.i_m[1]]])[:, :, 0]
@@ -268,10 +333,12 @@ class LinearMediation:
         Mbar = S[:, 0, lay.i_m] / n[:, None]
         med = self._mediator_coefs(S)
         beta = self._outcome_coefs_linear(S)
-        return self.effects_from_coefs(med["a"], beta, Tbar, Mbar, med.get("a2_direct"), med.get("theta"))
+        return self.effects_from_coefs(med["a"], beta, Tbar, Mbar, med.get("a2_direct"), med.get("theta"),
+                                       med.get("a_rm"))
 
     def effects_from_coefs(self, a: np.ndarray, beta: np.ndarray, Tbar: np.ndarray, Mbar: np.ndarray,
-                           a2_direct: np.ndarray | None = None, theta: np.ndarray | None = None) -> np.ndarray:
+                           a2_direct: np.ndarray | None = None, theta: np.ndarray | None = None,
+                           a_rm: np.ndarray | None = None) -> np.ndarray:
         """Effects of a linear outcome model from its coefficients.
 
         Parameters
@@ -285,6 +352,10 @@ class LinearMediation:
             Means of the treatment and of the (centred) mediators.
         a2_direct, theta : ndarray, shape (B,), optional
             Ordered mediators: second mediator model's treatment and first-mediator coefficients.
+        a_rm : ndarray, shape (B, n_rm), optional
+            ``slope="within"``: treatment coefficients of the run-mean columns (regressed like a mediator); the
+            direct effect gets ``Δ Σ_k λ_k a_rm_k``, so the total equals the pooled model's (omitted-variable
+            identity of least squares: the coefficient of ``Y ~ T + X``).
 
         Returns
         -------
@@ -301,6 +372,9 @@ class LinearMediation:
             dd = np.zeros_like(b)
         EM0 = Mbar + a * (self.t0 - Tbar[:, None])  # E[M~_j(t0)], (B, K)
         direct = d * (c + np.einsum("bk,bkl->bl", EM0, dd))
+        if lay.i_rm:  # slope="within": the run means' part of the treatment's association is direct
+            pos = [lay.out_reg.index(c) for c in lay.i_rm]
+            direct = direct + d * np.einsum("bk,bkl->bl", a_rm, beta[:, pos, :])
         if self.ordered:
             a1, a2p, th = a[:, 0:1], a2_direct[:, None], theta[:, None]
             paths = np.stack([a1 * b[:, 0] * d, a1 * th * b[:, 1] * d, a2p * b[:, 1] * d], axis=1)
@@ -449,6 +523,7 @@ class LinearMediation:
         regs = [(lay.med_reg, lay.i_m[j]) for j in range(K)]
         if self.ordered:
             regs.append((lay.med2_reg, lay.i_m[1]))
+        regs += [(lay.med_reg, c) for c in lay.i_rm]
         if self.outcome_model == "linear":
             regs += [(lay.out_reg, lay.i_y[l]) for l in range(L)]
         for r, y in regs:
@@ -494,16 +569,19 @@ class LinearMediation:
         n = S[0, 0]
         Tbar, Mbar = S[0, 1] / n, S[0, lay.i_m] / n
         nm, n2 = len(lay.med_reg), len(lay.med2_reg) if self.ordered else 0
-        off_o = K * nm + n2
+        n_rm = len(lay.i_rm)
+        off_o = K * nm + n2 + n_rm * nm
 
         def effects(Th: np.ndarray) -> np.ndarray:
             b = Th.shape[0]
             a = np.stack([Th[:, j * nm + 1] for j in range(K)], axis=1)
             a2d = Th[:, K * nm + 1] if self.ordered else None
             th = Th[:, K * nm + 2] if self.ordered else None
+            a_rm = (np.stack([Th[:, K * nm + n2 + k * nm + 1] for k in range(n_rm)], axis=1) if n_rm else None)
             beta = Th[:, off_o:].reshape(b, L, len(r)).transpose(0, 2, 1)
             if self.outcome_model == "linear":
-                return self.effects_from_coefs(a, beta, np.full(b, Tbar), np.broadcast_to(Mbar, (b, K)), a2d, th)
+                return self.effects_from_coefs(a, beta, np.full(b, Tbar), np.broadcast_to(Mbar, (b, K)), a2d, th,
+                                               a_rm)
             out = []
             for s0 in range(0, b, 4):
                 bb = min(4, b - s0)
@@ -525,7 +603,7 @@ class LinearMediation:
             return None
         if not np.array_equal(d.codes, d.run_codes):
             return None
-        wcols = [0] + lay.i_m + lay.i_x + lay.i_zm + lay.i_zx + lay.i_y
+        wcols = [0] + lay.i_m + lay.i_x + lay.i_zm + lay.i_zx + lay.i_rm + lay.i_y
         w = len(wcols)
         if not hasattr(self, "_G0"):  # the runs' Gram matrices of the treatment-free columns
             G = self.cluster_grams()
@@ -552,7 +630,7 @@ class LinearMediation:
         d = self.design
         d2 = dataclasses.replace(d, T=np.asarray(run_T, dtype=float)[d.run_codes])
         e2 = LinearMediation(d2, outcome_model=self.outcome_model, interaction=self.interaction,
-                             ordered=self.ordered, paired=self.paired)
+                             ordered=self.ordered, paired=self.paired, slope=self.slope)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             return e2.point()[0]
@@ -702,7 +780,7 @@ class LinearMediation:
             b0 = np.empty(lay.K)
             stats = []
             for j in range(lay.K):
-                z = [0, 1] + [lay.i_m[k] for k in range(lay.K) if k != j] + lay.i_x + lay.i_z
+                z = [0, 1] + [lay.i_m[k] for k in range(lay.K) if k != j] + lay.i_x + lay.i_z + lay.i_rm
                 A = [iy, lay.i_m[j]]
                 P = S[np.ix_(A, A)] - S[np.ix_(A, z)] @ np.linalg.solve(S[np.ix_(z, z)], S[np.ix_(z, A)])
                 sy, sm = np.sqrt(P[0, 0]), np.sqrt(P[1, 1])

@@ -15,25 +15,45 @@ the design's p-value floor and intervals for the proportion mediated.
   correction ``p = (1 + #{|θ*| >= |θ|}) / (n + 1)`` (Phipson & Smyth 2010). It tests the sharp null of no effect of
   the treatment on mediators and outcome.
 * **Floor**: no p-value below what the randomization distribution of the design can give, ``2 / C(R, R_1)`` for
-  equal arms (a relabeling and its swap give the same |statistic|), ``1 / C(R, R_1)`` otherwise.
+  equal arms (a relabeling and its swap give the same |statistic|), ``1 / C(R, R_1)`` otherwise. Counts are
+  computed in log space (``math.lgamma``), so thousands of units (``cluster=None``) never overflow.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-__all__ = ["MAX_EXACT", "randomization_floor", "relabelings", "cr2_scores", "CR2", "delta_ratio", "fieller", "WEBB",
+__all__ = ["MAX_EXACT", "randomization_floor", "log_assignments", "floor_text", "design_floor",
+           "seeds_for_floor", "relabelings", "cr2_scores", "CR2", "delta_ratio", "fieller", "WEBB",
            "wild_replicates"]
 
 #: Largest number of relabelings enumerated for an exact randomization test.
 MAX_EXACT = 20_000
 
 
-def randomization_floor(run_T: np.ndarray | None) -> tuple[float, int]:
+def log_assignments(run_T: np.ndarray | None) -> float:
+    """Natural logarithm of the number of distinct assignments of the observed treatment values to the runs.
+
+    ``log C = log R! - sum_v log c_v!`` (a multinomial coefficient; ``C(R, R_1)`` for two arms), computed with
+    `math.lgamma`, so it never overflows whatever the number of runs or rows (``cluster=None`` makes every row a
+    unit). 0 (one assignment) when ``run_T`` is None, empty or not finite.
+    """
+    if run_T is None or len(run_T) == 0 or not np.all(np.isfinite(run_T)):
+        return 0.0
+    _, counts = np.unique(np.asarray(run_T, dtype=float), return_counts=True)
+    return max(0.0, math.lgamma(len(run_T) + 1) - sum(math.lgamma(int(c) + 1) for c in counts))
+
+
+def _symmetric(run_T: np.ndarray) -> bool:
+    _, counts = np.unique(np.asarray(run_T, dtype=float), return_counts=True)
+    return bool(counts.size == 2 and counts[0] == counts[1])
+
+
+def randomization_floor(run_T: np.ndarray | None) -> tuple[float, int | None]:
     """Smallest two-sided p-value a run-level randomization test of this design can give.
 
     Parameters
@@ -44,20 +64,79 @@ def randomization_floor(run_T: np.ndarray | None) -> tuple[float, int]:
     Returns
     -------
     floor : float
-        ``2 / C`` (two arms of equal size), ``1 / C`` otherwise; 0 when undefined.
-    n_assignments : int
-        ``C``: the number of distinct assignments of the observed treatment values to the runs.
+        ``2 / C`` (two arms of equal size), ``1 / C`` otherwise, from ``log C`` (`log_assignments`): exact where
+        ``exp`` is representable, 0.0 where it underflows (below about 1e-308: below any printable p-value; say so
+        with `floor_text`); 0 when undefined.
+    n_assignments : int or None
+        ``C``, the number of distinct assignments of the observed treatment values to the runs, exactly, when it
+        is at most ``2**53`` (so it converts to a float exactly); None above (use `log_assignments`).
     """
     if run_T is None or len(run_T) == 0 or not np.all(np.isfinite(run_T)):
         return 0.0, 0
-    _, counts = np.unique(run_T, return_counts=True)
-    C = math.factorial(len(run_T))
-    for c in counts:
-        C //= math.factorial(int(c))
-    if C <= 1:
+    logC = log_assignments(run_T)
+    C: int | None = None
+    if logC <= 53 * math.log(2) + 1e-9:
+        _, counts = np.unique(np.asarray(run_T, dtype=float), return_counts=True)
+        C, rest = 1, len(run_T)
+        for c in counts:  # a product of binomials: exact integers, each small here
+            C *= math.comb(rest, int(c))
+            rest -= int(c)
+        if C > 2 ** 53:
+            C = None
+    if C is not None and C <= 1:
         return 1.0, C
-    sym = counts.size == 2 and counts[0] == counts[1]
-    return min(1.0, (2.0 if sym else 1.0) / C), C
+    if C is not None:  # exact division where the count is an exact float
+        return min(1.0, (2.0 if _symmetric(run_T) else 1.0) / C), C
+    log_floor = (math.log(2.0) if _symmetric(run_T) else 0.0) - logC
+    return (min(1.0, math.exp(log_floor)) if log_floor > -745.0 else 0.0), C
+
+
+def design_floor(counts: Sequence[int], *, paired: bool = False) -> float:
+    """The randomization floor of a design given by its arm sizes.
+
+    Parameters
+    ----------
+    counts : sequence of int
+        Runs per treatment value (``paired=False``), or ``[n_pairs]`` (``paired=True``).
+    paired : bool
+        Sign-flip test over ``n`` matched pairs (arm labels swapped within pairs): ``2 / 2^n``. Otherwise the
+        relabelings of the runs across arms (`randomization_floor`): ``2 / C`` for two equal arms, else ``1 / C``.
+
+    Returns
+    -------
+    float
+        The floor (0.0 where it underflows).
+    """
+    counts = [int(c) for c in counts]
+    if paired:
+        n = counts[0]
+        return min(1.0, 2.0 ** (1 - n)) if n < 1000 else 0.0
+    run_T = np.repeat(np.arange(len(counts), dtype=float), counts)
+    return randomization_floor(run_T)[0]
+
+
+def seeds_for_floor(counts: Sequence[int], alpha: float = 0.05, *, paired: bool = False,
+                    max_n: int = 100_000) -> int:
+    """Smallest number ``n`` of seeds per arm (equal arms; or of seed pairs when ``paired``) whose design floor
+    (`design_floor`) is at most ``alpha``: e.g. 4 per arm for two arms (``2 / C(8, 4) = 0.029``), 6 pairs for a
+    sign-flip test (``2 / 2^6 = 0.031``) at ``alpha = 0.05``."""
+    k = 1 if paired else max(len(counts), 2)
+    n = 1
+    while n <= max_n:
+        if design_floor([n] * k if not paired else [n], paired=paired) <= alpha:
+            return n
+        n += 1
+    return max_n
+
+
+def floor_text(floor: float, n_assignments: int | None = None, log_count: float | None = None) -> str:
+    """The design's p-value floor in words: ``"1/10 = 0.1"``-like for printable floors, or that it lies below any
+    printable level (the count written as a power of ten from its logarithm)."""
+    if floor > 0:
+        return f"{floor:.3g}"
+    if log_count is not None and log_count > 0:
+        return f"below any printable level (about 10^-{log_count / math.log(10):.0f})"
+    return "below any printable level"
 
 
 def relabelings(run_T: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
@@ -73,12 +152,12 @@ def relabelings(run_T: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np
     R = run_T.size
     vals, counts = np.unique(run_T, return_counts=True)
     _, C = randomization_floor(run_T)
-    if C <= MAX_EXACT and vals.size == 2:
+    if C is not None and C <= MAX_EXACT and vals.size == 2:
         out = np.full((C, R), vals[0])
         for i, idx in enumerate(itertools.combinations(range(R), int(counts[1]))):
             out[i, list(idx)] = vals[1]
         return out, True
-    if C <= MAX_EXACT and R <= 8:
+    if C is not None and C <= MAX_EXACT and R <= 8:
         perms = np.array(sorted(set(itertools.permutations(run_T.tolist()))))
         return perms, True
     return np.stack([rng.permutation(run_T) for _ in range(n)]), False

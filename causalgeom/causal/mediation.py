@@ -12,17 +12,23 @@ from ..errors import QueryError
 from ._design import MIN_CLUSTERS_CONTINUOUS, MIN_CLUSTERS_PER_ARM, Design, build_design
 from .bootstrap import replicate_batches, row_strata
 from .estimators import LinearMediation
-from .inference import (fieller, randomization_floor, randomization_pvalue, relabelings, t_interval,
+from .inference import (fieller, floor_text, log_assignments, randomization_floor, randomization_pvalue, relabelings, t_interval,
                         wild_replicates)
-from .options import BOOTSTRAP_SCHEMES, ESTIMANDS, INFERENCE, METHODS, OUTCOME_MODELS, PAIRED_BY
-from .results import MediationResult
+from .options import BOOTSTRAP_SCHEMES, ESTIMANDS, INFERENCE, METHODS, OUTCOME_MODELS, PAIRED_BY, SLOPES
+from .results import MediationResult, floor_interval_sentence
 
-__all__ = ["mediate", "FewClustersWarning", "percentile_ci", "bootstrap_pvalue", "P_VALUE_METHOD",
+__all__ = ["mediate", "FewClustersWarning", "RunConfoundingWarning", "DEFAULT_SLOPE", "RUN_TEST_ALPHA",
+           "run_confounding", "percentile_ci", "bootstrap_pvalue", "P_VALUE_METHOD",
            "DEFAULT_INFERENCE", "OVERLAP_THRESHOLD", "build_result", "run_inference", "overlap_table"]
 
 #: Inference used when ``inference=`` is not given: the method whose 95% intervals reached nominal coverage with
 #: 3 runs per arm in the simulations of docs/methods_causal.md (benchmarks/bench_coverage.py).
 DEFAULT_INFERENCE = "cr2"
+#: Mediator → outcome slope used when ``slope=`` is not given (see docs/methods_causal.md, "Run-level confounding").
+DEFAULT_SLOPE = "pooled"
+#: Level of the run-level Mundlak test below which `mediate` warns that the pooled slope mixes run-level
+#: confounding into the indirect effect.
+RUN_TEST_ALPHA = 0.05
 #: A mediator is "supported" when at least this share of each arm's values lies inside the other arm's
 #: [1st, 99th] percentile range; otherwise natural effects through it are marked "extrapolated".
 OVERLAP_THRESHOLD = 0.5
@@ -33,6 +39,10 @@ P_VALUE_METHOD = ("two-sided bootstrap p-value by percentile inversion, p = min(
 
 class FewClustersWarning(UserWarning):
     """Too few clusters (runs) per treatment arm for a trustworthy cluster-bootstrap interval."""
+
+
+class RunConfoundingWarning(UserWarning):
+    """The pooled mediator → outcome slope differs from the within-run slope: run-level confounding."""
 
 
 def percentile_ci(reps: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
@@ -70,8 +80,9 @@ def bootstrap_pvalue(reps: np.ndarray) -> np.ndarray:
 
 
 def _check_options(method: str, bootstrap: str, outcome_model: str, n_boot: Any, ci_level: Any,
-                   inference: str = "bootstrap", paired_by: Any = None, estimand: str = "runs") -> None:
-    for name, value, allowed in (("method", method, METHODS), ("bootstrap", bootstrap, BOOTSTRAP_SCHEMES),
+                   inference: str = "bootstrap", paired_by: Any = None, estimand: str = "runs",
+                   slope: str = "pooled") -> None:
+    for name, value, allowed in (("slope", slope, SLOPES), ("method", method, METHODS), ("bootstrap", bootstrap, BOOTSTRAP_SCHEMES),
                                  ("outcome_model", outcome_model, OUTCOME_MODELS), ("inference", inference, INFERENCE),
                                  ("paired_by", paired_by, PAIRED_BY), ("estimand", estimand, ESTIMANDS)):
         if value not in allowed:
@@ -121,7 +132,7 @@ def mediate(table: pd.DataFrame, *, treatment: str, mediators: str | Sequence[st
             bootstrap: str | None = None, ci_level: float = 0.95, outcome_model: str = "auto",
             interaction: bool = False, ordered: bool = False, treatment_type: str = "auto",
             level: str | None = None, inference: str | None = None, paired_by: str | None = "auto",
-            estimand: str = "auto") -> MediationResult:
+            estimand: str = "auto", slope: str | None = None) -> MediationResult:
     """Estimate total, natural direct and natural indirect effects of ``treatment`` on ``outcome``.
 
     Parameters
@@ -188,6 +199,14 @@ def mediate(table: pd.DataFrame, *, treatment: str, mediators: str | Sequence[st
         ``"runs"``: the effect over training runs (runs are the population; needs 2+ runs per arm).
         ``"model"``: these models, inference over test images (clusters = images, paired). ``"auto"``: runs,
         or model with a note when an arm has one run.
+    slope : {"pooled", "within"}, optional
+        Mediator → outcome slope (default `DEFAULT_SLOPE`). ``"pooled"``: from within- and between-run variation
+        (after image effects). ``"within"``: from within-run variation only (image + run fixed effects; the run
+        means of the mediators enter the outcome model, Mundlak 1978), which removes run-level confounding (a
+        run's luck moving both mediator and outcome); linear outcome, no interaction, not ordered, method
+        ``"regression"``. Either way ``.run_confounding`` holds the test of between-run = within-run slope
+        (the run means' coefficients, CR2 over runs), and when it rejects at `RUN_TEST_ALPHA` with the pooled
+        slope, a `RunConfoundingWarning` and a note give the within-run estimate beside the pooled one.
 
     Returns
     -------
@@ -205,6 +224,8 @@ def mediate(table: pd.DataFrame, *, treatment: str, mediators: str | Sequence[st
 
     Warns
     -----
+    RunConfoundingWarning
+        The pooled slope is used and the between-run slope differs from the within-run one (p < `RUN_TEST_ALPHA`).
     FewClustersWarning
         Fewer than `MIN_CLUSTERS_PER_ARM` clusters in a treatment arm (categorical) or fewer than
         `MIN_CLUSTERS_CONTINUOUS` clusters (continuous) with a cluster bootstrap.
@@ -217,7 +238,10 @@ def mediate(table: pd.DataFrame, *, treatment: str, mediators: str | Sequence[st
     (2002), Survey Methodology 28(2). Field & Welsh (2007), Bootstrapping clustered data, JRSS-B 69(3).
     """
     inference, bootstrap = resolve_inference(inference, bootstrap)
-    _check_options(method, bootstrap, outcome_model, n_boot, ci_level, inference, paired_by, estimand)
+    slope = DEFAULT_SLOPE if slope is None else slope
+    _check_options(method, bootstrap, outcome_model, n_boot, ci_level, inference, paired_by, estimand, slope)
+    if slope == "within" and method != "regression":
+        raise QueryError(f"slope='within' needs method='regression' (got method={method!r})")
     rng = _as_rng(rng)
     if level is None and isinstance(table, pd.DataFrame):
         level = table.attrs.get("level")
@@ -252,11 +276,15 @@ def mediate(table: pd.DataFrame, *, treatment: str, mediators: str | Sequence[st
     if design.n_dropped:
         notes.append(f"{design.n_dropped} rows with other levels of {treatment!r} were left out")
 
-    est = LinearMediation(design, outcome_model=outcome_model, interaction=interaction, ordered=ordered)
+    est = LinearMediation(design, outcome_model=outcome_model, interaction=interaction, ordered=ordered,
+                          slope=slope)
     point, po = est.point()
     inf = run_inference(est, design, point, inference=inference, bootstrap=bootstrap, n_boot=n_boot, rng=rng,
                         ci_level=ci_level, notes=notes, method=method)
     estimator = _estimator_text(design, outcome_model, interaction, ordered, est.paired)
+    if slope == "within":
+        estimator += ("; mediator → outcome slope within runs (image + run fixed effects: the run means of the "
+                      "mediators and within-run-varying covariates as regressors, Mundlak 1978)")
 
     if method == "statsmodels":
         from ._backends import statsmodels_mediation
@@ -292,9 +320,10 @@ def mediate(table: pd.DataFrame, *, treatment: str, mediators: str | Sequence[st
                      f"method='regression' to {gap:.1e}")
         inf["text"] = inf["text"] + " of the equivalent linear models (method='regression'); DoWhy gives the points"
 
+    run_test = run_confounding(est, design, ci_level=ci_level) if method == "regression" else None
     return build_result(est, design, point, po, inf, method=method, estimator=estimator, notes=notes,
                         ci_level=ci_level, outcome_model=outcome_model, interaction=interaction, ordered=ordered,
-                        bootstrap=bootstrap, inference=inference, overlap=overlap_table(design))
+                        bootstrap=bootstrap, inference=inference, overlap=overlap_table(design), run_test=run_test)
 
 
 def run_inference(est: LinearMediation, design: Design, point: np.ndarray, *, inference: str, bootstrap: str,
@@ -310,9 +339,11 @@ def run_inference(est: LinearMediation, design: Design, point: np.ndarray, *, in
     """
     E, L = point.shape
     nan = np.full(point.shape, np.nan)
-    floor, n_assign = randomization_floor(design.run_T if design.estimand == "runs" else None)
+    run_T = design.run_T if design.estimand == "runs" else None
+    floor, n_assign = randomization_floor(run_T)
     out: dict[str, Any] = dict(lo=nan, hi=nan.copy(), pv=nan.copy(), reps=np.empty((0, E, L)), po_reps=None,
-                               n_used=0, cr2=None, floor=floor, n_assign=n_assign)
+                               n_used=0, cr2=None, floor=floor, n_assign=n_assign,
+                               log_assign=log_assignments(run_T))
     pct = f"{100 * ci_level:g}%"
     G = design.n_clusters
     unit_name = design.cluster or "row"
@@ -383,6 +414,93 @@ def run_inference(est: LinearMediation, design: Design, point: np.ndarray, *, in
     return out
 
 
+RUN_TEST_COLUMNS = ["outcome", "mediator", "pooled", "within", "between", "difference", "se", "df", "p_value"]
+
+
+def run_confounding(est: LinearMediation, design: Design, *, ci_level: float = 0.95,
+                    alpha: float = RUN_TEST_ALPHA) -> dict[str, Any]:
+    """Between-run vs within-run mediator → outcome slopes: the run-level Mundlak test, and the within-run effects.
+
+    The outcome model ``Y ~ T + M + X + run means of M (and of the within-run-varying X)`` with image effects
+    (`LinearMediation` with ``slope="within"``) has the within-run (image + run fixed effects) slope on ``M`` and
+    ``between − within`` on the run mean of ``M`` (Mundlak 1978; exact in the balanced crossed design). The test
+    of ``between = within`` is the t test of that coefficient with its CR2 standard error over the runs and
+    ``G − 2 − (number of run means)`` degrees of freedom (the run-level regressors). ``pooled`` is the slope of
+    the same linear model without the run means (no interaction terms: a description of the slopes even when the
+    fitted outcome model has them).
+
+    Returns
+    -------
+    dict
+        ``table`` (DataFrame with `RUN_TEST_COLUMNS`), ``within`` (DataFrame ``outcome, effect, estimate, ci_low,
+        ci_high`` of the effects with the within-run slope; empty when the fitted model has interaction terms,
+        ordered mediators or a non-linear outcome), ``reject`` (bool: some ``p_value < alpha``), ``alpha``,
+        ``reason`` (why the test is not available, else "").
+    """
+    from scipy import stats
+
+    empty = dict(table=pd.DataFrame(columns=RUN_TEST_COLUMNS), within=pd.DataFrame(), reject=False, alpha=alpha)
+    if design.M.shape[0] == 0:
+        return dict(empty, reason="not computed: the design holds per-run sufficient statistics only")
+    try:
+        ew = est if est.slope == "within" else LinearMediation(design, outcome_model="linear", paired=est.paired,
+                                                               slope="within")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ep = LinearMediation(design, outcome_model="linear", paired=est.paired)
+            pooled = ep.coefficients()
+            wpoint = ew.point()[0]
+            cr2 = ew.cr2()
+    except (QueryError, np.linalg.LinAlgError) as err:
+        return dict(empty, reason=f"not computed: {err}")
+    lay, K = ew.lay, ew.lay.K
+    nm, nr = len(lay.med_reg), len(lay.out_reg)
+    G = design.n_clusters
+    df = max(G - 2 - len(lay.i_rm), 1)
+    beta = ew._outcome_coefs_linear(ew.gram()[None])[0]
+    rows = []
+    for l, y in enumerate(design.outcomes):
+        for j, m in enumerate(design.mediators):
+            i_lam = K * nm + len(lay.i_rm) * nm + l * nr + lay.pos_rm_m[j]
+            lam, bw = float(beta[lay.pos_rm_m[j], l]), float(beta[2 + j, l])
+            se = float(np.sqrt(max(cr2.vcov_theta[i_lam, i_lam], 0.0)))
+            p = float(2 * stats.t.sf(abs(lam / se), df)) if se > 0 else np.nan
+            rows.append(dict(outcome=y, mediator=m, pooled=float(pooled[f"b[{m}->{y}]"]), within=bw,
+                             between=bw + lam, difference=lam, se=se, df=float(df), p_value=p))
+    table = pd.DataFrame(rows, columns=RUN_TEST_COLUMNS)
+    within = pd.DataFrame()
+    if est.outcome_model == "linear" and not est.interaction and not est.ordered:
+        lo, hi, _ = t_interval(wpoint, cr2.se(), max(G - 2, 1), ci_level)
+        within = pd.DataFrame([dict(outcome=y, effect=name, estimate=float(wpoint[e, l]), ci_low=float(lo[e, l]),
+                                    ci_high=float(hi[e, l]))
+                               for l, y in enumerate(design.outcomes) for e, name in enumerate(ew.names)
+                               if not name.startswith("prop_mediated")])
+    reject = bool((table["p_value"] < alpha).any())
+    return dict(table=table, within=within, reject=reject, alpha=alpha, reason="")
+
+
+def run_confounding_text(run_test: dict[str, Any], slope: str) -> str:
+    """The warning (pooled slope) or note (within slope) when the between- and within-run slopes differ."""
+    if not run_test or not run_test.get("reject"):
+        return ""
+    t = run_test["table"]
+    worst = t.loc[t["p_value"].idxmin()]
+    test = (f"between-run slope {worst['between']:.3g} vs within-run slope {worst['within']:.3g} of {worst['mediator']} "
+            f"on {worst['outcome']} (Mundlak test over runs, t with {worst['df']:g} df, p = {worst['p_value']:.2g})")
+    if slope == "within":
+        return (f"run-level confounding: {test}; the within-run slope (slope='within') is used, so the indirect "
+                f"effect excludes it (the pooled slope would give {worst['pooled']:.3g})")
+    w = run_test.get("within")
+    beside = ""
+    if w is not None and len(w):
+        ind = w[w["effect"] == "indirect"]
+        beside = "; with the within-run slope (slope='within'): " + ", ".join(
+            f"indirect = {r.estimate:.3g} [{r.ci_low:.3g}, {r.ci_high:.3g}]" + (f" on {r.outcome}" if len(ind) > 1 else "")
+            for r in ind.itertuples())
+    return (f"run-level confounding: {test}. The pooled slope mixes run-level confounding (a run's luck moving both "
+            f"mediator and outcome) into the indirect effect{beside}")
+
+
 def _refit(est: LinearMediation, design: Design, run_T: np.ndarray) -> np.ndarray:
     """Point estimate with the runs' treatments replaced by ``run_T`` (see `LinearMediation.refit_relabeled`)."""
     return est.refit_relabeled(run_T)
@@ -436,7 +554,8 @@ def _estimand_sentence(design: Design) -> str:
 def build_result(est: LinearMediation, design: Design, point: np.ndarray, po: np.ndarray | None,
                  inf: dict[str, Any], *, method: str, estimator: str, notes: list[str], ci_level: float,
                  outcome_model: str, interaction: bool, ordered: bool, bootstrap: str, inference: str,
-                 overlap: pd.DataFrame, keep_design: bool = True) -> MediationResult:
+                 overlap: pd.DataFrame, keep_design: bool = True,
+                 run_test: dict[str, Any] | None = None) -> MediationResult:
     """Summary rows, notes, sensitivity and the `MediationResult` (one function for `mediate` and
     ``causalgeom.distributed.mediate_study``)."""
     names = est.names
@@ -508,7 +627,37 @@ def build_result(est: LinearMediation, design: Design, point: np.ndarray, po: np
                 if at[e, l]:
                     note[e, l] = "; ".join(x for x in (note[e, l], f"p ≥ {floor:.3g} (design floor)") if x)
         notes.append(f"p-values are at least {floor:.3g}: the smallest a randomization of the treatment over these "
-                     f"{design.n_runs} runs can give ({inf.get('n_assign')} assignments)")
+                     f"{_units(design)} can give ({_count_text(inf)} assignments)")
+    elif float(inf.get("log_assign", 0.0)) > 0:
+        notes.append(f"the design's p-value floor (a randomization of the treatment over these {_units(design)}: "
+                     f"{_count_text(inf)} assignments) is "
+                     f"{floor_text(0.0, log_count=float(inf['log_assign']))}: it limits no p-value here")
+    if floor > 1.0 - ci_level and design.run_T is not None:
+        _, arm_counts = np.unique(design.run_T, return_counts=True)
+        for l, y in enumerate(design.outcomes):
+            excl = [name for e, name in enumerate(names) if not name.startswith("prop_mediated")
+                    and np.isfinite(lo[e, l]) and np.isfinite(hi[e, l]) and (lo[e, l] > 0 or hi[e, l] < 0)]
+            sentence = floor_interval_sentence(excl, floor, [int(c) for c in arm_counts], alpha=1.0 - ci_level,
+                                               ci_level=ci_level)
+            if sentence:
+                notes.append(sentence if len(design.outcomes) == 1 else f"{y}: {sentence}")
+    slope = getattr(est, "slope", "pooled")
+    confounding = run_confounding_text(run_test or {}, slope)
+    if confounding:
+        notes.append(confounding)
+        if slope == "pooled":
+            warnings.warn(confounding, RunConfoundingWarning, stacklevel=3)
+            w = run_test.get("within") if run_test else None
+            for e, name in enumerate(names):
+                if not name.startswith("indirect"):
+                    continue
+                for l, y in enumerate(design.outcomes):
+                    sel = w[(w["effect"] == name) & (w["outcome"] == y)] if w is not None and len(w) else w
+                    extra = "pooled slope mixes run-level confounding"
+                    if sel is not None and len(sel):
+                        r = sel.iloc[0]
+                        extra += f"; within-run slope: {r.estimate:.3g} [{r.ci_low:.3g}, {r.ci_high:.3g}]"
+                    note[e, l] = "; ".join(x for x in (note[e, l], extra) if x)
     rows = summary_rows(design, names, point, lo, hi, pv, n_samples=design.n, p_floor=floor, note=note)
     summary = pd.DataFrame(rows)
     if outcome_model == "linear":
@@ -534,9 +683,27 @@ def build_result(est: LinearMediation, design: Design, point: np.ndarray, po: np
         replicates=inf.get("reps") if inf.get("reps") is not None else np.empty((0,) + point.shape),
         coefficients=coefs, notes=notes, _design=design if keep_design else None,
         _options=dict(outcome_model=outcome_model, interaction=interaction, ordered=ordered, bootstrap=bootstrap,
-                      inference=inference, paired=est.paired),
+                      inference=inference, paired=est.paired, slope=slope),
         design=_design_sentence(design), estimand=_estimand_sentence(design), inference=inference_text,
-        overlap=overlap if overlap is not None else pd.DataFrame(), mundlak=est.mundlak(), p_floor=floor)
+        overlap=overlap if overlap is not None else pd.DataFrame(), mundlak=est.mundlak(), p_floor=floor,
+        slope=slope, run_confounding=(run_test or {}).get("table", pd.DataFrame()),
+        within_effects=(run_test or {}).get("within", pd.DataFrame()),
+        confounding_warning=confounding if slope == "pooled" else "")
+
+
+def _units(design: Design) -> str:
+    if design.cluster is None:
+        return f"{design.n_clusters} rows (cluster=None: each row a unit)"
+    return f"{design.n_runs} runs"
+
+
+def _count_text(inf: dict[str, Any]) -> str:
+    """The number of assignments: exactly when known, else ``about 10^k`` from its logarithm."""
+    if inf.get("n_assign") is not None:
+        return f"{inf['n_assign']}"
+    import math
+
+    return f"about 10^{float(inf.get('log_assign', 0.0)) / math.log(10):.0f}"
 
 
 def summary_rows(design: Design, names: list[str], point: np.ndarray, lo: np.ndarray, hi: np.ndarray,

@@ -6,7 +6,7 @@ Kept in a module of their own so that `mediation` and `query` both import them w
 from __future__ import annotations
 
 __all__ = ["METHODS", "BOOTSTRAP_SCHEMES", "OUTCOME_MODELS", "LEVELS", "TREATMENT_TYPES", "CENTERS", "INFERENCE",
-           "PAIRED_BY", "ESTIMANDS"]
+           "PAIRED_BY", "ESTIMANDS", "SLOPES"]
 
 #: Estimation methods accepted by `causalgeom.causal.mediate`.
 METHODS = ("regression", "statsmodels", "dowhy")
@@ -29,3 +29,7 @@ PAIRED_BY = ("auto", "sample", None)
 #: Estimands: the effect over training runs, or of these models over test images (``"auto"``: runs when every
 #: arm has 2+ runs, else the model-conditional estimand).
 ESTIMANDS = ("auto", "runs", "model")
+#: Mediator → outcome slope of `causalgeom.causal.mediate`: ``"pooled"`` (within- and between-run variation, after
+#: image effects) or ``"within"`` (within-run variation only: image + run fixed effects, robust to run-level
+#: confounding). The default is chosen in docs/methods_causal.md ("Run-level confounding").
+SLOPES = ("pooled", "within")

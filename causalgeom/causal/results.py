@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["MediationResult", "SUMMARY_COLUMNS", "markdown_table"]
+__all__ = ["MediationResult", "SUMMARY_COLUMNS", "markdown_table", "floor_interval_sentence"]
 
 #: Columns of `MediationResult.summary` (``outcome`` first, so results with several outcomes stay one table).
 SUMMARY_COLUMNS = ("outcome", "effect", "estimate", "ci_low", "ci_high", "p_value", "p_floor", "note", "n_runs",
@@ -24,6 +24,51 @@ def _fmt(v: Any) -> str:
             return ""
         return f"{v:.4g}"
     return str(v)
+
+
+def floor_interval_sentence(effects: list[str], p_floor: float, counts: list[int] | dict[str, int], *,
+                            alpha: float = 0.05, ci_level: float = 0.95, paired: bool = False) -> str:
+    """One sentence when intervals exclude 0 but the exact (randomization) test cannot reach ``alpha``.
+
+    Parameters
+    ----------
+    effects : list of str
+        The effects whose interval excludes 0 (empty: no sentence).
+    p_floor : float
+        The design's smallest p-value (`causalgeom.causal.inference.randomization_floor`); no sentence when it is
+        at most ``alpha``.
+    counts : list of int or dict
+        Runs per arm (or ``[n_pairs]`` when ``paired``).
+    alpha : float
+        The level the exact test should be able to reach.
+    paired : bool
+        The floor is that of a sign-flip test over seed pairs (``2 / 2^n``).
+
+    Returns
+    -------
+    str
+        "" or the sentence, with the smallest number of seeds per arm (pairs) whose floor is at most ``alpha``
+        (`causalgeom.causal.inference.seeds_for_floor`).
+    """
+    from .inference import seeds_for_floor
+
+    if not effects or not np.isfinite(p_floor) or p_floor <= alpha:
+        return ""
+    sizes = list(counts.values()) if isinstance(counts, dict) else list(counts)
+    n = seeds_for_floor(sizes, alpha, paired=paired)
+    if paired:
+        have = f"{sizes[0]} seed pairs"
+        need = f"{n} seed pairs ({n - sizes[0]} more)"
+    else:
+        have = " + ".join(str(int(c)) for c in sizes) + " runs"
+        more = [max(n - int(c), 0) for c in sizes]
+        need = f"{n} seeds per arm ({' and '.join(str(m) for m in more)} more)" if len(set(more)) > 1 else \
+            f"{n} seeds per arm ({more[0]} more each)"
+    which = ", ".join(effects)
+    verb = "interval of {} excludes".format(which) if len(effects) == 1 else f"intervals of {which} exclude"
+    return (f"The {100 * ci_level:g}% {verb} 0, but with {have} the exact randomization test "
+            f"cannot give p below {p_floor:.2g} (> {alpha:g}), so it cannot confirm it at {alpha:g}; {need} would "
+            f"let it.")
 
 
 def markdown_table(df: pd.DataFrame) -> str:
@@ -86,6 +131,15 @@ class MediationResult:
         effects), between images (image means) and pooled (no image effects); empty when unpaired.
     p_floor : float
         The smallest p-value the design supports (0: none).
+    slope : str
+        ``"pooled"`` or ``"within"``: the mediator → outcome slope of the outcome model.
+    run_confounding : DataFrame
+        ``outcome, mediator, pooled, within, between, difference, se, df, p_value``: the run-level Mundlak test of
+        between-run = within-run slope (`causalgeom.causal.mediation.run_confounding`); empty when not available.
+    within_effects : DataFrame
+        ``outcome, effect, estimate, ci_low, ci_high`` with the within-run slope (empty when not available).
+    confounding_warning : str
+        The warning printed when the pooled slope is used and the test rejects ("" otherwise).
     """
 
     table: pd.DataFrame
@@ -123,6 +177,10 @@ class MediationResult:
     overlap: pd.DataFrame = field(default_factory=pd.DataFrame)
     mundlak: pd.DataFrame = field(default_factory=pd.DataFrame)
     p_floor: float = 0.0
+    slope: str = "pooled"
+    run_confounding: pd.DataFrame = field(default_factory=pd.DataFrame)
+    within_effects: pd.DataFrame = field(default_factory=pd.DataFrame)
+    confounding_warning: str = ""
 
     # -- tables ----------------------------------------------------------------------------------------------
     def summary(self) -> pd.DataFrame:
@@ -163,12 +221,18 @@ class MediationResult:
 
     def to_markdown(self) -> str:
         """The result as Markdown: title, description, summary table, sensitivity, notes."""
-        parts = [f"### {self._title()}", "", self.describe(), "", markdown_table(self.summary())]
+        parts = [f"### {self._title()}", "", self.describe(), ""]
+        if self.confounding_warning:
+            parts += [f"**Warning:** {self.confounding_warning}.", ""]
+        parts += [markdown_table(self.summary())]
         if len(self.overlap):
             parts += ["", "Overlap of the mediators across arms:", "", markdown_table(self.overlap)]
         if len(self.mundlak):
             parts += ["", "Mediator → outcome slopes within images, between images and pooled (Mundlak):", "",
                       markdown_table(self.mundlak)]
+        if len(self.run_confounding):
+            parts += ["", f"Mediator → outcome slopes pooled, within runs and between runs (Mundlak test over runs; "
+                      f"slope used: {self.slope}):", "", markdown_table(self.run_confounding)]
         if len(self.sensitivity):
             parts += ["", f"Sensitivity ({self.sensitivity_method}):", "", markdown_table(self.sensitivity)]
         if self.refutations is not None and len(self.refutations):
@@ -180,8 +244,10 @@ class MediationResult:
     def _repr_html_(self) -> str:
         fmt = {c: (lambda v: _fmt(v)) for c in ("estimate", "ci_low", "ci_high", "p_value")}
         body = [f"<h4>{html.escape(self._title())}</h4>",
-                f"<p>{html.escape(self.describe())}</p>",
-                self.summary().to_html(index=False, formatters=fmt, na_rep="")]
+                f"<p>{html.escape(self.describe())}</p>"]
+        if self.confounding_warning:
+            body.append(f"<p><strong>Warning:</strong> {html.escape(self.confounding_warning)}.</p>")
+        body.append(self.summary().to_html(index=False, formatters=fmt, na_rep=""))
         if len(self.sensitivity):
             body += [f"<p>Sensitivity ({html.escape(self.sensitivity_method)}):</p>",
                      self.sensitivity.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="")]
@@ -191,7 +257,9 @@ class MediationResult:
 
     def __repr__(self) -> str:
         with pd.option_context("display.width", 120, "display.max_columns", 20):
-            return f"<MediationResult {self._title()}>\n{self.describe()}\n{self.summary().to_string(index=False)}"
+            warn = f"WARNING: {self.confounding_warning}.\n" if self.confounding_warning else ""
+            return (f"<MediationResult {self._title()}>\n{self.describe()}\n{warn}"
+                    f"{self.summary().to_string(index=False)}")
 
     # -- plots -----------------------------------------------------------------------------------------------
     def plot(self, ax: Any = None, *, include_proportion: bool = False) -> Any:

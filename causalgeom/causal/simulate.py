@@ -19,7 +19,7 @@ def simulate_mediation(*, n_runs_per_arm: int = 10, n_samples: int = 100, a: Seq
                        run_sd_m: float = 0.5, run_sd_y: float = 0.5, noise_m: float = 1.0, noise_y: float = 1.0,
                        rho: float = 0.0, continuous: Sequence[float] | None = None,
                        difficulty_m: Sequence[float] | float = 0.0, difficulty_y: float = 0.0,
-                       d: Sequence[float] | float = 0.0, run_sd_b: float = 0.0,
+                       d: Sequence[float] | float = 0.0, run_sd_b: float = 0.0, run_rho: float = 0.0,
                        rng: np.random.Generator | int | None = None) -> tuple[pd.DataFrame, dict[str, float]]:
     """Draw a study-shaped table from a linear structural model and return it with the true effects.
 
@@ -37,7 +37,8 @@ def simulate_mediation(*, n_runs_per_arm: int = 10, n_samples: int = 100, a: Seq
 
     with run effects ``u_jr ~ N(0, run_sd_m²)``, ``v_r ~ N(0, run_sd_y²)`` and sample noise
     ``e ~ N(0, noise_m²)``, ``eps ~ N(0, noise_y²)``; ``corr(e_1, eps) = rho`` (an unmeasured mediator–outcome
-    confounder when ``rho != 0``).
+    confounder when ``rho != 0``); ``corr(u_1r, v_r) = run_rho`` (run-level confounding: a run's luck moves its
+    first mediator and its outcome together; image fixed effects do not remove it, run fixed effects do).
 
     Parameters
     ----------
@@ -62,6 +63,8 @@ def simulate_mediation(*, n_runs_per_arm: int = 10, n_samples: int = 100, a: Seq
         Treatment × mediator interaction coefficients.
     run_sd_b : float
         Standard deviation of the run-specific deviations of the mediator slopes.
+    run_rho : float
+        Correlation of the first mediator's run effect ``u_1r`` and the outcome's run effect ``v_r``.
     rng : numpy.random.Generator or int or None
 
     Returns
@@ -95,12 +98,15 @@ def simulate_mediation(*, n_runs_per_arm: int = 10, n_samples: int = 100, a: Seq
                 eps = rho * e[:, 0] / noise_m + np.sqrt(1 - rho ** 2) * eps
             eps = eps * noise_y
             M = np.empty((n_samples, K))
+            u = rng.normal(size=K)
+            v = run_rho * u[0] + np.sqrt(1 - run_rho ** 2) * rng.normal() if run_rho else None
             for j in range(K):
-                M[:, j] = 0.2 + a[j] * t + covariate * x + dm[j] * z + rng.normal() * run_sd_m + e[:, j]
+                M[:, j] = 0.2 + a[j] * t + covariate * x + dm[j] * z + u[j] * run_sd_m + e[:, j]
                 if j == 1 and theta:
                     M[:, j] += theta * M[:, 0]
             slopes = b + dd * t + (rng.normal(size=K) * run_sd_b if run_sd_b else 0.0)
-            y = 1.0 + c * t + M @ slopes + covariate * x + difficulty_y * z + rng.normal() * run_sd_y + eps
+            v = rng.normal() if v is None else v
+            y = 1.0 + c * t + M @ slopes + covariate * x + difficulty_y * z + v * run_sd_y + eps
             name = ("treated" if t == 1.0 else "ce") if continuous is None else f"s{t:g}"
             cols = {"run_id": f"{name}-r{r}", "regularizer": name if continuous is None else "ls",
                     "strength": t, "seed": s, "sample": np.arange(n_samples), "x": x}

@@ -17,7 +17,7 @@ from . import _scale
 __all__ = ["main", "build_parser", "cli_words"]
 
 #: cli sub-modules, in the order their commands appear in ``--help``.
-_MODULES = ("demo", "train", "extract", "io", "metrics", "mediate", "decompose", "intervene", "report")
+_MODULES = ("demo", "train", "extract", "io", "metrics", "mediate", "decompose", "plan", "intervene", "report")
 
 EPILOG = """examples:
   causalgeom demo --out demo_out                      train, extract, analyse and report on digits
