@@ -88,4 +88,4 @@ def test_cli_plan(capsys):
     out = capsys.readouterr().out
     assert "use 17 seeds per arm" in out  # statsmodels: 16.71 per arm for d = 1
     assert main(["plan", "--effect", "0.5"]) == 2
-    assert "effect= and sd=" in capsys.readouterr().err
+    assert "--effect and --sd" in capsys.readouterr().err  # flags, not Python keywords
