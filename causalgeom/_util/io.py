@@ -280,8 +280,9 @@ def _legacy_declared_bytes(path: Path, error: type[Exception]) -> int:
             for _ in range(4):  # magic number, protocol version, system info, the object
                 scan.load()
     except Exception as exc:  # noqa: BLE001 - a damaged pickle fails in many ways; nothing in it ran
-        raise error(f"weights file {path}: cannot be read as a legacy torch file ({type(exc).__name__}: "
-                    f"{str(exc)[:200]})") from None
+        raise error(f"weights file {path}: a pickle that is not a torch.save file ({type(exc).__name__}: "
+                    f"{str(exc)[:200]}); nothing in it was run. Save a plain state dict with torch.save or use "
+                    "safetensors") from None
     return sum(scan.declared.values())
 
 
@@ -353,7 +354,10 @@ def load_weights_file(path: str | os.PathLike, *, limit: int, error: type[Except
         try:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
         except pickle.UnpicklingError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            # torch's message opens with advice to retry with weights_only=False; keep only the refused global
+            first = next((ln for ln in lines if "unsupported" in ln.lower() or "WeightsUnpickler" in ln),
+                         lines[1] if len(lines) > 1 else "")
             raise unsafe_error(f"weights file {path}: refused, reading it would unpickle objects other than tensors "
                                f"(torch.load(weights_only=True) said: {first[:300]}); nothing in it was run. Save "
                                "a plain state dict (torch.save(model.state_dict(), ...)) or use safetensors") from None
@@ -385,7 +389,8 @@ def check_state_dict(state: Any, path: str | os.PathLike, *, limit: int, error: 
     not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
         kinds = [f"{k!r}: {type(state[k]).__name__}" for k in not_tensors[:5]]
-        raise error(f"weights file {path}: state-dict entries must be tensors; {len(not_tensors)} are not ({', '.join(kinds)})")
+        raise error(f"weights file {path}: state-dict entries must be tensors, {len(not_tensors)} are not: "
+                    f"{', '.join(kinds)}")
     total = 0
     for key, t in state.items():
         if t.layout != torch.strided or t.is_quantized or t.is_meta or t.is_nested:

@@ -623,8 +623,20 @@ def _timm_file(spec: str, cfg: Any, download: bool) -> str:
     raise WeightsNotFoundError(f"weights timm:{spec}: cannot download {names} from {repo} ({'; '.join(errors)})")
 
 
+def _mismatch(ref: Mapping[str, Any], state: Mapping[str, Any]) -> str:
+    """The first missing, unexpected and wrongly shaped keys of ``state`` against the model state ``ref``."""
+    missing = [k for k in ref if k not in state]
+    unexpected = [k for k in state if k not in ref]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(ref[k].shape)}" for k in state
+              if k in ref and tuple(state[k].shape) != tuple(ref[k].shape)]
+    parts = [f"{len(missing)} missing keys {missing[:5]}" if missing else "",
+             f"{len(unexpected)} unexpected keys {unexpected[:5]}" if unexpected else "",
+             f"{len(shapes)} wrong shapes {shapes[:3]}" if shapes else ""]
+    return "; ".join(p for p in parts if p)
+
+
 def _timm_mismatch(spec: str, state: Mapping[str, Any]) -> str:
-    """The first missing / unexpected / wrongly shaped keys of ``state`` against timm model ``spec``."""
+    """:func:`_mismatch` of ``state`` against timm model ``spec`` (built on the meta device: nothing allocated)."""
     import timm
 
     try:
@@ -632,13 +644,7 @@ def _timm_mismatch(spec: str, state: Mapping[str, Any]) -> str:
             ref = timm.create_model(spec, pretrained=False).state_dict()
     except Exception:  # noqa: BLE001 - only used to word the message
         return ""
-    missing = [k for k in ref if k not in state][:5]
-    unexpected = [k for k in state if k not in ref][:5]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(ref[k].shape)}" for k in state
-              if k in ref and tuple(state[k].shape) != tuple(ref[k].shape)][:3]
-    parts = [f"missing keys {missing}" if missing else "", f"unexpected keys {unexpected}" if unexpected else "",
-             f"wrong shapes {shapes}" if shapes else ""]
-    return "; ".join(p for p in parts if p)
+    return _mismatch(ref, state)
 
 
 def _load_timm(spec: str, weights: Any, head: str | None, download: bool
@@ -694,11 +700,14 @@ def _load_timm(spec: str, weights: Any, head: str | None, download: bool
 def _load_state(net: nn.Module, state: Any, where: str) -> None:
     if not isinstance(state, Mapping):
         raise ConfigError(f"weights file {where}: expected a state dict (name -> tensor), got {type(state).__name__}")
+    detail = _mismatch(net.state_dict(), state)
+    if detail:
+        raise ConfigError(f"weights file {where} does not fit the architecture {type(net).__name__}: {detail}")
     try:
         net.load_state_dict(state)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[:4]
-        raise ConfigError(f"weights file {where} does not fit the architecture: {' '.join(first)}") from None
+        first = " ".join(str(exc).splitlines()[:4])[:500]
+        raise ConfigError(f"weights file {where} does not fit the architecture: {first}") from None
 
 
 def _read_state(path: Path) -> dict[str, torch.Tensor]:
