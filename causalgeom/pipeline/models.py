@@ -777,8 +777,10 @@ def load(name: str, weights: Any = None, *, arch: str | None = None, num_classes
     name : str
         ``"torchvision:ARCH"`` (weights: torchvision's weights enum, e.g. ``"IMAGENET1K_V2"``; default
         ``"DEFAULT"``), ``"timm:ARCH.TAG"`` (timm's ``pretrained_cfg``; ``weights`` optionally a local file
-        given to timm as ``pretrained_cfg_overlay=dict(file=...)``), or a local state dict
-        ``PATH.pt|.pth|.bin|.safetensors`` with ``arch=`` (read with ``weights_only=True`` or safetensors).
+        read here and given to timm as an in-memory state dict), or a local state dict
+        ``PATH.pt|.pth|.bin|.safetensors`` with ``arch=``. Every weights file (cached, downloaded or local) is
+        read as tensors only (``torch.load(weights_only=True)`` or safetensors) with its declared sizes checked
+        before anything is allocated; a file needing code is refused.
     weights : str or path, optional
     arch : str, optional
         ``"torchvision:NAME"`` or ``"timm:NAME"``: the architecture of a local file.
@@ -810,7 +812,8 @@ def load(name: str, weights: Any = None, *, arch: str | None = None, num_classes
     Raises
     ------
     ConfigError
-        Unknown model, weights or architecture, a file that does not fit, an MLP head without ``head``.
+        Unknown model, weights or architecture, a file that does not fit, an MLP head without ``head``; a
+        weights file that would need unpickling code or is malformed (the message names the file).
     WeightsNotFoundError
         The weights are not cached (the message names the file and where to put it).
     """
