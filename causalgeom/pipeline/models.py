@@ -677,8 +677,7 @@ def _load_timm(spec: str, weights: Any, head: str | None, download: bool
     state = _read_state(Path(file_s))
     # timm gets the tensors, not the file: its own filter / stem / classifier adaptation runs on this dict
     # (pretrained_cfg.state_dict is timm's in-memory source), and it never opens a file itself
-    overlay = {"state_dict": dict(state), "file": None, "url": "", "hf_hub_id": None, "source": "",
-               "custom_load": False}
+    overlay = {"state_dict": dict(state), "file": None, "source": "", "custom_load": False}
     try:
         net = timm.create_model(spec, pretrained=True, pretrained_cfg_overlay=overlay)
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError, AssertionError) as exc:
