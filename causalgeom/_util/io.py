@@ -2,7 +2,8 @@
 
 `atomic_write` writes into a hidden temporary file beside the target, fsyncs it and `os.replace`-s it into
 place, so a reader sees the old content or the new, never a torn file. `file_lock` is an advisory
-``flock(2)`` lock on a ``.NAME.lock`` file.
+``flock(2)`` lock on a ``.NAME.lock`` file. `load_weights_file` reads a state dict from a ``.pt``/``.pth``/``.bin``
+or ``.safetensors`` file as tensors only (never unpickling code), checking declared sizes before allocating.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from ..errors import StoreError, StoreLockedError
 
-__all__ = ["atomic_write", "file_lock", "LOCK_HELD_ERRNOS"]
+__all__ = ["atomic_write", "file_lock", "LOCK_HELD_ERRNOS", "read_safetensors_header", "load_weights_file",
+           "check_state_dict", "MAX_SAFETENSORS_HEADER", "SAFETENSORS_DTYPES", "STATE_DICT_KEYS"]
 
 #: errno values that mean "another process holds the lock" for a non-blocking lock. ``flock(2)`` reports
 #: EWOULDBLOCK (== EAGAIN on Linux); Python emulates ``fcntl.flock`` with ``fcntl(F_SETLK)`` where ``flock``
@@ -117,3 +119,296 @@ def file_lock(lock_path: str | os.PathLike, *, blocking: bool = False, what: str
         yield
     finally:
         os.close(fd)
+
+
+# --------------------------------------------------------------------------------------------
+# weights files: tensors only, sizes checked before anything is allocated
+# --------------------------------------------------------------------------------------------
+#: Largest safetensors JSON header read (the format itself caps it at 100 MB).
+MAX_SAFETENSORS_HEADER = 100 * 2**20
+
+#: safetensors dtype names and their item sizes; any other name is refused.
+SAFETENSORS_DTYPES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2, "F16": 2,
+                      "BF16": 2, "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8}
+
+#: Item sizes of the storage classes of the legacy (pre-1.6, non-zip) torch format; unknown names count 16.
+_LEGACY_ITEMSIZE = {"DoubleStorage": 8, "FloatStorage": 4, "HalfStorage": 2, "BFloat16Storage": 2, "LongStorage": 8,
+                    "IntStorage": 4, "ShortStorage": 2, "CharStorage": 1, "ByteStorage": 1, "BoolStorage": 1,
+                    "ComplexFloatStorage": 8, "ComplexDoubleStorage": 16}
+
+#: Keys under which training checkpoints nest their state dict (the first one holding a mapping is used).
+STATE_DICT_KEYS = ("state_dict", "model", "state_dict_ema")
+
+
+def _fmt_size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return str(n)  # pragma: no cover
+
+
+def read_safetensors_header(path: str | os.PathLike, *, limit: int, error: type[Exception] = StoreError
+                            ) -> dict[str, dict]:
+    """The tensor entries of a safetensors file's JSON header, checked against the file before any data is read.
+
+    Checks: the 8-byte header length fits the file and `MAX_SAFETENSORS_HEADER`; the header is a JSON object of
+    ``{dtype: str, shape: [int >= 0...], data_offsets: [start, end]}`` entries; each dtype is one of
+    `SAFETENSORS_DTYPES`; each declared size (``prod(shape) * itemsize``, Python integers) equals ``end - start``
+    and lies inside the file; the declared sizes together stay within ``limit``.
+
+    Parameters
+    ----------
+    path : path-like
+        The file.
+    limit : int
+        Most bytes the tensors may take once read.
+    error : exception class
+        Raised (with the file named) for every problem.
+
+    Returns
+    -------
+    dict
+        Tensor name -> header entry (``__metadata__`` left out).
+    """
+    import json
+    import struct
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) != 8:
+                raise error(f"weights file {path}: not a safetensors file ({size} bytes, shorter than the 8-byte "
+                            "header length)")
+            (n,) = struct.unpack("<Q", head)
+            if n > min(size - 8, MAX_SAFETENSORS_HEADER):
+                raise error(f"weights file {path}: safetensors header length {n} is larger than the file "
+                            f"({size} bytes) or the 100 MiB cap allows")
+            raw = fh.read(n)
+    except OSError as exc:
+        raise error(f"weights file {path}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        header = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise error(f"weights file {path}: safetensors header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise error(f"weights file {path}: safetensors header is a JSON {type(header).__name__}; expected an object "
+                    "mapping tensor names to {dtype, shape, data_offsets}")
+    data_size = size - 8 - n
+    total = 0
+    out: dict[str, dict] = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        ok = isinstance(info, dict) and isinstance(info.get("dtype"), str) and isinstance(info.get("shape"), list) \
+            and isinstance(info.get("data_offsets"), list) and len(info["data_offsets"]) == 2 \
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                    for v in [*info["shape"], *info["data_offsets"]])
+        if not ok:
+            raise error(f"weights file {path}: tensor {key!r}: header entry must be {{dtype: str, shape: [int >= 0...], "
+                        f"data_offsets: [start, end]}}, got {str(info)[:120]}")
+        if info["dtype"] not in SAFETENSORS_DTYPES:
+            raise error(f"weights file {path}: tensor {key!r} has dtype {info['dtype']!r}; expected one of "
+                        f"{sorted(SAFETENSORS_DTYPES)}")
+        nbytes = SAFETENSORS_DTYPES[info["dtype"]]
+        for side in info["shape"]:
+            nbytes *= side
+        start, end = info["data_offsets"]
+        if start > end or end > data_size:
+            raise error(f"weights file {path}: tensor {key!r} declares bytes {start}..{end}, past the end of the "
+                        f"file's {data_size} data bytes")
+        if end - start != nbytes:
+            raise error(f"weights file {path}: tensor {key!r} declares shape {tuple(info['shape'])} of {info['dtype']} "
+                        f"({_fmt_size(nbytes)}) but its offsets hold {end - start} bytes")
+        total += nbytes
+        out[key] = info
+    if total > limit:
+        raise error(f"weights file {path}: its tensors together take {_fmt_size(total)}, over the limit of "
+                    f"{_fmt_size(limit)}")
+    return out
+
+
+class _Opaque:
+    """Stand-in for every object of a legacy torch pickle during the size scan: accepts anything, runs nothing."""
+
+    def __init__(self, *args: object, name: str = "", **kwargs: object) -> None:
+        self.name = name
+
+    def __call__(self, *args: object, **kwargs: object) -> "_Opaque":
+        return _Opaque()
+
+    def __setstate__(self, state: object) -> None:
+        pass
+
+    def __setitem__(self, key: object, value: object) -> None:
+        pass
+
+    def append(self, value: object) -> None:  # noqa: D102
+        pass
+
+    def extend(self, values: object) -> None:  # noqa: D102
+        pass
+
+
+def _legacy_declared_bytes(path: Path, error: type[Exception]) -> int:
+    """Bytes the storages of a legacy (non-zip) torch file declare, read without building any object: every global
+    is replaced by `_Opaque`, so nothing named in the file is imported or called. ``torch.load`` allocates these
+    sizes before it reads the data, hence the check."""
+    import pickle
+
+    class Scan(pickle.Unpickler):
+        declared: dict[str, int] = {}
+
+        def find_class(self, module: str, name: str) -> Any:  # noqa: D102
+            return _Opaque(name=name)
+
+        def persistent_load(self, pid: Any) -> Any:  # noqa: D102
+            if isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage":
+                numel = pid[4]
+                if not isinstance(numel, int) or numel < 0:
+                    raise pickle.UnpicklingError(f"storage size {numel!r}")
+                itemsize = _LEGACY_ITEMSIZE.get(getattr(pid[1], "name", ""), 16)
+                self.declared[str(pid[2])] = numel * itemsize
+            return _Opaque()
+
+    try:
+        with open(path, "rb") as fh:
+            scan = Scan(fh)
+            scan.declared = {}
+            for _ in range(4):  # magic number, protocol version, system info, the object
+                scan.load()
+    except Exception as exc:  # noqa: BLE001 - a damaged pickle fails in many ways; nothing in it ran
+        raise error(f"weights file {path}: a pickle that is not a torch.save file ({type(exc).__name__}: "
+                    f"{str(exc)[:200]}); nothing in it was run. Save a plain state dict with torch.save or use "
+                    "safetensors") from None
+    return sum(scan.declared.values())
+
+
+def load_weights_file(path: str | os.PathLike, *, limit: int, error: type[Exception] = StoreError,
+                      unsafe_error: type[Exception] | None = None) -> dict[str, Any]:
+    """Read a state dict (name -> ``torch.Tensor``) from a weights file without unpickling anything but tensors.
+
+    The format is told by the file's first bytes, not its name (``.safetensors`` files are always read as
+    safetensors): a torch zip file (``torch.save``) is read with ``torch.load(weights_only=True, mmap=True)``, so
+    its storages are mapped, never allocated from declared sizes; a legacy (pre-1.6) torch file with
+    ``torch.load(weights_only=True)`` after its declared storage sizes are checked against the file size; a
+    safetensors file after :func:`read_safetensors_header`. Checkpoints nesting the state dict under one of
+    `STATE_DICT_KEYS` are unwrapped and a ``module.`` prefix (DataParallel) is dropped.
+
+    Every tensor is then checked before anything is copied: strided layout, not quantized or meta; the bytes its
+    shape takes (``numel * itemsize``) at most its storage's bytes (an expanded, stride-0 or overlapping view that
+    would materialise more than the file holds is refused); all tensors together within ``limit``.
+
+    Parameters
+    ----------
+    path : path-like
+        ``.pt``, ``.pth``, ``.bin`` or ``.safetensors`` file.
+    limit : int
+        Most bytes the tensors may take once materialised.
+    error : exception class
+        Raised for a malformed file; the message names the file (and the first offending keys).
+    unsafe_error : exception class, optional
+        Raised for a pickle that would need more than tensors (code, arbitrary objects); default ``error``.
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+        CPU tensors; those of torch zip files are memory-mapped views of the file.
+    """
+    import pickle
+    import zipfile
+
+    import torch
+
+    path = Path(path)
+    unsafe_error = unsafe_error or error
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            magic = fh.read(9)
+    except OSError as exc:
+        raise error(f"weights file {path}: cannot read it ({exc.strerror or exc})") from None
+    if size == 0:
+        raise error(f"weights file {path}: the file is empty (0 bytes)")
+    is_zip = magic[:4] == b"PK\x03\x04"
+    is_legacy = magic[:1] == b"\x80" and not is_zip
+    if path.suffix == ".safetensors" or not (is_zip or is_legacy):
+        if path.suffix != ".safetensors" and magic[8:9] not in (b"{", b"["):
+            raise error(f"weights file {path}: neither a torch file (torch.save: zip or legacy pickle) nor a "
+                        f"safetensors file (first bytes {magic[:8]!r})")
+        read_safetensors_header(path, limit=limit, error=error)
+        from safetensors.torch import load_file
+
+        try:
+            state: Any = load_file(str(path), device="cpu")
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+            raise error(f"weights file {path}: cannot read safetensors ({str(exc)[:200]})") from None
+    else:
+        if is_legacy:
+            declared = _legacy_declared_bytes(path, error)
+            if declared > size:
+                raise error(f"weights file {path}: its storages declare {_fmt_size(declared)}, more than the file's "
+                            f"{_fmt_size(size)}")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+        except pickle.UnpicklingError as exc:
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            # torch's message opens with advice to retry with weights_only=False; keep only the refused global
+            first = next((ln for ln in lines if "unsupported" in ln.lower() or "WeightsUnpickler" in ln),
+                         lines[1] if len(lines) > 1 else "")
+            raise unsafe_error(f"weights file {path}: refused, reading it would unpickle objects other than tensors "
+                               f"(torch.load(weights_only=True) said: {first[:300]}); nothing in it was run. Save "
+                               "a plain state dict (torch.save(model.state_dict(), ...)) or use safetensors") from None
+        except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, TypeError, KeyError, IndexError,
+                AttributeError, MemoryError, OverflowError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise error(f"weights file {path}: cannot be read as a torch file ({type(exc).__name__}: "
+                        f"{first[:200]})") from None
+    return check_state_dict(state, path, limit=limit, error=error)
+
+
+def check_state_dict(state: Any, path: str | os.PathLike, *, limit: int, error: type[Exception] = StoreError
+                     ) -> dict[str, Any]:
+    """``state`` as a flat ``{str: torch.Tensor}`` dict after the checks of :func:`load_weights_file`."""
+    import torch
+
+    for key in STATE_DICT_KEYS:
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict):
+        raise error(f"weights file {path}: expected a state dict (name -> tensor), got {type(state).__name__}")
+    if not state:
+        raise error(f"weights file {path}: the state dict is empty")
+    bad_keys = [k for k in state if not isinstance(k, str)]
+    if bad_keys:
+        raise error(f"weights file {path}: state-dict keys must be strings, found {len(bad_keys)} others, e.g. "
+                    f"{[repr(k)[:40] for k in bad_keys[:5]]}")
+    not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        kinds = [f"{k!r}: {type(state[k]).__name__}" for k in not_tensors[:5]]
+        raise error(f"weights file {path}: state-dict entries must be tensors, {len(not_tensors)} are not: "
+                    f"{', '.join(kinds)}")
+    total = 0
+    for key, t in state.items():
+        if t.layout != torch.strided or t.is_quantized or t.is_meta or t.is_nested:
+            raise error(f"weights file {path}: tensor {key!r} is not a dense tensor of numbers ({t.layout}"
+                        f"{', quantized' if t.is_quantized else ''}{', meta' if t.is_meta else ''})")
+        itemsize = t.element_size()
+        need = itemsize
+        for side in t.shape:
+            need *= int(side)
+        held = t.untyped_storage().nbytes()
+        if need:
+            extent = int(t.storage_offset()) + 1 + sum((int(s) - 1) * int(st) for s, st in zip(t.shape, t.stride()))
+            if extent * itemsize > held or need > held:
+                raise error(f"weights file {path}: tensor {key!r} declares shape {tuple(t.shape)} (stride "
+                            f"{tuple(t.stride())}), {_fmt_size(need)} once materialised, but its storage holds "
+                            f"{_fmt_size(held)}; expanded (stride-0) or overlapping views are refused")
+        total += need
+    if total > limit:
+        raise error(f"weights file {path}: its tensors together take {_fmt_size(total)}, over the limit of "
+                    f"{_fmt_size(limit)}")
+    return {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}

@@ -21,6 +21,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
+from .._util.io import load_weights_file
+from ..dump.adapters import default_max_bytes
 from ..errors import ConfigError, SchemaError, WeightsNotFoundError
 
 __all__ = ["NAMED_MODELS", "Normalize", "NormalizedClassifier", "SmallCNN", "build_model", "available_models",
@@ -509,7 +511,7 @@ def _tv_weights(arch: str, weights: Any):
 
 def _tv_build(arch: str, w: Any) -> nn.Module:
     """The architecture exactly as torchvision's builder shapes it for weights ``w`` (its ``_ovewrite_named_param``
-    calls), built with ``weights=None`` so that the state dict is read by ``w.get_state_dict`` (no hash check)."""
+    calls), built with ``weights=None``; the cached state dict is then read by :func:`_read_state` (tensors only)."""
     import torchvision
 
     kwargs: dict[str, Any] = {"num_classes": len(w.meta["categories"])}
@@ -532,25 +534,39 @@ def _tv_drop_aux(net: nn.Module) -> None:
                 setattr(net, name, None)
 
 
+def _hash_prefix(file: Path) -> str | None:
+    """The SHA-256 prefix torch.hub reads from a file name ``NAME-<hex>.EXT`` (its ``HASH_REGEX``), if any."""
+    m = re.search(r"-([a-f0-9]{6,})\.", file.name)
+    return m.group(1) if m else None
+
+
+def _download(url: str, file: Path, what: str) -> None:
+    """Download ``url`` to ``file`` (torch.hub's own downloader: a temporary file, then a rename), checking the
+    SHA-256 prefix in the file name when there is one. Only the bytes are fetched; they are read by
+    :func:`_read_state` like any cached file."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, str(file), hash_prefix=_hash_prefix(file), progress=False)
+    except (OSError, urllib.error.URLError, RuntimeError) as exc:
+        raise WeightsNotFoundError(f"weights {what}: cannot fetch {url} ({exc}); save the file as {file}") from None
+
+
 def _load_torchvision(arch: str, weights: Any, head: str | None, download: bool
                       ) -> tuple[NormalizedClassifier, Any, dict[str, Any]]:
-    import torchvision
-
     w = _tv_weights(arch, weights)
     file = torch_hub_file(w.url)
-    if not file.is_file() and not download:
-        raise WeightsNotFoundError(
-            f"weights torchvision:{arch} {w.name}: no cached file {file}. Download {w.url} and save it there (the "
-            "torch.hub cache is $TORCH_HOME/hub/checkpoints, TORCH_HOME defaults to ~/.cache/torch), or allow "
-            "downloading (download=True, CLI --download)")
+    if not file.is_file():
+        if not download:
+            raise WeightsNotFoundError(
+                f"weights torchvision:{arch} {w.name}: no cached file {file}. Download {w.url} and save it there "
+                "(the torch.hub cache is $TORCH_HOME/hub/checkpoints, TORCH_HOME defaults to ~/.cache/torch), or "
+                "allow downloading (download=True, CLI --download). causalgeom reads the file as tensors only "
+                "(torch.load(weights_only=True)): a file that needs unpickling code is refused")
+        _download(w.url, file, f"torchvision:{arch} {w.name}")
     net = _tv_build(arch, w)
-    try:
-        # torchvision's own path: torch.hub.load_state_dict_from_url finds the cached file without network
-        state = w.get_state_dict(progress=False)
-    except (OSError, urllib.error.URLError) as exc:
-        raise WeightsNotFoundError(f"weights torchvision:{arch} {w.name}: cannot fetch {w.url} ({exc}); save the "
-                                   f"file as {file}") from None
-    _load_state(net, state, f"{file}")
+    # the cached file is read here, never by torchvision's loader (torch.hub.load_state_dict_from_url unpickles
+    # with weights_only=False by default)
+    _load_state(net, _read_state(file), f"{file}")
     _tv_drop_aux(net)
     tf = w.transforms()
     model = wrap(net, mean=tf.mean, std=tf.std, head=head, what=f"torchvision:{arch}")
@@ -560,30 +576,75 @@ def _load_torchvision(arch: str, weights: Any, head: str | None, download: bool
     return model, preprocess, attrs
 
 
-def _timm_file(spec: str, cfg: Any, download: bool) -> str | None:
-    """The cached weights file of timm model ``spec`` (Hugging Face cache), or None when downloading is allowed."""
+def _timm_file(spec: str, cfg: Any, download: bool) -> str:
+    """The weights file of timm model ``spec``: from the Hugging Face cache (``model.safetensors`` first, then
+    ``pytorch_model.bin``) or, for configs without a hub repository, the torch.hub cache of ``cfg.url``; downloaded
+    there first when ``download`` (the bytes only: the file is read by :func:`_read_state`, never by timm)."""
     repo = getattr(cfg, "hf_hub_id", None)
     if not repo:
-        if download:
-            return None
-        raise WeightsNotFoundError(f"weights timm:{spec}: its pretrained config has no Hugging Face repository; "
-                                   f"download {cfg.url} and pass weights=PATH (CLI --weights PATH)")
+        url = getattr(cfg, "url", None)
+        if not url:
+            raise WeightsNotFoundError(f"weights timm:{spec}: its pretrained config names no file to download; pass "
+                                       "weights=PATH (CLI --weights PATH)")
+        file = torch_hub_file(url)
+        if not file.is_file():
+            if not download:
+                raise WeightsNotFoundError(
+                    f"weights timm:{spec}: no cached file {file}. Download {url} and save it there, pass "
+                    "weights=PATH (CLI --weights PATH), or allow downloading (download=True, CLI --download). The "
+                    "file is read as tensors only (torch.load(weights_only=True) or safetensors)")
+            _download(url, file, f"timm:{spec}")
+        return str(file)
     from huggingface_hub import try_to_load_from_cache
 
     cache = _hf_cache_dir()
     names = [n for n in (getattr(cfg, "hf_hub_filename", None), "model.safetensors", "pytorch_model.bin") if n]
+    names = list(dict.fromkeys(names))
     for fname in names:
         found = try_to_load_from_cache(repo, fname, cache_dir=str(cache))
         if isinstance(found, str) and os.path.isfile(found):
             return found
-    if download:
-        return None
     slug = "models--" + repo.replace("/", "--")
-    raise WeightsNotFoundError(
-        f"weights timm:{spec}: not in the Hugging Face cache {cache} (expected {cache}/{slug}/snapshots/REVISION/"
-        f"model.safetensors). Run `huggingface-cli download {repo}` where there is network (HF_HUB_CACHE / HF_HOME "
-        "select the cache), pass weights=PATH to a local file (CLI --weights PATH), or allow downloading "
-        "(download=True, CLI --download)")
+    if not download:
+        raise WeightsNotFoundError(
+            f"weights timm:{spec}: not in the Hugging Face cache {cache} (expected {cache}/{slug}/snapshots/REVISION/"
+            f"model.safetensors). Run `huggingface-cli download {repo}` where there is network (HF_HUB_CACHE / "
+            "HF_HOME select the cache), pass weights=PATH to a local file (CLI --weights PATH), or allow downloading "
+            "(download=True, CLI --download). The file is read as tensors only (safetensors, or "
+            "torch.load(weights_only=True) for pytorch_model.bin)")
+    from huggingface_hub import hf_hub_download
+
+    errors = []
+    for fname in names:
+        try:
+            return hf_hub_download(repo, fname, cache_dir=str(cache))
+        except Exception as exc:  # noqa: BLE001 - huggingface_hub raises many types (absent file, no network)
+            errors.append(f"{fname}: {type(exc).__name__}")
+    raise WeightsNotFoundError(f"weights timm:{spec}: cannot download {names} from {repo} ({'; '.join(errors)})")
+
+
+def _mismatch(ref: Mapping[str, Any], state: Mapping[str, Any]) -> str:
+    """The first missing, unexpected and wrongly shaped keys of ``state`` against the model state ``ref``."""
+    missing = [k for k in ref if k not in state]
+    unexpected = [k for k in state if k not in ref]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(ref[k].shape)}" for k in state
+              if k in ref and tuple(state[k].shape) != tuple(ref[k].shape)]
+    parts = [f"{len(missing)} missing keys {missing[:5]}" if missing else "",
+             f"{len(unexpected)} unexpected keys {unexpected[:5]}" if unexpected else "",
+             f"{len(shapes)} wrong shapes {shapes[:3]}" if shapes else ""]
+    return "; ".join(p for p in parts if p)
+
+
+def _timm_mismatch(spec: str, state: Mapping[str, Any]) -> str:
+    """:func:`_mismatch` of ``state`` against timm model ``spec`` (built on the meta device: nothing allocated)."""
+    import timm
+
+    try:
+        with torch.device("meta"):
+            ref = timm.create_model(spec, pretrained=False).state_dict()
+    except Exception:  # noqa: BLE001 - only used to word the message
+        return ""
+    return _mismatch(ref, state)
 
 
 def _load_timm(spec: str, weights: Any, head: str | None, download: bool
@@ -610,17 +671,25 @@ def _load_timm(spec: str, weights: Any, head: str | None, download: bool
         if not file.is_file():
             raise WeightsNotFoundError(f"weights: no file {file} (for timm:{spec}); expected a .safetensors or "
                                        ".pth/.bin state dict")
-        file_s: str | None = str(file)
+        file_s = str(file)
     else:
         file_s = _timm_file(spec, cfg, download)
-    overlay = {"file": file_s, "source": ""} if file_s else None
-    net = timm.create_model(spec, pretrained=True, pretrained_cfg_overlay=overlay)
+    state = _read_state(Path(file_s))
+    # timm gets the tensors, not the file: its own filter / stem / classifier adaptation runs on this dict
+    # (pretrained_cfg.state_dict is timm's in-memory source), and it never opens a file itself
+    overlay = {"state_dict": dict(state), "file": None, "source": "", "custom_load": False}
+    try:
+        net = timm.create_model(spec, pretrained=True, pretrained_cfg_overlay=overlay)
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError, AssertionError) as exc:
+        detail = _timm_mismatch(spec, state) or f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
+        raise ConfigError(f"weights file {file_s} does not fit timm:{spec}: {detail}") from None
+    net.pretrained_cfg.pop("state_dict", None)  # the tensors live in the model; keep the config small
     data_cfg = timm.data.resolve_data_config(model=net)
     preprocess = timm.data.create_transform(**{**data_cfg, "mean": (0.0,) * len(data_cfg["mean"]),
                                                "std": (1.0,) * len(data_cfg["std"])})
     model = wrap(net, mean=data_cfg["mean"], std=data_cfg["std"], head=head, what=f"timm:{spec}")
     tag = net.pretrained_cfg.get("tag") or tag
-    attrs = {"model_name": f"timm:{spec}", "weights": tag or "default", "weights_file": file_s or "downloaded",
+    attrs = {"model_name": f"timm:{spec}", "weights": tag or "default", "weights_file": file_s,
              "num_classes": int(model.head.out_features)}
     if tag and _BCE_TAG.match(tag):
         attrs["loss"] = "bce"
@@ -630,31 +699,20 @@ def _load_timm(spec: str, weights: Any, head: str | None, download: bool
 def _load_state(net: nn.Module, state: Any, where: str) -> None:
     if not isinstance(state, Mapping):
         raise ConfigError(f"weights file {where}: expected a state dict (name -> tensor), got {type(state).__name__}")
+    detail = _mismatch(net.state_dict(), state)
+    if detail:
+        raise ConfigError(f"weights file {where} does not fit the architecture {type(net).__name__}: {detail}")
     try:
         net.load_state_dict(state)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[:4]
-        raise ConfigError(f"weights file {where} does not fit the architecture: {' '.join(first)}") from None
+        first = " ".join(str(exc).splitlines()[:4])[:500]
+        raise ConfigError(f"weights file {where} does not fit the architecture: {first}") from None
 
 
 def _read_state(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state: Any = load_file(str(path), device="cpu")
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - pickles needing code, or a damaged file
-            raise ConfigError(f"weights file {path}: cannot be read as a state dict with weights_only=True "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
-    for key in ("state_dict", "model", "state_dict_ema"):
-        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
-            state = state[key]
-            break
-    if not isinstance(state, Mapping):
-        raise ConfigError(f"weights file {path}: expected a state dict, got {type(state).__name__}")
-    return {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}
+    """The state dict of a weights file, read as tensors only (:func:`causalgeom._util.io.load_weights_file`):
+    never unpickled, declared sizes checked against the file and the memory limit before anything is allocated."""
+    return load_weights_file(path, limit=default_max_bytes(), error=ConfigError)
 
 
 def _build_arch(arch: str, num_classes: int) -> nn.Module:
@@ -718,8 +776,10 @@ def load(name: str, weights: Any = None, *, arch: str | None = None, num_classes
     name : str
         ``"torchvision:ARCH"`` (weights: torchvision's weights enum, e.g. ``"IMAGENET1K_V2"``; default
         ``"DEFAULT"``), ``"timm:ARCH.TAG"`` (timm's ``pretrained_cfg``; ``weights`` optionally a local file
-        given to timm as ``pretrained_cfg_overlay=dict(file=...)``), or a local state dict
-        ``PATH.pt|.pth|.bin|.safetensors`` with ``arch=`` (read with ``weights_only=True`` or safetensors).
+        read here and given to timm as an in-memory state dict), or a local state dict
+        ``PATH.pt|.pth|.bin|.safetensors`` with ``arch=``. Every weights file (cached, downloaded or local) is
+        read as tensors only (``torch.load(weights_only=True)`` or safetensors) with its declared sizes checked
+        before anything is allocated; a file needing code is refused.
     weights : str or path, optional
     arch : str, optional
         ``"torchvision:NAME"`` or ``"timm:NAME"``: the architecture of a local file.
@@ -751,7 +811,8 @@ def load(name: str, weights: Any = None, *, arch: str | None = None, num_classes
     Raises
     ------
     ConfigError
-        Unknown model, weights or architecture, a file that does not fit, an MLP head without ``head``.
+        Unknown model, weights or architecture, a file that does not fit, an MLP head without ``head``; a
+        weights file that would need unpickling code or is malformed (the message names the file).
     WeightsNotFoundError
         The weights are not cached (the message names the file and where to put it).
     """
