@@ -138,7 +138,7 @@ def test_timm_download_is_read_as_tensors_only(caches, monkeypatch):
 @pytest.mark.parametrize("model,extra", [
     ("torchvision:resnet18", ["--weights", "IMAGENET1K_V1"]),
     ("timm", None),
-    ("local", ["--arch", "torchvision:resnet18"]),
+    ("local", ["--arch", "torchvision:resnet18", "--preprocess", "imagenet"]),
 ])
 def test_cli_extract_refuses_code_pickles(model, extra, caches, capsys):
     """``causalgeom extract --model ...`` with a planted pickle: exit 2, one line naming the file, no code, no store."""
@@ -163,7 +163,7 @@ def test_cli_extract_refuses_code_pickles(model, extra, caches, capsys):
 def test_cli_extract_malformed_file_exit_2(tmp_path, capsys):
     big = stride0_pt(tmp_path / "big.pt")
     assert big.stat().st_size < 4096
-    rc = main(["extract", "--model", str(big), "--arch", "torchvision:resnet18", "--data",
+    rc = main(["extract", "--model", str(big), "--arch", "torchvision:resnet18", "--preprocess", "imagenet", "--data",
                f"imagefolder:{tmp_path}", "--out", str(tmp_path / "o.zarr"), "--no-attack"])
     err = capsys.readouterr().err
     assert rc == 2 and str(big) in err and "stride-0" in err
