@@ -545,7 +545,7 @@ def _array_metas(path: Path, files: dict[str, int]) -> dict[str, dict[str, Any]]
     return out
 
 
-def _check_without_manifest(path: Path, files: dict[str, int]) -> None:
+def _check_without_manifest(path: Path, files: dict[str, int], n_samples: Any = None) -> None:
     """Check a store written before manifests by counting and sizing its chunk files against each array's shape
     and chunk grid: every chunk of the grid must be there (causalgeom writes every chunk, fill values included),
     an uncompressed chunk must have its exact size, and any other file in the store is reported as stray.
@@ -560,7 +560,15 @@ def _check_without_manifest(path: Path, files: dict[str, int]) -> None:
     problems: list[str] = []
     missing_only = True
     allowed = {"zarr.json"}
-    for name, meta in _array_metas(path, files).items():
+    metas = _array_metas(path, files)
+    held = sorted({meta["shape"][dims.index("sample")] for meta in metas.values()
+                   if isinstance(dims := meta.get("dimension_names"), list) and "sample" in dims
+                   and isinstance(meta.get("shape"), list) and len(meta["shape"]) == len(dims)}, key=str)
+    if isinstance(n_samples, int) and any(h != n_samples for h in held):
+        problems.append(f"the arrays hold {', '.join(map(str, held))} samples but the completion mark records "
+                        f"{n_samples}")
+        missing_only = False
+    for name, meta in metas.items():
         allowed.add(f"{name}/zarr.json")
         keys = _grid_keys(name, meta)
         if keys is None:  # not enumerable: its folder's files are accepted as they are
@@ -679,7 +687,7 @@ def check_store(path: str | os.PathLike, *, hashes: bool = True) -> bool:
         raise IncompleteStoreError(f"store {path} was not completely written (no completion mark)")
     manifest = mark.get("manifest")
     if manifest is None:
-        _check_without_manifest(path, files)
+        _check_without_manifest(path, files, mark.get("n_samples"))
         return False
     _check_manifest_entries(path, manifest)
     problems: list[str] = []
@@ -787,7 +795,7 @@ def open(path: str | os.PathLike, *, verify: bool | str = "auto", check_values: 
         ds = xr.open_zarr(store, consolidated=False, zarr_format=3, chunks={})
     except Exception as exc:  # noqa: BLE001
         raise StoreError(f"cannot open {path} as an xarray Dataset: {exc}") from None
-    ds.encoding["source"] = str(path)  # as xarray records it for a path (the direct chunk reader looks here)
+    ds.encoding["source"] = os.path.abspath(path)  # as xarray records a path (the direct chunk reader looks here)
     mark = ds.attrs.pop(COMPLETE_ATTR, None)
     try:
         ds = decode_features(ds)
