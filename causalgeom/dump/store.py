@@ -553,7 +553,7 @@ def _check_without_manifest(path: Path, files: dict[str, int], n_samples: Any = 
     Raises
     ------
     IncompleteStoreError
-        Chunks are missing (and nothing else is wrong).
+        Chunks are missing (and nothing else is wrong), or the arrays' sample count disagrees with the mark.
     StoreError
         Wrong-size chunks or stray files (each named).
     """
@@ -565,9 +565,9 @@ def _check_without_manifest(path: Path, files: dict[str, int], n_samples: Any = 
                    if isinstance(dims := meta.get("dimension_names"), list) and "sample" in dims
                    and isinstance(meta.get("shape"), list) and len(meta["shape"]) == len(dims)}, key=str)
     if isinstance(n_samples, int) and any(h != n_samples for h in held):
-        problems.append(f"the arrays hold {', '.join(map(str, held))} samples but the completion mark records "
-                        f"{n_samples}")
-        missing_only = False
+        # the shapes were edited (or the writer stopped): the grid they give cannot be counted against
+        raise IncompleteStoreError(f"store {path} is damaged: the arrays hold {', '.join(map(str, held))} samples "
+                                   f"but the completion mark records {n_samples}")
     for name, meta in metas.items():
         allowed.add(f"{name}/zarr.json")
         keys = _grid_keys(name, meta)
@@ -669,7 +669,8 @@ def check_store(path: str | os.PathLike, *, hashes: bool = True) -> bool:
     -------
     bool
         True if the store has a manifest (and matches it); False for a store written before manifests existed,
-        for which only the file types, the chunk count and the sample count are checked.
+        whose chunk files are counted and sized against the arrays' shapes and chunk grids instead (every chunk of
+        the grid present, an uncompressed chunk of its exact size, no stray file; see `_check_without_manifest`).
 
     Raises
     ------
@@ -677,7 +678,8 @@ def check_store(path: str | os.PathLike, *, hashes: bool = True) -> bool:
         Files that the manifest lists are missing (and nothing else is wrong).
     StoreError
         Extra, renamed, swapped, resized or altered files; metadata (shape, dtype, chunk grid, chunk-key
-        encoding, attributes) that disagrees with the mark; a FIFO, device or outside symbolic link.
+        encoding, attributes) that disagrees with the mark; a FIFO, device or outside symbolic link; a malformed
+        manifest (naming the entry).
     """
     path = Path(path)
     files = _walk(path)
