@@ -601,26 +601,36 @@ def required_chunk_keys(path: str | os.PathLike) -> frozenset[str] | None:
     completion mark (a plain Zarr store, where a missing chunk holds the fill value). Readers (`open`'s Zarr store,
     `causalgeom.dump.chunks.ChunkReader`) raise `StoreError` for a required chunk missing at read time.
     """
-    path = Path(path)
+    sizes = _required_chunks(Path(path))
+    return None if sizes is None else frozenset(sizes)
+
+
+def _required_chunks(path: Path) -> dict[str, int | None] | None:
+    """`required_chunk_keys` with each file's size where the store records or implies it (manifest; uncompressed
+    arrays of a store without one), else None for that key."""
     mark = (_load_meta(path, "zarr.json").get("attributes") or {}).get(COMPLETE_ATTR)
     if not isinstance(mark, dict):
         return None
     manifest = mark.get("manifest")
     if isinstance(manifest, dict) and isinstance(manifest.get("files"), dict):
-        return frozenset(k for k in manifest["files"] if not k.endswith("zarr.json"))
-    keys: set[str] = set()
+        return {k: (rec[0] if isinstance(rec, list) and rec and isinstance(rec[0], int) else None)
+                for k, rec in manifest["files"].items() if not k.endswith("zarr.json")}
+    sizes: dict[str, int | None] = {}
     for name, meta in _array_metas(path, _walk(path)).items():
-        keys.update(_grid_keys(name, meta) or ())
-    return frozenset(keys)
+        size = _chunk_file_bytes(meta)
+        sizes.update(dict.fromkeys(_grid_keys(name, meta) or (), size))
+    return sizes
 
 
 class _CheckedLocalStore(LocalStore):
-    """A read-only `zarr.storage.LocalStore` whose required chunk keys (`required_chunk_keys`) raise `StoreError`
-    when their file is missing at read time, instead of reading as the fill value."""
+    """A read-only `zarr.storage.LocalStore` that checks each required chunk (`required_chunk_keys`) as it reads it:
+    a missing file raises `StoreError` instead of reading as the fill value, and a whole-file read of another size
+    than the store records (truncated or grown since it was checked) raises `StoreError` naming the file."""
 
-    def __init__(self, root: Path | str, *, read_only: bool = True, required: frozenset[str] = frozenset()):
+    def __init__(self, root: Path | str, *, read_only: bool = True,
+                 required: dict[str, int | None] | None = None):
         super().__init__(root, read_only=read_only)
-        self.required = frozenset(required)
+        self.required: dict[str, int | None] = dict(required or {})
 
     def with_read_only(self, read_only: bool = False) -> "_CheckedLocalStore":
         return type(self)(self.root, read_only=read_only, required=self.required)
@@ -629,17 +639,22 @@ class _CheckedLocalStore(LocalStore):
         return StoreError(f"store {self.root}: chunk file {key} is missing at read time, but the store records it "
                           "(deleted after the run was opened?); it is never read as the fill value")
 
-    async def get(self, key: str, prototype: Any = None, byte_range: Any = None) -> Any:
-        out = await super().get(key, prototype, byte_range)
-        if out is None and key in self.required:
+    def _checked(self, key: str, out: Any, byte_range: Any) -> Any:
+        if key not in self.required:
+            return out
+        if out is None:
             raise self._missing(key)
+        size = self.required[key]
+        if byte_range is None and size is not None and len(out) != size:
+            raise StoreError(f"store {self.root}: chunk file {key} holds {len(out)} bytes at read time, but the store "
+                             f"records {size} (truncated or rewritten after the run was opened?)")
         return out
 
+    async def get(self, key: str, prototype: Any = None, byte_range: Any = None) -> Any:
+        return self._checked(key, await super().get(key, prototype, byte_range), byte_range)
+
     def get_sync(self, key: str, *, prototype: Any = None, byte_range: Any = None) -> Any:
-        out = super().get_sync(key, prototype=prototype, byte_range=byte_range)
-        if out is None and key in self.required:
-            raise self._missing(key)
-        return out
+        return self._checked(key, super().get_sync(key, prototype=prototype, byte_range=byte_range), byte_range)
 
     async def get_partial_values(self, prototype: Any, key_ranges: Any) -> list[Any]:
         key_ranges = list(key_ranges)
@@ -792,7 +807,7 @@ def open(path: str | os.PathLike, *, verify: bool | str = "auto", check_values: 
     manifest = check_store(path, hashes=bool(verify))
     # every chunk the store records must still be there when it is read (a missing one is an error, never the fill
     # value), however long after this open that is
-    store = _CheckedLocalStore(path, read_only=True, required=required_chunk_keys(path) or frozenset())
+    store = _CheckedLocalStore(path, read_only=True, required=_required_chunks(path))
     try:
         ds = xr.open_zarr(store, consolidated=False, zarr_format=3, chunks={})
     except Exception as exc:  # noqa: BLE001
