@@ -211,6 +211,36 @@ def test_save_of_opened_half_precision_run_validates(tmp_path, kind):
         assert a.dtype == b.dtype and np.array_equal(a.view(np.uint8), b.view(np.uint8)), name
 
 
+@pytest.mark.parametrize("kind", ["float16", "bfloat16"])
+def test_copy_of_half_run_keeps_the_tolerance_its_logits_need(tmp_path, kind):
+    """Logits computed from the float32 features fit the half-precision features only within the half-precision
+    tolerance: a copy written as float32 without the note (what save did) fails validation; the copy now passes."""
+    import torch
+
+    rng = np.random.default_rng(3)
+    # features near a large constant, head rows summing to 0: small logits next to a large rounding of the features
+    f32 = (100 + rng.normal(size=(400, 16))).astype(np.float32)
+    W = rng.normal(size=(5, 16)).astype(np.float32)
+    W -= W.mean(axis=1, keepdims=True)
+    b = np.zeros(5, np.float32)
+    logits = (f32.astype(np.float64) @ W.T.astype(np.float64)).astype(np.float32)  # from the float32 features
+    ds = cg.from_arrays(f32, logits, rng.integers(0, 5, 400), head_weight=W, head_bias=b, attrs={"run_id": "h"})
+    f = torch.from_numpy(f32).to(getattr(torch, kind))
+    if kind == "float16":
+        ds["features"] = xr.Variable(("sample", "feature"), f.numpy())
+    else:
+        ds["features"] = xr.Variable(("sample", "feature"), f.view(torch.int16).numpy().view(np.uint16),
+                                     attrs={"encoded_dtype": "bfloat16"})
+    opened = cg.open(cg.save(ds, tmp_path / "h.zarr"))
+    as_float32 = opened.copy()
+    as_float32["features"].attrs = {}
+    with pytest.raises(cg.SchemaError, match="logits"):
+        cg.validate(as_float32)  # the float32 tolerance refuses these logits: the attribute is needed
+    copy = cg.save(opened, tmp_path / "copy.zarr")
+    assert main(["validate", str(copy)]) == 0
+    np.testing.assert_array_equal(cg.open(copy)["features"].values, opened["features"].values)
+
+
 def test_save_refuses_values_not_representable_in_the_claimed_precision(tmp_path):
     p = _store(tmp_path)
     ds = cg.open(p).load()
