@@ -390,3 +390,24 @@ def test_random_mutations_after_open_and_without_manifest(tmp_path):
         signal.signal(signal.SIGALRM, old)
         if base != tmp_path:
             shutil.rmtree(base, ignore_errors=True)
+
+
+def test_reused_buffers_never_alias_a_chunk_still_held(tmp_path):
+    """Chunks held at once come from distinct buffers (each equal to Zarr's read); a released one is reused."""
+    p = _store(tmp_path, n=900, chunk=100)
+    reader = ChunkReader(p / "features")
+    arr = zarr.open_array(p / "features", mode="r")
+    held = [reader.read(i) for i in range(reader.n_chunks)]  # more than the pool keeps: the rest are fresh
+    for i, got in enumerate(held):
+        assert np.array_equal(got, arr[i * 100:(i + 1) * 100]), i
+    addr = (lambda a: a.__array_interface__["data"][0])
+    first = addr(held[0])
+    del held, got
+    again = reader.read(5)
+    assert addr(again) == first  # nothing refers to the first buffer any more: reused
+    assert np.array_equal(again, arr[500:600])
+    sub = again[10:20]
+    del again
+    other = reader.read(6)
+    assert addr(other) != first and not np.shares_memory(sub, other)  # a slice still holds its buffer
+    assert np.array_equal(sub, arr[510:520]) and np.array_equal(other, arr[600:700])

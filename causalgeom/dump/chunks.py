@@ -34,6 +34,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,8 @@ __all__ = ["ChunkReader", "reader_for", "direct_array"]
 _DTYPES = {"float32": "<f4", "float16": "<f2", "float64": "<f8", "int64": "<i8", "int32": "<i4", "int16": "<i2",
            "int8": "i1", "uint8": "u1", "uint16": "<u2", "uint32": "<u4", "uint64": "<u8", "bool": "?"}
 _PLAIN_CODECS = [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]
+#: Buffers a reader keeps for reuse (chunks in flight at once: a few per Dask thread).
+_POOL = 6
 
 
 def _fill(value: Any, dtype: np.dtype) -> Any:
@@ -108,6 +112,31 @@ class ChunkReader:
         self.required = self._required()
         #: Applied by `read_decoded` (bfloat16 bit patterns -> float32); None: the stored values as they are.
         self.decode: Any = None
+        self._pool: list[np.ndarray] = []
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:  # picklable for Dask workers: the buffers stay behind
+        state = self.__dict__.copy()
+        del state["_pool"], state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._pool, self._lock = [], threading.Lock()
+
+    def _buffer(self, size: int) -> np.ndarray:
+        """A buffer of ``size`` bytes: one of the pool's that nothing refers to any more (no chunk returned from it
+        is alive: every view of a numpy array holds a reference to it), else a new one (kept in the pool up to
+        `_POOL` buffers). Reusing spares the page faults of a fresh 32 MiB buffer per chunk."""
+        with self._lock:
+            for buf in self._pool:
+                # references: the pool's list, this loop variable, getrefcount's argument - and nothing else
+                if buf.size == size and sys.getrefcount(buf) == 3:
+                    return buf
+            buf = np.empty(size, dtype=np.uint8)
+            if len(self._pool) < _POOL:
+                self._pool.append(buf)
+            return buf
 
     def _required(self) -> frozenset[int]:
         try:
@@ -132,7 +161,7 @@ class ChunkReader:
         Raises `StoreError` if fewer than ``size`` bytes arrive (truncated while being read) or the file's size
         changed during the read.
         """
-        buf = np.empty(size, dtype=np.uint8)
+        buf = self._buffer(size)
         view = memoryview(buf)
         got = 0
         with os.fdopen(fd, "rb", buffering=0, closefd=False) as fh:
@@ -151,9 +180,9 @@ class ChunkReader:
     def read(self, i: int) -> np.ndarray:
         """Chunk ``i`` (shape ``(chunk_rows(i), *shape[1:])``), checksum verified.
 
-        The result is a read-only view of a buffer of its own, read from the file at this call (never mapped, so a
-        file changed by another program cannot crash the process). The CRC32C is checked on exactly the bytes
-        returned.
+        The result is a read-only view of a buffer read from the file at this call (never mapped, so a file changed
+        by another program cannot crash the process); the buffer is reused only once nothing refers to the result
+        any more. The CRC32C is checked on exactly the bytes returned.
 
         Raises
         ------
