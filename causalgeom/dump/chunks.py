@@ -4,16 +4,15 @@ A store written with ``compressor="none"`` (the default, `causalgeom.dump.store.
 chunk of a sample array as one file: the chunk's little-endian bytes followed by their CRC32C (codecs
 ``bytes`` + ``crc32c``). Zarr's generic read path allocates a fresh buffer for the file, another for the
 decoded chunk and copies between them; on a 2-core machine that costs about 60 ms of CPU per 32 MiB chunk,
-more than the whole fused computation on it. `ChunkReader` reads the file once into a fresh buffer
-(``readinto``, checking that exactly the file's size arrived and that the size did not change meanwhile),
-checks the CRC32C over those bytes and returns a view of them: the same bytes as Zarr's read, verified the same
-way, with one copy instead of three.
+more than the whole fused computation on it. `ChunkReader` reads the file once into a buffer (``readinto``;
+a buffer of its pool that nothing refers to any more, else a new one), checks that exactly the file's size
+arrived and that the size did not change meanwhile, checks the CRC32C over those bytes and returns a view of
+them: the same bytes as Zarr's read, verified the same way, with one copy instead of three.
 
-Why not ``mmap`` (the reader of issue 18, 3 ms per 32 MiB chunk in the page cache against about 10 ms for the
-read): a mapped file that another program truncates while it is mapped ends the process with SIGBUS when a
-missing page is touched, with no message and nothing to catch. A read into memory can only come up short, which
-is a `StoreError` naming the chunk; docs/benchmarks.md ("Issue 22") records that the fused pass stays faster
-than Zarr's own read with it.
+Why not ``mmap`` (the reader of issue 18, no copy at all): a mapped file that another program truncates while it
+is mapped ends the process with SIGBUS when a missing page is touched, with no message and nothing to catch. A
+read into memory can only come up short, which is a `StoreError` naming the chunk; docs/benchmarks.md
+("Issue 22") records what the copy costs and that the fused pass stays faster than Zarr's own read with it.
 
 It takes only what it can read exactly: a local Zarr v3 array with a regular chunk grid split along its first
 axis only, the default ``/`` chunk-key encoding, codecs exactly ``bytes`` (little endian) + ``crc32c``, no
