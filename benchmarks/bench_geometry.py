@@ -6,7 +6,7 @@ side by side
 
 * the raw read of ``features`` with each codec (decompress + checksum every chunk, no arithmetic),
 * for the uncompressed store, the raw read through the fused pass's own reader (`causalgeom.dump.chunks`:
-  each chunk file mapped into memory and its CRC32C checked, no arithmetic),
+  each chunk file read into memory and its CRC32C checked, no arithmetic),
 * the fused pass (`causalgeom.table.fused_run`: norm, rms, cosines to the minimal-loss centers, confidence,
   correctness, NLL, Brier, margin; one read of features and logits, through the direct reader on an
   uncompressed store) on the store with the default codec,
@@ -167,12 +167,12 @@ def main(argv=None) -> int:
                 import dask
 
                 def read_direct(reader=reader):
-                    # the fused pass's reader: map each chunk file, check its CRC32C, touch no values
+                    # the fused pass's reader: read each chunk file into memory, check its CRC32C, touch no values
                     return sum(dask.compute(*[dask.delayed(lambda i: reader.read(i).shape[0])(i)
                                               for i in range(reader.n_chunks)]))
 
                 t, peak, _ = _timed(read_direct, args.repeat)
-                rows.append((f"raw direct read (mmap + CRC32C), {codec}", t, peak, feat_bytes))
+                rows.append((f"raw direct read (read + CRC32C), {codec}", t, peak, feat_bytes))
         ds = cg.open(paths[DEFAULT_COMPRESSOR], verify=False)
         t_fused, peak_fused, cols = _timed(lambda: fused_run(ds), args.repeat)
         rows.append((f"fused pass (to_frame columns), {DEFAULT_COMPRESSOR}", t_fused, peak_fused, None))

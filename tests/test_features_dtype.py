@@ -242,7 +242,7 @@ def test_schema_accepts_half_features_and_refuses_other_dtypes(run_ds):
         cg.validate(f64, check_values=False)
 
 
-def test_save_round_trips_half_stores_and_writes_decoded_ones_as_float32(tmp_path, run_ds):
+def test_save_round_trips_half_stores_and_writes_decoded_ones_back_in_their_precision(tmp_path, run_ds):
     bits = torch.from_numpy(run_ds["features"].values).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
     bf = run_ds.copy()
     bf["features"] = xr.Variable(("sample", "feature"), bits, attrs={ENCODED_DTYPE_ATTR: "bfloat16"})
@@ -251,12 +251,16 @@ def test_save_round_trips_half_stores_and_writes_decoded_ones_as_float32(tmp_pat
     opened = cg.open(p)
     np.testing.assert_array_equal(opened["features"].values, bfloat16_bits_to_float32(bits))
     assert opened["features"].attrs[STORED_DTYPE_ATTR] == "bfloat16"
-    # a decoded run saved again is float32 on disk, so it no longer claims half-precision storage
+    # a decoded run saved again is written back as bfloat16 bits (issue 22): what it says it holds, and it validates
     again = cg.save(opened, tmp_path / "again.zarr")
-    assert stored_features_dtype(again) == "float32"
-    reopened = cg.open(again)
-    assert STORED_DTYPE_ATTR not in reopened["features"].attrs
+    assert stored_features_dtype(again) == "bfloat16" and features_meta(again)["data_type"] == "uint16"
+    reopened = cg.verify(again)
+    assert reopened["features"].attrs[STORED_DTYPE_ATTR] == "bfloat16"
     np.testing.assert_array_equal(reopened["features"].values, opened["features"].values)
+    # float32 features without the note are written as float32
+    plain = opened.copy()
+    plain["features"].attrs.pop(STORED_DTYPE_ATTR)
+    assert stored_features_dtype(cg.save(plain, tmp_path / "f32.zarr", check_values=False)) == "float32"
 
 
 def test_float16_refusal_threshold_is_where_torch_rounds_to_inf():

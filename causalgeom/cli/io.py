@@ -42,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--head", help="state-dict prefix of the final linear layer (e.g. 'fc', 'classifier.1')")
     p.add_argument("--features-key"), p.add_argument("--logits-key"), p.add_argument("--labels-key")
     p.add_argument("--attr", action="append", default=[], metavar="KEY=VALUE",
-                   help="attribute for a single imported run (value parsed as JSON when it can be)")
+                   help="attribute for a single imported run (value parsed as JSON when it can be); run_id is "
+                        "the store's folder name (RUN_ID.zarr) and cannot be set to anything else")
     p.add_argument("--overwrite", action="store_true", help="replace existing runs")
     p.add_argument("--max-bytes", type=_byte_size, metavar="SIZE",
                    help="largest memory one array may take, e.g. 8GiB or 500MB (default: half the memory "
@@ -190,8 +191,9 @@ def _manifest_note(path: Path) -> str:
 
     if has_manifest(path):
         return " (every file matches the manifest in its completion mark)"
-    return (" (no manifest: written before causalgeom recorded one; chunk checksums and values were checked, "
-            "but missing or extra chunks are found only by counting; re-save the run to add a manifest)")
+    return (" (no manifest: written before causalgeom recorded one; chunk files were counted and sized against "
+            "the arrays' shapes, stray files looked for, checksums and values checked; swapped chunks cannot be "
+            "told apart without a manifest: re-save the run to add one)")
 
 
 def parse_attrs(items: list[str]) -> dict:
@@ -221,7 +223,13 @@ def _import(args: argparse.Namespace) -> int:
     if len(args.src) == 1 and dst.suffix == ".zarr":
         if args.run_table:
             raise ConfigError("--run-table is for importing into a study folder, not a single RUN.zarr")
-        attrs = {"run_id": dst.stem, **parse_attrs(args.attr)}
+        attrs = parse_attrs(args.attr)
+        if "run_id" in attrs and str(attrs["run_id"]) != dst.stem:
+            # a run's folder is RUN_ID.zarr (what a study reads): another run_id would leave it unreadable
+            raise ConfigError(f"--attr run_id={attrs['run_id']}: a run store's run_id is its folder name "
+                              f"({dst.stem!r} for {dst.name}); name the store {attrs['run_id']}.zarr instead, "
+                              "or drop --attr run_id")
+        attrs["run_id"] = dst.stem
         made = [p for p in reversed(dst.absolute().parents) if not p.exists()]
         dst.parent.mkdir(parents=True, exist_ok=True)  # `import dump.npz study/run1.zarr` creates study/
         try:

@@ -4,29 +4,36 @@ A store written with ``compressor="none"`` (the default, `causalgeom.dump.store.
 chunk of a sample array as one file: the chunk's little-endian bytes followed by their CRC32C (codecs
 ``bytes`` + ``crc32c``). Zarr's generic read path allocates a fresh buffer for the file, another for the
 decoded chunk and copies between them; on a 2-core machine that costs about 60 ms of CPU per 32 MiB chunk,
-more than the whole fused computation on it. `ChunkReader` maps the file read-only into memory (``mmap``,
-pages populated at once), checks the CRC32C over the mapped bytes and returns a view of them: the same bytes
-as Zarr's read, verified the same way, with no copy (3 ms per 32 MiB chunk in the page cache here, against
-15 ms for a ``read`` into a reused buffer, its fallback where mapping fails).
+more than the whole fused computation on it. `ChunkReader` reads the file once into a buffer (``readinto``;
+a buffer of its pool that nothing refers to any more, else a new one), checks that exactly the file's size
+arrived and that the size did not change meanwhile, checks the CRC32C over those bytes and returns a view of
+them: the same bytes as Zarr's read, verified the same way, with one copy instead of three.
 
-causalgeom never rewrites a chunk file in place (stores are written once; a re-extraction replaces files), so
-the mapped bytes cannot change under the reader; a file truncated in place by another program while mapped
-would end the process with SIGBUS, as with any memory-mapped reader.
+Why not ``mmap`` (the reader of issue 18, no copy at all): a mapped file that another program truncates while it
+is mapped ends the process with SIGBUS when a missing page is touched, with no message and nothing to catch. A
+read into memory can only come up short, which is a `StoreError` naming the chunk; docs/benchmarks.md
+("Issue 22") records what the copy costs and that the fused pass stays faster than Zarr's own read with it.
 
 It takes only what it can read exactly: a local Zarr v3 array with a regular chunk grid split along its first
 axis only, the default ``/`` chunk-key encoding, codecs exactly ``bytes`` (little endian) + ``crc32c``, no
 storage transformers, and a fixed-size numeric data type. `reader_for` returns None for anything else
 (compressed stores, shards, an array that is not the store's own untouched data), and callers fall back to
 Zarr through dask. `direct_array` wraps a reader as a dask array (one task per chunk); analyses take it through
-`causalgeom.metrics.blocks.run_array` (the fused pass, the class means). A chunk file that does not exist when
-the reader is made holds the fill value, as in Zarr.
+`causalgeom.metrics.blocks.run_array` (the fused pass, the class means).
+
+Which chunks must exist is decided by the store, not by what the folder holds when the reader is made: in a
+causalgeom store (one with a completion mark) every chunk the manifest lists - or, in a store written before
+manifests, every chunk of the grid - is required, and a missing file is a `StoreError` naming it, never the fill
+value (a file deleted after `causalgeom.open`, or a Dask worker that does not see the folder). Only in a plain
+Zarr array without a completion mark does a missing chunk hold the fill value, as in Zarr.
 """
 
 from __future__ import annotations
 
 import json
-import mmap
 import os
+import stat
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -36,6 +43,7 @@ import numpy as np
 
 from ..errors import StoreError
 from .schema import ENCODED_DTYPE_ATTR, STORED_DTYPE_ATTR, bfloat16_bits_to_float32
+from .store import required_chunk_keys
 
 #: Name prefix of the dask layer `causalgeom.dump.store.decode_features` adds for each half-precision kind, and
 #: the dtype of the chunks on disk.
@@ -47,6 +55,8 @@ __all__ = ["ChunkReader", "reader_for", "direct_array"]
 _DTYPES = {"float32": "<f4", "float16": "<f2", "float64": "<f8", "int64": "<i8", "int32": "<i4", "int16": "<i2",
            "int8": "i1", "uint8": "u1", "uint16": "<u2", "uint32": "<u4", "uint64": "<u8", "bool": "?"}
 _PLAIN_CODECS = [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]
+#: Buffers a reader keeps for reuse (chunks in flight at once: a few per Dask thread).
+_POOL = 6
 
 
 def _fill(value: Any, dtype: np.dtype) -> Any:
@@ -95,21 +105,47 @@ class ChunkReader:
         self.rows = self.chunk_shape[0]
         self.nbytes = int(np.prod(self.chunk_shape)) * self.dtype.itemsize  # edge chunks are stored whole
         self.n_chunks = -(-self.shape[0] // self.rows) if self.shape[0] else 0
-        self._local = threading.local()
-        #: Chunks whose files existed when the reader was made: a file of these missing later (a worker that does
-        #: not see the store, a file deleted meanwhile) is an error, not the fill value.
-        self.present = frozenset(i for i in range(self.n_chunks) if (self.path / self._key(i)).exists())
+        #: Chunks whose files must exist (`causalgeom.dump.store.required_chunk_keys`: those the store's manifest
+        #: lists, every chunk of a store written before manifests; in a plain Zarr array without a completion mark,
+        #: those present now). A missing one is an error, never the fill value.
+        self.required = self._required()
         #: Applied by `read_decoded` (bfloat16 bit patterns -> float32); None: the stored values as they are.
         self.decode: Any = None
+        self._pool: list[np.ndarray] = []
+        self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:  # picklable for Dask workers: the buffers stay behind
         state = self.__dict__.copy()
-        del state["_local"]
+        del state["_pool"], state["_lock"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._local = threading.local()
+        self._pool, self._lock = [], threading.Lock()
+
+    def _buffer(self, size: int) -> np.ndarray:
+        """A buffer of ``size`` bytes: one of the pool's that nothing refers to any more (no chunk returned from it
+        is alive: every view of a numpy array holds a reference to it), else a new one (kept in the pool up to
+        `_POOL` buffers). Reusing spares the page faults of a fresh 32 MiB buffer per chunk."""
+        with self._lock:
+            for buf in self._pool:
+                # references: the pool's list, this loop variable, getrefcount's argument - and nothing else
+                if buf.size == size and sys.getrefcount(buf) == 3:
+                    return buf
+            buf = np.empty(size, dtype=np.uint8)
+            if len(self._pool) < _POOL:
+                self._pool.append(buf)
+            return buf
+
+    def _required(self) -> frozenset[int]:
+        try:
+            keys = required_chunk_keys(self.path.parent)
+        except StoreError:
+            keys = None  # no readable root metadata: not a causalgeom store
+        if keys is None:
+            return frozenset(i for i in range(self.n_chunks) if (self.path / self._key(i)).exists())
+        name = self.path.name
+        return frozenset(i for i in range(self.n_chunks) if f"{name}/{self._key(i)}" in keys)
 
     def _key(self, i: int) -> str:
         return "/".join(["c", str(i)] + ["0"] * (len(self.shape) - 1))
@@ -118,22 +154,13 @@ class ChunkReader:
         """Rows of chunk ``i`` inside the array (the last chunk may be partial)."""
         return min(self.rows, self.shape[0] - i * self.rows)
 
-    @staticmethod
-    def _map(fd: int, size: int) -> np.ndarray | None:
-        """The file mapped read-only (pages populated at once where the OS can), or None where mmap fails."""
-        try:
-            flags = getattr(mmap, "MAP_SHARED", 0) | getattr(mmap, "MAP_POPULATE", 0)
-            m = (mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ) if hasattr(mmap, "PROT_READ")
-                 else mmap.mmap(fd, size, access=mmap.ACCESS_READ))
-        except (OSError, ValueError):  # pragma: no cover - no mmap on this file system
-            return None
-        return np.frombuffer(m, dtype=np.uint8)  # the array keeps the mapping alive; unmapped when it goes
+    def _read_file(self, fd: int, size: int, key: str) -> np.ndarray:
+        """The whole file read into a fresh buffer (never a mapping: see the module docstring on SIGBUS).
 
-    def _read_into(self, fd: int, size: int, key: str) -> np.ndarray:
-        """The file read into this thread's reusable buffer (the path where mmap is not available)."""
-        buf = getattr(self._local, "buf", None)
-        if buf is None:
-            buf = self._local.buf = np.empty(self.nbytes + 4, dtype=np.uint8)
+        Raises `StoreError` if fewer than ``size`` bytes arrive (truncated while being read) or the file's size
+        changed during the read.
+        """
+        buf = self._buffer(size)
         view = memoryview(buf)
         got = 0
         with os.fdopen(fd, "rb", buffering=0, closefd=False) as fh:
@@ -142,22 +169,25 @@ class ChunkReader:
                 if not k:
                     break
                 got += k
-        if got != size:
-            raise StoreError(f"{self.path.name}: chunk file {key} of {self.path.parent} ended after {got} of "
-                             f"{size} bytes while being read")
+        after = os.fstat(fd).st_size
+        if got != size or after != size:
+            raise StoreError(f"{self.path.name}: chunk file {key} of {self.path.parent} changed while being read "
+                             f"({got} of {size} bytes read; the file now holds {after}): another program is "
+                             "writing or truncating the store")
         return buf
 
     def read(self, i: int) -> np.ndarray:
         """Chunk ``i`` (shape ``(chunk_rows(i), *shape[1:])``), checksum verified.
 
-        The result is read-only: a view of the file mapped into memory (kept mapped while the array lives), or,
-        where mapping fails, of this thread's reusable buffer (valid until this thread's next `read`). The
-        CRC32C is checked on exactly the bytes returned.
+        The result is a read-only view of a buffer read from the file at this call (never mapped, so a file changed
+        by another program cannot crash the process); the buffer is reused only once nothing refers to the result
+        any more. The CRC32C is checked on exactly the bytes returned.
 
         Raises
         ------
         StoreError
-            If the chunk file has the wrong size or its CRC32C does not match (named with the array and chunk).
+            If a required chunk file is missing (`required`), has the wrong size, comes up short while being read
+            or its CRC32C does not match (named with the array and chunk).
         """
         if not 0 <= i < self.n_chunks:
             raise IndexError(f"chunk {i} of {self.n_chunks}")
@@ -165,25 +195,28 @@ class ChunkReader:
         file = self.path / key
         rows = self.chunk_rows(i)
         try:
-            fd = os.open(file, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            # O_NONBLOCK: a FIFO put in place of the chunk must not block the open (refused below)
+            fd = os.open(file, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
         except FileNotFoundError:
-            if i in self.present:
-                raise StoreError(f"{self.path.name}: chunk file {key} of {self.path.parent} existed when the run was "
-                                 "opened and is gone now (deleted meanwhile, or this process - a Dask worker? - does "
-                                 "not see that folder)") from None
+            if i in self.required:
+                raise StoreError(f"{self.path.name}: chunk file {key} of {self.path.parent} is missing, but the store "
+                                 "records it (deleted after the run was opened, or this process - a Dask worker? - "
+                                 "does not see that folder); it is never read as the fill value") from None
             return np.full((rows,) + self.shape[1:], self.fill_value, dtype=self.dtype)
         except OSError as e:  # a symlink (O_NOFOLLOW), a folder, no permission
             raise StoreError(f"{self.path.name}: chunk file {key} of {self.path.parent} cannot be read as a "
                              f"regular file ({e.strerror or e})") from None
         try:
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise StoreError(f"{self.path.name}: chunk file {key} of {self.path.parent} is not a regular file; "
+                                 "refusing to read it")
+            size = st.st_size
             if size != self.nbytes + 4:
                 raise StoreError(f"{self.path.name}: chunk file {key} of {self.path.parent} has {size} bytes; "
                                  f"expected {self.nbytes + 4} (chunk + CRC32C): the store is damaged "
                                  f"(causalgeom verify {self.path.parent} lists every problem)")
-            raw = self._map(fd, size)
-            if raw is None:
-                raw = self._read_into(fd, size, key)
+            raw = self._read_file(fd, size, key)
         finally:
             os.close(fd)
         data = raw[:self.nbytes]
@@ -255,7 +288,7 @@ def direct_array(ds: Any, name: str) -> Any:
     (`ChunkReader.read_decoded`), or None where `reader_for` gives no reader (then read through Zarr).
 
     The same values as ``ds[name].data`` chunk for chunk (the same bytes; float16 ``features`` stay float16 here,
-    which every block function widens exactly). Chunks are read-only views of the mapped files.
+    which every block function widens exactly). Chunks are read-only buffers read from the files at compute time.
     """
     reader = reader_for(ds, name)
     if reader is None or reader.n_chunks == 0:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -23,10 +24,12 @@ import numpy as np
 import xarray as xr
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+from zarr.storage import LocalStore
 
 from ..errors import ConfigError, IncompleteStoreError, SchemaError, StoreError, StoreExistsError
 from .._util.io import file_lock
-from .schema import ENCODED_DTYPE_ATTR, STORED_DTYPE_ATTR, _decoded_features, features_storage, validate
+from .schema import (ENCODED_DTYPE_ATTR, STORED_DTYPE_ATTR, _decoded_features, bfloat16_bits_to_float32,
+                     features_storage, validate)
 
 __all__ = [
     "COMPLETE_ATTR",
@@ -43,6 +46,7 @@ __all__ = [
     "read_attrs",
     "build_manifest",
     "check_store",
+    "required_chunk_keys",
     "has_manifest",
     "MANIFEST_VERSION",
     "decode_features",
@@ -196,9 +200,14 @@ def save(ds: xr.Dataset, path: str | os.PathLike, *, mode: str = "w-", sample_ch
             for var in out.variables.values():
                 var.encoding = {}
             if "features" in out.data_vars and out["features"].dtype == np.float32:
-                # written as float32: the decoded store's note on its half-precision storage no longer applies
-                out["features"].attrs.pop(STORED_DTYPE_ATTR, None)
-                out["features"].attrs.pop(ENCODED_DTYPE_ATTR, None)
+                kind = out["features"].attrs.get(STORED_DTYPE_ATTR)
+                if kind in ("float16", "bfloat16"):
+                    # a decoded half-precision run (`open`): written back in the precision it was stored in, so
+                    # the copy holds the same values, says the same precision and validates with the same tolerance
+                    out["features"] = _encode_half(out["features"], kind)
+                else:  # float32 on disk: no note on a half-precision storage applies
+                    out["features"].attrs.pop(STORED_DTYPE_ATTR, None)
+                    out["features"].attrs.pop(ENCODED_DTYPE_ATTR, None)
             if any(v.chunks for v in out.variables.values()):
                 out = out.chunk({"sample": chunk})
             # write_empty_chunks: a chunk equal to the fill value (all-False adv_correct, all-zero labels)
@@ -223,6 +232,35 @@ def save(ds: xr.Dataset, path: str | os.PathLike, *, mode: str = "w-", sample_ch
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return path
+
+
+def _encode_half(var: xr.DataArray, kind: str) -> xr.Variable:
+    """Decoded float32 ``features`` of a half-precision run encoded back to ``kind`` (float16, or bfloat16 bit
+    patterns as uint16 with ``encoded_dtype``), block by block. Exact: a block whose values are not all exactly
+    representable in ``kind`` (changed since they were decoded) raises `SchemaError` instead of being rounded."""
+
+    def encode(block: np.ndarray) -> np.ndarray:
+        block = np.ascontiguousarray(block, dtype=np.float32)
+        if kind == "float16":
+            enc = block.astype(np.float16)
+            back = enc.astype(np.float32)
+        else:
+            enc = (block.view(np.uint32) >> np.uint32(16)).astype(np.uint16)
+            back = bfloat16_bits_to_float32(enc)
+        same = (back.view(np.uint32) == block.view(np.uint32)) | (np.isnan(back) & np.isnan(block))
+        if not same.all():
+            raise SchemaError(f"variable 'features': attribute {STORED_DTYPE_ATTR}={kind!r}, but "
+                              f"{int((~same).sum())} values are not exactly representable in {kind}; drop the "
+                              "attribute to write float32 features")
+        return enc
+
+    data = var.data
+    dtype = np.float16 if kind == "float16" else np.uint16
+    data = data.map_blocks(encode, dtype=dtype) if hasattr(data, "map_blocks") else encode(np.asarray(data))
+    attrs = {**var.attrs, STORED_DTYPE_ATTR: kind}
+    if kind == "bfloat16":
+        attrs[ENCODED_DTYPE_ATTR] = "bfloat16"
+    return xr.Variable(var.dims, data, attrs=attrs)
 
 
 def _remove_stale_partials(path: Path) -> None:
@@ -422,6 +460,210 @@ def build_manifest(path: str | os.PathLike) -> dict[str, Any]:
             "arrays": arrays, "files": out_files}
 
 
+def _check_manifest_entries(path: Path, manifest: Any) -> None:
+    """Raise `StoreError` naming the manifest and the entry if the manifest is not of the layout `build_manifest`
+    writes (every file entry a ``[size, digest]`` pair, every array entry an object)."""
+    where = f"store {path}: the manifest in its completion mark (zarr.json, attribute {COMPLETE_ATTR!r})"
+    if not isinstance(manifest, dict) or manifest.get("version") != MANIFEST_VERSION \
+            or not isinstance(manifest.get("files"), dict) or not isinstance(manifest.get("arrays"), dict):
+        raise StoreError(f"{where} is malformed or of an unknown version (expected version {MANIFEST_VERSION} "
+                         "with objects 'files' and 'arrays')")
+    for key, rec in manifest["files"].items():
+        if not (isinstance(rec, list) and len(rec) == 2 and isinstance(rec[0], int) and not isinstance(rec[0], bool)
+                and rec[0] >= 0 and isinstance(rec[1], str)):
+            raise StoreError(f"{where} is malformed: entry 'files'[{key!r}] is {_short(rec)}; expected a pair "
+                             "[size in bytes, digest]")
+    for name, rec in manifest["arrays"].items():
+        if not isinstance(rec, dict):
+            raise StoreError(f"{where} is malformed: entry 'arrays'[{name!r}] is {_short(rec)}; expected an object "
+                             "(shape, data_type, chunk_shape, ...)")
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = json.dumps(value) if not isinstance(value, (bytes, bytearray)) else repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+#: Largest number of chunk keys enumerated for one array of a store without a manifest (beyond it the array's
+#: chunks are not counted; no store causalgeom writes comes near it).
+_MAX_GRID_KEYS = 10_000_000
+_ITEMSIZE = {"bool": 1, "int8": 1, "uint8": 1, "int16": 2, "uint16": 2, "float16": 2, "int32": 4, "uint32": 4,
+             "float32": 4, "int64": 8, "uint64": 8, "float64": 8, "complex64": 8, "complex128": 16}
+
+
+def _grid_keys(name: str, meta: dict[str, Any]) -> list[str] | None:
+    """Every chunk key of array ``name`` (``features/c/0/0``...) by its shape, regular chunk grid and chunk-key
+    encoding, or None where the metadata does not allow enumerating them."""
+    shape = meta.get("shape")
+    grid = meta.get("chunk_grid") or {}
+    chunk = (grid.get("configuration") or {}).get("chunk_shape") if isinstance(grid, dict) else None
+    ints = (lambda xs: isinstance(xs, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in xs))
+    if not isinstance(grid, dict) or grid.get("name") != "regular" or not ints(shape) or not ints(chunk) \
+            or len(shape) != len(chunk) or any(s < 0 for s in shape) or any(c <= 0 for c in chunk):
+        return None
+    counts = [-(-s // c) for s, c in zip(shape, chunk)]
+    if int(np.prod(counts, dtype=np.float64)) > _MAX_GRID_KEYS:
+        return None
+    enc = meta.get("chunk_key_encoding") or {"name": "default"}
+    if not isinstance(enc, dict):
+        return None
+    kind = enc.get("name")
+    sep = (enc.get("configuration") or {}).get("separator", "/" if kind == "default" else ".")
+    if kind == "default" and sep in ("/", "."):
+        fmt = (lambda idx: "c" + "".join(sep + str(i) for i in idx))
+    elif kind == "v2" and sep in ("/", "."):
+        fmt = (lambda idx: sep.join(str(i) for i in idx) or "0")
+    else:
+        return None
+    return [f"{name}/{fmt(idx)}" for idx in itertools.product(*(range(n) for n in counts))]
+
+
+def _chunk_file_bytes(meta: dict[str, Any]) -> int | None:
+    """Size of every chunk file of an uncompressed array (codecs ``bytes`` [+ ``crc32c``]), else None."""
+    codecs = meta.get("codecs")
+    if not isinstance(codecs, list) or not all(isinstance(c, dict) for c in codecs):
+        return None
+    names = [c.get("name") for c in codecs]
+    if names not in (["bytes"], ["bytes", "crc32c"]) or meta.get("storage_transformers"):
+        return None
+    item = _ITEMSIZE.get(meta.get("data_type"))  # type: ignore[arg-type]
+    chunk = ((meta.get("chunk_grid") or {}).get("configuration") or {}).get("chunk_shape")
+    if item is None or not isinstance(chunk, list):
+        return None
+    return int(np.prod(chunk, dtype=np.int64)) * item + (4 if "crc32c" in names else 0)
+
+
+def _array_metas(path: Path, files: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """Metadata of every array of the store (top-level folders whose ``zarr.json`` says ``node_type: array``)."""
+    out = {}
+    for key in sorted(files):
+        head, sep, tail = key.partition("/")
+        if sep and tail == "zarr.json":
+            meta = _load_meta(path, key)
+            if meta.get("node_type") == "array":
+                out[head] = meta
+    return out
+
+
+def _check_without_manifest(path: Path, files: dict[str, int], n_samples: Any = None) -> None:
+    """Check a store written before manifests by counting and sizing its chunk files against each array's shape
+    and chunk grid: every chunk of the grid must be there (causalgeom writes every chunk, fill values included),
+    an uncompressed chunk must have its exact size, and any other file in the store is reported as stray.
+
+    Raises
+    ------
+    IncompleteStoreError
+        Chunks are missing (and nothing else is wrong), or the arrays' sample count disagrees with the mark.
+    StoreError
+        Wrong-size chunks or stray files (each named).
+    """
+    problems: list[str] = []
+    missing_only = True
+    allowed = {"zarr.json"}
+    metas = _array_metas(path, files)
+    held = sorted({meta["shape"][dims.index("sample")] for meta in metas.values()
+                   if isinstance(dims := meta.get("dimension_names"), list) and "sample" in dims
+                   and isinstance(meta.get("shape"), list) and len(meta["shape"]) == len(dims)}, key=str)
+    if isinstance(n_samples, int) and any(h != n_samples for h in held):
+        # the shapes were edited (or the writer stopped): the grid they give cannot be counted against
+        raise IncompleteStoreError(f"store {path} is damaged: the arrays hold {', '.join(map(str, held))} samples "
+                                   f"but the completion mark records {n_samples}")
+    for name, meta in metas.items():
+        allowed.add(f"{name}/zarr.json")
+        keys = _grid_keys(name, meta)
+        if keys is None:  # not enumerable: its folder's files are accepted as they are
+            allowed.update(k for k in files if k.startswith(f"{name}/"))
+            continue
+        allowed.update(keys)
+        size = _chunk_file_bytes(meta)
+        for key in keys:
+            if key not in files:
+                problems.append(f"variable {name!r}: chunk file {key} is missing")
+            elif size is not None and files[key] != size:
+                problems.append(f"variable {name!r}: chunk file {key} holds {files[key]} bytes; an uncompressed "
+                                f"chunk of this array holds {size}")
+                missing_only = False
+    for key in sorted(set(files) - allowed):
+        problems.append(f"{_owner(key)}: stray file {key} (not a chunk of any array's grid)")
+        missing_only = False
+    if problems:
+        shown = problems[:8] + ([f"... and {len(problems) - 8} more"] if len(problems) > 8 else [])
+        cls = IncompleteStoreError if missing_only else StoreError
+        raise cls(f"store {path} is damaged (no manifest: checked by counting and sizing its chunk files): "
+                  + "; ".join(shown))
+
+
+def required_chunk_keys(path: str | os.PathLike) -> frozenset[str] | None:
+    """Chunk files that the store at ``path`` must hold, as keys inside the store (``label/c/0``), or None.
+
+    A complete causalgeom store writes every chunk (fill values included), so: the chunk files its manifest lists,
+    or, for a store written before manifests, every chunk of each array's grid. None for a folder without a
+    completion mark (a plain Zarr store, where a missing chunk holds the fill value). Readers (`open`'s Zarr store,
+    `causalgeom.dump.chunks.ChunkReader`) raise `StoreError` for a required chunk missing at read time.
+    """
+    sizes = _required_chunks(Path(path))
+    return None if sizes is None else frozenset(sizes)
+
+
+def _required_chunks(path: Path) -> dict[str, int | None] | None:
+    """`required_chunk_keys` with each file's size where the store records or implies it (manifest; uncompressed
+    arrays of a store without one), else None for that key."""
+    mark = (_load_meta(path, "zarr.json").get("attributes") or {}).get(COMPLETE_ATTR)
+    if not isinstance(mark, dict):
+        return None
+    manifest = mark.get("manifest")
+    if isinstance(manifest, dict) and isinstance(manifest.get("files"), dict):
+        return {k: (rec[0] if isinstance(rec, list) and rec and isinstance(rec[0], int) else None)
+                for k, rec in manifest["files"].items() if not k.endswith("zarr.json")}
+    sizes: dict[str, int | None] = {}
+    for name, meta in _array_metas(path, _walk(path)).items():
+        size = _chunk_file_bytes(meta)
+        sizes.update(dict.fromkeys(_grid_keys(name, meta) or (), size))
+    return sizes
+
+
+class _CheckedLocalStore(LocalStore):
+    """A read-only `zarr.storage.LocalStore` that checks each required chunk (`required_chunk_keys`) as it reads it:
+    a missing file raises `StoreError` instead of reading as the fill value, and a whole-file read of another size
+    than the store records (truncated or grown since it was checked) raises `StoreError` naming the file."""
+
+    def __init__(self, root: Path | str, *, read_only: bool = True,
+                 required: dict[str, int | None] | None = None):
+        super().__init__(root, read_only=read_only)
+        self.required: dict[str, int | None] = dict(required or {})
+
+    def with_read_only(self, read_only: bool = False) -> "_CheckedLocalStore":
+        return type(self)(self.root, read_only=read_only, required=self.required)
+
+    def _missing(self, key: str) -> StoreError:
+        return StoreError(f"store {self.root}: chunk file {key} is missing at read time, but the store records it "
+                          "(deleted after the run was opened?); it is never read as the fill value")
+
+    def _checked(self, key: str, out: Any, byte_range: Any) -> Any:
+        if key not in self.required:
+            return out
+        if out is None:
+            raise self._missing(key)
+        size = self.required[key]
+        if byte_range is None and size is not None and len(out) != size:
+            raise StoreError(f"store {self.root}: chunk file {key} holds {len(out)} bytes at read time, but the store "
+                             f"records {size} (truncated or rewritten after the run was opened?)")
+        return out
+
+    async def get(self, key: str, prototype: Any = None, byte_range: Any = None) -> Any:
+        return self._checked(key, await super().get(key, prototype, byte_range), byte_range)
+
+    def get_sync(self, key: str, *, prototype: Any = None, byte_range: Any = None) -> Any:
+        return self._checked(key, super().get_sync(key, prototype=prototype, byte_range=byte_range), byte_range)
+
+    async def get_partial_values(self, prototype: Any, key_ranges: Any) -> list[Any]:
+        key_ranges = list(key_ranges)
+        for key, _ in key_ranges:
+            if key in self.required and not (self.root / key).exists():
+                raise self._missing(key)
+        return await super().get_partial_values(prototype, key_ranges)
+
+
 def _owner(key: str) -> str:
     """The array a file belongs to, as users name it: ``'features'`` for ``features/c/0/0``."""
     head, sep, _ = key.partition("/")
@@ -442,7 +684,8 @@ def check_store(path: str | os.PathLike, *, hashes: bool = True) -> bool:
     -------
     bool
         True if the store has a manifest (and matches it); False for a store written before manifests existed,
-        for which only the file types, the chunk count and the sample count are checked.
+        whose chunk files are counted and sized against the arrays' shapes and chunk grids instead (every chunk of
+        the grid present, an uncompressed chunk of its exact size, no stray file; see `_check_without_manifest`).
 
     Raises
     ------
@@ -450,7 +693,8 @@ def check_store(path: str | os.PathLike, *, hashes: bool = True) -> bool:
         Files that the manifest lists are missing (and nothing else is wrong).
     StoreError
         Extra, renamed, swapped, resized or altered files; metadata (shape, dtype, chunk grid, chunk-key
-        encoding, attributes) that disagrees with the mark; a FIFO, device or outside symbolic link.
+        encoding, attributes) that disagrees with the mark; a FIFO, device or outside symbolic link; a malformed
+        manifest (naming the entry).
     """
     path = Path(path)
     files = _walk(path)
@@ -460,10 +704,9 @@ def check_store(path: str | os.PathLike, *, hashes: bool = True) -> bool:
         raise IncompleteStoreError(f"store {path} was not completely written (no completion mark)")
     manifest = mark.get("manifest")
     if manifest is None:
+        _check_without_manifest(path, files, mark.get("n_samples"))
         return False
-    if not isinstance(manifest, dict) or manifest.get("version") != MANIFEST_VERSION \
-            or not isinstance(manifest.get("files"), dict) or not isinstance(manifest.get("arrays"), dict):
-        raise StoreError(f"store {path}: the manifest in its completion mark is malformed or of an unknown version")
+    _check_manifest_entries(path, manifest)
     problems: list[str] = []
     missing_only = True
     meta_reported: set[str] = set()
@@ -526,23 +769,6 @@ def check_store(path: str | os.PathLike, *, hashes: bool = True) -> bool:
     return True
 
 
-def _expected_chunk_files(path: Path, ds: xr.Dataset) -> list[str]:
-    problems = []
-    for name, var in ds.variables.items():
-        enc_chunks = var.encoding.get("chunks") or var.encoding.get("preferred_chunks")
-        if not enc_chunks or not var.shape:
-            continue
-        if isinstance(enc_chunks, dict):
-            enc_chunks = tuple(enc_chunks[d] for d in var.dims)
-        n_chunks = [int(np.ceil(s / c)) if s else 0 for s, c in zip(var.shape, enc_chunks)]
-        expected = int(np.prod(n_chunks))
-        cdir = path / name / "c"
-        found = sum(len(files) for _, _, files in os.walk(cdir)) if cdir.exists() else 0
-        if found < expected:
-            problems.append(f"variable {name!r}: {expected - found} of {expected} chunks are missing")
-    return problems
-
-
 def open(path: str | os.PathLike, *, verify: bool | str = "auto", check_values: bool = False) -> xr.Dataset:  # noqa: A001
     """Open a run stored by `save` (or by `causalgeom.extract`) lazily, backed by dask.
 
@@ -579,17 +805,21 @@ def open(path: str | os.PathLike, *, verify: bool | str = "auto", check_values: 
         verify = _verify_key(path) not in _VERIFIED and _store_bytes(path) <= AUTO_VERIFY_BYTES
     # file types, names, sizes and metadata before zarr reads anything (a FIFO would block it)
     manifest = check_store(path, hashes=bool(verify))
+    # every chunk the store records must still be there when it is read (a missing one is an error, never the fill
+    # value), however long after this open that is
+    store = _CheckedLocalStore(path, read_only=True, required=_required_chunks(path))
     try:
-        ds = xr.open_zarr(path, consolidated=False, zarr_format=3, chunks={})
+        ds = xr.open_zarr(store, consolidated=False, zarr_format=3, chunks={})
     except Exception as exc:  # noqa: BLE001
         raise StoreError(f"cannot open {path} as an xarray Dataset: {exc}") from None
+    ds.encoding["source"] = os.path.abspath(path)  # as xarray records a path (the direct chunk reader looks here)
     mark = ds.attrs.pop(COMPLETE_ATTR, None)
     try:
         ds = decode_features(ds)
     except SchemaError as exc:
         raise SchemaError(f"{path}: {exc}") from None
-    if not manifest:
-        problems = _expected_chunk_files(path, ds)
+    if not manifest:  # chunk files were counted and sized by check_store; the sample count is checked here
+        problems = []
         n = mark.get("n_samples") if isinstance(mark, dict) else None
         if n is not None and "sample" in ds.sizes and ds.sizes["sample"] != n:
             problems.append(f"the arrays hold {ds.sizes['sample']} samples but the completion mark records {n}")
