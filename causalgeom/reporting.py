@@ -96,7 +96,7 @@ def format_ci(estimate: float, low: float, high: float, level: float = 0.95) -> 
 
 
 def _mean_pm(table: pd.DataFrame) -> pd.DataFrame:
-    """A `causalgeom.summary.paper_table` as ``"mean ± half-width"`` strings rounded to what each interval supports."""
+    """A `causalgeom.metrics.summary.paper_table` as ``"mean ± half-width"`` strings rounded to what each interval supports."""
     metrics = [c for c in table.columns if f"{c}_low" in table.columns and f"{c}_high" in table.columns]
     drop = {f"{m}_{s}" for m in metrics for s in ("low", "high")}
     out = table[[c for c in table.columns if c not in drop]].copy()
@@ -1003,12 +1003,3 @@ def _write(out: Path, study: Study, sections: list[Section]) -> None:
     atomic_write(out, page, fsync=False)
     md = f"# {title}\n\n" + "".join(f"## {s.title}\n\n{s.md}" for s in sections)
     atomic_write(out.with_suffix(".md"), md, fsync=False)
-
-
-# The function ``causalgeom.report`` carries this module's names (see causalgeom/report.py), so that
-# ``from causalgeom.report import SECTION_IDS`` keeps working while ``cg.report(...)`` is the function itself.
-for _name, _value in list(globals().items()):
-    if _name != "report" and not _name.startswith("__") and (
-            _name in __all__ or getattr(_value, "__module__", None) == __name__):
-        setattr(report, _name, _value)
-del _name, _value

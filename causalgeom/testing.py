@@ -73,7 +73,7 @@ def make_run(n: int = 400, d: int = 16, k: int = 5, *, seed: int = 0, run_id: st
 def make_study(path: str | os.PathLike, n_runs: int = 4, *, n: int = 120, d: int = 8, k: int = 4, seed: int = 0,
                treated: str = "label_smoothing", strength: float = 0.1, shrink: float = 0.3,
                attacks: bool = True) -> Any:
-    """Write a study of ``n_runs`` synthetic runs at ``path`` and return it (`causalgeom.study.Study`).
+    """Write a study of ``n_runs`` synthetic runs at ``path`` and return it (`causalgeom.dump.study.Study`).
 
     The first half of the runs are controls (``regularizer="ce"``, ``strength=0``, run ids ``ce-sSEED``); the
     others are treated (``regularizer=treated``, ``strength``, run ids ``ls-sSEED``) and have their features
@@ -98,7 +98,7 @@ def make_study(path: str | os.PathLike, n_runs: int = 4, *, n: int = 120, d: int
 
     Returns
     -------
-    causalgeom.study.Study
+    causalgeom.dump.study.Study
     """
     from .dump.study import open_study  # the study folder needs the store; imported here to keep this module light
 
@@ -126,7 +126,7 @@ def assert_valid_run(run: xr.Dataset | str | os.PathLike, *, n: int | None = Non
     Parameters
     ----------
     run : xarray.Dataset or path-like
-        A run in memory, or a store path (then it must be complete, see `causalgeom.store.is_complete`).
+        A run in memory, or a store path (then it must be complete, see `causalgeom.dump.store.is_complete`).
     n, d, k : int, optional
         Expected sizes of ``sample``, ``feature``, ``class``.
 
@@ -138,7 +138,7 @@ def assert_valid_run(run: xr.Dataset | str | os.PathLike, *, n: int | None = Non
     ------
     AssertionError
         Naming what is wrong. The schema rules (dims, dtypes, finite values, ``logits = features @ W.T + b``
-        within its tolerance) are `causalgeom.schema.validate`'s; its `SchemaError` is turned into an
+        within its tolerance) are `causalgeom.dump.schema.validate`'s; its `SchemaError` is turned into an
         AssertionError with the same message.
     """
 

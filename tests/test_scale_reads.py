@@ -2,7 +2,7 @@
 
 Reads are counted on the Zarr LocalStore (as for ``Study.to_frame`` in tests/test_fused.py); the computation runs
 in this process (dask's threaded scheduler), where the counter sees every read. The values are checked against the
-in-memory study table (`causalgeom.table.run_table`, itself checked against outside references in test_fused).
+in-memory study table (`causalgeom.metrics.table.run_table`, itself checked against outside references in test_fused).
 """
 
 from __future__ import annotations

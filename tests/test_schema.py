@@ -7,7 +7,7 @@ import pytest
 import xarray as xr
 
 import causalgeom as cg
-from causalgeom.schema import LOGITS_ATOL, LOGITS_RTOL
+from causalgeom.dump.schema import LOGITS_ATOL, LOGITS_RTOL
 
 from .conftest import make_run
 

@@ -11,7 +11,7 @@ import pytest
 import causalgeom as cg
 from causalgeom import calibration, geometry, robustness
 from causalgeom.errors import QueryError
-from causalgeom.table import (RUN_COLUMNS, SAMPLE_COLUMNS, min_flip_column, robust_acc_column, robust_column,
+from causalgeom.metrics.table import (RUN_COLUMNS, SAMPLE_COLUMNS, min_flip_column, robust_acc_column, robust_column,
                               study_frame)
 
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from causalgeom import train
 from causalgeom.cli import main
 from causalgeom.errors import ConfigError
-from causalgeom.train import GridConfig, SoftTargets, TrainConfig
+from causalgeom.pipeline.train import GridConfig, SoftTargets, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 

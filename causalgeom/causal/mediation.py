@@ -438,7 +438,7 @@ def build_result(est: LinearMediation, design: Design, point: np.ndarray, po: np
                  outcome_model: str, interaction: bool, ordered: bool, bootstrap: str, inference: str,
                  overlap: pd.DataFrame, keep_design: bool = True) -> MediationResult:
     """Summary rows, notes, sensitivity and the `MediationResult` (one function for `mediate` and
-    ``causalgeom.distributed.mediate_study``)."""
+    ``causalgeom.scale.mediate_study``)."""
     names = est.names
     lo, hi, pv = inf["lo"].copy(), inf["hi"].copy(), inf["pv"].copy()
     floor = float(inf.get("floor", 0.0))

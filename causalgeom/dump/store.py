@@ -610,7 +610,7 @@ def decode_features(ds: xr.Dataset) -> xr.Dataset:
     """``ds`` with half-precision ``features`` decoded lazily to float32 (the same Dataset if they are float32).
 
     float16 is widened per dask block (exact); bfloat16, stored as uint16 bit patterns with the variable attribute
-    ``encoded_dtype = "bfloat16"``, is decoded per block by `causalgeom.schema.bfloat16_bits_to_float32`
+    ``encoded_dtype = "bfloat16"``, is decoded per block by `causalgeom.dump.schema.bfloat16_bits_to_float32`
     (``(bits.astype(uint32) << 16).view(float32)``, exact). The decoded variable drops ``encoded_dtype`` and carries
     ``stored_dtype`` (``"float16"`` / ``"bfloat16"``), so every analysis sees float32 and can tell what was stored.
 

@@ -120,7 +120,7 @@ class Study:
         return save(ds, target, mode=mode)
 
     def to_frame(self, level: str = "sample", **kwargs: Any) -> pd.DataFrame:
-        """The analysis table (see :func:`causalgeom.table.study_frame`)."""
+        """The analysis table (see :func:`causalgeom.metrics.table.study_frame`)."""
         from ..metrics.table import study_frame
 
         return study_frame(self, level=level, **kwargs)

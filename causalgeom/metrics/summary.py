@@ -27,7 +27,7 @@ from .table import robust_key
 __all__ = ["DESCRIPTOR_COLUMNS", "run_metrics", "run_frame", "paper_table", "format_table", "robust_key"]
 
 #: Columns of `run_frame` that describe a run rather than measure it (not averaged by `paper_table`). Not the
-#: same as `causalgeom.table.ID_COLUMNS` (the 4 columns that identify the run of an analysis-table row).
+#: same as `causalgeom.metrics.table.ID_COLUMNS` (the 4 columns that identify the run of an analysis-table row).
 DESCRIPTOR_COLUMNS = ("run_id", "regularizer", "strength", "seed", "model", "dataset", "split", "center_kind", "n_samples")
 
 
@@ -52,7 +52,7 @@ def run_metrics(ds: xr.Dataset, n_bins: int = 15, *, center_kind: str = "minimal
         ``signed_ece``, ``nll``, ``brier``, ``mean_confidence``; geometry (means over samples)
         ``norm``, ``rms``, ``cos_true``, ``cos_pred``; and, when the dump has attack outcomes,
         ``robust_acc[ATTACK@EPS]`` per attack and ε (see `robust_key`) and ``robust_auc[ATTACK]``
-        (`causalgeom.robustness.robust_auc`, clean point included).
+        (`causalgeom.metrics.robustness.robust_auc`, clean point included).
     """
     from .robustness import _normalized_auc, clean_correct
 
@@ -102,7 +102,7 @@ def run_frame(study: Study, progress: bool = True, n_bins: int = 15, *, center_k
 
     Parameters
     ----------
-    study : causalgeom.study.Study
+    study : causalgeom.dump.study.Study
     progress : bool
         Show a progress bar on stderr.
     run_ids : iterable of str, optional
@@ -142,7 +142,7 @@ def paper_table(study_or_frame: Study | pd.DataFrame, ci: float = 0.95, *,
 
     Parameters
     ----------
-    study_or_frame : causalgeom.study.Study or pandas.DataFrame
+    study_or_frame : causalgeom.dump.study.Study or pandas.DataFrame
         A study (then `run_frame` is computed) or a frame of `run_metrics` rows.
     ci : float
         Interval coverage in (0, 1).

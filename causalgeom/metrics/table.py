@@ -2,8 +2,8 @@
 
 ``study_frame`` (``Study.to_frame``) loads each run lazily, computes the per-sample metrics in one fused pass
 over the run's chunks (`fused_run`: each chunk of ``features`` and ``logits`` is read once; the formulas are
-those of `causalgeom.geometry`, `causalgeom.calibration` and `causalgeom.robustness`, shared through
-`causalgeom.kernels`), and concatenates the runs.
+those of `causalgeom.metrics.geometry`, `causalgeom.metrics.calibration` and `causalgeom.metrics.robustness`, shared through
+`causalgeom.metrics.kernels`), and concatenates the runs.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ _MEAN_COLUMNS = ("norm", "rms", "cos_true", "cos_pred", "confidence", "overconfi
 def robust_key(attack: str, eps: float, metric: str = "robust_acc") -> str:
     """Column name of a per-(attack, ε) metric: ``"robust_acc[pgd-linf@0.00392157]"`` (ε with 6 significant digits).
 
-    The one rule for these names (re-exported as ``causalgeom.summary.robust_key``).
+    The one rule for these names (re-exported as ``causalgeom.metrics.summary.robust_key``).
     """
     return f"{metric}[{attack}@{float(eps):.6g}]"
 
@@ -48,7 +48,7 @@ def robust_column(attack: str, eps: float) -> str:
 
 
 def robust_acc_column(attack: str, eps: float) -> str:
-    """Name of the per-run robust accuracy: ``"robust_acc[pgd-linf@0.00392157]"`` (as `causalgeom.summary`)."""
+    """Name of the per-run robust accuracy: ``"robust_acc[pgd-linf@0.00392157]"`` (as `causalgeom.metrics.summary`)."""
     return robust_key(attack, eps)
 
 
@@ -80,10 +80,10 @@ def fused_run(ds: Any, center: str = "minimal_loss", *, warn_missing_head: bool 
     """Every per-sample quantity of a run from one read of its ``features`` and ``logits`` (the fused pass).
 
     The class centers come first: in closed form from the head for ``"minimal_loss"`` / ``"weight"``
-    (`causalgeom.geometry.class_centers`, reads no samples), or from one earlier pass over the features for
+    (`causalgeom.metrics.geometry.class_centers`, reads no samples), or from one earlier pass over the features for
     ``"mean"`` (class means need every sample before any cosine can be formed, so that kind reads the features
     twice). Then one task per sample chunk reads the chunk of ``features``, ``logits`` and ``label`` once and
-    computes `causalgeom.kernels.fused_block` on it.
+    computes `causalgeom.metrics.kernels.fused_block` on it.
 
     Parameters
     ----------
@@ -98,7 +98,7 @@ def fused_run(ds: Any, center: str = "minimal_loss", *, warn_missing_head: bool 
     Returns
     -------
     dict of str to ndarray
-        The columns of `causalgeom.kernels.FUSED_FIELDS` (each shape (n_samples,), float64; ``correct`` and
+        The columns of `causalgeom.metrics.kernels.FUSED_FIELDS` (each shape (n_samples,), float64; ``correct`` and
         ``pred`` hold integers) plus ``rms`` = norm / sqrt(d).
 
     Notes
@@ -233,7 +233,7 @@ def study_frame(study: Any, level: str = "sample", attack: str | Sequence[str] |
     eps : float or list of float, optional
         ε values included (default: all swept; matched to a relative tolerance of 1e-6).
     center : {"minimal_loss", "mean", "weight"}
-        Class centers of the cosines (`causalgeom.geometry.cosine_to_center`); on a dump without a head the
+        Class centers of the cosines (`causalgeom.metrics.geometry.cosine_to_center`); on a dump without a head the
         head-based kinds give NaN cosines and a warning.
     progress : bool
         Progress bar over runs on stderr.

@@ -2,7 +2,7 @@
 
 Every dataset yields ``(x, y)`` with ``x`` a float32 tensor of shape ``(C, H, W)`` in pixel space
 ``[0, 1]`` and ``y`` an ``int`` class index. Normalization is *not* applied here: it lives inside
-the model (see :func:`causalgeom.models.build_model`), so attacks operate in pixel space.
+the model (see :func:`causalgeom.pipeline.models.build_model`), so attacks operate in pixel space.
 
 Splits (fixed and deterministic; documented in ``docs/training.md``):
 
@@ -586,7 +586,7 @@ def open_eval_data(spec: str, transform: Any = None, *, num_classes: int | None 
         ImageFolder rule, which is ImageNet-1k's index order for wnid folders), unless ``class_map`` is given.
         ``cifar10:DIR`` / ``cifar100:DIR``: the official test set from torchvision's on-disk python batches.
     transform : callable, optional
-        PIL image -> tensor (the ``preprocess`` returned by :func:`causalgeom.models.load`).
+        PIL image -> tensor (the ``preprocess`` returned by :func:`causalgeom.pipeline.models.load`).
     num_classes : int, optional
         The model's K: the data's class indices must fit it, and without ``class_map`` the folder count must
         equal it (a mismatch is a :class:`ConfigError`: the folder indices would not be the model's).

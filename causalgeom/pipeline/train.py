@@ -138,8 +138,8 @@ class TrainConfig:
         Folder name; default derived from regularizer, strengths and seed (``"ce-s0"``,
         ``"label_smoothing0.1-s0"``, ``"label_smoothing0.1_mixup1.0-s2"``). Letters, digits, ``.``, ``_``, ``-``.
     dataset, data_root : str
-        See :func:`causalgeom.data.load_dataset`.
-    model, cifar_stem : see :func:`causalgeom.models.build_model`.
+        See :func:`causalgeom.pipeline.data.load_dataset`.
+    model, cifar_stem : see :func:`causalgeom.pipeline.models.build_model`.
     regularizer : str
         One of :data:`REGULARIZERS` or a ``+``-joined combination; each component needs its strength > 0.
     label_smoothing, mixup_alpha, cutmix_alpha : float
@@ -1042,7 +1042,7 @@ def run_grid(grid: GridConfig | str | os.PathLike, out_dir: str | os.PathLike, p
     """Train every run of ``grid`` into ``OUT/runs/``; finished runs are skipped, partial ones resumed.
 
     The one grid runner: here one run after the other, or one run per task on an executor (a Dask
-    cluster, or any ``concurrent.futures.Executor``). `causalgeom.distributed.run_grid` is this function with
+    cluster, or any ``concurrent.futures.Executor``). `causalgeom.scale.run_grid` is this function with
     a cluster by default.
 
     Parameters
@@ -1055,8 +1055,8 @@ def run_grid(grid: GridConfig | str | os.PathLike, out_dir: str | os.PathLike, p
         Shared TrainConfig fields replacing the grid's (e.g. ``{"device": "cuda", "data_root": "/data"}``).
     scheduler : str, dask.distributed.Client or bool, optional
         Dispatch the runs to a Dask cluster, one run per task: a scheduler address, ``"local[:N]"``, a Client
-        (see `causalgeom.distributed.client`), or True (the enclosing client block's cluster, else a new
-        LocalCluster). Default None: the cluster of an enclosing ``causalgeom.distributed.client()`` block if
+        (see `causalgeom.scale.client`), or True (the enclosing client block's cluster, else a new
+        LocalCluster). Default None: the cluster of an enclosing ``causalgeom.scale.client()`` block if
         any, else train here one run after the other. False: always train here.
     executor : concurrent.futures.Executor or dask.distributed.Client, optional
         Submit the runs to this (``executor.submit(fn, config_dict, out_dir)``); workers must see ``out_dir``.

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 # ============================================================================================
 # the cluster bootstrap from per-run sufficient statistics
 # ============================================================================================
-#: Per-sample columns of the study table (`causalgeom.table.study_frame`) that `run_moments` computes from the
+#: Per-sample columns of the study table (`causalgeom.metrics.table.study_frame`) that `run_moments` computes from the
 #: chunks, besides ``robust[ATTACK@EPS]`` and ``min_flip_eps[ATTACK]``.
 SAMPLE_MOMENT_COLUMNS = ("label", "norm", "rms", "cos_true", "cos_pred", "confidence", "correct", "overconfidence",
                          "nll", "brier")
@@ -279,7 +279,7 @@ def run_moments(study: Any, columns: Sequence[str], *, run_ids: Sequence[str] | 
     ----------
     study : causalgeom.Study or path
     columns : list of str
-        Per-sample columns of :func:`causalgeom.table.study_frame` (:data:`SAMPLE_MOMENT_COLUMNS`,
+        Per-sample columns of :func:`causalgeom.metrics.table.study_frame` (:data:`SAMPLE_MOMENT_COLUMNS`,
         ``robust[ATTACK@EPS]``, ``min_flip_eps[ATTACK]``) or run-level ``strength`` / ``seed``.
     run_ids : list of str, optional
         Default: every complete run.
@@ -585,7 +585,7 @@ def mediate_study(study: Any, *, treatment: str, mediators: str | Sequence[str],
     point, _ = est.point()
     inf = run_inference(est, design, point, inference=inference, bootstrap=bootstrap, n_boot=n_boot, rng=rng,
                         ci_level=ci_level, notes=notes)
-    notes.append("computed from per-run sufficient statistics on Dask (causalgeom.distributed.mediate_study); "
+    notes.append("computed from per-run sufficient statistics on Dask (causalgeom.scale.mediate_study); "
                  "the overlap check, the Mundlak table and the refuters need the per-sample table (cg.causal.mediate "
                  "on study.to_frame())")
     return build_result(est, design, point, None, inf, method="regression",
