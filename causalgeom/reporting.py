@@ -30,7 +30,7 @@ import pandas as pd
 
 from ._util.io import atomic_write
 from .errors import CausalGeomError, QueryError
-from .dump.study import Study, open_study
+from .dump.study import Study, as_study
 
 __all__ = ["report", "Section", "SECTION_IDS", "default_queries", "eps_label", "round_to_interval", "format_ci",
            "DECOMPOSE_OUTCOMES"]
@@ -261,12 +261,10 @@ def report(study: Study | str | os.PathLike, out: str | os.PathLike = "report.ht
 
     from ._util.dask import active_client, client, current_client
     from ._util.scale_choice import PATHS, choose_path
-    from .errors import ConfigError
+    from ._util.checks import check_choice
 
-    if path not in ("auto",) + PATHS:
-        raise ConfigError(f"path: expected one of {['auto', *PATHS]}, got {path!r}")
-    if not isinstance(study, Study):
-        study = open_study(study)
+    check_choice(path, "path", ("auto",) + PATHS)
+    study = as_study(study)
     if len(study) == 0:
         raise QueryError(f"study {study.path} has no complete runs to report on")
     cluster: Any = contextlib.nullcontext()

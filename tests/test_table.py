@@ -86,7 +86,7 @@ def test_attack_and_eps_selection(study):
         study_frame(study, attack="fgsm", progress=False)
     with pytest.raises(QueryError, match="eps: 0.5 is not in this run"):
         study_frame(study, eps=0.5, progress=False)
-    with pytest.raises(QueryError, match="level: unknown value 'class'"):
+    with pytest.raises(QueryError, match=r"level: expected one of \['sample', 'run'\], got 'class'"):
         study_frame(study, level="class", progress=False)
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -640,12 +639,9 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
     normal distribution", 1948. Fisher, "The Design of Experiments", 1935 (randomization tests).
     Welch, "The generalization of Student's problem", 1947.
     """
-    from ..dump.study import Study, open_study
+    from ..dump.study import as_study
 
-    if isinstance(study, (str, os.PathLike)):
-        study = open_study(study)
-    if not isinstance(study, Study):
-        raise QueryError(f"study: expected a causalgeom Study or a study folder, got {type(study).__name__}")
+    study = as_study(study)
     outcomes = (outcome,) if isinstance(outcome, str) else tuple(outcome)
     if not outcomes:
         raise QueryError(f"outcome: expected a name from {list(DECOMPOSE_OUTCOMES)} or a list of them, got {outcome!r}")

@@ -25,6 +25,7 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from ..errors import ConfigError, IncompleteStoreError, SchemaError, StoreError, StoreExistsError
+from .._util.checks import check_choice
 from .._util.io import file_lock
 from .schema import ENCODED_DTYPE_ATTR, STORED_DTYPE_ATTR, _decoded_features, features_storage, validate
 
@@ -75,13 +76,12 @@ DEFAULT_COMPRESSOR = "none"
 
 
 def _codecs(compressor: str) -> tuple[Any, ...]:
+    check_choice(compressor, "compressor", COMPRESSORS)
     if compressor == "zstd":
         return (ZstdCodec(level=1), Crc32cCodec())
     if compressor == "blosc-lz4":
         return (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), Crc32cCodec())
-    if compressor == "none":
-        return (Crc32cCodec(),)
-    raise ConfigError(f"compressor: expected one of {list(COMPRESSORS)}, got {compressor!r}")
+    return (Crc32cCodec(),)  # "none"
 
 
 def encoding_for(ds: xr.Dataset, sample_chunk: int, compressor: str | None = None) -> dict[str, dict[str, Any]]:
@@ -171,8 +171,7 @@ def save(ds: xr.Dataset, path: str | os.PathLike, *, mode: str = "w-", sample_ch
     ConfigError
         Bad ``mode``, ``sample_chunk`` or ``compressor``.
     """
-    if mode not in ("w-", "w"):
-        raise ConfigError(f"mode: expected 'w-' (refuse to overwrite) or 'w' (overwrite), got {mode!r}")
+    check_choice(mode, "mode", ("w-", "w"))  # 'w-': refuse to overwrite; 'w': overwrite
     path = Path(path)
     validate(ds, check_values=check_values)
     _check_parent(path)

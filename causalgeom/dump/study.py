@@ -9,11 +9,11 @@ from typing import Any, Iterator, Union
 import pandas as pd
 import xarray as xr
 
-from ..errors import IncompleteStoreError, StoreError, StoreExistsError
+from ..errors import ConfigError, IncompleteStoreError, StoreError, StoreExistsError
 from .schema import check_run_id
 from .store import COMPLETE_ATTR, open as open_run, read_attrs, save
 
-__all__ = ["Study", "StudyLike", "open_study", "ATTR_COLUMNS"]
+__all__ = ["Study", "StudyLike", "as_study", "open_study", "ATTR_COLUMNS"]
 
 #: Columns of `Study.runs`, in order (attributes missing from a run are NaN).
 ATTR_COLUMNS = ("run_id", "model", "dataset", "split", "regularizer", "strength", "regularizer_params", "seed",
@@ -143,4 +143,33 @@ def open_study(path: str | os.PathLike, *, create: bool = False) -> Study:
         except OSError as exc:
             raise StoreError(f"cannot create study folder {path}: {exc.strerror}") from None
     return Study(path)
+
+
+def as_study(study: StudyLike, name: str = "study") -> Study:
+    """The `Study` that a ``study=`` argument names: a `Study` as it is, a study folder path opened.
+
+    The one coercion of every function that takes a `StudyLike` (mediation, decomposition, interventions, the
+    report, the Dask analysis).
+
+    Parameters
+    ----------
+    study : Study or path-like
+        A study, or the path of a study folder.
+    name : str
+        Argument name for the message.
+
+    Raises
+    ------
+    ConfigError
+        ``study`` is neither a `Study` nor a path (``"{name}: expected a causalgeom Study or the path of a study
+        folder, got TYPE"``).
+    StoreError
+        The path is not a study folder (from `Study`).
+    """
+    if isinstance(study, Study):
+        return study
+    if isinstance(study, (str, os.PathLike)):
+        return open_study(study)
+    raise ConfigError(f"{name}: expected a causalgeom Study or the path of a study folder, got "
+                      f"{type(study).__name__}")
 

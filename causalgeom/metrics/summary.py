@@ -21,7 +21,7 @@ from .calibration import _check_bins, _finish_run_stats, _lazy_run_stats
 from .._util.checks import check_choice
 from ..errors import ConfigError, HeadMissingError
 from .geometry import CENTER_KINDS, cosine_to_center, magnitude
-from ..dump.study import Study
+from ..dump.study import Study, StudyLike, as_study
 from .table import robust_key
 
 __all__ = ["DESCRIPTOR_COLUMNS", "run_metrics", "run_frame", "paper_table", "format_table", "robust_key"]
@@ -96,13 +96,14 @@ def run_metrics(ds: xr.Dataset, n_bins: int = 15, *, center_kind: str = "minimal
     return row
 
 
-def run_frame(study: Study, progress: bool = True, n_bins: int = 15, *, center_kind: str = "minimal_loss",
+def run_frame(study: StudyLike, progress: bool = True, n_bins: int = 15, *, center_kind: str = "minimal_loss",
               run_ids: Iterable[str] | None = None) -> pd.DataFrame:
     """One row of `run_metrics` per complete run of ``study`` (sorted by run id).
 
     Parameters
     ----------
-    study : causalgeom.dump.study.Study
+    study : causalgeom.dump.study.Study or path-like
+        A study, or the path of a study folder.
     progress : bool
         Show a progress bar on stderr.
     run_ids : iterable of str, optional
@@ -112,8 +113,7 @@ def run_frame(study: Study, progress: bool = True, n_bins: int = 15, *, center_k
     -------
     pandas.DataFrame
     """
-    if not isinstance(study, Study):
-        raise TypeError(f"study: expected a causalgeom Study (cg.open_study(path)), got {type(study).__name__}")
+    study = as_study(study)
     ids = list(study.run_ids if run_ids is None else run_ids)
     it: Iterable[str] = ids
     if progress:

@@ -15,6 +15,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from .._util.checks import check_choice
 from ..errors import HeadMissingError, QueryError
 from .blocks import compute, one_blas_thread, require_vars, run_array, sample_map
 from .kernels import FUSED_FIELDS, calibration_error, fused_block, width_bin_stats
@@ -270,8 +271,7 @@ def study_frame(study: Any, level: str = "sample", attack: str | Sequence[str] |
     QueryError
         Unknown ``level``, ``attack`` or ``eps``.
     """
-    if level not in ("sample", "run"):
-        raise QueryError(f"level: unknown value {level!r}; allowed: ['sample', 'run']")
+    check_choice(level, "level", ("sample", "run"), error=QueryError)
     ids = list(study.run_ids if run_ids is None else run_ids)
     it: Iterable[str] = ids
     if progress:

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .._util.checks import check_choice
 from ..errors import ConfigError
 
 __all__ = [
@@ -117,15 +118,11 @@ def default_root() -> str:
 
 
 def _check_name(name: Any) -> str:
-    if not isinstance(name, str) or name.lower() not in DATASETS:
-        raise ConfigError(f"dataset: expected one of {', '.join(map(repr, DATASETS))}, got {name!r}")
-    return name.lower()
+    return check_choice(name.lower() if isinstance(name, str) else name, "dataset", DATASETS)  # case-insensitive
 
 
 def _check_split(split: Any) -> str:
-    if split not in SPLITS:
-        raise ConfigError(f"split: expected one of {', '.join(map(repr, SPLITS))}, got {split!r}")
-    return split
+    return check_choice(split, "split", SPLITS)
 
 
 def split_indices(n: int, seed: int = SPLIT_SEED) -> dict[str, np.ndarray]:

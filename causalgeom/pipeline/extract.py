@@ -37,6 +37,7 @@ from torch import nn
 
 from . import attacks as _attacks
 from .._util import torch as _torch_util
+from .._util.checks import check_choice
 from .._util.io import atomic_write, file_lock
 from ..errors import ConfigError, SchemaError, StoreError, StoreExistsError
 from .models import _Capture, _OutputCheck, find_head
@@ -494,18 +495,15 @@ class ExtractConfig:
         ConfigError
             Naming the option, what was expected and what was given.
         """
-        if self.mode not in ("w-", "w"):
-            raise ConfigError(f"mode: expected 'w-' (create or resume) or 'w' (start over), got {self.mode!r}")
+        check_choice(self.mode, "mode", ("w-", "w"))  # 'w-': create or resume; 'w': start over
         if _shard(self.shard) is not None and self.mode == "w":
             raise ConfigError("mode='w' cannot be combined with shard=: one shard would delete the others' work; "
                               "delete the store first and run every shard with mode='w-'")
         _amp_modes(self.amp)
-        if self.compressor is not None and self.compressor not in COMPRESSORS:
-            raise ConfigError(f"compressor: expected one of {list(COMPRESSORS)} (default {DEFAULT_COMPRESSOR!r}), "
-                              f"got {self.compressor!r}")
-        if self.features_dtype is not None and self.features_dtype not in FEATURES_DTYPES:
-            raise ConfigError(f"features_dtype: expected one of {list(FEATURES_DTYPES)} (default 'float32'), "
-                              f"got {self.features_dtype!r}")
+        if self.compressor is not None:  # None: DEFAULT_COMPRESSOR
+            check_choice(self.compressor, "compressor", COMPRESSORS)
+        if self.features_dtype is not None:  # None: the stored dtype, float32 for a new store
+            check_choice(self.features_dtype, "features_dtype", FEATURES_DTYPES)
         for name in ("batch_size", "sample_chunk"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))

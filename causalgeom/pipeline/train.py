@@ -46,6 +46,7 @@ from torch import nn
 from . import data as _data
 from . import models as _models
 from .._util import dask as _dask
+from .._util.checks import check_choice
 from .._util.io import atomic_write, file_lock
 from .._util.torch import autocast as _autocast
 from .._util.torch import device as _device
@@ -259,9 +260,7 @@ class TrainConfig:
         if self.max_train_samples is not None:
             _number("max_train_samples", self.max_train_samples, low=1, integer=True)
         for field, options in (("optimizer", _OPTIMIZERS), ("schedule", _SCHEDULES), ("augment", _AUGMENTS)):
-            if getattr(self, field) not in options:
-                raise ConfigError(f"{field}: expected one of {', '.join(map(repr, options))}, "
-                                  f"got {getattr(self, field)!r}")
+            check_choice(getattr(self, field), field, options)
         for field in ("cifar_stem", "nesterov", "amp", "channels_last"):
             if not isinstance(getattr(self, field), bool):
                 raise ConfigError(f"{field}: expected true or false, got {getattr(self, field)!r}")
@@ -269,8 +268,7 @@ class TrainConfig:
             raise ConfigError(f"device: expected 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto', got {self.device!r}")
         if not isinstance(self.model, str) or self.model not in _models.available_models():
             _models.build_model(str(self.model), 10)  # raises the ConfigError listing the options
-        if self.dataset not in _data.DATASETS:
-            raise ConfigError(f"dataset: expected one of {', '.join(map(repr, _data.DATASETS))}, got {self.dataset!r}")
+        check_choice(self.dataset, "dataset", _data.DATASETS)
         if self.data_root is not None and not isinstance(self.data_root, str):
             raise ConfigError(f"data_root: expected a path string, got {self.data_root!r}")
         run_id = self.run_id if self.run_id is not None else self.default_run_id()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
 from ..errors import HeadMissingError, QueryError
+from ..dump.study import as_study
 from ..metrics import robustness
 from ..metrics.blocks import one_blas_thread
 from ..metrics.kernels import FUSED_FIELDS
@@ -218,16 +218,6 @@ def _run_value(attrs: Mapping[str, Any], name: str) -> Any:
     return attrs.get(name)
 
 
-def _as_study(study: Any) -> Any:
-    from ..dump.study import Study, open_study
-
-    if isinstance(study, Study):
-        return study
-    if isinstance(study, (str, os.PathLike)):
-        return open_study(study)
-    raise QueryError(f"study: expected a causalgeom Study or a study folder, got {type(study).__name__}")
-
-
 def _lazy_moments(ds: Any, columns: Sequence[str], center: str, stacked: Any = None) -> Any:
     """Delayed sufficient statistics of ``columns`` of one run: one task per Zarr chunk, then a tree.
 
@@ -293,7 +283,7 @@ def run_moments(study: Any, columns: Sequence[str], *, run_ids: Sequence[str] | 
         counts the NaN/Inf values of each column, which enter the sums as 0 (the moments of such a column
         are not meaningful; :func:`mediate_study` refuses them).
     """
-    study = _as_study(study)
+    study = as_study(study)
     ids = list(study.run_ids if run_ids is None else run_ids)
     columns = list(columns)
     with _graphs_here():
@@ -493,7 +483,7 @@ def mediate_study(study: Any, *, treatment: str, mediators: str | Sequence[str],
         raise QueryError(f"bootstrap={bootstrap!r}: mediate_study supports bootstrap='cluster' only (the other "
                          "schemes resample rows)")
     rng = _as_rng(rng)
-    study = _as_study(study)
+    study = as_study(study)
     ids = list(study.run_ids if run_ids is None else run_ids)
     if not ids:
         raise QueryError("study: no complete runs to analyse")
