@@ -72,7 +72,7 @@ def make_run(n: int = 400, d: int = 16, k: int = 5, *, seed: int = 0, run_id: st
 
 def make_study(path: str | os.PathLike, n_runs: int = 4, *, n: int = 120, d: int = 8, k: int = 4, seed: int = 0,
                treated: str = "label_smoothing", strength: float = 0.1, shrink: float = 0.3,
-               attacks: bool = True) -> Any:
+               attacks: bool = True, sample_chunk: int | None = None, compressor: str | None = None) -> Any:
     """Write a study of ``n_runs`` synthetic runs at ``path`` and return it (`causalgeom.dump.study.Study`).
 
     The first half of the runs are controls (``regularizer="ce"``, ``strength=0``, run ids ``ce-sSEED``); the
@@ -95,6 +95,8 @@ def make_study(path: str | os.PathLike, n_runs: int = 4, *, n: int = 120, d: int
         Treated features are ``1 - shrink`` times a control's (0 <= shrink < 1).
     attacks : bool
         As in `make_run`.
+    sample_chunk, compressor : optional
+        Stored chunking and codec of every run, as in `causalgeom.save` (default: its defaults).
 
     Returns
     -------
@@ -115,7 +117,8 @@ def make_study(path: str | os.PathLike, n_runs: int = 4, *, n: int = 120, d: int
         else:
             extra = {"regularizer": "ce", "strength": 0.0}
         study.add(make_run(n=n, d=d, k=k, seed=s, run_id=f"{'ls' if is_treated else 'ce'}-s{s}",
-                           scale=1.0 - shrink * is_treated, attacks=attacks, **extra))
+                           scale=1.0 - shrink * is_treated, attacks=attacks, **extra),
+                  sample_chunk=sample_chunk, compressor=compressor)
     return study
 
 

@@ -18,7 +18,7 @@ from causalgeom.metrics.kernels import FUSED_FIELDS, fused_block
 from causalgeom.metrics.table import fused_run
 
 from ._reads import ReadCounter
-from .conftest import make_run
+from causalgeom.testing import make_run
 
 
 def test_fused_block_matches_outside_references():

@@ -10,7 +10,7 @@ from scipy import optimize, special, stats
 import causalgeom as cg
 from causalgeom import geometry as geo
 
-from .conftest import make_run
+from causalgeom.testing import make_run
 
 
 def _ce(c, W, b, q):

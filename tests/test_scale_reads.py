@@ -17,7 +17,7 @@ from causalgeom import distributed, table
 from causalgeom.errors import QueryError
 
 from ._reads import ReadCounter
-from .conftest import make_run
+from causalgeom.testing import make_run
 
 pytestmark = pytest.mark.filterwarnings("ignore::causalgeom.causal.FewClustersWarning")
 

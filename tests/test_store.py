@@ -13,7 +13,7 @@ import xarray as xr
 import causalgeom as cg
 from causalgeom.dump.store import COMPLETE_ATTR, store_lock
 
-from .conftest import make_run
+from causalgeom.testing import make_run
 
 
 def test_round_trip_identical_and_lazy(tmp_path):

@@ -22,7 +22,7 @@ import zarr
 import causalgeom as cg
 from causalgeom.dump.store import COMPLETE_ATTR, build_manifest, check_store, has_manifest
 
-from .conftest import make_run
+from causalgeom.testing import make_run
 
 
 def _store(tmp_path, n=450, chunk=150, **kw) -> Path:

@@ -15,17 +15,7 @@ from causalgeom.metrics.table import (RUN_COLUMNS, SAMPLE_COLUMNS, min_flip_colu
                               study_frame)
 
 
-@pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    from tests.conftest import make_run
-
-    st = cg.open_study(tmp_path_factory.mktemp("table") / "study", create=True)
-    for i in range(4):
-        ls = i >= 2
-        st.add(make_run(n=120, d=8, k=4, seed=i, run_id=f"{'ls' if ls else 'ce'}-s{i}", scale=1.0 - 0.3 * ls,
-                        regularizer="label_smoothing" if ls else "ce", strength=0.1 if ls else 0.0,
-                        regularizer_params={"smoothing": 0.1} if ls else {}))
-    return st
+# `study`: the shared fixture of tests/conftest.py (in memory / on disk / compressed)
 
 
 @pytest.fixture(scope="module")

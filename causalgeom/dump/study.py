@@ -110,14 +110,18 @@ class Study:
         """Where run ``run_id`` is (or would be) stored; the id is checked so it cannot escape the folder."""
         return self.path / f"{check_run_id(run_id)}.zarr"
 
-    def add(self, ds: xr.Dataset, *, mode: str = "w-") -> Path:
-        """Save ``ds`` into the study as ``RUN_ID.zarr``; a duplicate run id is refused unless ``mode="w"``."""
+    def add(self, ds: xr.Dataset, *, mode: str = "w-", sample_chunk: int | None = None,
+            compressor: str | None = None) -> Path:
+        """Save ``ds`` into the study as ``RUN_ID.zarr``; a duplicate run id is refused unless ``mode="w"``.
+
+        ``sample_chunk`` and ``compressor`` are passed to `causalgeom.save`.
+        """
         run_id = check_run_id(ds.attrs.get("run_id"))
         target = self.run_path(run_id)
         if mode == "w-" and target.exists():
             raise StoreExistsError(f"study {self.path} already has a run with run_id {run_id!r}; "
                                    "give the run a unique run_id (or mode='w' to replace it)")
-        return save(ds, target, mode=mode)
+        return save(ds, target, mode=mode, sample_chunk=sample_chunk, compressor=compressor)
 
     def to_frame(self, level: str = "sample", **kwargs: Any) -> pd.DataFrame:
         """The analysis table (see :func:`causalgeom.metrics.table.study_frame`)."""
