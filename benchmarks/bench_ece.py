@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     import torch
     from torchmetrics.functional.classification import multiclass_calibration_error
 
-    from causalgeom.calibration import ece_from_probs
+    from causalgeom.metrics.calibration import ece_from_probs
 
     rng = np.random.default_rng(args.seed)
     logits = rng.standard_normal((n, args.k), dtype=np.float32) * 3.0

@@ -24,7 +24,7 @@ whole busy time (also creating the store, assembling chunk buffers, the finite c
 loop waited for the writer (a full queue, then the final flush after the last batch). Writer time beyond that wait
 ran while the forward pass computed (overlapped in wall time; on a small CPU the two still share its cores).
 ``--compressor`` / ``--features-dtype`` are passed to ``cg.extract`` (default: the store's default codec,
-``causalgeom.store.DEFAULT_COMPRESSOR``, and float32 features).
+``causalgeom.dump.store.DEFAULT_COMPRESSOR``, and float32 features).
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     p.add_argument("--jpeg", action="store_true", help="read JPEG files from an ImageFolder tree (decoding included)")
     p.add_argument("--data", default=None, help="with --jpeg: an existing ImageFolder tree (default: a temporary one)")
-    p.add_argument("--compressor", default=None, help="store codec (default: causalgeom.store.DEFAULT_COMPRESSOR)")
+    p.add_argument("--compressor", default=None, help="store codec (default: causalgeom.dump.store.DEFAULT_COMPRESSOR)")
     p.add_argument("--features-dtype", default="float32", choices=("float32", "float16", "bfloat16"),
                    help="precision of the stored features (default float32)")
     args = p.parse_args()

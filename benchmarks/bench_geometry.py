@@ -7,7 +7,7 @@ side by side
 * the raw read of ``features`` with each codec (decompress + checksum every chunk, no arithmetic),
 * for the uncompressed store, the raw read through the fused pass's own reader (`causalgeom.dump.chunks`:
   each chunk file read into memory and its CRC32C checked, no arithmetic),
-* the fused pass (`causalgeom.table.fused_run`: norm, rms, cosines to the minimal-loss centers, confidence,
+* the fused pass (`causalgeom.metrics.table.fused_run`: norm, rms, cosines to the minimal-loss centers, confidence,
   correctness, NLL, Brier, margin; one read of features and logits, through the direct reader on an
   uncompressed store) on the store with the default codec,
 * numpy norm + cosine on an in-memory array (a slice, scaled to N; bounded by the RSS limit),
@@ -125,10 +125,10 @@ def main(argv=None) -> int:
     n = 100_000 if args.small else (2_000_000 if args.full else args.n)
 
     import causalgeom as cg
-    from causalgeom.geometry import class_centers
+    from causalgeom.metrics.geometry import class_centers
     from causalgeom.dump.chunks import reader_for
-    from causalgeom.store import COMPRESSORS, DEFAULT_COMPRESSOR
-    from causalgeom.table import fused_run
+    from causalgeom.dump.store import COMPRESSORS, DEFAULT_COMPRESSOR
+    from causalgeom.metrics.table import fused_run
 
     codecs = [c.strip() for c in args.codecs.split(",") if c.strip()]
     unknown = [c for c in codecs if c not in COMPRESSORS]

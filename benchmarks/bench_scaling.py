@@ -11,7 +11,7 @@ overconfidence, paired by image, ``--n-boot`` cluster-bootstrap replicates) is a
   thread each: Dask's ``OMP_NUM_THREADS=1`` pre-spawn setting, checked and printed) + ``mediate_study`` (per-run
   moments as Dask tasks over the chunks, two passes, nothing per-sample leaves the workers) + closing the cluster;
   its start and stop are timed once and added (the workers get `causalgeom.scale.WORKER_MALLOC_ENV`, as every
-  LocalCluster `causalgeom.distributed.client` starts: Dask's own malloc setting made the fused pass 45% slower
+  LocalCluster `causalgeom.scale.client` starts: Dask's own malloc setting made the fused pass 45% slower
   per chunk),
 
 and also ``study_frame`` / ``mediate_study`` on 1 and on 2 workers, and ``mediate_study`` in this process. Wall

@@ -126,7 +126,7 @@ import os, sys, tempfile, time
 from pathlib import Path
 import numpy as np, torch
 import causalgeom as cg
-from causalgeom.zoo import read_zoo, extract_zoo
+from causalgeom.pipeline.zoo import read_zoo, extract_zoo
 
 n = int(os.environ.get("CG_ZOO_N", "10000"))
 device = os.environ.get("CG_ZOO_DEVICE", "cuda")

@@ -21,77 +21,57 @@ from .dump.adapters import import_dump
 
 __version__ = "0.1.0"
 
-#: Sub-modules imported on first use. ``cg.extract`` is the extraction function itself (``causalgeom/extract.py``
-#: puts it in ``sys.modules``; see docs/CONTRACTS.md); ``cg.report(...)`` calls the report's main function.
-_SUBMODULES = ("geometry", "calibration", "robustness", "summary", "causal", "interventions", "attacks", "train",
-               "data", "models", "extract", "report", "table", "demo", "distributed", "adapters", "store",
-               "testing", "kernels", "extraction")
+#: The facade: public name -> (module path, attribute or None). Each is imported on first use (torch, statsmodels
+#: and DoWhy load only when needed). ``None``: the name is the module itself (``cg.geometry`` is the module
+#: ``causalgeom.metrics.geometry``); an attribute: the name is that object (``cg.report`` is the function
+#: ``causalgeom.reporting.report``, ``cg.extract`` the function ``causalgeom.pipeline.extract.extract``). These are
+#: attribute names of the package, not importable module paths: import the module path on the right.
+_FACADE: dict[str, tuple[str, str | None]] = {
+    "report": ("causalgeom.reporting", "report"),
+    "extract": ("causalgeom.pipeline.extract", "extract"),
+    "schema": ("causalgeom.dump.schema", None),
+    "store": ("causalgeom.dump.store", None),
+    "adapters": ("causalgeom.dump.adapters", None),
+    "kernels": ("causalgeom.metrics.kernels", None),
+    "geometry": ("causalgeom.metrics.geometry", None),
+    "calibration": ("causalgeom.metrics.calibration", None),
+    "robustness": ("causalgeom.metrics.robustness", None),
+    "summary": ("causalgeom.metrics.summary", None),
+    "table": ("causalgeom.metrics.table", None),
+    "causal": ("causalgeom.causal", None),
+    "interventions": ("causalgeom.interventions", None),
+    "data": ("causalgeom.pipeline.data", None),
+    "models": ("causalgeom.pipeline.models", None),
+    "train": ("causalgeom.pipeline.train", None),
+    "attacks": ("causalgeom.pipeline.attacks", None),
+    "extraction": ("causalgeom.pipeline.extract", None),
+    "zoo": ("causalgeom.pipeline.zoo", None),
+    "reporting": ("causalgeom.reporting", None),
+    "demo": ("causalgeom.demo", None),
+    "distributed": ("causalgeom.scale", None),
+    "testing": ("causalgeom.testing", None),
+}
 
 __all__ = [
     "CausalGeomError", "ConfigError", "DumpImportError", "HeadMissingError", "IncompleteStoreError",
     "QueryError", "SchemaError", "StoreError", "StoreExistsError", "StoreLockedError", "UnsafeFileError",
     "SCHEMA_VERSION", "from_arrays", "validate", "open", "save", "verify", "Study", "open_study",
-    "import_dump", *_SUBMODULES,
+    "import_dump", *_FACADE,
 ]
 
 
 def __getattr__(name: str):
-    """Import heavy submodules (torch, statsmodels, dowhy) only when first used."""
-    if name in _SUBMODULES:
-        return importlib.import_module(f".{name}", __name__)
-    raise AttributeError(f"module 'causalgeom' has no attribute {name!r}")
+    """Resolve a public name of `_FACADE` on first use (and cache it on the package)."""
+    try:
+        module_path, attribute = _FACADE[name]
+    except KeyError:
+        raise AttributeError(f"module 'causalgeom' has no attribute {name!r}") from None
+    value = importlib.import_module(module_path)
+    if attribute is not None:
+        value = getattr(value, attribute)
+    globals()[name] = value
+    return value
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Old module paths (before the folder move) stay importable: ``import causalgeom.geometry`` gives the module
-# ``causalgeom.metrics.geometry`` itself (the same object, so monkeypatching either name patches both).
-# ---------------------------------------------------------------------------------------------------------------
-import importlib.abc as _abc  # noqa: E402
-import importlib.util as _iutil  # noqa: E402
-import sys as _sys  # noqa: E402
-
-#: old module path -> new module path
-MOVED_MODULES = {
-    'causalgeom.schema': 'causalgeom.dump.schema',
-    'causalgeom.store': 'causalgeom.dump.store',
-    'causalgeom.study': 'causalgeom.dump.study',
-    'causalgeom.adapters': 'causalgeom.dump.adapters',
-    'causalgeom.data': 'causalgeom.pipeline.data',
-    'causalgeom.models': 'causalgeom.pipeline.models',
-    'causalgeom.train': 'causalgeom.pipeline.train',
-    'causalgeom.attacks': 'causalgeom.pipeline.attacks',
-    'causalgeom.extraction': 'causalgeom.pipeline.extract',
-    'causalgeom.zoo': 'causalgeom.pipeline.zoo',
-    'causalgeom._blocks': 'causalgeom.metrics.blocks',
-    'causalgeom.kernels': 'causalgeom.metrics.kernels',
-    'causalgeom.geometry': 'causalgeom.metrics.geometry',
-    'causalgeom.calibration': 'causalgeom.metrics.calibration',
-    'causalgeom.robustness': 'causalgeom.metrics.robustness',
-    'causalgeom.table': 'causalgeom.metrics.table',
-    'causalgeom.summary': 'causalgeom.metrics.summary',
-    'causalgeom.distributed': 'causalgeom.scale',
-}
-
-
-class _MovedModuleFinder(_abc.MetaPathFinder, _abc.Loader):
-    """Serves an old module path by importing the new one (PEP 451 finder + loader)."""
-
-    def find_spec(self, fullname, path=None, target=None):  # noqa: D102
-        if fullname not in MOVED_MODULES:
-            return None
-        return _iutil.spec_from_loader(fullname, self)
-
-    def __init__(self):
-        self._specs = {}
-
-    def create_module(self, spec):  # noqa: D102
-        module = importlib.import_module(MOVED_MODULES[spec.name])
-        self._specs[module.__name__] = module.__spec__  # the import machinery overwrites __spec__ next
-        return module
-
-    def exec_module(self, module):  # noqa: D102
-        module.__spec__ = self._specs[module.__name__]  # keep the real spec (relative imports inside functions)
-
-
-if not any(isinstance(f, _MovedModuleFinder) for f in _sys.meta_path):
-    _sys.meta_path.insert(0, _MovedModuleFinder())
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_FACADE))

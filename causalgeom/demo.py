@@ -1,7 +1,7 @@
 """The demo study: train the demo grid on digits, extract dumps with attack outcomes, write the report.
 
 The demo grid (`DEMO_PRESET`, = ``pipelines/digits_demo.toml``) is the default training preset
-(`causalgeom.train.DEFAULT_PRESET`) with 5 seeds per regularizer and shorter training, so that the
+(`causalgeom.pipeline.train.DEFAULT_PRESET`) with 5 seeds per regularizer and shorter training, so that the
 report's run-level inference can say something (randomization p-values down to 2 / C(10, 5) ≈ 0.008
 instead of 0.10 with 3 + 3 runs) while ``bash scripts/demo.sh`` stays within a few minutes on 2 cores.
 Extraction stores the attacked images' features (``save_adv``), so the report's decomposition also splits
@@ -35,13 +35,13 @@ def _demo_preset() -> dict[str, Any]:
             "seeds": list(DEMO_SEEDS), "train": train}
 
 
-#: The demo's training grid: `causalgeom.train.DEFAULT_PRESET` with `DEMO_SEEDS` and `DEMO_EPOCHS`
+#: The demo's training grid: `causalgeom.pipeline.train.DEFAULT_PRESET` with `DEMO_SEEDS` and `DEMO_EPOCHS`
 #: (the same dict as ``pipelines/digits_demo.toml``; a test checks it).
 DEMO_PRESET: dict[str, Any] = _demo_preset()
 
 
 def demo_grid():
-    """`DEMO_PRESET` as a `causalgeom.train.GridConfig`."""
+    """`DEMO_PRESET` as a `causalgeom.pipeline.train.GridConfig`."""
     from .pipeline.train import GridConfig
 
     return GridConfig.from_dict(DEMO_PRESET)

@@ -31,7 +31,7 @@ import pandas as pd
 from ._util.eps import eps_label, parse_eps_label
 from ._util.io import atomic_write
 from .errors import CausalGeomError, QueryError
-from .dump.study import Study, open_study
+from .dump.study import Study, as_study
 
 __all__ = ["report", "Section", "SECTION_IDS", "default_queries", "eps_label", "round_to_interval", "format_ci",
            "DECOMPOSE_OUTCOMES"]
@@ -89,7 +89,7 @@ def format_ci(estimate: float, low: float, high: float, level: float = 0.95) -> 
 
 
 def _mean_pm(table: pd.DataFrame) -> pd.DataFrame:
-    """A `causalgeom.summary.paper_table` as ``"mean ± half-width"`` strings rounded to what each interval supports."""
+    """A `causalgeom.metrics.summary.paper_table` as ``"mean ± half-width"`` strings rounded to what each interval supports."""
     metrics = [c for c in table.columns if f"{c}_low" in table.columns and f"{c}_high" in table.columns]
     drop = {f"{m}_{s}" for m in metrics for s in ("low", "high")}
     out = table[[c for c in table.columns if c not in drop]].copy()
@@ -254,12 +254,10 @@ def report(study: Study | str | os.PathLike, out: str | os.PathLike = "report.ht
 
     from ._util.dask import active_client, client, current_client
     from ._util.scale_choice import PATHS, choose_path
-    from .errors import ConfigError
+    from ._util.checks import check_choice
 
-    if path not in ("auto",) + PATHS:
-        raise ConfigError(f"path: expected one of {['auto', *PATHS]}, got {path!r}")
-    if not isinstance(study, Study):
-        study = open_study(study)
+    check_choice(path, "path", ("auto",) + PATHS)
+    study = as_study(study)
     if len(study) == 0:
         raise QueryError(f"study {study.path} has no complete runs to report on")
     cluster: Any = contextlib.nullcontext()
@@ -1024,12 +1022,3 @@ def _write(out: Path, study: Study, sections: list[Section]) -> None:
     atomic_write(out, page, fsync=False)
     md = f"# {title}\n\n" + "".join(f"## {s.title}\n\n{s.md}" for s in sections)
     atomic_write(out.with_suffix(".md"), md, fsync=False)
-
-
-# The function ``causalgeom.report`` carries this module's names (see causalgeom/report.py), so that
-# ``from causalgeom.report import SECTION_IDS`` keeps working while ``cg.report(...)`` is the function itself.
-for _name, _value in list(globals().items()):
-    if _name != "report" and not _name.startswith("__") and (
-            _name in __all__ or getattr(_value, "__module__", None) == __name__):
-        setattr(report, _name, _value)
-del _name, _value

@@ -72,8 +72,8 @@ def make_run(n: int = 400, d: int = 16, k: int = 5, *, seed: int = 0, run_id: st
 
 def make_study(path: str | os.PathLike, n_runs: int = 4, *, n: int = 120, d: int = 8, k: int = 4, seed: int = 0,
                treated: str = "label_smoothing", strength: float = 0.1, shrink: float = 0.3,
-               attacks: bool = True) -> Any:
-    """Write a study of ``n_runs`` synthetic runs at ``path`` and return it (`causalgeom.study.Study`).
+               attacks: bool = True, sample_chunk: int | None = None, compressor: str | None = None) -> Any:
+    """Write a study of ``n_runs`` synthetic runs at ``path`` and return it (`causalgeom.dump.study.Study`).
 
     The first half of the runs are controls (``regularizer="ce"``, ``strength=0``, run ids ``ce-sSEED``); the
     others are treated (``regularizer=treated``, ``strength``, run ids ``ls-sSEED``) and have their features
@@ -95,10 +95,12 @@ def make_study(path: str | os.PathLike, n_runs: int = 4, *, n: int = 120, d: int
         Treated features are ``1 - shrink`` times a control's (0 <= shrink < 1).
     attacks : bool
         As in `make_run`.
+    sample_chunk, compressor : optional
+        Stored chunking and codec of every run, as in `causalgeom.save` (default: its defaults).
 
     Returns
     -------
-    causalgeom.study.Study
+    causalgeom.dump.study.Study
     """
     from .dump.study import open_study  # the study folder needs the store; imported here to keep this module light
 
@@ -115,7 +117,8 @@ def make_study(path: str | os.PathLike, n_runs: int = 4, *, n: int = 120, d: int
         else:
             extra = {"regularizer": "ce", "strength": 0.0}
         study.add(make_run(n=n, d=d, k=k, seed=s, run_id=f"{'ls' if is_treated else 'ce'}-s{s}",
-                           scale=1.0 - shrink * is_treated, attacks=attacks, **extra))
+                           scale=1.0 - shrink * is_treated, attacks=attacks, **extra),
+                  sample_chunk=sample_chunk, compressor=compressor)
     return study
 
 
@@ -126,7 +129,7 @@ def assert_valid_run(run: xr.Dataset | str | os.PathLike, *, n: int | None = Non
     Parameters
     ----------
     run : xarray.Dataset or path-like
-        A run in memory, or a store path (then it must be complete, see `causalgeom.store.is_complete`).
+        A run in memory, or a store path (then it must be complete, see `causalgeom.dump.store.is_complete`).
     n, d, k : int, optional
         Expected sizes of ``sample``, ``feature``, ``class``.
 
@@ -138,7 +141,7 @@ def assert_valid_run(run: xr.Dataset | str | os.PathLike, *, n: int | None = Non
     ------
     AssertionError
         Naming what is wrong. The schema rules (dims, dtypes, finite values, ``logits = features @ W.T + b``
-        within its tolerance) are `causalgeom.schema.validate`'s; its `SchemaError` is turned into an
+        within its tolerance) are `causalgeom.dump.schema.validate`'s; its `SchemaError` is turned into an
         AssertionError with the same message.
     """
 

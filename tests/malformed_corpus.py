@@ -286,7 +286,7 @@ register("run table without file column", DumpImportError, "'file' column")(
 
 
 def _missing_head(i, o):
-    from causalgeom.schema import require_head
+    from causalgeom.dump.schema import require_head
 
     a = _good()
     require_head(cg.from_arrays(a["features"], a["logits"], a["labels"]), "minimal-loss centers")
@@ -428,9 +428,9 @@ register("train: unknown config key", ConfigError, r"unknown key\(s\) 'epoch'")(
 register("train: config that is not a table", ConfigError, r"expected a table/dict, got list")(_train_dict(["ce"]))
 register("grid: bad TOML syntax", ConfigError, r"invalid TOML")(_grid("[train\nepochs = 1\n"))
 register("grid: config path is a folder", ConfigError, r"is a folder")(
-    lambda i, o: __import__("causalgeom.train").train.run_grid(i, o, progress=False))
+    lambda i, o: __import__("causalgeom.pipeline.train").pipeline.train.run_grid(i, o, progress=False))
 register("grid: config file missing", ConfigError, r"not found")(
-    lambda i, o: __import__("causalgeom.train").train.run_grid(i / "nope.toml", o, progress=False))
+    lambda i, o: __import__("causalgeom.pipeline.train").pipeline.train.run_grid(i / "nope.toml", o, progress=False))
 register("grid: unknown top-level key", ConfigError, r"unknown key\(s\) 'regularisers'")(
     _grid(_GRID_TRAIN + '[[regularisers]]\nname = "ce"\n'))
 register("grid: unknown [train] key", ConfigError, r"'epoch'.*not allowed")(

@@ -9,7 +9,7 @@ import pytest
 import xarray as xr
 
 import causalgeom as cg
-from causalgeom.schema import require_head
+from causalgeom.dump.schema import require_head
 
 torch = pytest.importorskip("torch")
 
@@ -276,7 +276,7 @@ def test_run_table_is_read_as_text(tmp_path, arrays):
 
 def test_multi_run_import_is_all_or_nothing_under_a_held_lock(tmp_path, arrays):
     """Another process writing one of the runs: the import is refused before any run is published."""
-    from causalgeom.store import store_lock
+    from causalgeom.dump.store import store_lock
 
     files = _two_npz(tmp_path, arrays)
     study = tmp_path / "s"
@@ -289,7 +289,7 @@ def test_multi_run_import_is_all_or_nothing_under_a_held_lock(tmp_path, arrays):
 
 
 def test_failed_publish_leaves_the_study_as_it_was(tmp_path, arrays, monkeypatch):
-    import causalgeom.store as st
+    import causalgeom.dump.store as st
 
     files = _two_npz(tmp_path, arrays)
     study = tmp_path / "s"

@@ -14,7 +14,7 @@ from torch import nn
 
 import causalgeom as cg
 from tests._numerics import BOUNDARY_ATOL, assert_decisions_agree
-from causalgeom.attacks import FGSM, PGD, REFERENCE, STANDARD_EPS, Transfer, margin, parse_attack, parse_eps, sweep
+from causalgeom.pipeline.attacks import FGSM, PGD, REFERENCE, STANDARD_EPS, Transfer, margin, parse_attack, parse_eps, sweep
 from causalgeom.errors import ConfigError
 
 torchattacks = pytest.importorskip("torchattacks")

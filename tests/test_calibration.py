@@ -13,7 +13,7 @@ from torchmetrics.functional.classification import multiclass_calibration_error
 import causalgeom as cg
 from causalgeom import calibration as cal
 
-from .conftest import make_run
+from causalgeom.testing import make_run
 
 
 def _run(n=600, k=6, seed=0, scale=3.0):

@@ -12,7 +12,7 @@ from causalgeom.cli import main
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    from tests.conftest import make_run
+    from causalgeom.testing import make_run
 
     st = cg.open_study(tmp_path_factory.mktemp("cli") / "study", create=True)
     for i in range(4):

@@ -19,7 +19,7 @@ from causalgeom.dump.chunks import ChunkReader, reader_for
 from causalgeom.errors import StoreError
 from causalgeom.metrics import table
 
-from .conftest import make_run
+from causalgeom.testing import make_run
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 import causalgeom as cg
 from causalgeom.cli import main
 
-from .conftest import make_run
+from causalgeom.testing import make_run
 
 
 def test_help_lists_commands_with_examples(capsys):

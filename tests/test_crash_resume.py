@@ -28,11 +28,10 @@ import xarray as xr
 from torch import nn
 
 import causalgeom as cg
-import causalgeom.extract  # noqa: F401 - cg.extract(...) must stay callable after importing the module
 from causalgeom import train
-from causalgeom.attacks import PGD
+from causalgeom.pipeline.attacks import PGD
 from causalgeom.errors import IncompleteStoreError, StoreLockedError
-from causalgeom.extract import PROGRESS_DIR
+from causalgeom.pipeline.extract import PROGRESS_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 RELEASE_TIMEOUT = 120  # seconds a blocked child waits for the parent at most

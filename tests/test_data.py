@@ -75,9 +75,9 @@ def test_dataset_info_digits_and_cifar():
 
 
 def test_unknown_name_and_split():
-    with pytest.raises(ConfigError, match="dataset: expected one of 'digits'"):
+    with pytest.raises(ConfigError, match=r"dataset: expected one of \['digits'"):
         data.load_dataset("mnist", "train")
-    with pytest.raises(ConfigError, match="split: expected one of 'train', 'calib', 'test', got 'val'"):
+    with pytest.raises(ConfigError, match=r"split: expected one of \['train', 'calib', 'test'\], got 'val'"):
         data.load_dataset("digits", "val")
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import causalgeom as cg
-from causalgeom.report import SECTION_IDS
+from causalgeom.reporting import SECTION_IDS
 
 TINY = """
 name = "tiny"

@@ -26,7 +26,7 @@ import causalgeom as cg
 from causalgeom import distributed, interventions, summary, table, train
 from causalgeom.cli import main
 from causalgeom.errors import ConfigError, QueryError
-from tests.conftest import make_run
+from causalgeom.testing import make_run
 
 # functions of this module (the slow mapped block below) reach the workers by value, not by import
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

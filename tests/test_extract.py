@@ -16,10 +16,9 @@ from torch import nn
 
 import causalgeom as cg
 from tests._numerics import F32_ATOL, F32_RTOL, assert_decisions_agree
-import causalgeom.extract  # noqa: F401 - binds the module onto the package; cg.extract(...) must still work
-from causalgeom.attacks import FGSM, PGD
+from causalgeom.pipeline.attacks import FGSM, PGD
 from causalgeom.errors import ConfigError, IncompleteStoreError, SchemaError, StoreExistsError
-from causalgeom.extract import PROGRESS_DIR, find_head
+from causalgeom.pipeline.extract import PROGRESS_DIR, extract_runs, find_head
 
 
 def init_(module: nn.Module, seed: int) -> nn.Module:
@@ -112,9 +111,10 @@ def test_features_and_logits_match_independent_hook(tmp_path):
     assert "adv_correct" not in ds
 
 
-def test_callable_module_and_function_agree(tmp_path):
-    assert callable(cg.extract) and cg.extract.find_head is find_head
-    from causalgeom.extract import extract as fn
+def test_facade_function_and_module_function_agree(tmp_path):
+    from causalgeom.pipeline.extract import extract as fn
+
+    assert cg.extract is fn  # the facade name is the function itself
 
     x, y = make_data(40)
     a = cg.extract(Net(), (x, y), tmp_path / "a.zarr", progress=False)
@@ -485,14 +485,14 @@ def fake_training(tmp_path, monkeypatch):
         assert name == "toy"
         return torch.utils.data.TensorDataset(x, y)
 
-    monkeypatch.setitem(sys.modules, "causalgeom.train", types.SimpleNamespace(load_checkpoint=load_checkpoint))
-    monkeypatch.setitem(sys.modules, "causalgeom.data", types.SimpleNamespace(load_dataset=load_dataset))
+    monkeypatch.setitem(sys.modules, "causalgeom.pipeline.train", types.SimpleNamespace(load_checkpoint=load_checkpoint))
+    monkeypatch.setitem(sys.modules, "causalgeom.pipeline.data", types.SimpleNamespace(load_dataset=load_dataset))
     return out, loads
 
 
 def test_extract_runs_into_one_study_and_skip_done(fake_training):
     out, loads = fake_training
-    paths = cg.extract.extract_runs(out, attacks="fgsm:linf:eps=1/255,4/255", progress=False, batch_size=32)
+    paths = extract_runs(out, attacks="fgsm:linf:eps=1/255,4/255", progress=False, batch_size=32)
     assert [p.name for p in paths] == ["ce-s0.zarr", "ls-s0.zarr"]
     study = cg.open_study(out / "study")
     assert study.run_ids == ["ce-s0", "ls-s0"]
@@ -500,7 +500,7 @@ def test_extract_runs_into_one_study_and_skip_done(fake_training):
     assert runs.loc["ls-s0", "regularizer"] == "label_smoothing" and runs.loc["ls-s0", "split"] == "test"
     assert runs.loc["ce-s0", "attacks"] == ["fgsm-linf"]
     n = len(loads)
-    cg.extract.extract_runs(out / "runs", progress=False)  # all done: nothing is loaded again
+    extract_runs(out / "runs", progress=False)  # all done: nothing is loaded again
     assert len(loads) == n
 
 

@@ -14,11 +14,11 @@ import pytest
 
 import causalgeom as cg
 from causalgeom import calibration, geometry
-from causalgeom.kernels import FUSED_FIELDS, fused_block
-from causalgeom.table import fused_run
+from causalgeom.metrics.kernels import FUSED_FIELDS, fused_block
+from causalgeom.metrics.table import fused_run
 
 from ._reads import ReadCounter
-from .conftest import make_run
+from causalgeom.testing import make_run
 
 
 def test_fused_block_matches_outside_references():

@@ -10,7 +10,7 @@ from scipy import optimize, special, stats
 import causalgeom as cg
 from causalgeom import geometry as geo
 
-from .conftest import make_run
+from causalgeom.testing import make_run
 
 
 def _ce(c, W, b, q):
@@ -305,7 +305,7 @@ def test_dask_and_numpy_paths_agree(pair):
     lm = geo.magnitude(lazy)
     assert lm["norm"].chunks is not None  # lazy
     np.testing.assert_allclose(lm["norm"].values, geo.magnitude(ds)["norm"].values, rtol=1e-12)
-    from causalgeom._blocks import compute
+    from causalgeom.metrics.blocks import compute
 
     mag, cos = compute(lm, geo.cosine_to_center(lazy))  # one pass over shared chunks (xarray#11329 workaround)
     np.testing.assert_allclose(mag["rms"], geo.magnitude(ds)["rms"], rtol=1e-12)

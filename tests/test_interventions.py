@@ -13,7 +13,7 @@ import causalgeom as cg
 from causalgeom import interventions as iv
 from causalgeom.errors import ConfigError, HeadMissingError, SchemaError
 
-from .conftest import make_run
+from causalgeom.testing import make_run
 
 N_BOOT = 100
 

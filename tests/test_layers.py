@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import re
 import subprocess
 import sys
 import textwrap
@@ -49,24 +50,16 @@ FOLDER_LAYERS = ("_util", "dump", "pipeline", "metrics", "causal", "intervention
 #: Layer of each top-level module that is not (yet) inside its layer's folder.
 MODULE_LAYER: dict[str, str] = {
     "errors": "_util",
-    "extract": "pipeline",  # the shim that makes `causalgeom.extract` the function
-    "report": "report", "reporting": "report", "demo": "report",
+    "reporting": "report", "demo": "report",
     "testing": "testing",
     "__main__": "facade",
 }
 
-def _now(module: str) -> str:
-    """The current path of a module named by its path before the folder move (``causalgeom.MOVED_MODULES``)."""
-    import causalgeom
-
-    return getattr(causalgeom, "MOVED_MODULES", {}).get(module, module)
-
-
 #: Imports that go up a layer on purpose, each with its reason. Keep this list short.
 UPWARD_EXCEPTIONS: dict[tuple[str, str], str] = {
-    (_now("causalgeom.study"), _now("causalgeom.table")):
+    ("causalgeom.dump.study", "causalgeom.metrics.table"):
         "Study.to_frame() is public API (cg.open_study(p).to_frame()); it calls the metrics layer's column "
-        "registry, causalgeom.table.study_frame, lazily inside the method",
+        "registry, causalgeom.metrics.table.study_frame, lazily inside the method",
 }
 
 
@@ -184,7 +177,7 @@ def test_scanner_sees_imports_inside_functions_and_relative_ones():
     """The scanner itself: a function-level relative import and a two-module cycle are found."""
     graph = import_graph()
     # a relative import inside a function (Study.to_frame imports the table lazily)
-    assert _now("causalgeom.table") in graph[_now("causalgeom.study")]
+    assert "causalgeom.metrics.table" in graph["causalgeom.dump.study"]
     assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert find_cycles({"a": {"b"}, "b": set()}) == []
 
@@ -197,27 +190,89 @@ def test_no_import_cycles():
     assert not cycles, f"import cycles among causalgeom modules (imports inside functions count):\n{detail}"
 
 
-def test_no_module_imports_an_old_module_path():
-    """Old paths (served by `causalgeom.MOVED_MODULES` after the folder move) are for users, not for the package:
-    the scan cannot see through them."""
-    import causalgeom
+#: Module paths from before the folder move, and the two modules that were replaced by functions. None of them is
+#: importable any more; the public names (``cg.geometry``, ``cg.report(...)``) are attributes of the package facade
+#: (``causalgeom._FACADE``). Written here so that the scan below can find them.
+OLD_MODULES = ("schema", "store", "study", "adapters", "data", "models", "train", "attacks", "extraction", "zoo",
+               "_blocks", "kernels", "geometry", "calibration", "robustness", "table", "summary", "distributed")
+_OLD_PATH = re.compile(
+    r"\bcausalgeom\.(?:" + "|".join(re.escape(m) for m in OLD_MODULES) + r")(?![A-Za-z0-9_])"
+    # causalgeom.report / causalgeom.extract are functions now: used as a module (an attribute, an import) they
+    # are an old path, called (``causalgeom.extract(...)``) or named they are the function
+    r"|\b(?:causalgeom|cg)\.(?:report|extract)\.[A-Za-z_]"
+    r"|\b(?:from|import)\s+causalgeom\.(?:report|extract)\b")
+#: Where the scan looks (relative to the repository root) and which files it reads there.
+SCANNED = ("causalgeom", "tests", "docs", "benchmarks", "pipelines", "README.md")
+_SCANNED_SUFFIXES = {".py", ".md", ".toml", ".sh", ".txt", ".cfg", ".rst"}
 
-    moved = set(getattr(causalgeom, "MOVED_MODULES", {}))
-    mods = _modules()
+
+def old_path_uses(text: str) -> list[str]:
+    """The old module paths ``text`` spells (see `OLD_MODULES`)."""
+    return [m.group(0) for m in _OLD_PATH.finditer(text)]
+
+
+def test_old_path_scan_finds_old_paths():
+    """The scan itself: old module paths are found, the new ones and the facade's function calls are not."""
+    assert old_path_uses("from causalgeom.geometry import magnitude; import causalgeom._blocks") == [
+        "causalgeom.geometry", "causalgeom._blocks"]
+    assert old_path_uses("`causalgeom.distributed.client`, cg.extract.extract_runs(x)") == [
+        "causalgeom.distributed", "cg.extract.e"]
+    assert old_path_uses("from causalgeom.report import SECTION_IDS") == ["from causalgeom.report"]
+    assert old_path_uses("causalgeom.metrics.geometry; causalgeom.dump.study; causalgeom.reporting.SECTION_IDS; "
+                         "cg.extract(model, data, out); causalgeom.report(study); cg.geometry.magnitude; "
+                         "causalgeom.data_root") == []
+
+
+def test_no_old_module_path_anywhere():
+    """No file of the package, tests, docs, benchmarks or pipelines spells a module path that no longer exists."""
+    repo = ROOT.parent
+    here = Path(__file__).resolve()
     bad = []
-    for mod, path in mods.items():
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        is_pkg = path.name == "__init__.py"
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                bad += [f"{mod}: import {a.name}" for a in node.names if a.name in moved]
-            elif isinstance(node, ast.ImportFrom):
-                base = mod.split(".") if is_pkg else mod.split(".")[:-1]
-                base = base[:len(base) - (node.level - 1)] if node.level else []
-                target = ".".join(base + [node.module]) if node.module else ".".join(base)
-                names = [target] + [f"{target}.{a.name}" for a in node.names]
-                bad += [f"{mod}: from {target} import ..." for n in names if n in moved]
-    assert not bad, "imports of old module paths inside causalgeom (import the new path):\n" + "\n".join(bad)
+    for top in SCANNED:
+        base = repo / top
+        files = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.suffix in _SCANNED_SUFFIXES)
+        for path in files:
+            if path.resolve() == here or "__pycache__" in path.parts:
+                continue  # this file names them on purpose
+            for lineno, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+                bad += [f"{path.relative_to(repo)}:{lineno}: {hit}" for hit in old_path_uses(line)]
+    assert not bad, "old module paths (use the new path, or the facade name cg.X):\n" + "\n".join(bad)
+
+
+def test_no_causalgeom_finder_on_the_import_path():
+    """Importing the package adds nothing to ``sys.meta_path``: every module has one importable path."""
+    # setuptools' editable install puts its own finder (module ``__editable___causalgeom_*``) on the path: that one
+    # belongs to the installation, not to the package
+    code = ("import sys\n"
+            "before = list(sys.meta_path)\n"
+            "import causalgeom as cg\n"
+            "for name in cg._FACADE: getattr(cg, name)\n"
+            "added = [f for f in sys.meta_path if f not in before]\n"
+            "mod = lambda f: (f if isinstance(f, type) else type(f)).__module__ or ''\n"
+            "ours = [f for f in sys.meta_path if mod(f).startswith('causalgeom')]\n"
+            "assert not added and not ours, (added, ours)\n"
+            "from importlib.machinery import PathFinder\n"
+            "for old in ('geometry', 'report', 'extract', 'distributed'):\n"
+            "    assert PathFinder.find_spec('causalgeom.' + old, cg.__path__) is None, old\n"
+            "print('OK')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT.parent)
+    assert proc.returncode == 0 and proc.stdout.strip() == "OK", proc.stderr[-3000:]
+
+
+def test_facade_names_resolve_to_their_targets():
+    """Every public name of the facade is the module, or the module's attribute, that `_FACADE` says."""
+    import importlib
+
+    import causalgeom as cg
+
+    for name, (module_path, attribute) in cg._FACADE.items():
+        module = importlib.import_module(module_path)
+        assert getattr(cg, name) is (module if attribute is None else getattr(module, attribute)), name
+    assert callable(cg.report) and callable(cg.extract)
+    assert cg.report.__module__ == "causalgeom.reporting" and cg.extract.__module__ == "causalgeom.pipeline.extract"
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        cg.nope  # noqa: B018
 
 
 def test_every_module_has_a_layer():
@@ -240,7 +295,7 @@ def layer_violations(graph: dict[str, set[str]]) -> list[str]:
 
 def test_layer_check_flags_an_upward_import():
     """The check itself, on made-up edges: dump -> metrics and pipeline -> metrics are refused."""
-    store, geometry, train = _now("causalgeom.store"), _now("causalgeom.geometry"), _now("causalgeom.train")
+    store, geometry, train = "causalgeom.dump.store", "causalgeom.metrics.geometry", "causalgeom.pipeline.train"
     assert layer_violations({store: {geometry}, train: {geometry}}) == [
         f"{store} (dump) imports {geometry} (metrics)", f"{train} (pipeline) imports {geometry} (metrics)"]
     assert layer_violations({geometry: {store}}) == []
@@ -318,8 +373,8 @@ def test_numpy_analysis_runs_without_torch(tmp_path):
 
 
 #: Modules of the numpy-only analysis path: importing them must not import torch.
-NUMPY_MODULES = ("causalgeom.causal", "causalgeom.interventions", "causalgeom.table", "causalgeom.summary",
-                 "causalgeom.distributed", "causalgeom.testing")
+NUMPY_MODULES = ("causalgeom.causal", "causalgeom.interventions", "causalgeom.metrics.table",
+                 "causalgeom.metrics.summary", "causalgeom.scale", "causalgeom.testing")
 
 
 def test_analysis_modules_import_without_torch():

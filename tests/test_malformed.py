@@ -47,7 +47,7 @@ def test_read_only_folder(tmp_path):
     if subprocess.run(["chattr", "+i", str(ro)], capture_output=True).returncode != 0:
         pytest.skip("chattr +i not supported on this filesystem")
     try:
-        from .conftest import make_run
+        from causalgeom.testing import make_run
 
         with pytest.raises(cg.StoreError, match="ro"):
             cg.save(make_run(n=20), ro / "r.zarr")

@@ -122,7 +122,7 @@ def test_validate_attrs_and_run_ids(attrs, run_id):
 @given(st.data())
 def test_validate_never_raises_foreign_errors(data):
     """validate on arbitrary mutations of a good dataset raises SchemaError or nothing."""
-    from .conftest import make_run
+    from causalgeom.testing import make_run
 
     ds = make_run(n=20, d=3, k=3, attacks=data.draw(st.booleans())).copy(deep=True)
     name = data.draw(st.sampled_from(sorted(ds.data_vars)))

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 import causalgeom as cg
-from causalgeom.report import SECTION_IDS
+from causalgeom.reporting import SECTION_IDS
 
 
 
@@ -145,7 +145,7 @@ def test_mediation_tables_state_design_estimand_and_overlap(written):
 
 
 def test_eps_labels_and_rounding_to_the_interval():
-    from causalgeom.report import eps_label, format_ci, round_to_interval
+    from causalgeom.reporting import eps_label, format_ci, round_to_interval
 
     assert eps_label(8 / 255) == "8/255" and eps_label(np.float32(2 / 255)) == "2/255" and eps_label(0.3) == "0.3"
     # half-width 0.034: first significant digit at 1e-2, plus one → 3 decimals
@@ -154,7 +154,7 @@ def test_eps_labels_and_rounding_to_the_interval():
     assert round_to_interval(12.3456, 9.8, 14.8) == ("+12.3", "+9.8", "+14.8")
     assert format_ci(0.5, 0.5, 0.5) == "+0.5"  # degenerate interval: 3 significant digits, no CI
     assert format_ci(-0.0651, -0.0723, -0.0578) == "-0.0651 (95% CI -0.0723 to -0.0578)"
-    from causalgeom.report import _mean_pm
+    from causalgeom.reporting import _mean_pm
 
     paper = pd.DataFrame({"regularizer": ["ce"], "nll": [0.18781], "nll_low": [0.1388], "nll_high": [0.2368]})
     assert _mean_pm(paper)["nll"].tolist() == ["0.188 ± 0.049"]
@@ -181,7 +181,7 @@ def test_unaligned_runs_get_the_basis_free_split(tmp_path):
 
 
 def test_summary_names_the_model_conditional_estimand_first(tmp_path):
-    from causalgeom.report import summary_text
+    from causalgeom.reporting import summary_text
 
     s = cg.open_study(tmp_path / "study", create=True)
     s.add(crossed_run("ce-s0", "ce", 0.0, 2.0, 1))

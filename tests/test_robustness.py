@@ -9,7 +9,7 @@ from statsmodels.stats.proportion import proportion_confint
 import causalgeom as cg
 from causalgeom import robustness as rob
 
-from .conftest import make_run
+from causalgeom.testing import make_run
 
 
 def _run_with_two_attacks(n=120, seed=0):

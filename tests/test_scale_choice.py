@@ -19,7 +19,7 @@ from causalgeom import scale
 from causalgeom.cli import main
 from causalgeom.errors import ConfigError
 
-from .conftest import make_run
+from causalgeom.testing import make_run
 
 pytestmark = pytest.mark.filterwarnings("ignore::causalgeom.causal.FewClustersWarning")
 

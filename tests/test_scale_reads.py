@@ -2,7 +2,7 @@
 
 Reads are counted on the Zarr LocalStore (as for ``Study.to_frame`` in tests/test_fused.py); the computation runs
 in this process (dask's threaded scheduler), where the counter sees every read. The values are checked against the
-in-memory study table (`causalgeom.table.run_table`, itself checked against outside references in test_fused).
+in-memory study table (`causalgeom.metrics.table.run_table`, itself checked against outside references in test_fused).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from causalgeom import distributed, table
 from causalgeom.errors import QueryError
 
 from ._reads import ReadCounter
-from .conftest import make_run
+from causalgeom.testing import make_run
 
 pytestmark = pytest.mark.filterwarnings("ignore::causalgeom.causal.FewClustersWarning")
 

@@ -7,9 +7,9 @@ import pytest
 import xarray as xr
 
 import causalgeom as cg
-from causalgeom.schema import LOGITS_ATOL, LOGITS_RTOL
+from causalgeom.dump.schema import LOGITS_ATOL, LOGITS_RTOL
 
-from .conftest import make_run
+from causalgeom.testing import make_run
 
 
 def test_from_arrays_accepts_numpy_and_torch():

@@ -11,9 +11,9 @@ import pytest
 import xarray as xr
 
 import causalgeom as cg
-from causalgeom.store import COMPLETE_ATTR, store_lock
+from causalgeom.dump.store import COMPLETE_ATTR, store_lock
 
-from .conftest import make_run
+from causalgeom.testing import make_run
 
 
 def test_round_trip_identical_and_lazy(tmp_path):
@@ -133,7 +133,7 @@ def test_compressor_option_round_trips_and_is_recorded(tmp_path, compressor):
 
 
 def test_store_written_with_the_old_codec_opens_under_the_new_default(tmp_path):
-    from causalgeom.store import DEFAULT_COMPRESSOR
+    from causalgeom.dump.store import DEFAULT_COMPRESSOR
 
     assert DEFAULT_COMPRESSOR != "zstd"  # the old codec is no longer the default ...
     ds = make_run(n=150, run_id="old")

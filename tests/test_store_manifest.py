@@ -20,9 +20,9 @@ import xarray as xr
 import zarr
 
 import causalgeom as cg
-from causalgeom.store import COMPLETE_ATTR, build_manifest, check_store, has_manifest
+from causalgeom.dump.store import COMPLETE_ATTR, build_manifest, check_store, has_manifest
 
-from .conftest import make_run
+from causalgeom.testing import make_run
 
 
 def _store(tmp_path, n=450, chunk=150, **kw) -> Path:
@@ -207,7 +207,7 @@ def test_store_without_manifest_stays_readable(tmp_path, capsys):
 
 
 def test_normal_open_checks_checksums_once_per_process(tmp_path, monkeypatch):
-    import causalgeom.store as st
+    import causalgeom.dump.store as st
 
     p = _store(tmp_path, n=60, chunk=20)
     calls = []

@@ -7,7 +7,7 @@ import xarray as xr
 
 import causalgeom as cg
 
-from .conftest import make_run
+from causalgeom.testing import make_run
 
 
 def test_study_round_trip_of_several_runs(tmp_path):

@@ -10,9 +10,9 @@ from scipy import stats
 import causalgeom as cg
 from causalgeom import calibration as cal, geometry as geo, robustness as rob
 from causalgeom.cli import main
-from causalgeom.summary import format_table, paper_table, robust_key, run_frame, run_metrics
+from causalgeom.metrics.summary import format_table, paper_table, robust_key, run_frame, run_metrics
 
-from .conftest import make_run
+from causalgeom.testing import make_run
 
 
 @pytest.fixture(scope="module")

@@ -11,21 +11,11 @@ import pytest
 import causalgeom as cg
 from causalgeom import calibration, geometry, robustness
 from causalgeom.errors import QueryError
-from causalgeom.table import (RUN_COLUMNS, SAMPLE_COLUMNS, min_flip_column, robust_acc_column, robust_column,
+from causalgeom.metrics.table import (RUN_COLUMNS, SAMPLE_COLUMNS, min_flip_column, robust_acc_column, robust_column,
                               study_frame)
 
 
-@pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    from tests.conftest import make_run
-
-    st = cg.open_study(tmp_path_factory.mktemp("table") / "study", create=True)
-    for i in range(4):
-        ls = i >= 2
-        st.add(make_run(n=120, d=8, k=4, seed=i, run_id=f"{'ls' if ls else 'ce'}-s{i}", scale=1.0 - 0.3 * ls,
-                        regularizer="label_smoothing" if ls else "ce", strength=0.1 if ls else 0.0,
-                        regularizer_params={"smoothing": 0.1} if ls else {}))
-    return st
+# `study`: the shared fixture of tests/conftest.py (in memory / on disk / compressed)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +76,7 @@ def test_attack_and_eps_selection(study):
         study_frame(study, attack="fgsm", progress=False)
     with pytest.raises(QueryError, match="eps: 0.5 is not in this run"):
         study_frame(study, eps=0.5, progress=False)
-    with pytest.raises(QueryError, match="level: unknown value 'class'"):
+    with pytest.raises(QueryError, match=r"level: expected one of \['sample', 'run'\], got 'class'"):
         study_frame(study, level="class", progress=False)
 
 

@@ -1,6 +1,6 @@
 """Extraction with ``torchrun`` (2 CPU processes, gloo): equals a single process; a failed rank is redone alone.
 
-The ranks run a small script (written to the test's folder) that calls `causalgeom.distributed.extract`
+The ranks run a small script (written to the test's folder) that calls `causalgeom.scale.extract`
 or `extract_study`; ``python -m torch.distributed.run --standalone --nproc-per-node 2`` starts them. Each
 ``torchrun`` takes a few seconds (two processes importing torch).
 """
@@ -164,8 +164,8 @@ def test_torchrun_study_of_trained_runs_equals_single_process(tmp_path, trained)
     script.write_text(STUDY_SCRIPT)
     proc = torchrun(tmp_path, str(script), str(trained), str(tmp_path / "dist"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    cg.extract.extract_runs(trained, tmp_path / "single", attacks="pgd:linf:eps=1/255,4/255:steps=2", batch_size=32,
-                            sample_chunk=64, generator=3, progress=False)
+    cg.extraction.extract_runs(trained, tmp_path / "single", attacks="pgd:linf:eps=1/255,4/255:steps=2",
+                               batch_size=32, sample_chunk=64, generator=3, progress=False)
     dist, single = cg.open_study(tmp_path / "dist"), cg.open_study(tmp_path / "single")
     assert dist.run_ids == single.run_ids == ["ce-s0", "label_smoothing0.1-s0"] and not dist.incomplete
     for run_id in dist.run_ids:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from causalgeom import train
 from causalgeom.cli import main
 from causalgeom.errors import ConfigError
-from causalgeom.train import GridConfig, SoftTargets, TrainConfig
+from causalgeom.pipeline.train import GridConfig, SoftTargets, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -109,7 +109,7 @@ def test_soft_targets_are_distributions(eps, mix, cut, seed):
     (dict(regularizer="ce", label_smoothing=0.1), "does not include 'label_smoothing'"),
     (dict(regularizer="ce+mixup", mixup_alpha=1.0), "cannot be combined"),
     (dict(epochs=0), "epochs: expected an integer >= 1, got 0"),
-    (dict(optimizer="lbfgs"), "optimizer: expected one of 'sgd', 'adamw'"),
+    (dict(optimizer="lbfgs"), r"optimizer: expected one of \['sgd', 'adamw'\], got 'lbfgs'"),
     (dict(model="resnet7"), "model: unknown name 'resnet7'"),
     (dict(run_id="../x"), "run_id"),
     (dict(dataset="cifar10", data_root="/nonexistent/cifar"), "cifar-10-batches-py"),

@@ -106,7 +106,7 @@ def test_device_and_autocast():
 
 def test_extract_config_is_the_keyword_api(tmp_path):
     torch = pytest.importorskip("torch")
-    from causalgeom.extraction import ExtractConfig
+    from causalgeom.pipeline.extract import ExtractConfig
 
     cfg = ExtractConfig.from_options(None, batch_size=8, progress=False)
     assert cfg.batch_size == 8 and cfg.progress is False and cfg.mode == "w-"
@@ -136,7 +136,7 @@ def test_make_run_scale_and_assert_valid_run():
     broken = base.copy(deep=True)
     broken["logits"].values[0, 0] += 1.0
     with pytest.raises(AssertionError, match="not a valid schema-v1 run: variable 'logits': inconsistent"):
-        assert_valid_run(broken)  # the rule is causalgeom.schema.validate's
+        assert_valid_run(broken)  # the rule is causalgeom.dump.schema.validate's
 
 
 def test_make_study(tmp_path):

@@ -138,7 +138,7 @@ def _warm_caches(tmp_path, monkeypatch) -> dict[str, torch.Tensor]:
     import torchvision
     from safetensors.torch import save_file
 
-    from causalgeom.models import torch_hub_file
+    from causalgeom.pipeline.models import torch_hub_file
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))

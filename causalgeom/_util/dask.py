@@ -1,9 +1,9 @@
 """The Dask cluster of a computation: `client` blocks, the active client, worker-loss translation.
 
 The one place that knows how a causalgeom computation finds its cluster. It sits in `_util` (below every
-layer) because two layers need it: the metrics (`causalgeom._blocks.compute` runs every graph on the active
-client) and training grids (`causalgeom.train.run_grid` dispatches runs to it). Public names are re-exported by
-`causalgeom.distributed`. Imports dask only inside functions.
+layer) because two layers need it: the metrics (`causalgeom.metrics.blocks.compute` runs every graph on the active
+client) and training grids (`causalgeom.pipeline.train.run_grid` dispatches runs to it). Public names are re-exported by
+`causalgeom.scale`. Imports dask only inside functions.
 """
 
 from __future__ import annotations
@@ -97,8 +97,8 @@ def client(scheduler: Any = None, *, n_workers: int = 2, threads_per_worker: int
     ------
     dask.distributed.Client
         The default client inside the block: ``dask.compute`` (and so every causalgeom metric, the
-        study table, interventions, :func:`causalgeom.distributed.mediate_study`) runs on it, and
-        :func:`causalgeom.train.run_grid` dispatches its runs to it. Dask's worker-loss errors
+        study table, interventions, :func:`causalgeom.scale.mediate_study`) runs on it, and
+        :func:`causalgeom.pipeline.train.run_grid` dispatches its runs to it. Dask's worker-loss errors
         (``KilledWorker``, ...) leaving the block become :class:`WorkerLostError`.
 
     Raises
@@ -190,7 +190,7 @@ def worker_loss_translated(what: str = "the computation") -> Iterator[None]:
 def compute_arrays(*objs: Any) -> tuple[Any, ...]:
     """``dask.compute(*objs)``, on the active cluster if any, turning a lost worker into :class:`WorkerLostError`.
 
-    The raw step under `causalgeom._blocks.compute` (which also rebuilds xarray objects around the results);
+    The raw step under `causalgeom.metrics.blocks.compute` (which also rebuilds xarray objects around the results);
     call that one.
     """
     import dask

@@ -1,7 +1,7 @@
 """Where a whole-study analysis runs, in this process or out of core on Dask, decided by one rule: the study's size.
 
 The rule lives in `_util` (below every layer) because two layers apply it: the command line
-(`causalgeom.cli._scale`) and `causalgeom.report`, which may not import `causalgeom.scale`; it is re-exported as
+(`causalgeom.cli._scale`) and `causalgeom.reporting`, which may not import `causalgeom.scale`; it is re-exported as
 `causalgeom.scale.choose_path`. It reads only each run's metadata (sizes and the features' data type), never a
 sample.
 

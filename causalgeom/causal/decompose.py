@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -557,7 +556,7 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
     paired by their ``sample`` id and
     each image's feature ``h`` is written as ``m · u`` (``m = ||h||``, ``u = h / m``). Every world takes
     each factor from c or t, its logits are ``W (m u) + b`` and its outcome is computed from them with
-    the package's calibration kernels (`causalgeom.kernels`, shared with `causalgeom.calibration`). The
+    the package's calibration kernels (`causalgeom.metrics.kernels`, shared with `causalgeom.metrics.calibration`). The
     total ``v(all t) − v(all c)`` is split by the Shapley value over the k! orders of switching factors (`shapley_values`); the shares add
     up to the total exactly (rounding only). Run pair values are averaged over the pairs.
 
@@ -586,7 +585,7 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
         direction's cosine to the class center is its own factor, and ``direction`` then means the rest of
         the direction (2⁴ worlds, a fourth row ``direction``). In a world with head from run H, direction
         from run D and cosine from run C, the direction is ``u_D`` rotated within the plane of ``u_D`` and
-        the minimal-loss center of the true class **of run H's head** (`causalgeom.geometry.class_centers`,
+        the minimal-loss center of the true class **of run H's head** (`causalgeom.metrics.geometry.class_centers`,
         ``kind="minimal_loss"``, H's own label-smoothing eps) until its cosine to that center equals
         **run C's cosine to its own head's center**; the rest of the direction (where u points within
         the plane orthogonal to the center) is D's. Where H = D = C the feature is used as stored.
@@ -649,12 +648,9 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
     normal distribution", 1948. Fisher, "The Design of Experiments", 1935 (randomization tests).
     Welch, "The generalization of Student's problem", 1947.
     """
-    from ..dump.study import Study, open_study
+    from ..dump.study import as_study
 
-    if isinstance(study, (str, os.PathLike)):
-        study = open_study(study)
-    if not isinstance(study, Study):
-        raise QueryError(f"study: expected a causalgeom Study or a study folder, got {type(study).__name__}")
+    study = as_study(study)
     outcomes = (outcome,) if isinstance(outcome, str) else tuple(outcome)
     if not outcomes:
         raise QueryError(f"outcome: expected a name from {list(DECOMPOSE_OUTCOMES)} or a list of them, got {outcome!r}")

@@ -557,7 +557,7 @@ def build_result(est: LinearMediation, design: Design, point: np.ndarray, po: np
                  overlap: pd.DataFrame, keep_design: bool = True,
                  run_test: dict[str, Any] | None = None) -> MediationResult:
     """Summary rows, notes, sensitivity and the `MediationResult` (one function for `mediate` and
-    ``causalgeom.distributed.mediate_study``)."""
+    ``causalgeom.scale.mediate_study``)."""
     names = est.names
     lo, hi, pv = inf["lo"].copy(), inf["hi"].copy(), inf["pv"].copy()
     floor = float(inf.get("floor", 0.0))

@@ -15,11 +15,11 @@ METHODS = ("regression", "statsmodels", "dowhy")
 BOOTSTRAP_SCHEMES = ("cluster", "cluster+samples", "naive", "two-way")
 #: Outcome models of the ``"regression"`` method (``"auto"``: logistic for 0/1 outcomes, else linear).
 OUTCOME_MODELS = ("auto", "linear", "logistic", "probit")
-#: Levels of the analysis table (`causalgeom.table.study_frame`).
+#: Levels of the analysis table (`causalgeom.metrics.table.study_frame`).
 LEVELS = ("sample", "run")
 #: How the treatment column is read.
 TREATMENT_TYPES = ("auto", "categorical", "continuous")
-#: Class centers of the cosine columns (`causalgeom.geometry.class_centers`).
+#: Class centers of the cosine columns (`causalgeom.metrics.geometry.class_centers`).
 CENTERS = ("minimal_loss", "mean", "weight")
 #: Inference methods: CR2 cluster-robust standard errors with t intervals, a run-level randomization
 #: (permutation) test, the wild cluster bootstrap (Webb weights), the bootstrap of ``bootstrap=``.

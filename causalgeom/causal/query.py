@@ -82,7 +82,7 @@ class Query:
     cluster : str or None
         Column of the unit of treatment assignment (``"run_id"``); ``None``: every row is its own cluster.
     level : {"sample", "run"}
-        Which analysis table the query is asked of (`causalgeom.table.study_frame`).
+        Which analysis table the query is asked of (`causalgeom.metrics.table.study_frame`).
     method : {"regression", "statsmodels", "dowhy"}
         Estimator (see `causalgeom.causal.mediate`).
     n_boot : int
@@ -111,7 +111,7 @@ class Query:
     name : str, optional
         A label for reports.
     attack, eps, center : optional
-        Table options passed to `causalgeom.table.study_frame` (see `table_kwargs`).
+        Table options passed to `causalgeom.metrics.table.study_frame` (see `table_kwargs`).
     """
 
     treatment: str
@@ -236,7 +236,7 @@ class Query:
                      **args)
 
     def table_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of `causalgeom.table.study_frame` (``Study.to_frame``) for this query."""
+        """Keyword arguments of `causalgeom.metrics.table.study_frame` (``Study.to_frame``) for this query."""
         return dict(level=self.level, attack=self.attack, eps=self.eps, center=self.center)
 
     def run(self, table: Any) -> Any:

@@ -1,6 +1,6 @@
 """Scale-out options shared by several commands: ``--scheduler ADDRESS`` (Dask) and ``extract --distributed``.
 
-``--scheduler`` runs the command inside :func:`causalgeom.distributed.client`: every dask graph the command
+``--scheduler`` runs the command inside :func:`causalgeom.scale.client`: every dask graph the command
 builds (metrics, the study table, interventions, checksum verification) runs on that cluster, and ``train``
 dispatches its runs to it (one run per task). ``extract --distributed`` takes the shard from the environment
 ``torchrun`` sets (``RANK``/``WORLD_SIZE``/``LOCAL_RANK``), puts each rank on ``cuda:LOCAL_RANK`` when the

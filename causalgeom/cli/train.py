@@ -1,4 +1,4 @@
-"""``causalgeom train CONFIG``: train a regularizer grid from a pipelines/ TOML file (calls `causalgeom.train`)."""
+"""``causalgeom train CONFIG``: train a regularizer grid from a pipelines/ TOML file (calls `causalgeom.pipeline.train`)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Parse the config, call `causalgeom.train.run_grid`, print one line per run."""
+    """Parse the config, call `causalgeom.pipeline.train.run_grid`, print one line per run."""
     from ..pipeline import train
 
     grid = train.load_grid(args.config)

@@ -27,6 +27,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from zarr.storage import LocalStore
 
 from ..errors import ConfigError, IncompleteStoreError, SchemaError, StoreError, StoreExistsError
+from .._util.checks import check_choice
 from .._util.io import file_lock
 from .schema import (ENCODED_DTYPE_ATTR, STORED_DTYPE_ATTR, _decoded_features, bfloat16_bits_to_float32,
                      features_storage, validate)
@@ -79,13 +80,12 @@ DEFAULT_COMPRESSOR = "none"
 
 
 def _codecs(compressor: str) -> tuple[Any, ...]:
+    check_choice(compressor, "compressor", COMPRESSORS)
     if compressor == "zstd":
         return (ZstdCodec(level=1), Crc32cCodec())
     if compressor == "blosc-lz4":
         return (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), Crc32cCodec())
-    if compressor == "none":
-        return (Crc32cCodec(),)
-    raise ConfigError(f"compressor: expected one of {list(COMPRESSORS)}, got {compressor!r}")
+    return (Crc32cCodec(),)  # "none"
 
 
 def encoding_for(ds: xr.Dataset, sample_chunk: int, compressor: str | None = None) -> dict[str, dict[str, Any]]:
@@ -175,8 +175,7 @@ def save(ds: xr.Dataset, path: str | os.PathLike, *, mode: str = "w-", sample_ch
     ConfigError
         Bad ``mode``, ``sample_chunk`` or ``compressor``.
     """
-    if mode not in ("w-", "w"):
-        raise ConfigError(f"mode: expected 'w-' (refuse to overwrite) or 'w' (overwrite), got {mode!r}")
+    check_choice(mode, "mode", ("w-", "w"))  # 'w-': refuse to overwrite; 'w': overwrite
     path = Path(path)
     validate(ds, check_values=check_values)
     _check_parent(path)
@@ -840,7 +839,7 @@ def decode_features(ds: xr.Dataset) -> xr.Dataset:
     """``ds`` with half-precision ``features`` decoded lazily to float32 (the same Dataset if they are float32).
 
     float16 is widened per dask block (exact); bfloat16, stored as uint16 bit patterns with the variable attribute
-    ``encoded_dtype = "bfloat16"``, is decoded per block by `causalgeom.schema.bfloat16_bits_to_float32`
+    ``encoded_dtype = "bfloat16"``, is decoded per block by `causalgeom.dump.schema.bfloat16_bits_to_float32`
     (``(bits.astype(uint32) << 16).view(float32)``, exact). The decoded variable drops ``encoded_dtype`` and carries
     ``stored_dtype`` (``"float16"`` / ``"bfloat16"``), so every analysis sees float32 and can tell what was stored.
 

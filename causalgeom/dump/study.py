@@ -9,11 +9,11 @@ from typing import Any, Iterator, Union
 import pandas as pd
 import xarray as xr
 
-from ..errors import IncompleteStoreError, StoreError, StoreExistsError
+from ..errors import ConfigError, IncompleteStoreError, StoreError, StoreExistsError
 from .schema import check_run_id
 from .store import COMPLETE_ATTR, open as open_run, read_attrs, save
 
-__all__ = ["Study", "StudyLike", "open_study", "ATTR_COLUMNS"]
+__all__ = ["Study", "StudyLike", "as_study", "open_study", "ATTR_COLUMNS"]
 
 #: Columns of `Study.runs`, in order (attributes missing from a run are NaN).
 ATTR_COLUMNS = ("run_id", "model", "dataset", "split", "regularizer", "strength", "regularizer_params", "seed",
@@ -110,17 +110,21 @@ class Study:
         """Where run ``run_id`` is (or would be) stored; the id is checked so it cannot escape the folder."""
         return self.path / f"{check_run_id(run_id)}.zarr"
 
-    def add(self, ds: xr.Dataset, *, mode: str = "w-") -> Path:
-        """Save ``ds`` into the study as ``RUN_ID.zarr``; a duplicate run id is refused unless ``mode="w"``."""
+    def add(self, ds: xr.Dataset, *, mode: str = "w-", sample_chunk: int | None = None,
+            compressor: str | None = None) -> Path:
+        """Save ``ds`` into the study as ``RUN_ID.zarr``; a duplicate run id is refused unless ``mode="w"``.
+
+        ``sample_chunk`` and ``compressor`` are passed to `causalgeom.save`.
+        """
         run_id = check_run_id(ds.attrs.get("run_id"))
         target = self.run_path(run_id)
         if mode == "w-" and target.exists():
             raise StoreExistsError(f"study {self.path} already has a run with run_id {run_id!r}; "
                                    "give the run a unique run_id (or mode='w' to replace it)")
-        return save(ds, target, mode=mode)
+        return save(ds, target, mode=mode, sample_chunk=sample_chunk, compressor=compressor)
 
     def to_frame(self, level: str = "sample", **kwargs: Any) -> pd.DataFrame:
-        """The analysis table (see :func:`causalgeom.table.study_frame`)."""
+        """The analysis table (see :func:`causalgeom.metrics.table.study_frame`)."""
         from ..metrics.table import study_frame
 
         return study_frame(self, level=level, **kwargs)
@@ -143,4 +147,33 @@ def open_study(path: str | os.PathLike, *, create: bool = False) -> Study:
         except OSError as exc:
             raise StoreError(f"cannot create study folder {path}: {exc.strerror}") from None
     return Study(path)
+
+
+def as_study(study: StudyLike, name: str = "study") -> Study:
+    """The `Study` that a ``study=`` argument names: a `Study` as it is, a study folder path opened.
+
+    The one coercion of every function that takes a `StudyLike` (mediation, decomposition, interventions, the
+    report, the Dask analysis).
+
+    Parameters
+    ----------
+    study : Study or path-like
+        A study, or the path of a study folder.
+    name : str
+        Argument name for the message.
+
+    Raises
+    ------
+    ConfigError
+        ``study`` is neither a `Study` nor a path (``"{name}: expected a causalgeom Study or the path of a study
+        folder, got TYPE"``).
+    StoreError
+        The path is not a study folder (from `Study`).
+    """
+    if isinstance(study, Study):
+        return study
+    if isinstance(study, (str, os.PathLike)):
+        return open_study(study)
+    raise ConfigError(f"{name}: expected a causalgeom Study or the path of a study folder, got "
+                      f"{type(study).__name__}")
 

@@ -177,7 +177,7 @@ class InterventionModel(nn.Module):
     transform : FeatureTransform
         :class:`Rescale` or :class:`Rotate`.
     head_name : str, optional
-        Qualified name of the head (default: found by :func:`causalgeom.extract.find_head`).
+        Qualified name of the head (default: found by :func:`causalgeom.pipeline.extract.find_head`).
 
     Notes
     -----
@@ -261,7 +261,7 @@ def robust_dose_response(model: nn.Module, x: torch.Tensor, y: torch.Tensor, tra
                          generator: torch.Generator | None = None) -> xr.Dataset:
     """Robust accuracy of ``head o T o backbone`` for each transform ``T``, attack and ``eps``.
 
-    Runs :func:`causalgeom.attacks.sweep` on :class:`InterventionModel` ``(model, T)``. For a
+    Runs :func:`causalgeom.pipeline.attacks.sweep` on :class:`InterventionModel` ``(model, T)``. For a
     transform that needs labels (``Rotate(toward="true")``) the samples are attacked one class at a
     time with that class set as the label of every row (see :class:`InterventionModel`).
 
@@ -275,11 +275,11 @@ def robust_dose_response(model: nn.Module, x: torch.Tensor, y: torch.Tensor, tra
     transforms : sequence of FeatureTransform
         The grid, e.g. ``[Rescale(s) for s in scales]`` or ``[Rotate(a, C) for a in alphas]``.
     attacks : attack or sequence of attacks
-        ``cg.attacks.PGD(...)`` etc. (anything :func:`causalgeom.attacks.sweep` accepts).
+        ``cg.attacks.PGD(...)`` etc. (anything :func:`causalgeom.pipeline.attacks.sweep` accepts).
     eps : sequence of float
         Attack budgets.
     head_name : str, optional
-        The head (default: :func:`causalgeom.extract.find_head`).
+        The head (default: :func:`causalgeom.pipeline.extract.find_head`).
     batch_size : int, optional
         Passed to ``sweep``.
     n_boot, ci, rng

@@ -44,7 +44,7 @@ __all__ = [
 OUTCOMES = ("accuracy", "ece", "signed_ece", "nll", "brier", "mean_confidence")
 #: Where mediation outcome names differ from ours: mediation outcome -> intervention outcome.
 MEDIATION_OUTCOME_ALIASES = {"overconfidence": "signed_ece", "correct": "accuracy", "confidence": "mean_confidence"}
-#: Mediator columns of the analysis table (``causalgeom.table``) -> the intervention that sets them.
+#: Mediator columns of the analysis table (``causalgeom.metrics.table``) -> the intervention that sets them.
 MEDIATOR_KINDS = {"rms": "magnitude", "norm": "magnitude", "magnitude": "magnitude",
                   "cos_true": "cosine", "cos_pred": "cosine", "cosine": "cosine"}
 TOWARD = ("predicted", "true")
@@ -156,7 +156,7 @@ def _weighted_sums(logits: np.ndarray, labels: np.ndarray, w: np.ndarray, n_bins
     """Weighted sufficient statistics of one block, shape ``(n_rep, 5 + n_bins + len(extra))``.
 
     Columns: total weight, correct, confidence, NLL, Brier (per-sample values from
-    :mod:`causalgeom.calibration`), then per equal-width confidence bin the sum of
+    :mod:`causalgeom.metrics.calibration`), then per equal-width confidence bin the sum of
     ``conf - correct``, then the extra per-sample values.
     """
     conf, _, correct, nll, brier = sample_stats_block(logits, labels)
@@ -196,7 +196,7 @@ def _finish(sums: np.ndarray, n_bins: int, extra: Sequence[str] = ()) -> dict[st
 
 def _reduce_lazy(func: Callable[..., np.ndarray], arrays: Sequence[Any], shape: Sequence[int]) -> Any:
     """Sum of ``func(*blocks, idx)`` over sample blocks (``idx``: the blocks' global sample indices);
-    lazy for dask-backed arrays (:func:`causalgeom._blocks.sample_reduce`)."""
+    lazy for dask-backed arrays (:func:`causalgeom.metrics.blocks.sample_reduce`)."""
     return sample_reduce(func, *arrays, np.arange(arrays[0].shape[0]), shape=shape)
 
 
@@ -550,7 +550,7 @@ def rotate(ds: xr.Dataset, alphas: ArrayLike, *, toward: str = "predicted", cent
         Center of the class predicted from the unmodified features (default; uses no labels), or of
         the true class (an oracle intervention: it changes which class wins by using the label).
     center : str or array of shape (K, F)
-        A ``kind`` of :func:`causalgeom.geometry.class_centers` (``"minimal_loss"``, ``"mean"``,
+        A ``kind`` of :func:`causalgeom.metrics.geometry.class_centers` (``"minimal_loss"``, ``"mean"``,
         ``"weight"``), or the centers themselves.
     n_bins, n_boot, ci, rng
         As in :func:`rescale`.
@@ -672,8 +672,8 @@ def temperature_vs_scaling(ds: xr.Dataset, scales: ArrayLike, *, n_bins: int = 1
 # ---------------------------------------------------------------------------------------------
 def _per_sample_values(ds: xr.Dataset, centers: np.ndarray | None,
                        toward: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """Per-sample RMS ``(N,)`` (:func:`causalgeom.geometry.magnitude`) and, with centers, the cosine to
-    the true/predicted class center ``(N,)`` (:func:`causalgeom.geometry.cosine_to_center`; NaN for a
+    """Per-sample RMS ``(N,)`` (:func:`causalgeom.metrics.geometry.magnitude`) and, with centers, the cosine to
+    the true/predicted class center ``(N,)`` (:func:`causalgeom.metrics.geometry.cosine_to_center`; NaN for a
     zero feature) and that class ``(N,)`` (the label, or the argmax of the dump's logits)."""
     lazy: list[Any] = [magnitude(ds)["rms"].data]
     if centers is not None:
@@ -838,7 +838,7 @@ def match(control: xr.Dataset, treated: xr.Dataset, what: str = "magnitude", *, 
     toward : {"true", "predicted"}
         Whose class center defines the cosine (default the true class, as in Park et al. 2024).
     center : str or array of shape (K, F)
-        Center kind (:func:`causalgeom.geometry.class_centers`), computed per run, or explicit
+        Center kind (:func:`causalgeom.metrics.geometry.class_centers`), computed per run, or explicit
         centers (used for both runs).
     n_bins, n_boot, ci, rng
         As in :func:`rescale`. Control and matched outcomes share their bootstrap weights (the same

@@ -8,7 +8,6 @@ regularizer is assigned per run. Numpy only.
 from __future__ import annotations
 
 import math
-import os
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -20,7 +19,7 @@ from ..causal import percentile_ci
 from ..errors import ConfigError
 from ..metrics.geometry import magnitude
 from ..metrics.kernels import head64
-from ..dump.study import StudyLike
+from ..dump.study import StudyLike, as_study
 from .._util.checks import check_choice
 from .._util.rng import RngLike, check_random_state
 from .posthoc import (MATCH_WHAT, OUTCOMES, TOWARD, _Matcher, _center_label, _check_options, _outcome_matrix,
@@ -32,16 +31,6 @@ __all__ = ["rescale_study", "rotate_study", "match_study"]
 # ---------------------------------------------------------------------------------------------
 # study level: runs as the resampling unit
 # ---------------------------------------------------------------------------------------------
-def _as_study(study: StudyLike):
-    from ..dump.study import Study, open_study
-
-    if isinstance(study, Study):
-        return study
-    if isinstance(study, (str, os.PathLike)):
-        return open_study(study)
-    raise ConfigError(f"study: expected a causalgeom.Study or a study folder path, got {type(study).__name__}")
-
-
 def _fmt(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
@@ -52,7 +41,7 @@ def _missing(value: Any) -> bool:
 
 def _study_groups(study: StudyLike, runs: Sequence[str] | None, by: str | Sequence[str]
                   ) -> tuple[Any, list[str], list[str]]:
-    study = _as_study(study)
+    study = as_study(study)
     table = study.runs
     if table.empty:
         raise ConfigError(f"study {study.path} has no complete runs")

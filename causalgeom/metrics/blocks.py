@@ -169,7 +169,7 @@ def _is_dask_collection(x: Any) -> bool:
 def compute(*objs: Any) -> tuple[Any, ...]:
     """Compute dask-backed objects in one pass (shared chunks are read once); others pass through.
 
-    The one compute of causalgeom (``causalgeom.distributed.compute`` is this function). Accepts xarray
+    The one compute of causalgeom (``causalgeom.scale.compute`` is this function). Accepts xarray
     Datasets / DataArrays, dask arrays, ``dask.delayed`` objects, and dicts / lists / tuples of them. The
     underlying dask arrays are computed with one ``dask.compute`` call and put back into copies of
     the xarray objects. (Handing xarray objects whose variables share graph layers to

@@ -37,7 +37,7 @@ __all__ = [
 
 #: Confidence binnings of `ece`: equal-width or equal-mass bins.
 BINNINGS = ("width", "mass")
-#: Norms of `ece` over the bins (see `causalgeom.kernels.calibration_error`).
+#: Norms of `ece` over the bins (see `causalgeom.metrics.kernels.calibration_error`).
 NORMS = ("l1", "l2", "max")
 #: Metric names `bootstrap_ci` resamples from per-sample statistics.
 BOOTSTRAP_METRICS = ("accuracy", "mean_confidence", "overconfidence", "ece", "signed_ece", "nll", "brier")
@@ -699,7 +699,7 @@ def bootstrap_ci(ds: xr.Dataset, metric: str | Callable[[xr.Dataset], Any], n_bo
     Each of ``n_boot`` replicates draws n sample indices uniformly with replacement and recomputes
     the metric; the interval is the (1 − level)/2 and (1 + level)/2 percentiles of the replicates
     (the percentile bootstrap, Efron & Tibshirani 1993, ch. 13). Samples are treated as i.i.d.;
-    runs/seeds are not resampled (see `causalgeom.summary.paper_table` for the between-seed interval).
+    runs/seeds are not resampled (see `causalgeom.metrics.summary.paper_table` for the between-seed interval).
 
     Parameters
     ----------
@@ -855,6 +855,6 @@ def ece_from_probs(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15, binnin
     return calibration_error(stats, norm)
 
 
-# Old private names, still imported by causalgeom.causal.decompose (use causalgeom.kernels instead).
+# Old private names, still imported by causalgeom.causal.decompose (use causalgeom.metrics.kernels instead).
 _bin_index, _sample_stats_block, _width_bin_stats, _calibration_error = (bin_index, sample_stats_block,
                                                                           width_bin_stats, calibration_error)

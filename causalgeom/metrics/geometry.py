@@ -6,7 +6,7 @@ regions, so a feature's *magnitude* and its *angle* to a class center act separa
 output. Per-sample results are lazy xarray objects (dask-backed when the dump is); reductions
 (centers, correlations, neural-collapse statistics) are computed and returned in memory.
 Every chunk-wise computation is one numpy function of a block of samples shared by the numpy and
-dask paths (see ``causalgeom._blocks``). Definitions and references: ``docs/methods_metrics.md``.
+dask paths (see ``causalgeom.metrics.blocks``). Definitions and references: ``docs/methods_metrics.md``.
 """
 
 from __future__ import annotations
@@ -790,4 +790,4 @@ def head_stats(ds: xr.Dataset) -> xr.Dataset:
     }, attrs={"run_id": ds.attrs.get("run_id")})
 
 
-_head64 = head64  # old private name (use causalgeom.kernels.head64)
+_head64 = head64  # old private name (use causalgeom.metrics.kernels.head64)

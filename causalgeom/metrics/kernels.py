@@ -274,7 +274,7 @@ def fused_block(f: np.ndarray, z: np.ndarray, y: np.ndarray, C: np.ndarray | Non
     ndarray, shape (n, len(FUSED_FIELDS)), float64
         Columns `FUSED_FIELDS`: ``norm`` = ||h||₂; ``cos_true`` / ``cos_pred`` = cos(h, c_y) / cos(h, c_ŷ)
         (NaN for a zero vector or zero center, clipped to [-1, 1]; the formula of
-        `causalgeom.geometry.cosine_to_center`); ``confidence``, ``correct`` (0/1), ``nll``, ``brier`` as
+        `causalgeom.metrics.geometry.cosine_to_center`); ``confidence``, ``correct`` (0/1), ``nll``, ``brier`` as
         `sample_stats_block`; ``margin`` = z_y − max_{j≠y} z_j (the logit margin: > 0 iff correct without ties);
         ``pred`` = argmax_k z_k.
     """
@@ -286,7 +286,7 @@ def fused_block(f: np.ndarray, z: np.ndarray, y: np.ndarray, C: np.ndarray | Non
     conf, pred, correct, nl, br = sample_stats_block(z, y)
     # norms and dot products in float64 from cache-sized float64 copies of the rows (about twice as fast as one
     # float64 copy of a whole 32 MiB chunk); exact products, so only the order of the sums differs from
-    # `causalgeom.geometry`'s formulas
+    # `causalgeom.metrics.geometry`'s formulas
     Ct = None if C is None else np.ascontiguousarray(np.asarray(C, dtype=np.float64).T)
     sq = np.empty(n)
     dots = None if Ct is None else np.empty((n, Ct.shape[1]))

@@ -22,13 +22,13 @@ from .calibration import _check_bins, _finish_run_stats, _lazy_run_stats, confid
 from .._util.checks import check_choice
 from ..errors import ConfigError, HeadMissingError
 from .geometry import CENTER_KINDS, cosine_to_center, magnitude
-from ..dump.study import Study
+from ..dump.study import Study, StudyLike, as_study
 from .table import robust_key
 
 __all__ = ["DESCRIPTOR_COLUMNS", "run_metrics", "run_frame", "paper_table", "format_table", "robust_key"]
 
 #: Columns of `run_frame` that describe a run rather than measure it (not averaged by `paper_table`). Not the
-#: same as `causalgeom.table.ID_COLUMNS` (the 4 columns that identify the run of an analysis-table row).
+#: same as `causalgeom.metrics.table.ID_COLUMNS` (the 4 columns that identify the run of an analysis-table row).
 DESCRIPTOR_COLUMNS = ("run_id", "regularizer", "strength", "seed", "model", "dataset", "split", "center_kind", "n_samples")
 
 
@@ -56,7 +56,7 @@ def run_metrics(ds: xr.Dataset, n_bins: int = 15, *, center_kind: str = "minimal
         (`causalgeom.calibration.confidence_outcomes`); geometry (means over samples)
         ``norm``, ``rms``, ``cos_true``, ``cos_pred``; and, when the dump has attack outcomes,
         ``robust_acc[ATTACK@EPS]`` per attack and ε (see `robust_key`) and ``robust_auc[ATTACK]``
-        (`causalgeom.robustness.robust_auc`, clean point included).
+        (`causalgeom.metrics.robustness.robust_auc`, clean point included).
     """
     from .robustness import _normalized_auc, clean_correct
 
@@ -105,13 +105,14 @@ def run_metrics(ds: xr.Dataset, n_bins: int = 15, *, center_kind: str = "minimal
     return row
 
 
-def run_frame(study: Study, progress: bool = True, n_bins: int = 15, *, center_kind: str = "minimal_loss",
+def run_frame(study: StudyLike, progress: bool = True, n_bins: int = 15, *, center_kind: str = "minimal_loss",
               run_ids: Iterable[str] | None = None) -> pd.DataFrame:
     """One row of `run_metrics` per complete run of ``study`` (sorted by run id).
 
     Parameters
     ----------
-    study : causalgeom.study.Study
+    study : causalgeom.dump.study.Study or path-like
+        A study, or the path of a study folder.
     progress : bool
         Show a progress bar on stderr.
     run_ids : iterable of str, optional
@@ -121,8 +122,7 @@ def run_frame(study: Study, progress: bool = True, n_bins: int = 15, *, center_k
     -------
     pandas.DataFrame
     """
-    if not isinstance(study, Study):
-        raise TypeError(f"study: expected a causalgeom Study (cg.open_study(path)), got {type(study).__name__}")
+    study = as_study(study)
     ids = list(study.run_ids if run_ids is None else run_ids)
     it: Iterable[str] = ids
     if progress:
@@ -151,7 +151,7 @@ def paper_table(study_or_frame: Study | pd.DataFrame, ci: float = 0.95, *,
 
     Parameters
     ----------
-    study_or_frame : causalgeom.study.Study or pandas.DataFrame
+    study_or_frame : causalgeom.dump.study.Study or pandas.DataFrame
         A study (then `run_frame` is computed) or a frame of `run_metrics` rows.
     ci : float
         Interval coverage in (0, 1).

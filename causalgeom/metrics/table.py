@@ -2,8 +2,8 @@
 
 ``study_frame`` (``Study.to_frame``) loads each run lazily, computes the per-sample metrics in one fused pass
 over the run's chunks (`fused_run`: each chunk of ``features`` and ``logits`` is read once; the formulas are
-those of `causalgeom.geometry`, `causalgeom.calibration` and `causalgeom.robustness`, shared through
-`causalgeom.kernels`), and concatenates the runs.
+those of `causalgeom.metrics.geometry`, `causalgeom.metrics.calibration` and `causalgeom.metrics.robustness`, shared through
+`causalgeom.metrics.kernels`), and concatenates the runs.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .._util.eps import eps_label
+from .._util.checks import check_choice
 from ..errors import HeadMissingError, QueryError
 from .blocks import compute, one_blas_thread, require_vars, run_array, sample_map
 from .calibration import confidence_outcomes, ece_ts_from_logits, ts_split
@@ -41,7 +42,7 @@ def robust_key(attack: str, eps: float, metric: str = "robust_acc") -> str:
     """Column name of a per-(attack, ε) metric: ``"robust_acc[pgd-linf@1/255]"`` (ε as `causalgeom._util.eps.eps_label`:
     k/255 where it is one, else 6 significant digits, ``"robust_acc[pgd-l2@0.25]"``).
 
-    The one rule for these names (re-exported as ``causalgeom.summary.robust_key``).
+    The one rule for these names (re-exported as ``causalgeom.metrics.summary.robust_key``).
     """
     return f"{metric}[{attack}@{eps_label(eps)}]"
 
@@ -52,7 +53,7 @@ def robust_column(attack: str, eps: float) -> str:
 
 
 def robust_acc_column(attack: str, eps: float) -> str:
-    """Name of the per-run robust accuracy: ``"robust_acc[pgd-linf@1/255]"`` (as `causalgeom.summary`)."""
+    """Name of the per-run robust accuracy: ``"robust_acc[pgd-linf@1/255]"`` (as `causalgeom.metrics.summary`)."""
     return robust_key(attack, eps)
 
 
@@ -84,10 +85,10 @@ def fused_run(ds: Any, center: str = "minimal_loss", *, warn_missing_head: bool 
     """Every per-sample quantity of a run from one read of its ``features`` and ``logits`` (the fused pass).
 
     The class centers come first: in closed form from the head for ``"minimal_loss"`` / ``"weight"``
-    (`causalgeom.geometry.class_centers`, reads no samples), or from one earlier pass over the features for
+    (`causalgeom.metrics.geometry.class_centers`, reads no samples), or from one earlier pass over the features for
     ``"mean"`` (class means need every sample before any cosine can be formed, so that kind reads the features
     twice). Then one task per sample chunk reads the chunk of ``features``, ``logits`` and ``label`` once and
-    computes `causalgeom.kernels.fused_block` on it.
+    computes `causalgeom.metrics.kernels.fused_block` on it.
 
     Parameters
     ----------
@@ -102,7 +103,7 @@ def fused_run(ds: Any, center: str = "minimal_loss", *, warn_missing_head: bool 
     Returns
     -------
     dict of str to ndarray
-        The columns of `causalgeom.kernels.FUSED_FIELDS` (each shape (n_samples,), float64; ``correct`` and
+        The columns of `causalgeom.metrics.kernels.FUSED_FIELDS` (each shape (n_samples,), float64; ``correct`` and
         ``pred`` hold integers) plus ``rms`` = norm / sqrt(d).
 
     Notes
@@ -247,7 +248,7 @@ def study_frame(study: Any, level: str = "sample", attack: str | Sequence[str] |
     eps : float or list of float, optional
         ε values included (default: all swept; matched to a relative tolerance of 1e-6).
     center : {"minimal_loss", "mean", "weight"}
-        Class centers of the cosines (`causalgeom.geometry.cosine_to_center`); on a dump without a head the
+        Class centers of the cosines (`causalgeom.metrics.geometry.cosine_to_center`); on a dump without a head the
         head-based kinds give NaN cosines and a warning.
     progress : bool
         Progress bar over runs on stderr.
@@ -286,8 +287,7 @@ def study_frame(study: Any, level: str = "sample", attack: str | Sequence[str] |
     QueryError
         Unknown ``level``, ``attack`` or ``eps``.
     """
-    if level not in ("sample", "run"):
-        raise QueryError(f"level: unknown value {level!r}; allowed: ['sample', 'run']")
+    check_choice(level, "level", ("sample", "run"), error=QueryError)
     ids = list(study.run_ids if run_ids is None else run_ids)
     it: Iterable[str] = ids
     if progress:

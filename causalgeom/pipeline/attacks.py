@@ -656,7 +656,7 @@ def as_attack(obj: Any) -> Attack:
         if len(preset.attacks) != 1:
             raise ConfigError(f"attack: spec {obj!r} names {len(preset.attacks)} attacks, expected one")
         return preset.attack
-    raise ConfigError(f"attack: expected a causalgeom.attacks.Attack, a torchattacks.Attack or a spec string, "
+    raise ConfigError(f"attack: expected a causalgeom.pipeline.attacks.Attack, a torchattacks.Attack or a spec string, "
                       f"got {type(obj).__name__}")
 
 

@@ -2,7 +2,7 @@
 
 Every dataset yields ``(x, y)`` with ``x`` a float32 tensor of shape ``(C, H, W)`` in pixel space
 ``[0, 1]`` and ``y`` an ``int`` class index. Normalization is *not* applied here: it lives inside
-the model (see :func:`causalgeom.models.build_model`), so attacks operate in pixel space.
+the model (see :func:`causalgeom.pipeline.models.build_model`), so attacks operate in pixel space.
 
 Splits (fixed and deterministic; documented in ``docs/training.md``):
 
@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .._util.checks import check_choice
 from ..errors import ConfigError
 
 __all__ = [
@@ -117,15 +118,11 @@ def default_root() -> str:
 
 
 def _check_name(name: Any) -> str:
-    if not isinstance(name, str) or name.lower() not in DATASETS:
-        raise ConfigError(f"dataset: expected one of {', '.join(map(repr, DATASETS))}, got {name!r}")
-    return name.lower()
+    return check_choice(name.lower() if isinstance(name, str) else name, "dataset", DATASETS)  # case-insensitive
 
 
 def _check_split(split: Any) -> str:
-    if split not in SPLITS:
-        raise ConfigError(f"split: expected one of {', '.join(map(repr, SPLITS))}, got {split!r}")
-    return split
+    return check_choice(split, "split", SPLITS)
 
 
 def split_indices(n: int, seed: int = SPLIT_SEED) -> dict[str, np.ndarray]:
@@ -586,7 +583,7 @@ def open_eval_data(spec: str, transform: Any = None, *, num_classes: int | None 
         ImageFolder rule, which is ImageNet-1k's index order for wnid folders), unless ``class_map`` is given.
         ``cifar10:DIR`` / ``cifar100:DIR``: the official test set from torchvision's on-disk python batches.
     transform : callable, optional
-        PIL image -> tensor (the ``preprocess`` returned by :func:`causalgeom.models.load`).
+        PIL image -> tensor (the ``preprocess`` returned by :func:`causalgeom.pipeline.models.load`).
     num_classes : int, optional
         The model's K: the data's class indices must fit it, and without ``class_map`` the folder count must
         equal it (a mismatch is a :class:`ConfigError`: the folder indices would not be the model's).

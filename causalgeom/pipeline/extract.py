@@ -9,11 +9,9 @@ stopped. The completion mark is written only when every chunk is done; with
 ``shard=(rank, world)`` several processes fill disjoint chunk ranges of one store and the last
 one to finish marks it complete.
 
-The public entry point is the *function* ``causalgeom.extract`` (``cg.extract(model, data, out)``); its
-options can be grouped in an :class:`ExtractConfig`. The function carries this module's public names as
-attributes (``cg.extract.find_head``, ``cg.extract.extract_runs``, ``cg.extract.ExtractConfig``, ...), and
-``causalgeom/extract.py`` puts it in ``sys.modules`` under the name ``causalgeom.extract``, so that
-``from causalgeom.extract import find_head`` keeps working (docs/CONTRACTS.md, "The two callable names").
+The public entry point is the function :func:`extract`, also reached as ``cg.extract`` through the package
+facade (docs/CONTRACTS.md); its options can be grouped in an :class:`ExtractConfig`. The other names of this
+module are imported from here (``from causalgeom.pipeline.extract import extract_runs``).
 """
 
 from __future__ import annotations
@@ -39,6 +37,7 @@ from torch import nn
 
 from . import attacks as _attacks
 from .._util import torch as _torch_util
+from .._util.checks import check_choice
 from .._util.io import atomic_write, file_lock
 from ..errors import ConfigError, SchemaError, StoreError, StoreExistsError
 from .models import _Capture, _OutputCheck, find_head
@@ -539,18 +538,15 @@ class ExtractConfig:
         ConfigError
             Naming the option, what was expected and what was given.
         """
-        if self.mode not in ("w-", "w"):
-            raise ConfigError(f"mode: expected 'w-' (create or resume) or 'w' (start over), got {self.mode!r}")
+        check_choice(self.mode, "mode", ("w-", "w"))  # 'w-': create or resume; 'w': start over
         if _shard(self.shard) is not None and self.mode == "w":
             raise ConfigError("mode='w' cannot be combined with shard=: one shard would delete the others' work; "
                               "delete the store first and run every shard with mode='w-'")
         _amp_modes(self.amp)
-        if self.compressor is not None and self.compressor not in COMPRESSORS:
-            raise ConfigError(f"compressor: expected one of {list(COMPRESSORS)} (default {DEFAULT_COMPRESSOR!r}), "
-                              f"got {self.compressor!r}")
-        if self.features_dtype is not None and self.features_dtype not in FEATURES_DTYPES:
-            raise ConfigError(f"features_dtype: expected one of {list(FEATURES_DTYPES)} (default 'float32'), "
-                              f"got {self.features_dtype!r}")
+        if self.compressor is not None:  # None: DEFAULT_COMPRESSOR
+            check_choice(self.compressor, "compressor", COMPRESSORS)
+        if self.features_dtype is not None:  # None: the stored dtype, float32 for a new store
+            check_choice(self.features_dtype, "features_dtype", FEATURES_DTYPES)
         for name in ("batch_size", "sample_chunk"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
@@ -692,7 +688,7 @@ def extract(model: nn.Module, data: Any, out: str | os.PathLike, config: Extract
     Recorded per sample: ``features`` (exact input of the final linear layer, captured by a
     forward pre-hook in eval mode), ``logits`` (model output), ``label``; once: ``head_weight`` /
     ``head_bias``; with attacks: ``adv_correct``, ``adv_margin``, ``min_flip_eps`` (and with
-    ``save_adv``: ``adv_features``, ``adv_logits``) from :func:`causalgeom.attacks.sweep` semantics
+    ``save_adv``: ``adv_features``, ``adv_logits``) from :func:`causalgeom.pipeline.attacks.sweep` semantics
     (monotone-ε rule, see ``docs/attacks.md``).
 
     Parameters
@@ -710,11 +706,11 @@ def extract(model: nn.Module, data: Any, out: str | os.PathLike, config: Extract
     head : str, optional
         Qualified name of the final linear layer (default: :func:`find_head`).
     attacks : attack(s), optional
-        Anything :func:`causalgeom.attacks.resolve` takes (attacks, torchattacks objects, spec
-        strings, :data:`causalgeom.attacks.REFERENCE`). None: no attack outcomes, unless ``eps``
+        Anything :func:`causalgeom.pipeline.attacks.resolve` takes (attacks, torchattacks objects, spec
+        strings, :data:`causalgeom.pipeline.attacks.REFERENCE`). None: no attack outcomes, unless ``eps``
         is given (then PGD L-inf with default settings).
     eps : float or list of float, optional
-        ε grid (default: the presets' grids, else :data:`causalgeom.attacks.STANDARD_EPS`).
+        ε grid (default: the presets' grids, else :data:`causalgeom.pipeline.attacks.STANDARD_EPS`).
     batch_size : int, optional
         Default: the DataLoader's batch size, else 256.
     device : str or torch.device
@@ -747,7 +743,7 @@ def extract(model: nn.Module, data: Any, out: str | os.PathLike, config: Extract
     queue_size : int
         Batches waiting for the writer thread at most (bounds memory).
     compressor : {"none", "blosc-lz4", "zstd"}, optional
-        Chunk compressor of the store (`causalgeom.store.COMPRESSORS`; default ``"none"``, the fastest to read,
+        Chunk compressor of the store (`causalgeom.dump.store.COMPRESSORS`; default ``"none"``, the fastest to read,
         docs/benchmarks.md); every chunk keeps its CRC32C checksum. Part of the plan: a resume must use the same.
     features_dtype : {"float32", "float16", "bfloat16"}
         Precision ``features`` are stored at (default ``"float32"``; ``None`` is the same); half precision halves
@@ -968,14 +964,14 @@ def _run_attrs(config: Mapping[str, Any], split: str, checkpoint: Path) -> dict[
 def _load(checkpoint: Path):
     import importlib
 
-    train = importlib.import_module("causalgeom.train")
+    train = importlib.import_module("causalgeom.pipeline.train")
     return train.load_checkpoint(checkpoint)
 
 
 def _dataset(name: str, split: str, root: Any):
     import importlib
 
-    data = importlib.import_module("causalgeom.data")
+    data = importlib.import_module("causalgeom.pipeline.data")
     return data.load_dataset(name, split, root=root)
 
 
@@ -1008,11 +1004,11 @@ def extract_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *,
     Parameters
     ----------
     checkpoint : path-like
-        Loaded with ``causalgeom.train.load_checkpoint`` → ``(model, config)``.
+        Loaded with ``causalgeom.pipeline.train.load_checkpoint`` → ``(model, config)``.
     out : path-like
         ``*.zarr``: the store; otherwise a study folder receiving ``RUN_ID.zarr``.
     split : str
-        Dataset split (``causalgeom.data.load_dataset(config["dataset"], split, root=...)``).
+        Dataset split (``causalgeom.pipeline.data.load_dataset(config["dataset"], split, root=...)``).
     data_root : path-like, optional
         Overrides ``config["data_root"]``.
     dataset : Dataset, optional
@@ -1093,7 +1089,7 @@ def extract_runs(runs_dir: str | os.PathLike, study_dir: str | os.PathLike | Non
         Default ``OUT/study``.
     split : str
     attacks, eps
-        As in :func:`extract` (default: :data:`causalgeom.attacks.REFERENCE`; ``None`` for none).
+        As in :func:`extract` (default: :data:`causalgeom.pipeline.attacks.REFERENCE`; ``None`` for none).
     data_root : path-like, optional
     run_ids : list of str, optional
         Only these runs.
@@ -1149,14 +1145,3 @@ def extract_runs(runs_dir: str | os.PathLike, study_dir: str | os.PathLike | Non
         paths.append(extract(model, cache[key], target, attacks=attacks, eps=eps, attrs=attrs, progress=progress,
                              **kwargs))
     return paths
-
-
-# --------------------------------------------------------------------------------------------
-# make the module callable: ``cg.extract(...)`` works even after ``import causalgeom.extract``
-# --------------------------------------------------------------------------------------------
-
-
-# The function ``causalgeom.extract`` carries this module's public names (see causalgeom/extract.py).
-for _name in __all__:
-    setattr(extract, _name, globals()[_name])
-del _name

@@ -242,7 +242,7 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, mean: Sequenc
 
 # --------------------------------------------------------------------------------------------
 # the head of any model: find it, check it, capture its input
-# (here, below both `attacks` and `extract`, which use them; re-exported as ``cg.extract.find_head``)
+# (here, below both `attacks` and `extract`, which use them; also ``cg.models.find_head``)
 # --------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def eval_mode(*models: nn.Module) -> Iterator[None]:

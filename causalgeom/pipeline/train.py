@@ -46,6 +46,7 @@ from torch import nn
 from . import data as _data
 from . import models as _models
 from .._util import dask as _dask
+from .._util.checks import check_choice
 from .._util.io import atomic_write, file_lock
 from .._util.torch import autocast as _autocast
 from .._util.torch import device as _device
@@ -138,8 +139,8 @@ class TrainConfig:
         Folder name; default derived from regularizer, strengths and seed (``"ce-s0"``,
         ``"label_smoothing0.1-s0"``, ``"label_smoothing0.1_mixup1.0-s2"``). Letters, digits, ``.``, ``_``, ``-``.
     dataset, data_root : str
-        See :func:`causalgeom.data.load_dataset`.
-    model, cifar_stem : see :func:`causalgeom.models.build_model`.
+        See :func:`causalgeom.pipeline.data.load_dataset`.
+    model, cifar_stem : see :func:`causalgeom.pipeline.models.build_model`.
     regularizer : str
         One of :data:`REGULARIZERS` or a ``+``-joined combination; each component needs its strength > 0.
     label_smoothing, mixup_alpha, cutmix_alpha : float
@@ -259,9 +260,7 @@ class TrainConfig:
         if self.max_train_samples is not None:
             _number("max_train_samples", self.max_train_samples, low=1, integer=True)
         for field, options in (("optimizer", _OPTIMIZERS), ("schedule", _SCHEDULES), ("augment", _AUGMENTS)):
-            if getattr(self, field) not in options:
-                raise ConfigError(f"{field}: expected one of {', '.join(map(repr, options))}, "
-                                  f"got {getattr(self, field)!r}")
+            check_choice(getattr(self, field), field, options)
         for field in ("cifar_stem", "nesterov", "amp", "channels_last"):
             if not isinstance(getattr(self, field), bool):
                 raise ConfigError(f"{field}: expected true or false, got {getattr(self, field)!r}")
@@ -269,8 +268,7 @@ class TrainConfig:
             raise ConfigError(f"device: expected 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto', got {self.device!r}")
         if not isinstance(self.model, str) or self.model not in _models.available_models():
             _models.build_model(str(self.model), 10)  # raises the ConfigError listing the options
-        if self.dataset not in _data.DATASETS:
-            raise ConfigError(f"dataset: expected one of {', '.join(map(repr, _data.DATASETS))}, got {self.dataset!r}")
+        check_choice(self.dataset, "dataset", _data.DATASETS)
         if self.data_root is not None and not isinstance(self.data_root, str):
             raise ConfigError(f"data_root: expected a path string, got {self.data_root!r}")
         run_id = self.run_id if self.run_id is not None else self.default_run_id()
@@ -1042,7 +1040,7 @@ def run_grid(grid: GridConfig | str | os.PathLike, out_dir: str | os.PathLike, p
     """Train every run of ``grid`` into ``OUT/runs/``; finished runs are skipped, partial ones resumed.
 
     The one grid runner: here one run after the other, or one run per task on an executor (a Dask
-    cluster, or any ``concurrent.futures.Executor``). `causalgeom.distributed.run_grid` is this function with
+    cluster, or any ``concurrent.futures.Executor``). `causalgeom.scale.run_grid` is this function with
     a cluster by default.
 
     Parameters
@@ -1055,8 +1053,8 @@ def run_grid(grid: GridConfig | str | os.PathLike, out_dir: str | os.PathLike, p
         Shared TrainConfig fields replacing the grid's (e.g. ``{"device": "cuda", "data_root": "/data"}``).
     scheduler : str, dask.distributed.Client or bool, optional
         Dispatch the runs to a Dask cluster, one run per task: a scheduler address, ``"local[:N]"``, a Client
-        (see `causalgeom.distributed.client`), or True (the enclosing client block's cluster, else a new
-        LocalCluster). Default None: the cluster of an enclosing ``causalgeom.distributed.client()`` block if
+        (see `causalgeom.scale.client`), or True (the enclosing client block's cluster, else a new
+        LocalCluster). Default None: the cluster of an enclosing ``causalgeom.scale.client()`` block if
         any, else train here one run after the other. False: always train here.
     executor : concurrent.futures.Executor or dask.distributed.Client, optional
         Submit the runs to this (``executor.submit(fn, config_dict, out_dir)``); workers must see ``out_dir``.

@@ -7,14 +7,14 @@ A zoo file (TOML) lists checkpoints and labels them::
 
     [[models]]
     id = "tv_in1k"                      # run id (and, unless labels.regularizer is given, the arm)
-    model = "torchvision:resnet50"      # anything causalgeom.models.load takes, or a `causalgeom train` run
+    model = "torchvision:resnet50"      # anything causalgeom.pipeline.models.load takes, or a `causalgeom train` run
                                         # folder / its checkpoint.pt (without arch)
     weights = "IMAGENET1K_V1"
     labels = { recipe = "torchvision v1", loss = "ce", label_smoothing = 0.0, mixup = 0.0, cutmix = 0.0 }
     # preprocess = "cifar10"            # local state dicts and weights = "none" only (see causalgeom.preprocess)
     # attrs = { seed = 1, strength = 0.1 }   # run attributes (override the labels and the defaults)
 
-:func:`extract_zoo` loads every entry with :func:`causalgeom.models.load`, scores it on the same images (the same
+:func:`extract_zoo` loads every entry with :func:`causalgeom.pipeline.models.load`, scores it on the same images (the same
 sample ids, checked by digest) with its own preprocessing, and writes one run per entry into a study folder.
 Each arm holds ONE model: a comparison of arms is conditional on these checkpoints (the model-conditional
 estimand, paired by image); it says nothing about the recipes in general (see ``docs/zoo.md``).
@@ -274,15 +274,15 @@ def extract_zoo(zoo: str | os.PathLike | Mapping[str, Any], data: str, out: str 
     zoo : path or dict
         A zoo file (:func:`read_zoo`) or its parsed content.
     data : str
-        ``imagefolder:DIR``, ``cifar10:DIR`` or ``cifar100:DIR`` (:func:`causalgeom.data.open_eval_data`).
+        ``imagefolder:DIR``, ``cifar10:DIR`` or ``cifar100:DIR`` (:func:`causalgeom.pipeline.data.open_eval_data`).
     out : path-like
         Study folder; run ``ID`` goes to ``out/ID.zarr``. A complete store is skipped unless ``mode="w"``.
     limit, seed, class_map
-        As in :func:`causalgeom.data.open_eval_data`: every entry scores the same subset.
+        As in :func:`causalgeom.pipeline.data.open_eval_data`: every entry scores the same subset.
     download : bool
         Let torch.hub / the Hugging Face hub download absent weights (default: caches only).
     attacks, eps, progress, **kwargs
-        Passed to :func:`causalgeom.extraction.extract` (batch_size, device, amp, num_workers, mode...).
+        Passed to :func:`causalgeom.pipeline.extract.extract` (batch_size, device, amp, num_workers, mode...).
 
     Returns
     -------

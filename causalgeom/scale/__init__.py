@@ -15,7 +15,7 @@ Three engines, one module:
   ``WORLD_SIZE`` and ``LOCAL_RANK`` (set by ``torchrun``) and fill this rank's chunk-aligned shard
   of every store (``causalgeom.extract(..., shard=(rank, world))``); the last shard to finish marks
   a store complete, and a failed rank's shard is redone by re-running that rank alone.
-* **Dask (training).** :func:`run_grid` submits one :func:`causalgeom.train.train_run` per task.
+* **Dask (training).** :func:`run_grid` submits one :func:`causalgeom.pipeline.train.train_run` per task.
 
 Which of the two a whole-study analysis uses when the user does not say is decided by :func:`choose_path`
 (the study's size against :data:`DASK_THRESHOLD_ROWS`, measured by ``benchmarks/bench_scaling.py``).

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
 from ..errors import HeadMissingError, QueryError
+from ..dump.study import as_study
 from ..metrics import robustness
 from ..metrics.blocks import one_blas_thread
 from ..metrics.kernels import FUSED_FIELDS
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 # ============================================================================================
 # the cluster bootstrap from per-run sufficient statistics
 # ============================================================================================
-#: Per-sample columns of the study table (`causalgeom.table.study_frame`) that `run_moments` computes from the
+#: Per-sample columns of the study table (`causalgeom.metrics.table.study_frame`) that `run_moments` computes from the
 #: chunks, besides ``robust[ATTACK@EPS]`` and ``min_flip_eps[ATTACK]``.
 SAMPLE_MOMENT_COLUMNS = ("label", "norm", "rms", "cos_true", "cos_pred", "confidence", "correct", "overconfidence",
                          "nll", "brier")
@@ -218,16 +218,6 @@ def _run_value(attrs: Mapping[str, Any], name: str) -> Any:
     return attrs.get(name)
 
 
-def _as_study(study: Any) -> Any:
-    from ..dump.study import Study, open_study
-
-    if isinstance(study, Study):
-        return study
-    if isinstance(study, (str, os.PathLike)):
-        return open_study(study)
-    raise QueryError(f"study: expected a causalgeom Study or a study folder, got {type(study).__name__}")
-
-
 def _lazy_moments(ds: Any, columns: Sequence[str], center: str, stacked: Any = None) -> Any:
     """Delayed sufficient statistics of ``columns`` of one run: one task per Zarr chunk, then a tree.
 
@@ -279,7 +269,7 @@ def run_moments(study: Any, columns: Sequence[str], *, run_ids: Sequence[str] | 
     ----------
     study : causalgeom.Study or path
     columns : list of str
-        Per-sample columns of :func:`causalgeom.table.study_frame` (:data:`SAMPLE_MOMENT_COLUMNS`,
+        Per-sample columns of :func:`causalgeom.metrics.table.study_frame` (:data:`SAMPLE_MOMENT_COLUMNS`,
         ``robust[ATTACK@EPS]``, ``min_flip_eps[ATTACK]``) or run-level ``strength`` / ``seed``.
     run_ids : list of str, optional
         Default: every complete run.
@@ -293,7 +283,7 @@ def run_moments(study: Any, columns: Sequence[str], *, run_ids: Sequence[str] | 
         counts the NaN/Inf values of each column, which enter the sums as 0 (the moments of such a column
         are not meaningful; :func:`mediate_study` refuses them).
     """
-    study = _as_study(study)
+    study = as_study(study)
     ids = list(study.run_ids if run_ids is None else run_ids)
     columns = list(columns)
     with _graphs_here():
@@ -493,7 +483,7 @@ def mediate_study(study: Any, *, treatment: str, mediators: str | Sequence[str],
         raise QueryError(f"bootstrap={bootstrap!r}: mediate_study supports bootstrap='cluster' only (the other "
                          "schemes resample rows)")
     rng = _as_rng(rng)
-    study = _as_study(study)
+    study = as_study(study)
     ids = list(study.run_ids if run_ids is None else run_ids)
     if not ids:
         raise QueryError("study: no complete runs to analyse")
@@ -585,7 +575,7 @@ def mediate_study(study: Any, *, treatment: str, mediators: str | Sequence[str],
     point, _ = est.point()
     inf = run_inference(est, design, point, inference=inference, bootstrap=bootstrap, n_boot=n_boot, rng=rng,
                         ci_level=ci_level, notes=notes)
-    notes.append("computed from per-run sufficient statistics on Dask (causalgeom.distributed.mediate_study); "
+    notes.append("computed from per-run sufficient statistics on Dask (causalgeom.scale.mediate_study); "
                  "the overlap check, the Mundlak table and the refuters need the per-sample table (cg.causal.mediate "
                  "on study.to_frame())")
     return build_result(est, design, point, None, inf, method="regression",

@@ -1,4 +1,4 @@
-"""Training grids on a Dask cluster: `run_grid` is `causalgeom.train.run_grid` with a cluster by default."""
+"""Training grids on a Dask cluster: `run_grid` is `causalgeom.pipeline.train.run_grid` with a cluster by default."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ log = logging.getLogger(__name__)
 # ============================================================================================
 def run_grid(grid: Any, out_dir: str | os.PathLike, progress: bool = False, *,
              overrides: Mapping[str, Any] | None = None, scheduler: Any = None) -> list[Path]:
-    """Train every run of ``grid`` on a Dask cluster, one :func:`causalgeom.train.train_run` per task.
+    """Train every run of ``grid`` on a Dask cluster, one :func:`causalgeom.pipeline.train.train_run` per task.
 
-    `causalgeom.train.run_grid` (the one grid runner; same parameters, return value and errors) with a
+    `causalgeom.pipeline.train.run_grid` (the one grid runner; same parameters, return value and errors) with a
     cluster by default: ``scheduler=None`` means the client of the enclosing :func:`client` block, else a new
     LocalCluster for this call (``train.run_grid``'s ``scheduler=True``), and no progress bar by default.
     Workers must see ``out_dir`` (shared file system on a real cluster).

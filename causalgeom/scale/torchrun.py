@@ -128,14 +128,14 @@ def extract(model: torch.nn.Module, data: Any, out: str | os.PathLike, *, device
     Parameters
     ----------
     model, data, out
-        As in :func:`causalgeom.extract.extract`.
+        As in :func:`causalgeom.pipeline.extract.extract`.
     device : str
         ``"auto"`` (``cuda:LOCAL_RANK`` with CUDA, else CPU), ``"cuda"`` (-> ``cuda:LOCAL_RANK``), or explicit.
     wait : bool, optional
         Wait for every rank (gloo barrier) and check that the store is complete. Default: when launched
         by ``torchrun``.
     **kwargs
-        Passed to :func:`causalgeom.extract.extract` (attacks, eps, batch_size, amp, attrs, generator, ...);
+        Passed to :func:`causalgeom.pipeline.extract.extract` (attacks, eps, batch_size, amp, attrs, generator, ...);
         not ``shard`` (set from the rank).
 
     Returns
@@ -160,12 +160,12 @@ def extract(model: torch.nn.Module, data: Any, out: str | os.PathLike, *, device
 
 def extract_study(runs_dir: str | os.PathLike, study_dir: str | os.PathLike | None = None, *,
                   device: str | torch.device = "auto", wait: bool | None = None, **kwargs: Any) -> list[Path]:
-    """This rank's share of ``causalgeom.extract.extract_runs`` (every finished training run) in a ``torchrun`` job.
+    """This rank's share of ``causalgeom.pipeline.extract.extract_runs`` (every finished training run) in a ``torchrun`` job.
 
     Every rank walks the same runs in the same order and fills its shard of each run's store;
     ``torchrun --nproc-per-node N`` (or ``--nnodes M`` over several hosts sharing the study folder)
     thus writes one study. Parameters as in :func:`extract` and
-    :func:`causalgeom.extract.extract_runs`.
+    :func:`causalgeom.pipeline.extract.extract_runs`.
 
     Returns
     -------
