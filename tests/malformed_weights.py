@@ -1,7 +1,7 @@
 """Malformed weights files (issue 22) for the malformed-input corpus, and the builders tests/test_weights_safety.py
 shares: code pickles, forged safetensors headers, stride-0 views, integer keys, state dicts that fit no model.
 
-Every case hands the file to :func:`causalgeom.models.load` through one of the four places weights come from (a
+Every case hands the file to :func:`causalgeom.pipeline.models.load` through one of the four places weights come from (a
 local state dict, ``weights=FILE`` for timm, the torch.hub cache, the Hugging Face cache) and expects a
 `ConfigError` naming the file. Nothing is written under ``out``; a payload that ran would create ``out/pwned``.
 """

@@ -31,7 +31,7 @@ def _folder(root, sizes, fmt="png"):
 
 def test_presets_and_key_value_specs():
     assert parse_preprocess("cifar10") == PRESETS["cifar10"]
-    # CIFAR statistics are those of causalgeom.data (one copy of the numbers)
+    # CIFAR statistics are those of causalgeom.pipeline.data (one copy of the numbers)
     assert PRESETS["cifar10"].mean == tuple(data_mod.dataset_info("cifar10")["mean"])
     assert PRESETS["cifar100"].std == tuple(data_mod.dataset_info("cifar100")["std"])
     p = parse_preprocess("resize=36,crop=32,mean=0.5,0.4,0.3,std=0.2,0.2,0.2,interpolation=bicubic")

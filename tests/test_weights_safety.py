@@ -58,7 +58,7 @@ def test_torchvision_cache_file_name_is_torchvisions():
     assert cg.models.torch_hub_file(url).name == os.path.basename(url) == "resnet18-f37072fd.pth"
 
 
-# (place, how the file is written) -> the file is planted there, then loaded through causalgeom.models.load
+# (place, how the file is written) -> the file is planted there, then loaded through causalgeom.pipeline.models.load
 PLACES = [("torch.hub cache", "zip"), ("torch.hub cache", "legacy"), ("torch.hub cache", "raw"),
           ("timm --weights", "zip"), ("timm --weights", "legacy"), ("timm --weights", "raw"),
           ("Hugging Face cache", "zip"), ("Hugging Face cache", "legacy"), ("Hugging Face cache", "raw"),

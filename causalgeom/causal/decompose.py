@@ -578,8 +578,8 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
         ``"ece"`` (top-label, ``n_bins`` equal-width bins, l1), ``"nll"``, ``"accuracy"``, ``"brier"``;
         ``"robust_accuracy"`` / ``"robust_margin"`` (true-class logit minus the best other) from the
         world logits of the attacked images' features (needs ``adv_features``: ``extract --save-adv``);
-        ``"ece_ts"``, ``"ece_debiased"``, ``"ece_floor"``, ``"aurc"`` (`causalgeom.calibration.EXTRA_OUTCOMES`;
-        ``ece_ts`` refits the temperature in every world on the same held-out half, `causalgeom.calibration.ts_split`).
+        ``"ece_ts"``, ``"ece_debiased"``, ``"ece_floor"``, ``"aurc"`` (`causalgeom.metrics.calibration.EXTRA_OUTCOMES`;
+        ``ece_ts`` refits the temperature in every world on the same held-out half, `causalgeom.metrics.calibration.ts_split`).
     factors : tuple of str
         ``("head", "magnitude", "direction")`` (2³ worlds), or ``("head", "magnitude", "cosine")``: the
         direction's cosine to the class center is its own factor, and ``direction`` then means the rest of

@@ -208,7 +208,7 @@ def plan(study: Any = None, *, outcome: str | None = None, treatment: str = "reg
     Parameters
     ----------
     study : Study, path, DataFrame, MediationResult or None
-        The pilot: a study (its run-level table, `causalgeom.table.study_frame`), an analysis table (run or sample
+        The pilot: a study (its run-level table, `causalgeom.metrics.table.study_frame`), an analysis table (run or sample
         level; sample rows are averaged per ``run_id``), or a `MediationResult` (its ``effect_name`` estimate, and
         the between-run SD implied by its interval). None: give ``effect`` and ``sd``.
     outcome : str

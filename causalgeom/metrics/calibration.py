@@ -41,7 +41,7 @@ BINNINGS = ("width", "mass")
 NORMS = ("l1", "l2", "max")
 #: Metric names `bootstrap_ci` resamples from per-sample statistics.
 BOOTSTRAP_METRICS = ("accuracy", "mean_confidence", "overconfidence", "ece", "signed_ece", "nll", "brier")
-#: Per-run outcomes beyond the binned ECE (every one a column of `causalgeom.summary.run_metrics`, of the run-level
+#: Per-run outcomes beyond the binned ECE (every one a column of `causalgeom.metrics.summary.run_metrics`, of the run-level
 #: analysis table and an outcome of `causalgeom.causal.decompose`): ECE after temperature scaling fitted on a
 #: held-out half, the debiased L2 calibration error, the ECE noise floor, and the AURC.
 EXTRA_OUTCOMES = ("ece_ts", "ece_debiased", "ece_floor", "aurc")
@@ -375,7 +375,7 @@ def reliability(ds: xr.Dataset, n_bins: int = 15, binning: str = "width", *, tem
         Dim ``bin`` (M). Variables ``confidence``, ``accuracy`` (NaN for empty bins), ``count``
         (int), ``weight`` (count / n), ``gap`` (confidence − accuracy), ``acc_low`` / ``acc_high``
         (the **Wilson score** interval of the bin's accuracy at ``level``, treating its images as independent
-        Bernoulli trials; NaN for empty bins; `causalgeom.robustness.wilson_interval`, the one used for robust
+        Bernoulli trials; NaN for empty bins; `causalgeom.metrics.robustness.wilson_interval`, the one used for robust
         accuracy, equal to statsmodels' ``proportion_confint(method="wilson")``), ``few`` (bool:
         0 < count < ``min_count``); coordinates ``bin_lower``, ``bin_upper`` (the bin edges for ``"width"``;
         the lowest / highest confidence in the bin for ``"mass"``). Bins as in `ece`. Attributes record ``interval``, ``level`` and ``min_count``.
@@ -603,18 +603,18 @@ def ece_ts_from_logits(logits: ArrayLike, labels: ArrayLike, fit: ArrayLike, n_b
 def confidence_outcomes(confidence: ArrayLike, correct: ArrayLike, n_bins: int = 15) -> dict[str, float]:
     """``ece_debiased``, ``ece_floor`` and ``aurc`` from per-sample top-label confidences and correctness.
 
-    The one implementation behind `ece_debiased`, `ece_floor`, `aurc`, `causalgeom.summary.run_metrics` and the
+    The one implementation behind `ece_debiased`, `ece_floor`, `aurc`, `causalgeom.metrics.summary.run_metrics` and the
     run-level analysis table.
 
     - ``ece_debiased``: ``sqrt(max(D, 0))`` with D the debiased estimate of the squared L2 binned calibration error
-      (`causalgeom.kernels.debiased_squared_ce`; Kumar, Liang, Ma, NeurIPS 2019, their ``unbiased_l2_ce``).
+      (`causalgeom.metrics.kernels.debiased_squared_ce`; Kumar, Liang, Ma, NeurIPS 2019, their ``unbiased_l2_ce``).
       An estimate of the RMS calibration error ``ece(norm="l2")`` with its binning-noise bias removed (compare it
       with that, not with the l1 ``ece``).
     - ``ece_floor``: the expected l1 ECE of a perfectly calibrated model with these confidences and bins (labels
-      drawn Bernoulli(confidence)), exactly (`causalgeom.kernels.ece_noise_floor`): the ECE binning noise alone
+      drawn Bernoulli(confidence)), exactly (`causalgeom.metrics.kernels.ece_noise_floor`): the ECE binning noise alone
       gives at this n.
     - ``aurc``: area under the risk-coverage curve, confidence = max softmax probability, ties in expectation over
-      random orders (`causalgeom.kernels.aurc`).
+      random orders (`causalgeom.metrics.kernels.aurc`).
     """
     conf = np.asarray(confidence, dtype=np.float64).ravel()
     corr = np.asarray(correct, dtype=np.float64).ravel()
@@ -639,12 +639,12 @@ def ece_debiased(ds: xr.Dataset, n_bins: int = 15) -> xr.DataArray:
 def ece_floor(ds: xr.Dataset, n_bins: int = 15) -> xr.DataArray:
     """Noise floor of the run's ECE: the expected ECE of a perfectly calibrated model with its confidences (0-d).
 
-    See `confidence_outcomes` and `causalgeom.kernels.ece_noise_floor`."""
+    See `confidence_outcomes` and `causalgeom.metrics.kernels.ece_noise_floor`."""
     return _confidence_outcome(ds, "ece_floor", n_bins)
 
 
 def aurc(ds: xr.Dataset) -> xr.DataArray:
-    """Area under the risk-coverage curve of the run (0-d; lower is better); see `causalgeom.kernels.aurc`."""
+    """Area under the risk-coverage curve of the run (0-d; lower is better); see `causalgeom.metrics.kernels.aurc`."""
     return _confidence_outcome(ds, "aurc", 1)
 
 

@@ -51,9 +51,9 @@ def run_metrics(ds: xr.Dataset, n_bins: int = 15, *, center_kind: str = "minimal
         ``run_id``, ``regularizer``, ``strength``, ``seed``, ``model``, ``dataset``, ``split``,
         ``n_samples``, ``center_kind``; outcomes ``accuracy``, ``ece`` (l1, equal width),
         ``signed_ece``, ``nll``, ``brier``, ``mean_confidence``, ``ece_ts`` (ECE after temperature scaling
-        fitted on a held-out half, `causalgeom.calibration.ece_ts`) with its fitted ``ts_temperature``,
+        fitted on a held-out half, `causalgeom.metrics.calibration.ece_ts`) with its fitted ``ts_temperature``,
         ``ece_debiased``, ``ece_floor`` (the ECE's noise floor) and ``aurc``
-        (`causalgeom.calibration.confidence_outcomes`); geometry (means over samples)
+        (`causalgeom.metrics.calibration.confidence_outcomes`); geometry (means over samples)
         ``norm``, ``rms``, ``cos_true``, ``cos_pred``; and, when the dump has attack outcomes,
         ``robust_acc[ATTACK@EPS]`` per attack and ε (see `robust_key`) and ``robust_auc[ATTACK]``
         (`causalgeom.metrics.robustness.robust_auc`, clean point included).

@@ -322,8 +322,8 @@ def _aggregate(df: pd.DataFrame, logits: np.ndarray | None = None) -> pd.DataFra
     """One run's row of the run-level table from its sample-level rows and (for ``ece_ts``) its logits in memory.
 
     No further read of the run: ``ece_ts`` fits its temperature on the logits kept from the fused pass's read
-    (`causalgeom.calibration.ece_ts_from_logits`, split by `causalgeom.calibration.ts_split` of the ``sample``
-    column, as `causalgeom.calibration.ece_ts`)."""
+    (`causalgeom.metrics.calibration.ece_ts_from_logits`, split by `causalgeom.metrics.calibration.ts_split` of the ``sample``
+    column, as `causalgeom.metrics.calibration.ece_ts`)."""
     row: dict[str, Any] = {c: df[c].iloc[0] for c in ID_COLUMNS}
     row["n_samples"] = len(df)
     for c in _MEAN_COLUMNS:

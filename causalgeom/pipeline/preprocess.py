@@ -2,11 +2,11 @@
 
 A :class:`Preprocess` names the resize, centre crop, interpolation and per-channel normalization a network was
 trained with. The resize and crop act on the PIL image (:meth:`Preprocess.transform`: PIL -> float tensor in
-[0, 1]); the normalization goes inside the model (`causalgeom.models.Normalize`), so attacks act on pixels.
+[0, 1]); the normalization goes inside the model (`causalgeom.pipeline.models.Normalize`), so attacks act on pixels.
 Its :meth:`Preprocess.spec` is the text stored in the run attribute ``preprocess``.
 
 Named presets (:data:`PRESETS`): ``imagenet`` (resize 256, crop 224, bilinear, ImageNet mean/std), ``cifar10``
-and ``cifar100`` (resize 32, crop 32, the training sets' per-channel mean/std, as `causalgeom.data.dataset_info`),
+and ``cifar100`` (resize 32, crop 32, the training sets' per-channel mean/std, as `causalgeom.pipeline.data.dataset_info`),
 ``none`` (no resize, mean 0, std 1: every image must already have the network's size). A spec is a preset name
 or ``key=value`` pairs separated by commas, e.g. ``resize=36,crop=32,mean=0.5,0.5,0.5,std=0.25,0.25,0.25``
 (values of ``mean``/``std`` continue over the commas until the next ``key=``), optionally starting from a preset:
