@@ -22,6 +22,7 @@ Splits (fixed and deterministic; documented in ``docs/training.md``):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import os
@@ -317,7 +318,7 @@ class _ImageFolderScan:
     are ``(path, class index)`` of every file with an image ending (`IMAGE_EXTENSIONS`) under each class folder,
     in torchvision's order (sorted folder paths, then sorted file names), so sample ids match
     ``torchvision.datasets.ImageFolder``. Every folder is entered once: a folder reached a second time (a link loop
-    or a second link to it) is a `ConfigError` naming both paths, as is an image name that is not a regular file
+    or a second link to one folder) is a `ConfigError` naming both paths, as is an image name that is not a regular file
     (a FIFO would block the reader forever) and a link that cannot be resolved. Picklable (DataLoader workers).
     """
 
@@ -334,7 +335,8 @@ class _ImageFolderScan:
             raise ConfigError(f"dataset 'imagefolder': cannot read {root!r} as ROOT/CLASS/IMAGE: no class "
                               "sub-folders in it")
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
-        seen: dict[tuple[int, int], str] = {}
+        st = os.stat(root)
+        seen: dict[tuple[int, int], str] = {(st.st_dev, st.st_ino): root}  # a link up to the root is a loop too
         self.samples: list[tuple[str, int]] = []
         empty = []
         for c in self.classes:
@@ -366,9 +368,9 @@ class _ImageFolderScan:
                                   "symbolic link loop or a broken link?)") from None
             key = (st.st_dev, st.st_ino)
             if key in seen:
-                raise ConfigError(f"dataset 'imagefolder': {folder!r} is the folder {seen[key]!r} again (a symbolic "
-                                  "link loop, or a second link to it); each image must be counted once: remove the "
-                                  "link")
+                raise ConfigError(f"dataset 'imagefolder': {seen[key]!r} and {folder!r} are the same folder (a "
+                                  "symbolic link loop, or a second link to one folder); each image must be counted "
+                                  "once: remove the link")
             seen[key] = folder
             try:
                 with os.scandir(folder) as it:
@@ -458,14 +460,27 @@ def open_image(path: str | os.PathLike, *, header_only: bool = False) -> Any:
 
 
 @functools.lru_cache(maxsize=8)
-def _image_folder_cached(path: str, mtime_ns: int) -> _ImageFolderScan:
+def _image_folder_cached(path: str, mtimes: tuple[int, ...]) -> _ImageFolderScan:
     return _ImageFolderScan(path)
 
 
+def _folder_mtimes(path: Path) -> tuple[int, ...]:
+    """Modification times of ``path`` and of its immediate sub-folders (the class folders)."""
+    out = [path.stat().st_mtime_ns]
+    with os.scandir(path) as it:
+        for e in sorted(it, key=lambda e: e.name):
+            with contextlib.suppress(OSError):
+                st = os.stat(e.path)
+                if stat.S_ISDIR(st.st_mode):
+                    out.append(st.st_mtime_ns)
+    return tuple(out)
+
+
 def _image_folder(path: Path) -> _ImageFolderScan:
-    """The (cached) scan of ``path`` (`_ImageFolderScan`); rescanned when the folder's mtime changes."""
+    """The (cached) scan of ``path`` (`_ImageFolderScan`); rescanned when the folder's or a class folder's mtime
+    changes."""
     try:
-        return _image_folder_cached(str(path.resolve()), path.stat().st_mtime_ns)
+        return _image_folder_cached(str(path.resolve()), _folder_mtimes(path))
     except (FileNotFoundError, RuntimeError) as exc:
         raise ConfigError(f"dataset 'imagefolder': cannot read {str(path)!r} as ROOT/CLASS/IMAGE: {exc}") from None
 
