@@ -169,6 +169,7 @@ def test_cli_exit_2_with_one_line_naming_the_file(tmp_path, capsys):
     assert main(["train", str(toml), "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "stuck.png" in err and "FIFO" in err, err
+    assert not out.exists() or not [p for p in out.rglob("*") if not p.name.endswith(".lock")]  # nothing written
     # a query file with deeply nested arrays: QueryError naming the file, no RecursionError
     (tmp_path / "table.csv").write_text("run_id,regularizer,rms,overconfidence\n" + "".join(
         f"r{r},{'ce' if r % 2 else 'label_smoothing'},{0.1 * s + r},{0.01 * s * r}\n" for r in range(4)

@@ -10,6 +10,7 @@ import pytest
 
 import causalgeom as cg
 
+from . import malformed_inputs_22c  # noqa: F401
 from .malformed_corpus import CASES
 
 TRIED: list[str] = []

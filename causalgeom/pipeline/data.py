@@ -540,7 +540,8 @@ def _first_image_size(folder) -> tuple[int, int]:
 def check_dataset(name: str, root: str | os.PathLike | None = None) -> None:
     """Raise :class:`~causalgeom.errors.ConfigError` unless dataset ``name`` is readable from ``root``.
 
-    Cheap: checks names, files and folders, reads no images. Digits is always available (shipped with
+    Cheap: checks names, files and folders, reads no image data (ImageFolder: the lstat scan of every folder,
+    cached for the loaders, and the header of the first training image). Digits is always available (shipped with
     scikit-learn).
     """
     name = _check_name(name)
@@ -553,6 +554,7 @@ def check_dataset(name: str, root: str | os.PathLike | None = None) -> None:
             if not any(p.is_dir() for p in folder.iterdir()):
                 raise ConfigError(f"dataset 'imagefolder': {str(folder)!r} has no class sub-folders; expected "
                                   "FOLDER/CLASS/IMAGE (torchvision ImageFolder layout)")
+        _first_image_size(_imagefolder_parts(root)["train"][0])  # scans (FIFOs, loops) and checks the pixel limit
 
 
 def dataset_info(name: str, root: str | os.PathLike | None = None) -> dict[str, Any]:
