@@ -315,9 +315,11 @@ class _Writer:
     """Assembles batches into chunk buffers and writes whole chunks, in a background thread.
 
     Memory is bounded by the queue size (in batches) plus the chunks being assembled. The store
-    is opened when the first batch arrives; ``prepare`` (store creation for a new store; False when another
-    shard completed the store meanwhile, which stops this one with `_AlreadyComplete`) runs then, in this thread, so it overlaps the computation of the next batches and nothing is
-    created when the first batch fails (e.g. a model whose output is not its head's).
+    is opened when the first batch arrives; ``prepare`` (store creation for a new store) runs
+    then, in this thread, so it overlaps the computation of the next batches and nothing is
+    created when the first batch fails (e.g. a model whose output is not its head's). ``prepare``
+    returns False when another shard completed the store meanwhile: the writer then stops with
+    `_AlreadyComplete`, and this shard is done.
     """
 
     def __init__(self, path: Path, layout: dict[str, tuple[int, tuple[int, ...], np.dtype]],
