@@ -17,7 +17,8 @@ from typing import Any, Iterator
 from ..errors import CausalGeomError, ConfigError, WorkerLostError
 
 __all__ = ["SCHEDULER_ENV", "CONNECT_TIMEOUT", "CONNECT_DEADLINE", "WorkerLostError", "client", "current_client",
-           "active_client", "worker_loss_translated", "compute_arrays", "is_dask_client", "WORKER_MALLOC_ENV", "local_cluster_options"]
+           "active_client", "worker_loss_translated", "compute_arrays", "is_dask_client", "WORKER_MALLOC_ENV",
+           "local_cluster_options"]
 
 #: Environment variable read when no ``scheduler`` is given: a scheduler address (``tcp://host:8786``) or
 #: ``local`` / ``local:N`` (a LocalCluster with N workers).
