@@ -8,6 +8,7 @@ client) and training grids (`causalgeom.pipeline.train.run_grid` dispatches runs
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import os
@@ -15,15 +16,21 @@ from typing import Any, Iterator
 
 from ..errors import CausalGeomError, ConfigError, WorkerLostError
 
-__all__ = ["SCHEDULER_ENV", "CONNECT_TIMEOUT", "WorkerLostError", "client", "current_client", "active_client",
-           "worker_loss_translated", "compute_arrays", "is_dask_client", "WORKER_MALLOC_ENV", "local_cluster_options"]
+__all__ = ["SCHEDULER_ENV", "CONNECT_TIMEOUT", "CONNECT_DEADLINE", "WorkerLostError", "client", "current_client",
+           "active_client", "worker_loss_translated", "compute_arrays", "is_dask_client", "WORKER_MALLOC_ENV",
+           "local_cluster_options"]
 
 #: Environment variable read when no ``scheduler`` is given: a scheduler address (``tcp://host:8786``) or
 #: ``local`` / ``local:N`` (a LocalCluster with N workers).
 SCHEDULER_ENV = "CAUSALGEOM_SCHEDULER"
 
-#: How long :func:`client` tries to reach a scheduler address before giving up.
+#: How long :func:`client` tries to open a TCP connection to a scheduler address (retrying) before giving up.
 CONNECT_TIMEOUT = "20s"
+
+#: Overall deadline of :func:`client`'s connection to a scheduler address: TCP connection, Dask handshake and
+#: registration together. A server that accepts and never answers fails after this long (Dask's own handshake
+#: read has no timeout).
+CONNECT_DEADLINE = "30s"
 
 #: The client of the innermost :func:`client` block (training grids dispatch to it).
 _ACTIVE: contextvars.ContextVar[Any] = contextvars.ContextVar("causalgeom_dask_client", default=None)
@@ -118,10 +125,7 @@ def client(scheduler: Any = None, *, n_workers: int = 2, threads_per_worker: int
     address = scheduler or os.environ.get(SCHEDULER_ENV) or "local"
     local = _local_workers(address)
     if local is None:
-        try:
-            c = Client(address, timeout=CONNECT_TIMEOUT)
-        except (OSError, TimeoutError) as exc:
-            raise CausalGeomError(f"cannot reach the Dask scheduler at {address!r}: {exc}") from None
+        c = _connect(address)
         try:
             with _activated(c):
                 yield c
@@ -134,6 +138,57 @@ def client(scheduler: Any = None, *, n_workers: int = 2, threads_per_worker: int
         kw["memory_limit"] = memory_limit
     with local_cluster_options(), LocalCluster(**kw) as cluster, Client(cluster) as c, _activated(c):
         yield c
+
+
+def _seconds(value: str | float) -> float:
+    from dask.utils import parse_timedelta
+
+    return float(parse_timedelta(value, default="s"))
+
+
+def _connect(address: str) -> Any:
+    """A ``Client`` of the scheduler at ``address``, connected within :data:`CONNECT_DEADLINE` or an error.
+
+    Raises
+    ------
+    CausalGeomError
+        Nothing accepts connections there (after :data:`CONNECT_TIMEOUT`), or the server accepted but did not
+        finish the Dask handshake within :data:`CONNECT_DEADLINE`.
+    ConfigError
+        The server answered something that is not the Dask protocol (an HTTP server such as the dashboard).
+    """
+    from dask.distributed import Client
+
+    deadline = _seconds(CONNECT_DEADLINE)
+    connect = min(_seconds(CONNECT_TIMEOUT), deadline)
+    where = (f"scheduler {address!r} (the scheduler= argument, --scheduler or ${SCHEDULER_ENV})")
+
+    class _Bounded(Client):  # Client.start runs the connection through distributed.utils.sync: bound it there
+        def start(self, **kwargs: Any) -> None:
+            try:
+                super().start(callback_timeout=deadline, **kwargs)
+            except BaseException:
+                with contextlib.suppress(BaseException):
+                    self.close(timeout=2)
+                raise
+
+    try:
+        return _Bounded(address, timeout=connect, set_as_default=True)
+    except MemoryError:  # a length prefix read from a non-Dask answer ("HTTP/1.0" as 3.07 EiB)
+        raise ConfigError(f"{where}: the server answered, but not in the Dask protocol (its answer read as an "
+                          "impossible message length); is this an HTTP address such as the dashboard? a scheduler "
+                          "listens on tcp://HOST:8786 by default") from None
+    except (TimeoutError, asyncio.TimeoutError) as exc:
+        if "Timed out trying to connect" in str(exc):
+            raise CausalGeomError(f"cannot reach the Dask {where}: {exc}") from None
+        raise CausalGeomError(f"cannot reach the Dask {where}: the server accepted the connection but did not "
+                              f"complete the Dask handshake within {deadline:g} s (CONNECT_DEADLINE); is it a "
+                              "Dask scheduler?") from None
+    except OSError as exc:
+        raise CausalGeomError(f"cannot reach the Dask {where}: {exc}") from None
+    except (ValueError, TypeError, KeyError, AssertionError) as exc:  # a handshake that is not Dask's
+        raise ConfigError(f"{where}: the server answered, but not as a Dask scheduler ({type(exc).__name__}: "
+                          f"{exc}); a scheduler listens on tcp://HOST:8786 by default") from None
 
 
 @contextlib.contextmanager

@@ -360,6 +360,9 @@ def _parse(text: str, where: str) -> list[Query]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise QueryError(f"{where}: not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib parses nested arrays / inline tables recursively
+        raise QueryError(f"{where}: arrays or inline tables nested too deeply to parse (a query file needs at most "
+                         "one level of lists)") from None
     if "query" in data:
         extra = sorted(set(data) - {"query"})
         if extra:

@@ -22,10 +22,12 @@ Splits (fixed and deterministic; documented in ``docs/training.md``):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import os
 import pickle
+import stat
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -50,6 +52,9 @@ __all__ = [
     "EvalImages",
     "open_eval_data",
     "stratified_subset",
+    "open_image",
+    "IMAGE_EXTENSIONS",
+    "MAX_IMAGE_PIXELS",
 ]
 
 #: Names accepted by :func:`load_dataset` and :func:`dataset_info`.
@@ -287,17 +292,192 @@ def _imagefolder_layout(root: str | os.PathLike | None) -> dict[str, Any]:
     return {"split_folders": False, "all": base}
 
 
-@functools.lru_cache(maxsize=8)
-def _image_folder_cached(path: str, mtime_ns: int):
-    import torchvision
+#: File name endings read as images (torchvision ImageFolder's ``IMG_EXTENSIONS``, compared lower-cased).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+#: Largest image read, in pixels (width x height; Pillow's default ``Image.MAX_IMAGE_PIXELS``, about 9459 x 9459).
+#: Checked from the header before anything is decoded: a larger image (a decompression bomb) is a `ConfigError`
+#: naming the file, whatever Pillow's own (warning-only up to twice the limit) setting is.
+MAX_IMAGE_PIXELS = 89_478_485
 
-    return torchvision.datasets.ImageFolder(path)
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"), (stat.S_ISDIR, "folder")):
+        if test(mode):
+            return name
+    return "special file"
 
 
-def _image_folder(path: Path):
-    """The (cached) ImageFolder scan of ``path``; rescanned when the folder's mtime changes."""
+class _ImageFolderScan:
+    """torchvision's ImageFolder rule, walked with ``lstat``: no FIFOs, devices or symbolic-link loops.
+
+    ``classes`` are the sorted names of the sub-folders of ``root`` (symbolic links to folders count); ``samples``
+    are ``(path, class index)`` of every file with an image ending (`IMAGE_EXTENSIONS`) under each class folder,
+    in torchvision's order (sorted folder paths, then sorted file names), so sample ids match
+    ``torchvision.datasets.ImageFolder``. Every folder is entered once: a folder reached a second time (a link loop
+    or a second link to one folder) is a `ConfigError` naming both paths, as is an image name that is not a regular file
+    (a FIFO would block the reader forever) and a link that cannot be resolved. Picklable (DataLoader workers).
+    """
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        try:
+            with os.scandir(root) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            raise ConfigError(f"dataset 'imagefolder': cannot read {root!r} as ROOT/CLASS/IMAGE: "
+                              f"{exc.strerror or exc}") from None
+        self.classes = [e.name for e in entries if self._is_dir(e.path)]
+        if not self.classes:
+            raise ConfigError(f"dataset 'imagefolder': cannot read {root!r} as ROOT/CLASS/IMAGE: no class "
+                              "sub-folders in it")
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        st = os.stat(root)
+        seen: dict[tuple[int, int], str] = {(st.st_dev, st.st_ino): root}  # a link up to the root is a loop too
+        self.samples: list[tuple[str, int]] = []
+        empty = []
+        for c in self.classes:
+            files = self._walk(os.path.join(root, c), seen)
+            if not files:
+                empty.append(c)
+            self.samples.extend((f, self.class_to_idx[c]) for f in files)
+        if empty:
+            raise ConfigError(f"dataset 'imagefolder': no image file (endings {', '.join(IMAGE_EXTENSIONS)}) in the "
+                              f"class folder(s) {empty[:5]} of {root!r}")
+        self.targets = [t for _, t in self.samples]
+
+    @staticmethod
+    def _is_dir(path: str) -> bool:
+        try:
+            return stat.S_ISDIR(os.stat(path).st_mode)  # a link to a folder is a class folder
+        except OSError:
+            return False
+
+    def _walk(self, top: str, seen: dict[tuple[int, int], str]) -> list[str]:
+        found: list[tuple[str, list[str]]] = []
+        stack = [top]
+        while stack:
+            folder = stack.pop()
+            try:
+                st = os.stat(folder)
+            except OSError as exc:
+                raise ConfigError(f"dataset 'imagefolder': cannot enter {folder!r}: {exc.strerror or exc} (a "
+                                  "symbolic link loop or a broken link?)") from None
+            key = (st.st_dev, st.st_ino)
+            if key in seen:
+                raise ConfigError(f"dataset 'imagefolder': {seen[key]!r} and {folder!r} are the same folder (a "
+                                  "symbolic link loop, or a second link to one folder); each image must be counted "
+                                  "once: remove the link")
+            seen[key] = folder
+            try:
+                with os.scandir(folder) as it:
+                    names = sorted(e.name for e in it)
+            except OSError as exc:
+                raise ConfigError(f"dataset 'imagefolder': cannot list {folder!r}: {exc.strerror or exc}") from None
+            files = []
+            for name in names:
+                path = os.path.join(folder, name)
+                is_image = name.lower().endswith(IMAGE_EXTENSIONS)
+                mode = os.lstat(path).st_mode
+                if stat.S_ISLNK(mode):
+                    try:
+                        mode = os.stat(path).st_mode
+                    except OSError as exc:
+                        if is_image:
+                            raise ConfigError(f"dataset 'imagefolder': {path!r} is a symbolic link that cannot be "
+                                              f"followed ({exc.strerror or exc})") from None
+                        continue
+                if stat.S_ISDIR(mode):
+                    stack.append(path)
+                elif is_image:
+                    if not stat.S_ISREG(mode):
+                        raise ConfigError(f"dataset 'imagefolder': {path!r} is a {_file_kind(mode)}, not a regular "
+                                          "image file; remove it (it would block or never end)")
+                    files.append(path)
+            found.append((folder, files))
+        return [f for _, files in sorted(found, key=lambda x: x[0]) for f in files]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @staticmethod
+    def loader(path: str) -> Any:
+        """The RGB image at ``path`` (`open_image`)."""
+        return open_image(path).convert("RGB")
+
+
+def open_image(path: str | os.PathLike, *, header_only: bool = False) -> Any:
+    """Read the image file ``path`` with Pillow, refusing what is not a regular file and decompression bombs.
+
+    The file is opened without blocking (a FIFO swapped in after the scan is refused, not waited on) and must be a
+    regular file; an image of more than `MAX_IMAGE_PIXELS` pixels is refused from its header, before decoding.
+
+    Parameters
+    ----------
+    path : path-like
+    header_only : bool
+        Return the opened (not decoded) image, to read its size.
+
+    Returns
+    -------
+    PIL.Image.Image
+        Decoded (loaded) unless ``header_only``.
+
+    Raises
+    ------
+    ConfigError
+        Naming the file: not a regular file, too many pixels, or not an image Pillow can read.
+    """
+    from PIL import Image
+
+    path = os.fspath(path)
     try:
-        return _image_folder_cached(str(path.resolve()), path.stat().st_mtime_ns)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise ConfigError(f"image {path!r}: cannot open it: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as fh:
+        mode = os.fstat(fh.fileno()).st_mode
+        if not stat.S_ISREG(mode):
+            raise ConfigError(f"image {path!r}: a {_file_kind(mode)}, not a regular image file")
+        try:
+            img = Image.open(fh)
+            w, h = img.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise ConfigError(f"image {path!r}: {w} x {h} = {w * h:,} pixels exceeds the limit of "
+                                  f"{MAX_IMAGE_PIXELS:,} (causalgeom.pipeline.data.MAX_IMAGE_PIXELS; a decompression bomb?)")
+            if not header_only:
+                img.load()
+            return img
+        except ConfigError:
+            raise
+        except Image.DecompressionBombError as exc:  # Pillow's own limit set lower than ours
+            raise ConfigError(f"image {path!r}: refused as a decompression bomb ({exc})") from None
+        except Exception as exc:  # noqa: BLE001 - Pillow raises many types (OSError, SyntaxError, DecompressionBomb...)
+            raise ConfigError(f"image {path!r}: not a readable image ({type(exc).__name__}: {exc})") from None
+
+
+@functools.lru_cache(maxsize=8)
+def _image_folder_cached(path: str, mtimes: tuple[int, ...]) -> _ImageFolderScan:
+    return _ImageFolderScan(path)
+
+
+def _folder_mtimes(path: Path) -> tuple[int, ...]:
+    """Modification times of ``path`` and of its immediate sub-folders (the class folders)."""
+    out = [path.stat().st_mtime_ns]
+    with os.scandir(path) as it:
+        for e in sorted(it, key=lambda e: e.name):
+            with contextlib.suppress(OSError):
+                st = os.stat(e.path)
+                if stat.S_ISDIR(st.st_mode):
+                    out.append(st.st_mtime_ns)
+    return tuple(out)
+
+
+def _image_folder(path: Path) -> _ImageFolderScan:
+    """The (cached) scan of ``path`` (`_ImageFolderScan`); rescanned when the folder's or a class folder's mtime
+    changes."""
+    try:
+        return _image_folder_cached(str(path.resolve()), _folder_mtimes(path))
     except (FileNotFoundError, RuntimeError) as exc:
         raise ConfigError(f"dataset 'imagefolder': cannot read {str(path)!r} as ROOT/CLASS/IMAGE: {exc}") from None
 
@@ -348,9 +528,7 @@ def _imagefolder_parts(root: str | os.PathLike | None) -> dict[str, tuple[Any, n
 
 
 def _first_image_size(folder) -> tuple[int, int]:
-    from PIL import Image
-
-    with Image.open(folder.samples[0][0]) as img:
+    with open_image(folder.samples[0][0], header_only=True) as img:
         w, h = img.size
     return (h, w)
 
@@ -359,7 +537,8 @@ def _first_image_size(folder) -> tuple[int, int]:
 def check_dataset(name: str, root: str | os.PathLike | None = None) -> None:
     """Raise :class:`~causalgeom.errors.ConfigError` unless dataset ``name`` is readable from ``root``.
 
-    Cheap: checks names, files and folders, reads no images. Digits is always available (shipped with
+    Cheap: checks names, files and folders, reads no image data (ImageFolder: the lstat scan of every folder,
+    cached for the loaders, and the header of the first training image). Digits is always available (shipped with
     scikit-learn).
     """
     name = _check_name(name)
@@ -372,6 +551,7 @@ def check_dataset(name: str, root: str | os.PathLike | None = None) -> None:
             if not any(p.is_dir() for p in folder.iterdir()):
                 raise ConfigError(f"dataset 'imagefolder': {str(folder)!r} has no class sub-folders; expected "
                                   "FOLDER/CLASS/IMAGE (torchvision ImageFolder layout)")
+        _first_image_size(_imagefolder_parts(root)["train"][0])  # scans (FIFOs, loops) and checks the pixel limit
 
 
 def dataset_info(name: str, root: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -552,23 +732,43 @@ class EvalImages(Dataset):
         return h.hexdigest()
 
 
-def _class_map(class_map: Any, classes: list[str], root: Path) -> dict[str, int]:
+def _class_map(class_map: Any, classes: list[str], root: Path, num_classes: int | None = None) -> dict[str, int]:
+    """``{class folder: model class index}``: integers (not floats, not booleans), in ``[0, num_classes)``, one
+    folder per index; a map given as a file is named in every error."""
     if class_map is None:
         return {c: i for i, c in enumerate(classes)}
+    where = "class_map"
     if isinstance(class_map, (str, os.PathLike)):
         import json
 
+        where = f"class_map {str(class_map)!r}"
         try:
             class_map = json.loads(Path(class_map).read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"class_map: cannot read {str(class_map)!r} as a JSON object "
-                              f"{{folder name: class index}}: {exc}") from None
+        except (OSError, ValueError, RecursionError) as exc:
+            raise ConfigError(f"{where}: cannot read it as a JSON object {{folder name: class index}}: "
+                              f"{type(exc).__name__}: {exc}") from None
     if not isinstance(class_map, dict):
-        raise ConfigError(f"class_map: expected {{folder name: class index}}, got {type(class_map).__name__}")
+        raise ConfigError(f"{where}: expected {{folder name: class index}}, got {type(class_map).__name__}")
     missing = [c for c in classes if c not in class_map]
     if missing:
-        raise ConfigError(f"class_map: no index for the class folder(s) {missing[:5]} of {root}")
-    return {c: int(class_map[c]) for c in classes}
+        raise ConfigError(f"{where}: no index for the class folder(s) {missing[:5]} of {root}")
+    out: dict[str, int] = {}
+    owner: dict[int, str] = {}
+    for c in classes:
+        v = class_map[c]
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise ConfigError(f"{where}: the index of folder {c!r} must be an integer, got {v!r} "
+                              f"({type(v).__name__})")
+        v = int(v)
+        if v < 0 or (num_classes is not None and v >= num_classes):
+            bound = f"[0, {num_classes})" if num_classes is not None else ">= 0"
+            raise ConfigError(f"{where}: class indices must lie in {bound} for this model; folder {c!r} has {v}")
+        if v in owner:
+            raise ConfigError(f"{where}: folders {owner[v]!r} and {c!r} are both mapped to class {v}; each class "
+                              "index takes one folder")
+        owner[v] = c
+        out[c] = v
+    return out
 
 
 def open_eval_data(spec: str, transform: Any = None, *, num_classes: int | None = None, limit: int | None = None,
@@ -615,7 +815,7 @@ def open_eval_data(spec: str, transform: Any = None, *, num_classes: int | None 
             raise ConfigError(f"data: {spec!r}: {str(base)!r} is not a folder; expected DIR/CLASS/IMAGE")
         folder = _image_folder(base)
         classes = list(folder.classes)
-        mapping = _class_map(class_map, classes, base)
+        mapping = _class_map(class_map, classes, base, num_classes)
         ids = [os.path.relpath(p, base) for p, _ in folder.samples]
         labels = np.asarray([mapping[classes[t]] for _, t in folder.samples], dtype=np.int64)
         get = _FolderImages(folder)

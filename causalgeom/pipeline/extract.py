@@ -44,8 +44,8 @@ from .models import _Capture, _OutputCheck, find_head
 from .models import eval_mode as _eval_mode
 from ..dump.schema import (ENCODED_DTYPE_ATTR, FEATURES_DTYPES, SCHEMA_VERSION, STORED_DTYPE_ATTR, RUN_ID_PATTERN,
                            check_run_id, normalize_attrs, package_versions, validate)
-from ..dump.store import (COMPRESSORS, DEFAULT_COMPRESSOR, encoding_for, is_complete, mark_complete,
-                          stored_features_dtype, store_lock)
+from ..dump.store import (COMPLETE_ATTR, COMPRESSORS, DEFAULT_COMPRESSOR, encoding_for, is_complete, mark_complete,
+                          read_attrs, stored_features_dtype, store_lock)
 
 if TYPE_CHECKING:  # xarray is imported where a store is built
     import xarray as xr
@@ -266,8 +266,47 @@ def _remove_store(path: Path) -> None:
     shutil.rmtree(path)
 
 
-def _prepare_store(path: Path, plan: dict[str, Any], build_template, mode: str) -> None:
-    """Create the store (or check that an unfinished one has the same plan), under the meta lock."""
+def _plan_digest(plan: Mapping[str, Any]) -> str:
+    """SHA-256 of the plan (canonical JSON); kept in the completion mark, so a complete store tells its plan."""
+    return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
+
+
+def _complete_plan(path: Path) -> str | None:
+    """The plan digest recorded in the completion mark of the complete store ``path`` (None if it has none)."""
+    try:
+        mark = read_attrs(path).get(COMPLETE_ATTR)
+    except StoreError:
+        return None
+    return mark.get("plan") if isinstance(mark, dict) else None
+
+
+class _AlreadyComplete(Exception):
+    """Raised in the writer thread when another shard completed the store with the same plan (this shard is done)."""
+
+
+def _complete_same_plan(path: Path, plan: Mapping[str, Any], shard: tuple[int, int] | None) -> bool:
+    """For a shard: True when the complete store ``path`` was written with ``plan`` (the shard has nothing to do).
+
+    Otherwise (no shard, or another plan) raises `StoreExistsError`: only shards of one extraction share a store.
+    """
+    if shard is not None:
+        recorded = _complete_plan(path)
+        if recorded == _plan_digest(plan):
+            return True
+        if recorded is not None:
+            raise StoreExistsError(f"store {path} already exists and is complete with different settings (another "
+                                   f"extraction); shard {shard[0]}/{shard[1]} of this one cannot be added to it; "
+                                   "pass mode='w' to overwrite it (with every shard stopped)")
+    raise StoreExistsError(f"store {path} already exists and is complete; pass mode='w' to overwrite it")
+
+
+def _prepare_store(path: Path, plan: dict[str, Any], build_template, mode: str,
+                   shard: tuple[int, int] | None = None) -> set[int] | None:
+    """Create the store (or check that an unfinished one has the same plan), under the meta lock.
+
+    Returns the chunks already done (read under the same lock), or None when ``shard`` is given and another
+    shard has completed the store with the same plan in the meantime (nothing is left to do).
+    """
     with _meta_lock(path):
         if path.exists() and not path.is_dir():
             raise StoreError(f"cannot write store {path}: a file (not a store folder) is in the way")
@@ -275,7 +314,8 @@ def _prepare_store(path: Path, plan: dict[str, Any], build_template, mode: str) 
             if mode == "w":
                 _remove_store(path)
             elif is_complete(path):
-                raise StoreExistsError(f"store {path} already exists and is complete; pass mode='w' to overwrite it")
+                if _complete_same_plan(path, plan, shard):
+                    return None
             else:
                 old = _read_plan(path)
                 if old is None:
@@ -287,13 +327,14 @@ def _prepare_store(path: Path, plan: dict[str, Any], build_template, mode: str) 
                         f"store {path} holds an unfinished extraction with different settings (differing: {diff}); "
                         "resume it with the same model, data and settings, or pass mode='w' to start over")
                 else:
-                    return
+                    return _done_chunks(path)
         ds = build_template()
         ds.to_zarr(path, mode="w-", compute=False, zarr_format=3, consolidated=False,
                    encoding=encoding_for(ds, plan["sample_chunk"], plan["compressor"]),
                    write_empty_chunks=True)
         (path / PROGRESS_DIR).mkdir(exist_ok=True)
         _write_json_atomic(path / PROGRESS_DIR / "plan.json", plan)
+        return set()
 
 
 def _finalize(path: Path, n_chunks: int, info: dict[str, Any]) -> bool:
@@ -318,12 +359,14 @@ class _Writer:
     Memory is bounded by the queue size (in batches) plus the chunks being assembled. The store
     is opened when the first batch arrives; ``prepare`` (store creation for a new store) runs
     then, in this thread, so it overlaps the computation of the next batches and nothing is
-    created when the first batch fails (e.g. a model whose output is not its head's).
+    created when the first batch fails (e.g. a model whose output is not its head's). ``prepare``
+    returns False when another shard completed the store meanwhile: the writer then stops with
+    `_AlreadyComplete`, and this shard is done.
     """
 
     def __init__(self, path: Path, layout: dict[str, tuple[int, tuple[int, ...], np.dtype]],
                  bounds: dict[int, tuple[int, int]], max_items: int, finite: Sequence[str],
-                 prepare: Callable[[], None] | None = None):
+                 prepare: Callable[[], bool] | None = None):
         self.prepare = prepare
         self.arrays: dict[str, Any] | None = None
         self.path = path
@@ -369,8 +412,8 @@ class _Writer:
     def _open(self) -> None:
         import zarr
 
-        if self.prepare is not None:
-            self.prepare()
+        if self.prepare is not None and not self.prepare():
+            raise _AlreadyComplete(str(self.path))
         group = zarr.open_group(str(self.path), mode="r+", zarr_format=3)
         self.arrays = {name: group[name].with_config({"write_empty_chunks": True}) for name in self.layout}
 
@@ -578,7 +621,7 @@ class _Job:
     progress: bool
     queue_size: int
     run_id: str
-    prepare: Callable[[], None] | None
+    prepare: Callable[[], bool] | None
     features_dtype: str = "float32"
 
 
@@ -719,7 +762,9 @@ def extract(model: nn.Module, data: Any, out: str | os.PathLike, config: Extract
         ``run_id`` defaults to the store's name without ``.zarr``.
     shard : (rank, world), optional
         Fill only this process's contiguous share of the sample chunks; the last shard to finish
-        marks the store complete. Every shard must be called with the same arguments.
+        marks the store complete. Every shard must be called with the same arguments. A shard that
+        finds the store complete with the same plan (its digest is kept in the completion mark) returns
+        it: shards with no chunk, late shards and shards that finish first all end cleanly.
     amp : bool or {"clean", "all"}
         True/"clean": bf16 autocast for the clean pass; the logits are then recomputed in fp32 from
         the captured features with the head's weights. "all": also for attack passes. Default
@@ -828,18 +873,19 @@ def extract(model: nn.Module, data: Any, out: str | os.PathLike, config: Extract
             out.parent.mkdir(parents=True)
         except OSError as exc:
             raise StoreError(f"cannot create folder {out.parent} for store {out}: {exc.strerror}") from None
-    if mode == "w-" and is_complete(out):
-        raise StoreExistsError(f"store {out} already exists and is complete; pass mode='w' to overwrite it")
+    if mode == "w-" and is_complete(out) and _complete_same_plan(out, plan, shard_):
+        return out  # a late shard: the others completed the store with this plan
     lock_target = out if shard_ is None else out.parent / f"{out.name}.shard-{shard_[0]}-of-{shard_[1]}"
-    complete_info = {"n_samples": n, "sample_chunk": chunk, "writer": "causalgeom.extract"}
+    complete_info = {"n_samples": n, "sample_chunk": chunk, "writer": "causalgeom.extract", "plan": _plan_digest(plan)}
     with store_lock(lock_target):
         prepare = None
         if out.exists() and mode == "w-":  # resume (or refuse) now: the finished chunks must be known
-            _prepare_store(out, plan, build_template, mode)
-            done = _done_chunks(out)
+            done = _prepare_store(out, plan, build_template, mode, shard_)
+            if done is None:
+                return out  # another shard completed the store with this plan meanwhile
         else:  # new store (or start over): created by the writer thread once the first batch is computed
-            def prepare() -> None:
-                _prepare_store(out, plan, build_template, mode)
+            def prepare() -> bool:
+                return _prepare_store(out, plan, build_template, mode, shard_) is not None
 
             done = set()
         mine = list(range(n_chunks))
@@ -847,11 +893,14 @@ def extract(model: nn.Module, data: Any, out: str | os.PathLike, config: Extract
             mine = [int(c) for c in np.array_split(np.arange(n_chunks), shard_[1])[shard_[0]]]
         todo = [c for c in mine if c not in done]
         if todo:
-            _run(model, source, _Job(out, todo, chunk, n, layout, atks, grid, head_name, head_mod, dev, amp_clean,
-                                     amp_attack, save_adv, base_seed, cfg.progress, cfg.queue_size, run_id, prepare,
-                                     features_dtype))
-        elif prepare is not None:
-            prepare()
+            try:
+                _run(model, source, _Job(out, todo, chunk, n, layout, atks, grid, head_name, head_mod, dev, amp_clean,
+                                         amp_attack, save_adv, base_seed, cfg.progress, cfg.queue_size, run_id,
+                                         prepare, features_dtype))
+            except _AlreadyComplete:
+                return out  # another shard completed the store with this plan before this one wrote anything
+        elif prepare is not None and not prepare():
+            return out  # a shard with no chunk: the others completed the store meanwhile
         _finalize(out, n_chunks, complete_info)
     return out
 
