@@ -59,8 +59,8 @@ def test_identical_logits_under_two_parametrisations_get_identical_splits(tmp_pa
     # all of the gap is in the scale: the shape of 0.7·z~ is the shape of z~
     e = _est(ra)
     for o in OUT:  # float32 storage of 0.7·z: the shapes agree to ~1e-7 relative
-        assert abs(e[o, "shape"]) < 1e-8
-        assert e[o, "scale"] == pytest.approx(e[o, "total"], abs=1e-8)
+        assert abs(e[o, "shape"]) < 1e-6
+        assert e[o, "scale"] == pytest.approx(e[o, "total"], abs=1e-6)
     assert abs(e["nll", "total"]) > 1e-3
     # the representation-level split does depend on the parametrisation (a description, not a causal share)
     rep_a = decompose(a, control="ce", treated="mixup", outcome="nll", factors=("magnitude", "head_norm",
@@ -197,21 +197,28 @@ class _nowarn:
         self._c.__exit__(*exc)
 
 
-def test_u_statistic_variance_is_unbiased_for_iid_pair_values():
-    # i.i.d. pair values: the variance of the mean is σ²/(n_c n_t); the estimate must average to it
-    rng = np.random.default_rng(0)
-    n_c = n_t = 3
-    level = 0.95
+def test_u_statistic_variance_is_unbiased_and_covers():
     from scipy import stats
 
+    rng = np.random.default_rng(0)
+    level = 0.95
+    # F = a_i + b_j + e_ij, σ_a = σ_b = σ_e = 1 at 5 + 5: Var(mean) = 1/5 + 1/5 + 1/25
+    n = 5
+    truth = 1 / n + 1 / n + 1 / n ** 2
     var_hat, cover = [], []
-    for _ in range(4000):
-        F = rng.normal(size=(n_c, n_t))
+    for _ in range(3000):
+        F = rng.normal(size=(n, 1)) + rng.normal(size=(1, n)) + rng.normal(size=(n, n))
+        row, col = F.mean(1), F.mean(0)
+        resid = F - row[:, None] - col[None, :] + F.mean()
+        ms_e = (resid ** 2).sum() / (n - 1) ** 2
+        var_hat.append((n * row.var(ddof=1) + n * col.var(ddof=1) - ms_e) / n ** 2)
         est, lo, hi = _hoeffding_t(F, level)
-        var_hat.append(((hi - lo) / 2) ** 2)
         cover.append(lo <= 0 <= hi)
-    # the mean is unbiased where run effects exist; with none (i.i.d.) the interaction floor keeps it conservative
-    assert 0.95 <= np.mean(cover) <= 0.993
+    assert np.mean(var_hat) == pytest.approx(truth, rel=0.05)  # unbiased (the old estimate added MS_e twice)
+    assert 0.93 <= np.mean(cover) <= 0.97
+    # i.i.d. pair values (no run effects): never anti-conservative
+    cover = [(lambda r: r[1] <= 0 <= r[2])(_hoeffding_t(rng.normal(size=(3, 3)), level)) for _ in range(2000)]
+    assert np.mean(cover) >= 0.95
     # additive pair values F = Y_t − Y_c: exactly Welch's interval
     yc, yt = rng.normal(size=3), rng.normal(size=4) + 1
     est, lo, hi = _hoeffding_t(yt[None, :] - yc[:, None], level)
