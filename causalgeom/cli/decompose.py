@@ -84,6 +84,8 @@ def _decompose(args: argparse.Namespace) -> int:
     print(res.describe())
     with pd.option_context("display.width", 140, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
         print(res.summary().to_string(index=False))
+    for o in res.outcomes:
+        print(res.text(o))
     for note in res.notes:
         print(f"note: {note}")
     if args.out:
