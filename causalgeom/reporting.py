@@ -361,7 +361,9 @@ class _Context:
             from . import causal
 
             first = self.study[self.runs.iloc[0]["run_id"]]
-            outcomes = list(DECOMPOSE_OUTCOMES) + (["robust_accuracy"] if "adv_features" in first.variables else [])
+            adv = "adv_logits" in first.variables or ("adv_features" in first.variables and "head_weight" in first.variables)
+            outcomes = list(DECOMPOSE_OUTCOMES) + (["robust_accuracy"] if adv else [])
+            rep_outcomes = list(DECOMPOSE_OUTCOMES) + (["robust_accuracy"] if "adv_features" in first.variables else [])
             self._decomp = []
             for treatment, control, treated in self.comparisons():
                 try:
@@ -370,7 +372,8 @@ class _Context:
                         kw = dict(treatment=treatment, control=control, treated=treated, outcome=outcomes, n_boot=500)
                         # the headline: the function-level split (scale, shape), valid for any two models
                         res = causal.decompose(self.study, rng=np.random.default_rng(0), **kw)
-                        self._repr[(treatment, str(control), str(treated))] = self._representation(kw)
+                        self._repr[(treatment, str(control), str(treated))] = self._representation(
+                            {**kw, "outcome": rep_outcomes})
                 except (CausalGeomError, ValueError) as exc:
                     res = exc
                     self.notes.append(f"Decomposition of {treated} vs {control}: not computed ({exc}).")
@@ -461,6 +464,9 @@ class _Context:
                            "trained networks, not a causal share.")
                 s.add_table(_rounded_table(rsum), f"Representation-level description of the {treated} − {control} "
                                                   "gap (logits = W·h + b).")
+                for note in rep.notes:
+                    if "unaligned" in note or "basis-free" in note:
+                        s.add_text(f"Caution: {note}.")
                 if len(rep.alignment):
                     align = rep.alignment
                     s.tables[f"decomposition_alignment_{_slug(str(treated))}"] = align

@@ -234,7 +234,15 @@ def _source(ds: Any, order: np.ndarray | None, mode: str, need_cos: bool, need_a
     if mode == "function":
         src = _Source(run_id, ds, order, labels, run_array(ds, "logits"))
         if need_adv:
-            adv, attack, eps = _select_adv(ds, attack, eps, "adv_logits")
+            from ..dump.schema import has_head
+
+            if "adv_logits" not in ds.variables and "adv_features" in ds.variables and has_head(ds):
+                # the attacked images' logits of this run's own network: W·h_adv + b (no head is swapped)
+                W, b = require_head(ds, f"decompose (run {run_id!r})")
+                src.W, src.b = np.asarray(W.values, dtype=np.float64), np.asarray(b.values, dtype=np.float64)
+                adv, attack, eps = _select_adv(ds, attack, eps, "adv_features")
+            else:
+                adv, attack, eps = _select_adv(ds, attack, eps, "adv_logits")
             src.adv = adv
         return src, attack, eps
     W, b = require_head(ds, f"decompose (run {run_id!r})")
@@ -258,7 +266,10 @@ def _block(src: _Source, a: int, b: int, mode: str, need_adv: bool) -> _Run:
         run = _Run(src.run_id, labels, logits=main)
         run.scale, run.shape = _scale_shape(main)
         if need_adv:
-            run.adv_scale, run.adv_shape = _scale_shape(_read(src.adv, src.order, a, b))
+            za = _read(src.adv, src.order, a, b)
+            if src.W is not None:  # attacked features: this run's own head gives their logits
+                za = za @ src.W.T + src.b
+            run.adv_scale, run.adv_shape = _scale_shape(za)
         return run
     norm, unit = _polar(main)
     recomputed = main @ src.W.T + src.b
@@ -854,7 +865,8 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
         Bins of the ECE.
     attack, eps
         The attack and budget of the robust outcomes (default: the first attack, the middle of the eps grid).
-        Function-level robust outcomes read ``adv_logits``; representation-level ones ``adv_features``.
+        Function-level robust outcomes read ``adv_logits`` (else ``W · adv_features + b`` of the run's own head);
+        representation-level ones ``adv_features``.
     block_rows : int, optional
         Rows per block of the single pass over each run (default: the stored chunks, about 4 M values).
 
