@@ -264,3 +264,34 @@ def test_floor_text_says_how_many_seeds():
                                                         "reach 0.05.")
     assert "4 runs per arm" in floor_text(0.1, True, "all", 3, 3, 9)
     assert floor_text(0.1, False, "all", 3, 3, 9) == "" and floor_text(0.03, True, "all", 4, 4, 16) == ""
+
+
+# -- pairing by evidence: the digest of the initial weights ---------------------------------------
+def test_training_records_the_init_digest_and_extract_carries_it(tmp_path):
+    import json
+
+    import torch
+
+    from causalgeom import train
+    from causalgeom.pipeline.extract import _run_attrs
+    from causalgeom.train import TrainConfig
+
+    tiny = dict(dataset="digits", model="small_cnn", epochs=1, batch_size=32, lr=0.05, max_train_samples=64)
+    a = train.train_run(TrainConfig(**tiny, regularizer="ce"), tmp_path / "a", progress=False)
+    b = train.train_run(TrainConfig(**tiny, regularizer="label_smoothing", label_smoothing=0.1), tmp_path / "b",
+                        progress=False)
+    c = train.train_run(TrainConfig(**{**tiny, "seed": 1}), tmp_path / "c", progress=False)
+    da, db, dc = (json.loads((r / "config.json").read_text())["init_digest"] for r in (a, b, c))
+    assert da == db and da != dc and len(da) == 64  # same seed and model: same start; another seed: another
+    model, cfg = train.load_checkpoint(a)
+    assert cfg["init_digest"] == da and _run_attrs(cfg, "test", a)["init_digest"] == da
+    # the digest is the sha256 of the initial state dict: the trained weights give another one
+    assert train.init_digest(model.float()) != da
+    torch.manual_seed(0)
+    m1 = torch.nn.Linear(3, 2)
+    torch.manual_seed(0)
+    m2 = torch.nn.Linear(3, 2)
+    assert train.init_digest(m1) == train.init_digest(m2)
+    with torch.no_grad():
+        m2.bias[0] += 1e-6
+    assert train.init_digest(m1) != train.init_digest(m2)

@@ -310,7 +310,7 @@ class TrainConfig:
         if not isinstance(d, Mapping):
             raise ConfigError(f"training config: expected a table/dict, got {type(d).__name__}")
         fields = {f.name for f in dataclasses.fields(cls)}
-        derived = {"strength", "regularizer_params", "model_spec", "versions", "created"}
+        derived = {"strength", "regularizer_params", "model_spec", "versions", "created", "init_digest"}
         unknown = sorted(set(d) - fields - derived)
         if unknown:
             raise ConfigError(f"training config: unknown key(s) {', '.join(map(repr, unknown))}; expected "
