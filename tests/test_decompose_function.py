@@ -177,7 +177,7 @@ def test_basis_drift_is_measured_directly(tmp_path, theta):
     runs = [_ds("ce-s0", "ce", h, W, b, labels, seed=0, init_digest="x"),
             _ds("mixup-s0", "mixup", 0.7 * h @ Q.T, W @ Q.T, b, labels, seed=0, init_digest="x")]
     s = _study(tmp_path / "s", runs)
-    with pytest.warns(None if False else Warning) if theta else _nowarn():
+    with pytest.warns(RuntimeWarning, match="unaligned") if theta else _nowarn():
         res = decompose(s, control="ce", treated="mixup", outcome="nll", factors=("head", "magnitude", "direction"),
                         n_boot=30, rng=0)
     a = res.alignment.iloc[0]
