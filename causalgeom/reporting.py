@@ -1,7 +1,7 @@
 """The scripted report: one self-contained HTML file (figures embedded), a Markdown twin, and PNG figures.
 
 ``cg.report(study, out="report.html", query=...)`` runs the whole analysis of a study from stored dumps only
-and writes it. It leads with a short summary and the head-based decomposition (`causal.decompose`: what
+and writes it. It leads with a short summary and the function-level decomposition (`causal.decompose`: what
 changed, which mechanism carries it, how sure, on a named estimand); the paper table, reliability diagrams,
 magnitude and cosine distributions, cone test, interventions, regression mediation (with its design,
 estimand and overlap, compared with the decomposition on the same estimand), refuters and sensitivity
@@ -319,6 +319,7 @@ class _Context:
         self.robust: dict[str, Any] = {}
         self.notes: list[str] = []
         self._decomp: list[tuple[str, Any, Any, Any]] | None = None  # (treatment, control, treated, result | error)
+        self._repr: dict[tuple[str, str, str], Any] = {}  # the representation-level description per comparison
         self.versus: pd.DataFrame | None = None
 
     @property
@@ -351,25 +352,52 @@ class _Context:
             from . import causal
 
             first = self.study[self.runs.iloc[0]["run_id"]]
-            outcomes = list(DECOMPOSE_OUTCOMES) + (["robust_accuracy"] if "adv_features" in first.variables else [])
+            adv = "adv_logits" in first.variables or ("adv_features" in first.variables and "head_weight" in first.variables)
+            outcomes = list(DECOMPOSE_OUTCOMES) + (["robust_accuracy"] if adv else [])
+            rep_outcomes = list(DECOMPOSE_OUTCOMES) + (["robust_accuracy"] if "adv_features" in first.variables else [])
             self._decomp = []
             for treatment, control, treated in self.comparisons():
                 try:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore", RuntimeWarning)
                         kw = dict(treatment=treatment, control=control, treated=treated, outcome=outcomes, n_boot=500)
+                        # the headline: the function-level split (scale, shape), valid for any two models
                         res = causal.decompose(self.study, rng=np.random.default_rng(0), **kw)
-                        if len(res.alignment) and not res.alignment["aligned"].all():
-                            # head and direction cannot be swapped between these networks: the basis-free split
-                            res = causal.decompose(self.study, rng=np.random.default_rng(0),
-                                                   factors=("magnitude", "head_norm", "orientation"), **kw)
-                            res.notes.append("the runs' feature bases are not aligned, so the report uses the "
-                                             "basis-free split (magnitude, head norm, orientation)")
+                        self._repr[(treatment, str(control), str(treated))] = self._representation(
+                            {**kw, "outcome": rep_outcomes})
                 except (CausalGeomError, ValueError) as exc:
                     res = exc
                     self.notes.append(f"Decomposition of {treated} vs {control}: not computed ({exc}).")
                 self._decomp.append((treatment, control, treated, res))
         return self._decomp
+
+    def _representation(self, kw: dict[str, Any]) -> Any:
+        """The representation-level split (head, magnitude, direction) where the runs are shown to share an
+        initialisation, else the basis-free one; an error where neither can be computed (no head)."""
+        from . import causal
+
+        try:
+            res = causal.decompose(self.study, rng=np.random.default_rng(0),
+                                   factors=("head", "magnitude", "direction"), **kw)
+            if len(res.alignment) and res.alignment["aligned"].all():
+                return res
+        except (CausalGeomError, ValueError):
+            pass
+        try:
+            res = causal.decompose(self.study, rng=np.random.default_rng(0),
+                                   factors=("magnitude", "head_norm", "orientation"), **kw)
+            res.notes.append("the runs are not shown to share an initialisation with aligned feature bases, so the "
+                             "representation-level description uses the basis-free split (magnitude, head norm, "
+                             "orientation)")
+            return res
+        except (CausalGeomError, ValueError) as exc:
+            return exc
+
+    def representations(self) -> list[tuple[str, Any, Any, Any]]:
+        """The representation-level description of every comparison (after `decompositions`)."""
+        self.decompositions()
+        return [(t, c, tr, self._repr.get((t, str(c), str(tr)), QueryError("not computed")))
+                for t, c, tr, _ in self._decomp]
 
     def summary(self) -> Section:
         s = Section("summary", "Summary: what changed, which mechanism carries it, how sure")
@@ -378,14 +406,15 @@ class _Context:
         return s
 
     def decomposition_section(self) -> Section:
-        s = Section("decomposition", "Why: the head-based decomposition (logits = W·h + b)")
-        s.add_text("For every control × treated pair of runs, each test image's feature h is split into its "
-                   "magnitude ‖h‖ and direction h/‖h‖; the head (W, b), the magnitude and the direction are each "
-                   "taken from the control or the treated run (8 worlds, logits computed exactly), and the "
-                   "treated − control gap is split among the three by Shapley averaging over the 6 orders of "
-                   "switching them. The shares add up to the total exactly. 'switched first' is a factor's effect with "
-                   "everything else from the control run (pure, control network); 'switched last' with everything "
-                   "else from the treated run (total, treated network). Methods: docs/methods_causal.md.")
+        s = Section("decomposition", "Why: the function-level split (logit scale and shape)")
+        s.add_text("For every control × treated pair of runs, each test image's centred logits z̃ = z − mean(z) (all "
+                   "that softmax sees) are split into their scale ‖z̃‖ and their shape z̃/‖z̃‖; each is taken from the "
+                   "control or the treated run (4 worlds) and the treated − control gap is split between the two by "
+                   "Shapley averaging. The shares add up to the total exactly. This split is a property of the "
+                   "networks' outputs: it needs no head and no shared initialisation, and any reparametrisation that "
+                   "keeps the logits leaves it unchanged. The scale is what a temperature can undo. 'switched first' "
+                   "is a factor's effect with everything else from the control run; 'switched last' with everything "
+                   "else from the treated run. Methods: docs/methods_causal.md.")
         any_ok = False
         for treatment, control, treated, res in self.decompositions():
             label = f"{treatment} = {treated} vs {control}"
@@ -397,26 +426,48 @@ class _Context:
             summ = res.summary()
             s.tables[f"decomposition_{_slug(str(treated))}"] = summ
             s.tables[f"decomposition_switch_{_slug(str(treated))}"] = res.switch_effects
-            s.add_table(_rounded_table(summ), f"Decomposition of the {treated} − {control} gap (estimate and "
-                                              f"{int(round(100 * res.ci_level))}% interval rounded to what the "
-                                              "interval supports; share of the total, blank when the total's "
-                                              "interval includes 0).")
+            s.add_table(_rounded_table(summ), f"Decomposition of the {treated} − {control} gap into logit scale and "
+                                              f"shape (estimate and {int(round(100 * res.ci_level))}% interval "
+                                              "rounded to what the interval supports; share of the total, blank "
+                                              "when the total's interval includes 0).")
             s.add_table(_rounded_table(res.switch_effects), "The extreme orders behind each share: the factor "
                                                             "switched first (others from the control run) or last "
                                                             "(others from the treated run).")
-            align = res.alignment
-            if len(align):
-                s.tables[f"decomposition_alignment_{_slug(str(treated))}"] = align
-                s.add_text(f"Alignment of the feature bases ({res.pairing} pairs): swapping only the head keeps "
-                           f"{align['head_swap_accuracy'].mean():.2f} accuracy on average vs {align['own_accuracy'].mean():.2f} "
-                           f"for the runs themselves; {int(align['aligned'].sum())} of {len(align)} pairs are aligned "
-                           "(keep at least half of the above-chance accuracy). Head and direction shares are "
-                           "interpretable only for aligned pairs.")
+            if res.temperature is not None and len(res.temperature):
+                t = res.temperature
+                s.tables[f"decomposition_temperature_{_slug(str(treated))}"] = t
+                ctl, trt = t[t.arm == "control"], t[t.arm == "treated"]
+                n_fit, n_eval = (len(res.temperature_split["fit"]), len(res.temperature_split["eval"]))
+                s.add_text(f"What a temperature alone does: fitted (NLL) on {n_fit} images and evaluated on {n_eval} "
+                           f"other images (the same split for every run), the {control} runs' ECE goes from "
+                           f"{ctl['ece'].mean():.3g} to {ctl['ece_temperature_scaled'].mean():.3g} (temperature "
+                           f"{ctl['temperature'].mean():.3g} on average); the {treated} runs' ECE on the same images "
+                           f"is {trt['ece'].mean():.3g}.")
             s.add_figure(f"decomposition_{_slug(str(treated))}", res.plot(),
-                         f"Head-based decomposition, {treated} vs {control}: total and shares with intervals.")
+                         f"Function-level decomposition, {treated} vs {control}: total and shares with intervals.")
+            rep = self._repr.get((treatment, str(control), str(treated)))
+            if rep is not None and not isinstance(rep, Exception):
+                rsum = rep.summary()
+                s.tables[f"decomposition_representation_{_slug(str(treated))}"] = rsum
+                s.add_text(f"Representation-level description ({', '.join(rep.factors)}; {rep.status}; "
+                           f"initialisation: {rep.initialisation}). The feature magnitude and the head norm together "
+                           "are the representation's part of the logit scale; their split is a description of the "
+                           "trained networks, not a causal share.")
+                s.add_table(_rounded_table(rsum), f"Representation-level description of the {treated} − {control} "
+                                                  "gap (logits = W·h + b).")
+                for note in rep.notes:
+                    if "unaligned" in note or "basis-free" in note:
+                        s.add_text(f"Caution: {note}.")
+                if len(rep.alignment):
+                    align = rep.alignment
+                    s.tables[f"decomposition_alignment_{_slug(str(treated))}"] = align
+                    s.add_text(f"Alignment of the feature bases ({rep.pairing} pairs): swapping only the head keeps "
+                               f"{align['head_swap_accuracy'].mean():.2f} accuracy on average vs "
+                               f"{align['own_accuracy'].mean():.2f} for the runs themselves; Procrustes angle between "
+                               f"paired features {align['basis_angle'].mean():.1f}° on average; "
+                               f"{int(align['aligned'].sum())} of {len(align)} pairs are aligned.")
         if not any_ok:
-            s.add_text("No decomposition could be computed (it needs the head W, b in the dumps and two arms "
-                       "that scored the same images).")
+            s.add_text("No decomposition could be computed (it needs two arms that scored the same images).")
         return s
 
     # -- sections ----------------------------------------------------------------------------
@@ -654,7 +705,7 @@ class _Context:
 
     def _versus_decomposition(self, s: Section) -> None:
         """Regression mediation next to the decomposition, on the same estimand (total indirect, treated network)."""
-        table = mediation_vs_decomposition(self.mediation_results, self.decompositions())
+        table = mediation_vs_decomposition(self.mediation_results, self.representations())
         if table is None or not len(table):
             return
         self.versus = table
@@ -781,7 +832,7 @@ def summary_text(decompositions: list[tuple[str, Any, Any, Any]], n_runs: int) -
     ok = [(t, c, tr, r) for t, c, tr, r in decompositions if not isinstance(r, Exception)]
     if not ok:
         failed = "; ".join(f"{tr} vs {c}: {r}" for _, c, tr, r in decompositions) or "no comparison was requested"
-        return ["Estimand: none — the head-based decomposition could not be computed "
+        return ["Estimand: none — the decomposition could not be computed "
                 f"({failed}); the regression mediation below states its own estimand and design."]
     out = [_estimand_sentence([r for *_, r in ok], n_runs)]
     for treatment, control, treated, res in ok:
@@ -799,17 +850,24 @@ def summary_text(decompositions: list[tuple[str, Any, Any, Any]], n_runs: int) -
             text = (f"{treated} vs {control}, {what}: the treated runs differ by {_ci(tot, res.ci_level)}; "
                     f"it splits into {', '.join(parts)}.")
             if clear and _excludes_zero(tot):
-                main = max(clear, key=lambda f: abs(g[f]["estimate"]))
-                share = g[main].get("share")
-                text += (f" Mechanism: mostly the {_FACTOR_WORDS.get(main, main)}"
-                         + (f" ({100 * share:.0f}% of the change)" if _finite(share) else "")
-                         + (f"; also {', '.join(f for f in clear if f != main)}" if len(clear) > 1 else "") + ".")
+                from .causal.decompose import split_text
+
+                text += " Mechanism: " + split_text(float(tot["estimate"]),
+                                                    {f: float(g[f]["estimate"]) for f in factors}, _FACTOR_WORDS)
             elif clear:
                 text += (f" The total may be 0, but the {', '.join(clear)} share(s) do not: the factors pull in "
                          "opposite directions.")
             else:
                 text += " No factor's interval excludes 0."
             text += f" How sure: {_how_sure(res, tot)}."
+            from .causal.decompose import floor_text
+
+            n_pairs = res.per_pair.groupby(["control_run", "treated_run"]).ngroups
+            floor = float(tot["p_floor"]) if _finite(tot.get("p_floor")) else float("nan")
+            extra = floor_text(floor, _excludes_zero(tot), res.pairing, len(res.control_runs), len(res.treated_runs),
+                               n_pairs)
+            if extra:
+                text += " " + extra
             sentences.append(text)
         for note in res.notes:
             if "unaligned" in note or "basis-free" in note:
@@ -818,7 +876,8 @@ def summary_text(decompositions: list[tuple[str, Any, Any, Any]], n_runs: int) -
     return out
 
 
-_FACTOR_WORDS = {"head_norm": "head norm ‖W‖", "orientation": "orientation (head and feature directions, bias)"}
+_FACTOR_WORDS = {"head_norm": "head norm ‖W‖", "orientation": "orientation (head and feature directions, bias)",
+                 "scale": "logit scale", "shape": "logit shape"}
 _MEDIATOR_FACTOR = {"rms": "magnitude", "norm": "magnitude", "cos_true": "direction", "cos_pred": "direction"}
 
 

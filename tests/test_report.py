@@ -125,7 +125,7 @@ def test_report_leads_with_the_decomposition_and_names_the_estimand_first(writte
     out, _ = written
     md = out.with_suffix(".md").read_text()
     sections = re.findall(r"^## (.+)$", md, re.M)
-    assert sections[0].startswith("Summary") and sections[1].startswith("Why: the head-based decomposition")
+    assert sections[0].startswith("Summary") and sections[1].startswith("Why: the function-level split")
     first_para = md.split("## Summary")[1].split("\n\n")[1]
     assert first_para.startswith("Estimand: every number below is an effect over training runs")
     summary = md.split("## Summary")[1].split("## Why")[0]
@@ -176,8 +176,8 @@ def test_unaligned_runs_get_the_basis_free_split(tmp_path):
     q = cg.causal.Query(treatment="regularizer", control="ce", treated="label_smoothing", mediators=["rms"],
                         outcomes=["overconfidence"], n_boot=50, seed=0)
     out = cg.report(s, out=tmp_path / "r" / "report.html", query=q, progress=False, interventions=False, refute=False)
-    summary = out.with_suffix(".md").read_text().split("## Summary")[1].split("## Why")[0]
-    assert "basis-free split" in summary and "head norm" in summary
+    why = out.with_suffix(".md").read_text().split("## Why")[1].split("\n## ")[0]
+    assert "basis-free split" in why and "head_norm" in why and "same initialisation" not in why
 
 
 def test_summary_names_the_model_conditional_estimand_first(tmp_path):

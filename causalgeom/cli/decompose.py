@@ -23,10 +23,10 @@ randomization p-values, never below the design's floor); with 1 run per arm it i
 def register(sub: argparse._SubParsersAction) -> None:
     from ..causal.decompose import DECOMPOSE_OUTCOMES, ESTIMANDS, PAIRINGS
 
-    p = sub.add_parser("decompose", help="head / magnitude / direction decomposition of a treated − control gap",
-                       description="Split the treated − control gap of an outcome into the shares of the head "
-                                   "(W, b), the feature magnitude and the feature direction, by swapping them "
-                                   "between paired runs (logits = W·h + b) and Shapley averaging.",
+    p = sub.add_parser("decompose", help="scale / shape (or head / magnitude / direction) decomposition of a gap",
+                       description="Split the treated − control gap of an outcome into the shares of the logit "
+                                   "scale and shape (default), or of the head (W, b), feature magnitude and "
+                                   "direction, by swapping them between paired runs and Shapley averaging.",
                        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("study", help="study folder")
     p.add_argument("--treatment", default="regularizer", help="run attribute defining the arms (default regularizer)")
@@ -34,14 +34,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--treated", required=True, help="treated level (e.g. mixup)")
     p.add_argument("--outcome", "--outcomes", dest="outcomes", default="signed_ece",
                    help=f"comma-separated outcomes from {', '.join(DECOMPOSE_OUTCOMES)} (default signed_ece)")
-    p.add_argument("--factors", default="head,magnitude,direction",
-                   help="head,magnitude,direction (default), head,magnitude,cosine, or the basis-free "
-                        "magnitude,head_norm,orientation (runs with unaligned feature bases)")
+    p.add_argument("--factors", default="scale,shape",
+                   help="scale,shape (default: function-level, any two models), or the representation-level "
+                        "head,magnitude,direction / head,magnitude,cosine (runs shown to share an initialisation) "
+                        "or magnitude,head_norm,orientation")
     p.add_argument("--estimand", choices=ESTIMANDS, default="auto",
                    help="runs (>= 2 runs per arm), model (these models), auto (default)")
     p.add_argument("--pairs", choices=PAIRINGS, default="auto",
-                   help="seed (runs matched by seed: same initialisation, aligned features), all (every control x "
-                        "treated pair), auto (default: seed when the seeds match one to one)")
+                   help="seed (runs matched by seed: states a shared initialisation, verified by init_digest), all "
+                        "(every control x treated pair), auto (default: seed when seeds and init_digest match)")
     p.add_argument("--n-boot", type=int, default=1000, help="image-bootstrap replicates (model estimand)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--ci-level", type=float, default=0.95, help="confidence level (default 0.95)")
@@ -79,10 +80,12 @@ def _decompose(args: argparse.Namespace) -> int:
                     treated=_level(args.treated, study, args.treatment), outcome=_split(args.outcomes),
                     factors=tuple(_split(args.factors)), n_boot=args.n_boot, rng=args.seed, ci_level=args.ci_level,
                     estimand=args.estimand, pairs=args.pairs, attack=args.attack, eps=args.eps)
-    print(f"== {args.treatment} = {res.treated!r} vs {res.control!r}: head-based decomposition ==")
+    print(f"== {args.treatment} = {res.treated!r} vs {res.control!r}: {res.level}-level decomposition ==")
     print(res.describe())
     with pd.option_context("display.width", 140, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
         print(res.summary().to_string(index=False))
+    for o in res.outcomes:
+        print(res.text(o))
     for note in res.notes:
         print(f"note: {note}")
     if args.out:

@@ -1000,7 +1000,8 @@ def _run(model: nn.Module, source: Any, job: _Job) -> None:
 # --------------------------------------------------------------------------------------------
 # checkpoints and training grids
 # --------------------------------------------------------------------------------------------
-_RUN_ATTR_KEYS = ("run_id", "regularizer", "strength", "regularizer_params", "seed", "model", "dataset")
+_RUN_ATTR_KEYS = ("run_id", "regularizer", "strength", "regularizer_params", "seed", "model", "dataset",
+                  "init_digest")
 
 
 def _run_attrs(config: Mapping[str, Any], split: str, checkpoint: Path) -> dict[str, Any]:

@@ -54,6 +54,7 @@ from ..errors import ConfigError, StoreLockedError
 
 __all__ = [
     "REGULARIZERS",
+    "init_digest",
     "TrainConfig",
     "GridConfig",
     "SoftTargets",
@@ -307,7 +308,7 @@ class TrainConfig:
         if not isinstance(d, Mapping):
             raise ConfigError(f"training config: expected a table/dict, got {type(d).__name__}")
         fields = {f.name for f in dataclasses.fields(cls)}
-        derived = {"strength", "regularizer_params", "model_spec", "versions", "created"}
+        derived = {"strength", "regularizer_params", "model_spec", "versions", "created", "init_digest"}
         unknown = sorted(set(d) - fields - derived)
         if unknown:
             raise ConfigError(f"training config: unknown key(s) {', '.join(map(repr, unknown))}; expected "
@@ -623,6 +624,23 @@ def _train_set(config: TrainConfig) -> torch.utils.data.Dataset:
     return train_set
 
 
+def init_digest(model: nn.Module) -> str:
+    """SHA-256 over the model's state-dict tensors in key order (name, dtype, shape and the bytes of each).
+
+    Recorded as the run attribute ``init_digest`` when training starts: two runs share an initialisation
+    exactly when their digests match (equal seeds alone are no evidence: another model or code version
+    draws other weights from the same seed).
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, cfg_json: str, epoch: int,
                      curves: list[dict[str, Any]], gen: torch.Generator, device: torch.device) -> None:
     """Everything a resumed run needs after ``epoch`` finished epochs (weights on CPU, optimizer, curves, RNGs)."""
@@ -662,6 +680,10 @@ def _train_locked(config: TrainConfig, run_dir: Path, progress: bool, stop_after
 
     with _forked_rng(device, int(config.seed)):
         model = _build_from_spec(spec)  # initialization draws from the forked, seeded global RNG
+        # evidence of the initialisation (decompose pairs runs by it, never by equal seeds alone); a resumed run
+        # rebuilds the same initial weights before loading its checkpoint, so its digest is the same
+        cfg_json = json.dumps({**json.loads(cfg_json), "init_digest": init_digest(model)}, indent=2, sort_keys=True)
+        atomic_write(run_dir / CONFIG, cfg_json.encode())
         model.to(device=device)
         if memory_format is not None:
             model.to(memory_format=memory_format)

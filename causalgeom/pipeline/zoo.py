@@ -288,8 +288,8 @@ def extract_zoo(zoo: str | os.PathLike | Mapping[str, Any], data: str, out: str 
     -------
     list of pathlib.Path
         One store per entry, in file order. Run attrs: ``run_id`` (the entry id), ``regularizer`` (the
-        ``regularizer`` label, else the id: one arm per checkpoint), ``strength`` 0, ``seed`` 0, the labels,
-        ``model`` (= ``model_name``), ``model_name``/``weights``/``weights_file``, ``loss`` and ``confidence``
+        ``regularizer`` label, else the id: one arm per checkpoint), ``strength`` 0, no ``seed`` (unknown:
+        never 0) and no ``init_digest``, the labels, ``model`` (= ``model_name``), ``model_name``/``weights``/``weights_file``, ``loss`` and ``confidence``
         (``"sigmoid"`` for BCE-trained checkpoints), ``zoo``/``zoo_control``, ``dataset`` (the data spec),
         ``split`` ``"eval"``, ``sample_ids_sha256`` (equal for every run), ``preprocess`` (the preprocessing
         used), then the entry's ``attrs`` table (which overrides any of these).
@@ -348,7 +348,7 @@ def extract_zoo(zoo: str | os.PathLike | Mapping[str, Any], data: str, out: str 
         attrs = {**{k: v for k, v in labels.items() if k != "regularizer"}, **info,
                  "run_id": e["id"], "model": info["model_name"],
                  "regularizer": str(labels.get("regularizer", e["id"])), "strength": 0.0,
-                 "seed": 0, "zoo": cfg["name"], "zoo_control": control_arm, "arm_units": "one model per arm",
+                 "zoo": cfg["name"], "zoo_control": control_arm, "arm_units": "one model per arm",
                  "dataset": data, "split": "eval", "sample_ids_sha256": this, "data_limit": limit or 0,
                  "data_seed": seed, **e.get("attrs", {})}
         if progress:
