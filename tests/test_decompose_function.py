@@ -123,17 +123,6 @@ def test_shape_only_change_and_shapley_shares_sum_to_total(tmp_path):
     assert len(np.intersect1d(split["fit"], split["eval"])) == 0 and len(split["fit"]) == N // 2
 
 
-def test_temperature_fit_recovers_a_known_temperature(tmp_path):
-    from causalgeom.causal.decompose import _fit_temperature
-
-    rng = np.random.default_rng(0)
-    z = 3.0 * rng.normal(size=(20000, 4))
-    p = np.exp(z - z.max(1, keepdims=True))
-    p /= p.sum(1, keepdims=True)
-    y = np.array([rng.choice(4, p=row) for row in p])
-    assert _fit_temperature(2.5 * z, y) == pytest.approx(2.5, rel=0.05)  # the MLE of T, true value 2.5
-
-
 def test_head_factors_need_evidence_of_a_shared_initialisation(tmp_path):
     labels, h, W, b = _base(4)
     runs = [_ds(f"{arm}-s{i}", arm, h * (1 + 0.1 * i), W, b, labels, seed=i) for arm in ("ce", "mixup")
@@ -274,7 +263,7 @@ def test_training_records_the_init_digest_and_extract_carries_it(tmp_path):
 
     from causalgeom import train
     from causalgeom.pipeline.extract import _run_attrs
-    from causalgeom.train import TrainConfig
+    from causalgeom.pipeline.train import TrainConfig
 
     tiny = dict(dataset="digits", model="small_cnn", epochs=1, batch_size=32, lr=0.05, max_train_samples=64)
     a = train.train_run(TrainConfig(**tiny, regularizer="ce"), tmp_path / "a", progress=False)

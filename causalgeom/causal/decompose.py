@@ -372,6 +372,23 @@ def _per_image(logits: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
             "margin": zy - other.max(axis=1), "logits": logits}
 
 
+def _run_outcome(name: str, stats: dict[str, np.ndarray], n_bins: int, idx: np.ndarray | None = None) -> float:
+    """Run-level outcome from one world's per-image statistics (the package's calibration kernels)."""
+    if name in _EXTRA:  # ece_ts, ece_debiased, ece_floor, aurc: the metrics layer's one implementation
+        return _extra_outcome(name, stats, n_bins, idx)
+
+    def get(key: str) -> np.ndarray:
+        return stats[key] if idx is None else stats[key][idx]
+    if name in ("signed_ece", "ece"):
+        bins = _width_bin_stats(get("confidence"), get("correct"), n_bins)
+        return _calibration_error(bins, "signed" if name == "signed_ece" else "l1")
+    if name in ("accuracy", "robust_accuracy"):
+        return float(get("correct").mean())
+    if name == "robust_margin":
+        return float(get("margin").mean())
+    return float(get(name).mean())
+
+
 def _components(v: np.ndarray) -> np.ndarray:
     """(1 + 3k, ...) from world outcomes (2^k, ...): total, Shapley shares, switched-first and switched-last effects."""
     v = np.asarray(v, dtype=np.float64)
@@ -986,7 +1003,7 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
     # the end by the metrics layer's one implementation (memory: n_images × (2 + K for ece_ts) per world and pair)
     extras = [o for o in outcomes if o in _EXTRA]
     keep = ("confidence", "correct") + (("logits",) if "ece_ts" in extras else ())
-    ext_parts = {p: [{k: [] for k in keep} for _ in range(n_worlds)] for p in range(len(pair_list))} if extras else {}
+    ext_parts = {p: [{key: [] for key in keep} for _ in range(n_worlds)] for p in range(len(pair_list))} if extras else {}
 
     # accumulators over the blocks of images (memory independent of the number of images, per_image aside)
     sums = {o: np.zeros((len(pair_list), n_worlds)) for o in outcomes}                 # sums of image values
@@ -1033,8 +1050,8 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
             is_cross = (i, j) in cross_set
             correct_sum[p] += [w["correct"].sum() for w in worlds]
             for w, st in zip(ext_parts.get(p, ()), worlds):
-                for k in keep:
-                    w[k].append(st[k].astype(np.float32) if k == "logits" else st[k])
+                for key in keep:
+                    w[key].append(st[key].astype(np.float32) if key == "logits" else st[key])
             for o in outcomes:
                 ws = adv_worlds if o in _ROBUST else worlds
                 img = None if o == "ece" or o in _EXTRA else np.stack([_image_values(o, w) for w in ws])  # (2^k, rows)
@@ -1066,13 +1083,13 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
             _warn_logits(src)
 
     ts_fit = _ts_split(ref_ids)  # ece_ts: the held-out split of the images, the same in every run (paired)
-    ext_stats = {p: [dict({k: np.concatenate(w[k]) for k in keep}, labels=labels, ts_fit=ts_fit) for w in ws]
+    ext_stats = {p: [dict({key: np.concatenate(w[key]) for key in keep}, labels=labels, ts_fit=ts_fit) for w in ws]
                  for p, ws in ext_parts.items()}
     del ext_parts
 
     def world_values(o: str, p: int) -> np.ndarray:
         if o in _EXTRA:
-            return np.array([_extra_outcome(o, st, n_bins) for st in ext_stats[p]])
+            return np.array([_run_outcome(o, st, n_bins) for st in ext_stats[p]])
         if o in bins:
             norm = "signed" if o == "signed_ece" else "l1"
             return np.array([_calibration_error(bins[o][p, w], norm) for w in range(n_worlds)])
@@ -1165,7 +1182,7 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
                 idx = [np.repeat(np.arange(n_img), c) for c in cnt]
                 pairs_idx = [pair_list.index(pr) for pr in cross_pairs]
                 for p in pairs_idx:
-                    v_boot += np.array([[_extra_outcome(o, st, n_bins, ix) for st in ext_stats[p]] for ix in idx])
+                    v_boot += np.array([[_run_outcome(o, st, n_bins, ix) for st in ext_stats[p]] for ix in idx])
             for cp in range(len(cross_pairs) if o not in _EXTRA else 0):
                 if o in bins:
                     norm = "signed" if o == "signed_ece" else "l1"
