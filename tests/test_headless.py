@@ -115,3 +115,45 @@ def test_report_on_headless_study(tmp_path, capsys, center):
     med = next(v for k, v in sections.items() if k.startswith("Mediation"))
     assert "indirect" in med and "not estimable —" not in med
     assert "| nan" not in md.lower()
+
+
+def _sequential_head_dump(path):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    head = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
+    x = torch.randn(20, 8)
+    h = torch.relu(head[0](x)).detach()
+    torch.save({"features": h, "logits": head(x).detach(), "labels": torch.randint(0, 3, (20,)),
+                "state_dict": {f"classifier.{k}": v for k, v in head.state_dict().items()}}, path)
+    return head
+
+
+def test_sequential_head_on_import_names_head_flag(tmp_path, capsys):
+    """A head stored as an nn.Sequential is not silently dropped: the error names --head and the final layer."""
+    head = _sequential_head_dump(tmp_path / "seq.pt")
+    with pytest.raises(cg.DumpImportError, match=r"not a single linear layer.*head='classifier\.2'"):
+        cg.import_dump(tmp_path / "seq.pt")
+    assert main(["import", str(tmp_path / "seq.pt"), str(tmp_path / "seq.zarr")]) == 2
+    err = capsys.readouterr().err
+    assert "--head classifier.2" in err and "head=" not in err and not (tmp_path / "seq.zarr").exists()
+    assert main(["import", str(tmp_path / "seq.pt"), str(tmp_path / "seq.zarr"), "--head", "classifier.2"]) == 0
+    ds = cg.open(tmp_path / "seq.zarr")
+    np.testing.assert_array_equal(ds["head_weight"].values, head[2].weight.detach().numpy())  # stored as given
+
+
+def test_sequential_head_module_names_its_final_linear():
+    from torch import nn
+
+    from causalgeom.cli import cli_words
+    from causalgeom.cli import build_parser
+    from causalgeom.pipeline.models import find_head
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8))
+    model.fc = nn.Sequential(nn.Linear(8, 5), nn.ReLU(), nn.Linear(5, 3))
+    with pytest.raises(cg.ConfigError, match=r"'fc' .* Sequential, not a single linear layer.*head='fc\.2'") as exc:
+        find_head(model, "fc")
+    parser = build_parser()
+    extract = next(a for a in parser._actions if hasattr(a, "choices") and isinstance(a.choices, dict))
+    assert "--head fc.2" in cli_words(str(exc.value), extract.choices["extract"])

@@ -297,14 +297,20 @@ def find_head(model: nn.Module, name: str | None = None, *, example: torch.Tenso
                               f"{[n for n, _ in linears][-10:]}")
         mod = modules[name]
         if not isinstance(mod, nn.Linear):
-            raise ConfigError(f"head: submodule {name!r} of {cls} is a {type(mod).__name__}, expected nn.Linear")
+            inner = [f"{name}.{n}" for n, m in mod.named_modules() if isinstance(m, nn.Linear)]
+            hint = f"; pass head={inner[-1]!r}, its final nn.Linear" if inner else ""
+            raise ConfigError(f"head: submodule {name!r} of {cls} is a {type(mod).__name__}, not a single linear "
+                              f"layer (expected nn.Linear){hint}")
         found = (name, mod)
     elif callable(getattr(model, "get_classifier", None)):
         clf = model.get_classifier()
         if not isinstance(clf, nn.Linear):
-            raise ConfigError(f"head: {cls}.get_classifier() returned {type(clf).__name__}, expected nn.Linear "
-                              "(a timm model built with num_classes=0, or a convolutional classifier); pass head= "
-                              "naming an nn.Linear whose output is the model output")
+            qual = next((n for n, m in model.named_modules() if m is clf), "")
+            inner = [f"{qual}.{n}".strip(".") for n, m in clf.named_modules() if isinstance(m, nn.Linear)]
+            raise ConfigError(f"head: {cls}.get_classifier() returned {type(clf).__name__}, not a single linear layer "
+                              "(a timm model built with num_classes=0, an nn.Sequential or a convolutional "
+                              "classifier); pass head= naming an nn.Linear whose output is the model output"
+                              + (f" (here {inner[-1]!r})" if inner else ""))
         qual = next((n for n, m in model.named_modules() if m is clf), None)
         if qual is None:
             raise ConfigError(f"head: the classifier returned by {cls}.get_classifier() is not a submodule of the "
