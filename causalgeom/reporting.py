@@ -186,7 +186,7 @@ def default_queries(study: Study) -> list[Any]:
     if robust:
         outcomes.append(robust[len(robust) // 2])  # the middle of the first attack's eps sweep
     return [Query(treatment="regularizer", control="ce", treated=r, mediators=["rms", "cos_true"],
-                  outcomes=outcomes, method="regression", n_boot=500, seed=0) for r in regs]
+                  outcomes=outcomes, method="regression", seed=0) for r in regs]
 
 
 def _robust_columns(study: Study) -> list[str]:

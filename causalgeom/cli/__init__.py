@@ -169,12 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     status 2 for bad input (usage errors included) and 1 for an internal error; ``--debug`` (anywhere on the
     command line) or the environment variable ``CAUSALGEOM_DEBUG=1`` prints the traceback instead.
     """
-    if argv is None and not sys.warnoptions:  # the console command: a warning is one line naming the command
-        import warnings
-
-        command = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
-        warnings.showwarning = lambda message, category, *_, **__: print(
-            f"causalgeom {command}: warning: {_one_line(message)}", file=sys.stderr)
+    console = argv is None and not sys.warnoptions
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
@@ -183,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if console:  # the console command: a warning is one line naming the command, in its flags' words
+        import warnings
+
+        words = _command_parser(parser, args.command)
+        warnings.showwarning = lambda message, category, *_, **__: print(
+            f"causalgeom {args.command}: warning: {cli_words(_one_line(message), words)}", file=sys.stderr)
     try:
         return int(_scale.call(args) or 0)
     except KeyboardInterrupt:
