@@ -33,7 +33,7 @@ MAX_NOT_RUN = 6
 
 def _blocks(path: Path) -> list[tuple[str | None, str, str]]:
     """(mark, mark text, code) of every python block of ``path``."""
-    return [(m.group(1), m.group(2).strip(), m.group(3)) for m in _BLOCK.finditer(path.read_text())]
+    return [(m.group(1), (m.group(2) or "").strip(), m.group(3)) for m in _BLOCK.finditer(path.read_text())]
 
 
 def test_every_block_is_found_and_marks_have_reasons():
