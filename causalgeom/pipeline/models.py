@@ -407,6 +407,38 @@ class _Capture:
         self._handle.remove()
 
 
+def pool_features(out: Any, name: str) -> torch.Tensor:
+    """A module's output as (n, F) features: kept as is when 2-D, averaged over the trailing (spatial) dims when
+    it has more (``(n, C, H, W)`` -> ``(n, C)``, the mean over H·W positions; ``(n, T, C)`` token outputs are
+    averaged over their last dim, so give the layer whose output is channels-first). Taken when the module
+    returns, before any later in-place operation."""
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        out = out[0]
+    if not isinstance(out, torch.Tensor) or out.dim() < 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"feature_layer: the output of {name!r} is {shape}; expected a tensor (n, F) or "
+                          "(n, C, spatial...)")
+    # a copy either way: a later in-place op (ReLU(inplace=True)) must not change the captured values
+    return out.clone() if out.dim() == 2 else out.flatten(2).mean(dim=2)
+
+
+class _LayerCapture(_Capture):
+    """Forward hook on any module storing its output as (n, F) features (`pool_features`) while ``active``;
+    ``head`` is the model's final linear layer (used only when the layer feeds it directly)."""
+
+    def __init__(self, layer: nn.Module, name: str, head: nn.Module):
+        self.head, self.name = head, name
+        self.active = False
+        self.value: torch.Tensor | None = None
+        self.calls = 0
+        self._handle = layer.register_forward_hook(self._out_hook)
+
+    def _out_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if self.active:
+            self.calls += 1
+            self.value = pool_features(output, self.name)
+
+
 # --------------------------------------------------------------------------------------------
 # public checkpoints: torchvision weight enums, timm pretrained configs, local state dicts
 # --------------------------------------------------------------------------------------------
