@@ -416,7 +416,7 @@ def pool_features(out: Any, name: str) -> torch.Tensor:
         out = out[0]
     if not isinstance(out, torch.Tensor) or out.dim() < 2:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ConfigError(f"feature_layer: the output of {name!r} is {shape}; expected a tensor (n, F) or "
+        raise ConfigError(f"feature_layer={name!r}: the module's output is {shape}; expected a tensor (n, F) or "
                           "(n, C, spatial...)")
     # a copy either way: a later in-place op (ReLU(inplace=True)) must not change the captured values
     return out.clone() if out.dim() == 2 else out.flatten(2).mean(dim=2)
