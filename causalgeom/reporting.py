@@ -186,7 +186,7 @@ def default_queries(study: Study) -> list[Any]:
     if robust:
         outcomes.append(robust[len(robust) // 2])  # the middle of the first attack's eps sweep
     return [Query(treatment="regularizer", control="ce", treated=r, mediators=["rms", "cos_true"],
-                  outcomes=outcomes, method="regression", n_boot=500, seed=0) for r in regs]
+                  outcomes=outcomes, method="regression", seed=0) for r in regs]
 
 
 def _robust_columns(study: Study) -> list[str]:
@@ -329,6 +329,17 @@ class _Context:
         if key not in self._frames:
             self._frames[key] = self.study.to_frame(level="sample", progress=False)
         return self._frames[key]
+
+    def _headless(self, what: str, needs: str) -> str | None:
+        """One sentence saying why a section that needs the head is absent, or None when every run has one."""
+        runs = self.runs
+        missing = [r for r, h in zip(runs["run_id"], runs.get("has_head", [True] * len(runs))) if h is not True]
+        if not missing:
+            return None
+        which = "no run of this study has" if len(missing) == len(runs) else \
+            f"runs {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''} have"
+        return (f"{what} not shown: {needs} the final linear layer (head_weight, head_bias), and {which} one "
+                "stored (import the dumps with their head, or extract with a --feature-layer that feeds the head).")
 
     def _by_regularizer(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
@@ -554,14 +565,18 @@ class _Context:
 
         s = Section("distributions", "Feature magnitude and cosine to the class center")
         df = self.sample_frame
+        center = {"mean": "mean", "weight": "weight-row"}.get(df.attrs.get("center"), "minimal-loss")
+        if center == "mean" and self._headless("", ""):
+            s.add_text("The cosines are to the mean class centers (class means of each run's features): the "
+                       "minimal-loss centers need the head, which the dumps do not store.")
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
         for reg, g in df.groupby("regularizer"):
             axes[0].hist(g["rms"], bins=40, histtype="step", density=True, label=str(reg))
             axes[1].hist(g["cos_true"], bins=40, histtype="step", density=True, label=str(reg))
-        axes[0].set_xlabel("feature RMS (‖h‖/√d)"), axes[1].set_xlabel("cosine to true-class minimal-loss center")
+        axes[0].set_xlabel("feature RMS (‖h‖/√d)"), axes[1].set_xlabel(f"cosine to true-class {center} center")
         axes[0].legend(fontsize=8)
         s.add_figure("distributions", fig, "Distributions of feature magnitude (RMS) and of the cosine to the "
-                                           "true-class minimal-loss center, per regularizer (all seeds).")
+                                           f"true-class {center} center, per regularizer (all seeds).")
         summ = df.groupby("regularizer")[["rms", "cos_true"]].agg(["mean", "median"]).round(4)
         summ.columns = [f"{a}_{b}" for a, b in summ.columns]
         s.add_table(summ.reset_index(), "Per-sample summaries (pooled over seeds).")
@@ -573,6 +588,9 @@ class _Context:
         from .metrics.geometry import cone_test
 
         s = Section("cone-test", "Cone test: are decision regions cones around the origin?")
+        if why := self._headless("The cone test is", "it scales each feature h and classifies s·h with"):
+            s.add_text(why)
+            return s
         rows = []
         fig, ax = plt.subplots(figsize=(5, 3.4))
         for reg, run_ids in self._by_regularizer().items():
@@ -601,6 +619,9 @@ class _Context:
         from . import interventions as iv
 
         s = Section("interventions", "Interventions: set the magnitude or the direction, measure what follows")
+        if why := self._headless("Interventions are", "rescaling or rotating h changes the logits only through"):
+            s.add_text(why)
+            return s
         groups = self._by_regularizer()
         control = groups.get("ce", next(iter(groups.values())))[0]
         ds = self.study[control]

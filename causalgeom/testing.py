@@ -27,7 +27,7 @@ SYNTHETIC_EPS = (1 / 255, 2 / 255, 4 / 255)
 
 
 def make_run(n: int = 400, d: int = 16, k: int = 5, *, seed: int = 0, run_id: str = "run", bias: bool = True,
-             attacks: bool = True, scale: float = 1.0, **attrs: Any) -> xr.Dataset:
+             attacks: bool = True, scale: float = 1.0, labels: Any = None, **attrs: Any) -> xr.Dataset:
     """A synthetic schema-v1 run: Gaussian class clusters, a random head, consistent logits.
 
     Parameters
@@ -44,6 +44,8 @@ def make_run(n: int = 400, d: int = 16, k: int = 5, *, seed: int = 0, run_id: st
         ``8 eps |z|`` (z standard normal), ``adv_correct = adv_margin > 0``.
     scale : float
         Multiplies the features (a smaller scale: smaller feature norms, less confident logits).
+    labels : array_like of int, shape (n,), optional
+        The samples' classes (default: drawn from ``seed``); runs given the same labels score "the same images".
     **attrs
         More run attributes (``regularizer``, ``strength``, ...); default ``regularizer="ce"``.
 
@@ -56,7 +58,7 @@ def make_run(n: int = 400, d: int = 16, k: int = 5, *, seed: int = 0, run_id: st
     rng = np.random.default_rng(seed)
     W = rng.normal(size=(k, d)).astype(np.float32)
     b = (rng.normal(size=k) * 0.1).astype(np.float32) if bias else np.zeros(k, np.float32)
-    labels = rng.integers(0, k, n)
+    labels = rng.integers(0, k, n) if labels is None else np.asarray(labels, dtype=np.int64)
     f = (scale * (W[labels] * 0.5 + rng.normal(size=(n, d)))).astype(np.float32)
     logits = f @ W.T + b
     kw: dict[str, Any] = {}
@@ -72,7 +74,8 @@ def make_run(n: int = 400, d: int = 16, k: int = 5, *, seed: int = 0, run_id: st
 
 def make_study(path: str | os.PathLike, n_runs: int = 4, *, n: int = 120, d: int = 8, k: int = 4, seed: int = 0,
                treated: str = "label_smoothing", strength: float = 0.1, shrink: float = 0.3,
-               attacks: bool = True, sample_chunk: int | None = None, compressor: str | None = None) -> Any:
+               attacks: bool = True, sample_chunk: int | None = None, compressor: str | None = None,
+               paired: bool = False) -> Any:
     """Write a study of ``n_runs`` synthetic runs at ``path`` and return it (`causalgeom.dump.study.Study`).
 
     The first half of the runs are controls (``regularizer="ce"``, ``strength=0``, run ids ``ce-sSEED``); the
@@ -97,6 +100,9 @@ def make_study(path: str | os.PathLike, n_runs: int = 4, *, n: int = 120, d: int
         As in `make_run`.
     sample_chunk, compressor : optional
         Stored chunking and codec of every run, as in `causalgeom.save` (default: its defaults).
+    paired : bool
+        Every run scores the same samples (the labels drawn once from ``seed``), as in a real study where all
+        runs are evaluated on one test set; needed by `causalgeom.causal.decompose`. Default: labels per run.
 
     Returns
     -------
@@ -116,8 +122,9 @@ def make_study(path: str | os.PathLike, n_runs: int = 4, *, n: int = 120, d: int
             extra = {"regularizer": treated, "strength": float(strength)}
         else:
             extra = {"regularizer": "ce", "strength": 0.0}
+        labels = np.random.default_rng(seed).integers(0, k, n) if paired else None
         study.add(make_run(n=n, d=d, k=k, seed=s, run_id=f"{'ls' if is_treated else 'ce'}-s{s}",
-                           scale=1.0 - shrink * is_treated, attacks=attacks, **extra),
+                           scale=1.0 - shrink * is_treated, attacks=attacks, labels=labels, **extra),
                   sample_chunk=sample_chunk, compressor=compressor)
     return study
 

@@ -68,7 +68,7 @@ def test_flat_file_and_defaults(tmp_path):
     path = tmp_path / "flat.toml"
     path.write_text('treatment = "strength"\nmediators = ["rms"]\noutcomes = ["ece"]\nlevel = "run"\n')
     q = Query.from_toml(path)
-    assert q.level == "run" and q.method == "regression" and q.n_boot == 1000 and q.cluster == "run_id"
+    assert q.level == "run" and q.method == "regression" and q.n_boot is None and q.cluster == "run_id"
     assert q.seed == 0 and q.control is None
 
 

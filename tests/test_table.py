@@ -92,12 +92,14 @@ def test_dump_without_head_and_without_attacks(tmp_path):
     f = rng.normal(size=(50, 6)).astype(np.float32)
     st.add(cg.from_arrays(f, rng.normal(size=(50, 3)), rng.integers(0, 3, 50),
                           attrs={"run_id": "x", "regularizer": "ce", "seed": 0}))
-    with pytest.warns(UserWarning, match="no head_weight"):
-        t = st.to_frame(progress=False)
-    assert t.cos_true.isna().all() and not any(c.startswith("robust") for c in t.columns)
+    with pytest.warns(UserWarning, match="no head_weight.*mean class centers"):
+        t = st.to_frame(progress=False)  # the head-based default falls back to the mean centers, said once
+    assert t.attrs["center"] == "mean" and not any(c.startswith("robust") for c in t.columns)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert st.to_frame(progress=False, center="mean").cos_true.notna().all()
+        m = st.to_frame(progress=False, center="mean")
+    assert m.cos_true.notna().all() and m.attrs["center"] == "mean"
+    pd.testing.assert_frame_equal(t, m)  # the same computation
 
 
 def test_empty_study(tmp_path):

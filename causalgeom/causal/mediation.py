@@ -128,7 +128,7 @@ def resolve_outcome_model(outcome_model: str, Y: np.ndarray, outcomes: list[str]
 
 def mediate(table: pd.DataFrame, *, treatment: str, mediators: str | Sequence[str], outcome: str | Sequence[str],
             control: Any = None, treated: Any = None, covariates: Sequence[str] = (), cluster: str | None = "run_id",
-            method: str = "regression", n_boot: int = 1000, rng: np.random.Generator | int | None = None,
+            method: str = "regression", n_boot: int | None = None, rng: np.random.Generator | int | None = None,
             bootstrap: str | None = None, ci_level: float = 0.95, outcome_model: str = "auto",
             interaction: bool = False, ordered: bool = False, treatment_type: str = "auto",
             level: str | None = None, inference: str | None = None, paired_by: str | None = "auto",
@@ -162,9 +162,11 @@ def mediate(table: pd.DataFrame, *, treatment: str, mediators: str | Sequence[st
         :class:`statsmodels.stats.mediation.Mediation` (one mediator; its own parametric-simulation intervals, per
         sample — they ignore clustering; unpaired). ``"dowhy"``: DoWhy's ``mediation.two_stage_regression`` (one
         mediator, linear outcome, no interaction, unpaired; intervals from this package's inference).
-    n_boot : int
+    n_boot : int, optional
         Bootstrap replicates, or random relabelings of a randomization test too large to enumerate
-        (statsmodels: simulation replicates). With ``inference="bootstrap"``, 0 skips intervals.
+        (statsmodels: simulation replicates); default 1000. With ``inference="bootstrap"``, 0 skips intervals.
+        Giving it with ``inference="cr2"`` (and a method other than statsmodels), which resamples nothing, warns
+        (`UserWarning`) that it has no effect.
     rng : numpy.random.Generator or int or None
         Source of randomness (an int seeds a new Generator).
     bootstrap : {"cluster", "cluster+samples", "naive", "two-way"}, optional
@@ -238,6 +240,12 @@ def mediate(table: pd.DataFrame, *, treatment: str, mediators: str | Sequence[st
     (2002), Survey Methodology 28(2). Field & Welsh (2007), Bootstrapping clustered data, JRSS-B 69(3).
     """
     inference, bootstrap = resolve_inference(inference, bootstrap)
+    if n_boot is not None and inference == "cr2" and method != "statsmodels":
+        warnings.warn(f"n_boot= ({n_boot!r}) has no effect under inference='cr2' (the default), which resamples "
+                      "nothing; pass inference='wild', inference='bootstrap' or inference='permutation' for "
+                      "replicates, or leave n_boot= out",
+                      UserWarning, stacklevel=2)
+    n_boot = 1000 if n_boot is None else n_boot
     slope = DEFAULT_SLOPE if slope is None else slope
     _check_options(method, bootstrap, outcome_model, n_boot, ci_level, inference, paired_by, estimand, slope)
     if slope == "within" and method != "regression":

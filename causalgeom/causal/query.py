@@ -13,7 +13,6 @@ A query file holds one ``[query]`` table (or the same keys at top level), or sev
     cluster = "run_id"
     level = "sample"
     method = "regression"
-    n_boot = 1000
     seed = 0
 
 Keys that are left out take the defaults of `Query`; unknown keys are refused (a typo must not be ignored).
@@ -85,8 +84,9 @@ class Query:
         Which analysis table the query is asked of (`causalgeom.metrics.table.study_frame`).
     method : {"regression", "statsmodels", "dowhy"}
         Estimator (see `causalgeom.causal.mediate`).
-    n_boot : int
-        Bootstrap replicates (statsmodels: simulation replicates).
+    n_boot : int, optional
+        Bootstrap replicates (statsmodels: simulation replicates); ``None``: `causalgeom.causal.mediate`'s
+        default. Given with the default CR2 inference, which resamples nothing, `mediate` warns.
     seed : int or None
         Seed of the `numpy.random.Generator` used by `run` (``None``: fresh entropy).
     bootstrap : {"cluster", "cluster+samples", "naive", "two-way"}, optional
@@ -123,7 +123,7 @@ class Query:
     cluster: str | None = "run_id"
     level: str = "sample"
     method: str = "regression"
-    n_boot: int = 1000
+    n_boot: int | None = None
     seed: int | None = 0
     bootstrap: str | None = None
     ci_level: float = 0.95
@@ -170,7 +170,8 @@ class Query:
             _check_choice("inference", self.inference, INFERENCE)
         _check_choice("paired_by", self.paired_by, PAIRED_BY)
         _check_choice("estimand", self.estimand, ESTIMANDS)
-        if isinstance(self.n_boot, bool) or not isinstance(self.n_boot, int) or self.n_boot < 0:
+        if self.n_boot is not None and (isinstance(self.n_boot, bool) or not isinstance(self.n_boot, int)
+                                        or self.n_boot < 0):
             raise QueryError(f"n_boot: expected an integer >= 0, got {self.n_boot!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
             raise QueryError(f"seed: expected a non-negative integer or None, got {self.seed!r}")

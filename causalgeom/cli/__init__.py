@@ -138,6 +138,7 @@ def cli_words(text: str, command: argparse.ArgumentParser | None) -> str:
         return f"{flag} {m.group(3)}" if m.group(3) is not None else flag
 
     text = re.sub(r"(?<![\w.-])([a-z_][a-z0-9_]*)=(['\"]([^'\"]*)['\"])?(?: argument)?(?![\w(])", value, text)
+    text = re.sub(r" \(e\.g\. table\.\w+\([^()]*\)\)", "", text)  # pandas advice has no command-line form
     text = re.sub(r"(--[a-z0-9-]+) \(\1\)", r"\1", text)  # "--overwrite (--overwrite)"
     text = re.sub(r"(--[a-z0-9-]+) / \1\b", r"\1", text)  # "--overwrite / --overwrite"
     return re.sub(r"with the (--[a-z0-9-]+)", r"with \1", text)
@@ -168,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     status 2 for bad input (usage errors included) and 1 for an internal error; ``--debug`` (anywhere on the
     command line) or the environment variable ``CAUSALGEOM_DEBUG=1`` prints the traceback instead.
     """
+    console = argv is None and not sys.warnoptions
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
@@ -176,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if console:  # the console command: a warning is one line naming the command, in its flags' words
+        import warnings
+
+        words = _command_parser(parser, args.command)
+        warnings.showwarning = lambda message, category, *_, **__: print(
+            f"causalgeom {args.command}: warning: {cli_words(_one_line(message), words)}", file=sys.stderr)
     try:
         return int(_scale.call(args) or 0)
     except KeyboardInterrupt:

@@ -71,6 +71,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--amp", choices=("off", "clean", "all"), default="off",
                    help="bf16 autocast: for the clean pass, or also attack passes (default: off)")
     p.add_argument("--save-adv", action="store_true", help="also store adv_features and adv_logits")
+    p.add_argument("--feature-layer", metavar="MODULE",
+                   help="store the output of this module as the features (averaged over spatial dims), recorded in "
+                        "attrs feature_layer; unless it feeds the head directly, no head is stored and the "
+                        "head-based analyses are left out (default: the head's input)")
     p.add_argument("--compressor", choices=("none", "blosc-lz4", "zstd"), default=None,
                    help="chunk compressor of the store (default none: fastest reads, docs/benchmarks.md; CRC32C always)")
     p.add_argument("--features-dtype", choices=("float32", "float16", "bfloat16"), default=None,
@@ -111,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
                   mode="w" if args.overwrite else "w-", progress=not args.no_progress, compressor=args.compressor)
     if args.features_dtype is not None:  # absent: float32 for new stores, complete ones kept whatever they hold
         kwargs["features_dtype"] = args.features_dtype
+    if args.feature_layer is not None:
+        kwargs["feature_layer"] = args.feature_layer
     if args.zoo or args.model:
         return _run_public(args, kwargs)
     for flag in ("preprocess", "weights", "arch"):

@@ -535,6 +535,7 @@ def import_dump(src: str | os.PathLike | xr.Dataset, out: str | os.PathLike | No
             else:
                 if head:
                     raise DumpImportError(f"{path}: no '{head}.weight' in the file; keys: {sorted(arrays)}")
+                _refuse_nested_head(arrays, feats, logits, path)
         if logits is None and W is None:
             raise DumpImportError(f"{path}: has neither logits (looked for {list(LOGIT_KEYS)}) nor a head to "
                                   "compute them from")
@@ -549,6 +550,21 @@ def import_dump(src: str | os.PathLike | xr.Dataset, out: str | os.PathLike | No
 
         save(ds, out, mode=mode)
     return ds
+
+
+def _refuse_nested_head(arrays: Mapping[str, Any], feats: Any, logits: Any, path: Path) -> None:
+    """A head stored as several layers under a known prefix (an ``nn.Sequential`` such as ``classifier.0`` ...
+    ``classifier.3``) is not guessed: `DumpImportError` naming the candidates and ``head=`` (``--head``)."""
+    n_classes = int(np.shape(logits)[1]) if logits is not None and np.ndim(logits) == 2 else None
+    nested = sorted(k for k in arrays if k.endswith(".weight") and np.ndim(arrays[k]) == 2
+                    and any(k.startswith(p + ".") for p in HEAD_PREFIXES))
+    if not nested or (n_classes is not None and not any(np.shape(arrays[k])[0] == n_classes for k in nested)):
+        return
+    final = [k[:-len(".weight")] for k in nested if n_classes is None or np.shape(arrays[k])[0] == n_classes]
+    shapes = ", ".join(f"{k} {tuple(np.shape(arrays[k]))}" for k in nested[:6])
+    raise DumpImportError(f"{path}: the head is not a single linear layer (weights {shapes}; an nn.Sequential head?). "
+                          f"Pass head={final[-1]!r} naming the final linear layer, whose input the stored "
+                          f"features (width {np.shape(feats)[-1]}) must be, or store head_weight/head_bias")
 
 
 def import_study(sources: list[str | os.PathLike], study_dir: str | os.PathLike, *,

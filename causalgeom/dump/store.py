@@ -131,9 +131,16 @@ def store_lock(path: str | os.PathLike) -> Iterator[None]:
 
 
 def _check_parent(path: Path) -> None:
+    """The folder that will hold ``path``: created with its missing parents, refused if a file is in the way."""
     parent = path.parent
+    blocker = next((p for p in (parent, *parent.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise StoreError(f"cannot write {path}: {blocker} is a file, not a folder")
     if not parent.exists():
-        raise StoreError(f"cannot write {path}: parent folder {parent} does not exist")
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot write {path}: cannot create folder {parent} ({exc.strerror or exc})") from None
     if not parent.is_dir():
         raise StoreError(f"cannot write {path}: {parent} is not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
@@ -153,7 +160,7 @@ def save(ds: xr.Dataset, path: str | os.PathLike, *, mode: str = "w-", sample_ch
     ds : xarray.Dataset
         A schema-v1 run (in memory or dask-backed).
     path : path-like
-        Target folder (conventionally ``NAME.zarr``).
+        Target folder (conventionally ``NAME.zarr``); missing parent folders are created.
     mode : {"w-", "w"}
         ``"w-"`` (default) refuses to overwrite an existing store; ``"w"`` replaces it.
     sample_chunk : int, optional

@@ -20,10 +20,10 @@ import xarray as xr
 from .blocks import check_run, compute
 from .calibration import _check_bins, _finish_run_stats, _lazy_run_stats, confidence_outcomes, ece_ts, per_sample
 from .._util.checks import check_choice
-from ..errors import ConfigError, HeadMissingError
+from ..errors import ConfigError
 from .geometry import CENTER_KINDS, cosine_to_center, magnitude
 from ..dump.study import Study, StudyLike, as_study
-from .table import robust_key
+from .table import _without_head, headless_center, robust_key
 
 __all__ = ["DESCRIPTOR_COLUMNS", "run_metrics", "run_frame", "paper_table", "format_table", "robust_key"]
 
@@ -43,7 +43,8 @@ def run_metrics(ds: xr.Dataset, n_bins: int = 15, *, center_kind: str = "minimal
         Equal-width bins of the ECE.
     center_kind : {"minimal_loss", "mean", "weight"}
         Centers of the cosines (the run's own label-smoothing eps for ``"minimal_loss"``). On a dump
-        without a head, head-based kinds give NaN cosines instead of failing.
+        without a head, head-based kinds are replaced by ``"mean"`` with a one-line warning
+        (`causalgeom.metrics.table.headless_center`); ``center_kind`` in the result says which was used.
 
     Returns
     -------
@@ -63,6 +64,8 @@ def run_metrics(ds: xr.Dataset, n_bins: int = 15, *, center_kind: str = "minimal
     check_run(ds, "run_metrics")
     n_bins = _check_bins(n_bins)
     check_choice(center_kind, "center_kind", CENTER_KINDS)
+    if "head_weight" not in ds.variables:
+        center_kind = headless_center(center_kind, [str(ds.attrs.get("run_id"))])
     a = ds.attrs
     row: dict[str, Any] = {
         "run_id": a.get("run_id"), "regularizer": a.get("regularizer"),
@@ -76,11 +79,8 @@ def run_metrics(ds: xr.Dataset, n_bins: int = 15, *, center_kind: str = "minimal
     lazy["confidence"], lazy["correct"] = ps["confidence"], ps["correct"]
     mag = magnitude(ds)
     lazy["norm"], lazy["rms"] = mag["norm"].mean(), mag["rms"].mean()
-    try:
-        cos = cosine_to_center(ds, kind=center_kind)
-        lazy["cos_true"], lazy["cos_pred"] = cos["cos_true"].mean(), cos["cos_pred"].mean()
-    except HeadMissingError:
-        pass
+    cos = cosine_to_center(ds, kind=center_kind)
+    lazy["cos_true"], lazy["cos_pred"] = cos["cos_true"].mean(), cos["cos_pred"].mean()
     has_attacks = "adv_correct" in ds.variables
     if has_attacks:
         lazy["robust"] = ds["adv_correct"].astype(np.float64).mean("sample").transpose("attack", "eps")
@@ -121,6 +121,8 @@ def run_frame(study: StudyLike, progress: bool = True, n_bins: int = 15, *, cent
     Returns
     -------
     pandas.DataFrame
+        When a run has no head, every run's cosines use ``center_kind="mean"`` (one kind per table; a one-line
+        warning says so, and the ``center_kind`` column records it).
     """
     study = as_study(study)
     ids = list(study.run_ids if run_ids is None else run_ids)
@@ -129,6 +131,7 @@ def run_frame(study: StudyLike, progress: bool = True, n_bins: int = 15, *, cent
         from tqdm.auto import tqdm
 
         it = tqdm(ids, desc="run metrics", unit="run", file=sys.stderr)
+    center_kind = headless_center(center_kind, _without_head(study, ids))
     rows = [run_metrics(study[r], n_bins, center_kind=center_kind) for r in it]
     return pd.DataFrame(rows)
 

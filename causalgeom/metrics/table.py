@@ -17,13 +17,13 @@ import pandas as pd
 
 from .._util.eps import eps_label
 from .._util.checks import check_choice
-from ..errors import HeadMissingError, QueryError
+from ..errors import QueryError
 from .blocks import compute, one_blas_thread, require_vars, run_array, sample_map
 from .calibration import confidence_outcomes, ece_ts_from_logits, ts_split
 from .kernels import FUSED_FIELDS, calibration_error, fused_block, width_bin_stats
 
 __all__ = ["study_frame", "run_table", "fused_run", "robust_column", "min_flip_column", "robust_acc_column",
-           "robust_key", "ID_COLUMNS", "SAMPLE_COLUMNS", "RUN_COLUMNS"]
+           "robust_key", "headless_center", "HEAD_CENTERS", "ID_COLUMNS", "SAMPLE_COLUMNS", "RUN_COLUMNS"]
 
 #: Columns that identify the run of a row.
 ID_COLUMNS = ("run_id", "regularizer", "strength", "seed")
@@ -34,6 +34,9 @@ SAMPLE_COLUMNS = ID_COLUMNS + ("sample", "label", "norm", "rms", "cos_true", "co
 RUN_COLUMNS = ID_COLUMNS + ("n_samples", "norm", "rms", "cos_true", "cos_pred", "confidence", "accuracy",
                             "overconfidence", "nll", "brier", "ece", "signed_ece", "ece_ts", "ece_debiased",
                             "ece_floor", "aurc")
+
+#: Center kinds computed from the head (W, b); a run without ``head_weight`` gets ``"mean"`` instead.
+HEAD_CENTERS = ("minimal_loss", "weight")
 
 _MEAN_COLUMNS = ("norm", "rms", "cos_true", "cos_pred", "confidence", "overconfidence", "nll", "brier")
 
@@ -81,6 +84,38 @@ def _select(values: np.ndarray, wanted: Any, what: str, close: bool = False) -> 
     return np.asarray(idx)
 
 
+def headless_center(center: str, without_head: Sequence[str], stacklevel: int = 3) -> str:
+    """The center kind to use when the runs ``without_head`` lack ``head_weight``: ``center`` itself when it needs
+    no head or every run has one; else ``"mean"`` (class means of each run's features), with a one-line
+    `UserWarning` saying so. No cosine column is ever NaN because a head is missing.
+
+    Parameters
+    ----------
+    center : {"minimal_loss", "mean", "weight"}
+        The center kind asked for.
+    without_head : sequence of str
+        Run ids of the runs (of one table) that have no ``head_weight``.
+    """
+    if center not in HEAD_CENTERS or not len(without_head):
+        return center
+    ids = list(without_head)
+    which = f"run {ids[0]!r} has" if len(ids) == 1 else (f"{len(ids)} runs ({', '.join(map(repr, ids[:3]))}"
+                                                         f"{', ...' if len(ids) > 3 else ''}) have")
+    warnings.warn(f"{which} no head_weight, which center={center!r} needs: cos_true/cos_pred are cosines to the "
+                  "mean class centers (center='mean': class means of the features) instead", UserWarning,
+                  stacklevel=stacklevel)
+    return "mean"
+
+
+def _without_head(study: Any, ids: Sequence[str]) -> list[str]:
+    """The run ids among ``ids`` whose stores have no ``head_weight`` (from the run table, no array read)."""
+    runs = study.runs
+    if not len(runs) or "has_head" not in runs:
+        return []
+    wanted = set(ids)
+    return [r for r, h in zip(runs["run_id"], runs["has_head"]) if r in wanted and h is not True and h != True]  # noqa: E712
+
+
 def fused_run(ds: Any, center: str = "minimal_loss", *, warn_missing_head: bool = True) -> dict[str, np.ndarray]:
     """Every per-sample quantity of a run from one read of its ``features`` and ``logits`` (the fused pass).
 
@@ -98,7 +133,7 @@ def fused_run(ds: Any, center: str = "minimal_loss", *, warn_missing_head: bool 
         Class centers of the cosines.
     warn_missing_head : bool
         Warn (instead of failing) when a head-based ``center`` is asked of a run without ``head_weight``;
-        its cosines are NaN.
+        its cosines then use ``center="mean"`` (`headless_center`).
 
     Returns
     -------
@@ -128,16 +163,10 @@ def _fused_lazy(ds: Any, center: str, warn_missing_head: bool, cosines: bool = T
     from . import geometry
 
     C = None
-    try:
-        if cosines:
-            C = np.asarray(geometry.class_centers(ds, kind=center).values, dtype=np.float64)
-    except HeadMissingError:
-        if not warn_missing_head:
-            raise
-        C = None
-        warnings.warn(f"run {ds.attrs.get('run_id')!r} has no head_weight: cos_true/cos_pred with "
-                      f"center={center!r} need it and are NaN (use center='mean' for dumps without a head)",
-                      UserWarning, stacklevel=4)
+    if cosines and warn_missing_head and "head_weight" not in ds.variables:
+        center = headless_center(center, [str(ds.attrs.get("run_id"))], stacklevel=5)
+    if cosines:
+        C = np.asarray(geometry.class_centers(ds, kind=center).values, dtype=np.float64)
     z = run_array(ds, "logits") if logits is None else logits
     return sample_map(lambda f, z, y: fused_block(f, z, y, C), run_array(ds, "features"), z,
                       run_array(ds, "label"), ncols=len(FUSED_FIELDS))
@@ -248,8 +277,9 @@ def study_frame(study: Any, level: str = "sample", attack: str | Sequence[str] |
     eps : float or list of float, optional
         ε values included (default: all swept; matched to a relative tolerance of 1e-6).
     center : {"minimal_loss", "mean", "weight"}
-        Class centers of the cosines (`causalgeom.metrics.geometry.cosine_to_center`); on a dump without a head the
-        head-based kinds give NaN cosines and a warning.
+        Class centers of the cosines (`causalgeom.metrics.geometry.cosine_to_center`). When a run lacks ``head_weight``,
+        the head-based kinds are replaced by ``"mean"`` for every run of the table, with a one-line warning
+        (`headless_center`); ``attrs["center"]`` records the kind used.
     progress : bool
         Progress bar over runs on stderr.
     run_ids : iterable of str, optional
@@ -294,6 +324,8 @@ def study_frame(study: Any, level: str = "sample", attack: str | Sequence[str] |
         from tqdm.auto import tqdm
 
         it = tqdm(ids, desc="analysis table", unit="run", file=sys.stderr)
+    if center in HEAD_CENTERS:  # one kind of center for every run of the table
+        center = headless_center(center, _without_head(study, ids), stacklevel=4)
     frames = []
     for run_id in it:
         ds = study[run_id]
@@ -315,6 +347,7 @@ def study_frame(study: Any, level: str = "sample", attack: str | Sequence[str] |
             if c.startswith("robust[") and out[c].isna().any():
                 out[c] = out[c].astype("Float64")
     out.attrs["level"] = level
+    out.attrs["center"] = center
     return out
 
 

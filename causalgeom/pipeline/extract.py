@@ -40,7 +40,7 @@ from .._util import torch as _torch_util
 from .._util.checks import check_choice
 from .._util.io import atomic_write, file_lock
 from ..errors import ConfigError, SchemaError, StoreError, StoreExistsError
-from .models import _Capture, _OutputCheck, find_head
+from .models import _Capture, _LayerCapture, _OutputCheck, find_head
 from .models import eval_mode as _eval_mode
 from ..dump.schema import (ENCODED_DTYPE_ATTR, FEATURES_DTYPES, SCHEMA_VERSION, STORED_DTYPE_ATTR, RUN_ID_PATTERN,
                            check_run_id, normalize_attrs, package_versions, validate)
@@ -561,6 +561,7 @@ class ExtractConfig:
     queue_size: int = 8
     compressor: str | None = None
     features_dtype: str | None = "float32"
+    feature_layer: str | None = None
 
     @classmethod
     def from_options(cls, config: ExtractConfig | None = None, **options: Any) -> ExtractConfig:
@@ -623,15 +624,18 @@ class _Job:
     run_id: str
     prepare: Callable[[], bool] | None
     features_dtype: str = "float32"
+    layer: tuple[str, nn.Module] | None = None  # feature_layer (name, module); None: the head's input
 
 
-def _template(n: int, chunk: int, W: np.ndarray, b: np.ndarray | None, atks: list, grid: list[float],
-              save_adv: bool, attrs: dict[str, Any], features_dtype: str = "float32") -> xr.Dataset:
-    """The store's skeleton: a validated schema-v1 Dataset of lazy zeros with the final shapes and chunks."""
+def _template(n: int, chunk: int, W: np.ndarray | None, b: np.ndarray | None, atks: list, grid: list[float],
+              save_adv: bool, attrs: dict[str, Any], features_dtype: str = "float32",
+              shape: tuple[int, int] | None = None) -> xr.Dataset:
+    """The store's skeleton: a validated schema-v1 Dataset of lazy zeros with the final shapes and chunks
+    (``W=None``: no head stored; ``shape`` = (K, F) then)."""
     import dask.array as da
     import xarray as xr
 
-    K, F_ = W.shape
+    K, F_ = W.shape if W is not None else shape
     A, E = len(atks), len(grid)
 
     def lazy(shape: tuple[int, ...], dtype: Any, axis: int) -> Any:
@@ -643,9 +647,10 @@ def _template(n: int, chunk: int, W: np.ndarray, b: np.ndarray | None, atks: lis
                      _features_attrs(features_dtype)),
         "logits": (("sample", "class"), lazy((n, K), np.float32, 0)),
         "label": (("sample",), lazy((n,), np.int64, 0)),
-        "head_weight": (("class", "feature"), W),
     }
-    if b is not None:
+    if W is not None:
+        dv["head_weight"] = (("class", "feature"), W)
+    if W is not None and b is not None:
         dv["head_bias"] = (("class",), b)
     coords: dict[str, Any] = {}
     if atks:
@@ -748,6 +753,13 @@ def extract(model: nn.Module, data: Any, out: str | os.PathLike, config: Extract
         The options below as one object; keywords given as well replace its fields.
     head : str, optional
         Qualified name of the final linear layer (default: :func:`find_head`).
+    feature_layer : str, optional
+        Qualified name of any module whose output is stored as ``features`` (averaged over its spatial dims when
+        it has them, `causalgeom.pipeline.models.pool_features`; ``adv_features`` likewise), recorded in the attribute
+        ``feature_layer``. When that output is exactly the head's input (checked on the first batch), the head is
+        stored as usual; otherwise ``head_weight`` / ``head_bias`` are not stored and the run is analysed as a
+        run without a head (geometry with mean class centers, calibration, robustness, mediation). Default: the
+        head's input.
     attacks : attack(s), optional
         Anything :func:`causalgeom.pipeline.attacks.resolve` takes (attacks, torchattacks objects, spec
         strings, :data:`causalgeom.pipeline.attacks.REFERENCE`). None: no attack outcomes, unless ``eps``
@@ -833,6 +845,17 @@ def extract(model: nn.Module, data: Any, out: str | os.PathLike, config: Extract
     W = head_mod.weight.detach().float().cpu().numpy()
     b = None if head_mod.bias is None else head_mod.bias.detach().float().cpu().numpy()
     K, F_ = W.shape
+    layer = None
+    feature_layer = head_name
+    if cfg.feature_layer is not None:
+        layer = (cfg.feature_layer, _named_module(model, cfg.feature_layer))
+        F_, feeds_head = _probe_layer(model, source, n, layer, head_mod, dev)
+        feature_layer = cfg.feature_layer
+        if not feeds_head:
+            if amp_clean or amp_attack:
+                raise ConfigError(f"amp: feature_layer={cfg.feature_layer!r} does not feed the head directly, so the "
+                                  "logits cannot be recomputed in fp32 from the features; run without amp")
+            W = b = None
     A, E = len(atks), len(grid)
     features_dtype = cfg.features_dtype or "float32"
     per_sample = _FEATURE_STORE_DTYPE[features_dtype].itemsize * F_ + 4 * K + 8 + A * E * 5 + A * 4 + (4 * A * E * (F_ + K) if save_adv else 0)
@@ -844,7 +867,7 @@ def extract(model: nn.Module, data: Any, out: str | os.PathLike, config: Extract
     run_id = check_run_id(user.get("run_id", _default_run_id(out)))
     full_attrs: dict[str, Any] = {
         "run_id": run_id, "model": type(model).__name__, "input_range": "[0, 1]", **user,
-        "feature_layer": head_name, "schema_version": SCHEMA_VERSION,
+        "feature_layer": feature_layer, "schema_version": SCHEMA_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": _package_versions(), "source": "causalgeom.extract",
     }
@@ -856,15 +879,15 @@ def extract(model: nn.Module, data: Any, out: str | os.PathLike, config: Extract
         full_attrs["attack_amp"] = amp_attack
     full_attrs = normalize_attrs(full_attrs)
     plan = normalize_attrs({
-        "n_samples": n, "sample_chunk": chunk, "n_features": F_, "n_classes": K, "feature_layer": head_name,
+        "n_samples": n, "sample_chunk": chunk, "n_features": F_, "n_classes": K, "feature_layer": feature_layer,
         "attacks": [a.name for a in atks], "attack_params": full_attrs.get("attack_params"), "eps": grid,
-        "save_adv": bool(save_adv), "head": _digest(W, b), "attack_seed": base_seed, "amp": [amp_clean, amp_attack],
+        "save_adv": bool(save_adv), "head": _digest(W, b) if W is not None else None, "attack_seed": base_seed, "amp": [amp_clean, amp_attack],
         "compressor": cfg.compressor or DEFAULT_COMPRESSOR, "features_dtype": features_dtype,
         "attrs": {k: v for k, v in full_attrs.items() if k not in ("created", "versions")},
     })
 
     def build_template() -> xr.Dataset:
-        return _template(n, chunk, W, b, atks, grid, save_adv, full_attrs, features_dtype)
+        return _template(n, chunk, W, b, atks, grid, save_adv, full_attrs, features_dtype, shape=(K, F_))
 
     layout = _layout(F_, K, atks, len(grid), save_adv, features_dtype)
 
@@ -896,13 +919,48 @@ def extract(model: nn.Module, data: Any, out: str | os.PathLike, config: Extract
             try:
                 _run(model, source, _Job(out, todo, chunk, n, layout, atks, grid, head_name, head_mod, dev, amp_clean,
                                          amp_attack, save_adv, base_seed, cfg.progress, cfg.queue_size, run_id,
-                                         prepare, features_dtype))
+                                         prepare, features_dtype, layer))
             except _AlreadyComplete:
                 return out  # another shard completed the store with this plan before this one wrote anything
         elif prepare is not None and not prepare():
             return out  # a shard with no chunk: the others completed the store meanwhile
         _finalize(out, n_chunks, complete_info)
     return out
+
+
+def _named_module(model: nn.Module, name: str) -> nn.Module:
+    """Submodule ``name`` of ``model`` (or of the network inside a `causalgeom.pipeline.models.NormalizedClassifier`)."""
+    modules = dict(model.named_modules())
+    inner = getattr(model, "net", None)
+    if isinstance(name, str) and name not in modules and isinstance(inner, nn.Module):
+        modules.update({k: m for k, m in inner.named_modules() if k and k not in modules})
+    if not isinstance(name, str) or name not in modules or not name:
+        names = [n for n in modules if n]
+        raise ConfigError(f"feature_layer={name!r}: {type(model).__name__} has no submodule of that name; its "
+                          f"modules include {names[:8]} ... {names[-8:]}")
+    return modules[name]
+
+
+def _probe_layer(model: nn.Module, source: Any, n: int, layer: tuple[str, nn.Module], head: nn.Linear,
+                 dev: torch.device) -> tuple[int, bool]:
+    """(feature width, whether the layer's pooled output is exactly the head's input) from one forward pass
+    of the first two samples."""
+    name, mod = layer
+    _, _, xb, _ = next(iter(source.batches([(0, 0, min(n, 2))], pin=False)))
+    out_cap, head_cap = _LayerCapture(mod, name, head), _Capture(head)
+    try:
+        model.to(dev)
+        with torch.no_grad(), _eval_mode(model), out_cap.on(), head_cap.on():
+            model(xb.to(dev).float())
+    finally:
+        out_cap.remove()
+        head_cap.remove()
+    if out_cap.calls != 1:
+        raise ConfigError(f"feature_layer={name!r}: the module was called {out_cap.calls} times in one forward "
+                          "pass, expected exactly once")
+    h, z = out_cap.value, head_cap.value
+    feeds = isinstance(z, torch.Tensor) and z.shape == h.shape and torch.equal(z, h)
+    return int(h.shape[1]), bool(feeds)
 
 
 def _run(model: nn.Module, source: Any, job: _Job) -> None:
@@ -917,7 +975,7 @@ def _run(model: nn.Module, source: Any, job: _Job) -> None:
     model.to(dev)
     for a in atks:
         a.to(dev)
-    capture = _Capture(head_mod)
+    capture = _Capture(head_mod) if job.layer is None else _LayerCapture(job.layer[1], job.layer[0], head_mod)
     check: _OutputCheck | None = _OutputCheck(head_mod)
     writer = _Writer(out, layout, bounds, queue_size, finite=("features", "logits"), prepare=prepare)
     bar = None

@@ -299,14 +299,20 @@ def find_head(model: nn.Module, name: str | None = None, *, example: torch.Tenso
                               f"{[n for n, _ in linears][-10:]}")
         mod = modules[name]
         if not isinstance(mod, nn.Linear):
-            raise ConfigError(f"head: submodule {name!r} of {cls} is a {type(mod).__name__}, expected nn.Linear")
+            inner = [f"{name}.{n}" for n, m in mod.named_modules() if isinstance(m, nn.Linear)]
+            hint = f"; pass head={inner[-1]!r}, its final nn.Linear" if inner else ""
+            raise ConfigError(f"head: submodule {name!r} of {cls} is a {type(mod).__name__}, not a single linear "
+                              f"layer (expected nn.Linear){hint}")
         found = (name, mod)
     elif callable(getattr(model, "get_classifier", None)):
         clf = model.get_classifier()
         if not isinstance(clf, nn.Linear):
-            raise ConfigError(f"head: {cls}.get_classifier() returned {type(clf).__name__}, expected nn.Linear "
-                              "(a timm model built with num_classes=0, or a convolutional classifier); pass head= "
-                              "naming an nn.Linear whose output is the model output")
+            qual = next((n for n, m in model.named_modules() if m is clf), "")
+            inner = [f"{qual}.{n}".strip(".") for n, m in clf.named_modules() if isinstance(m, nn.Linear)]
+            raise ConfigError(f"head: {cls}.get_classifier() returned {type(clf).__name__}, not a single linear layer "
+                              "(a timm model built with num_classes=0, an nn.Sequential or a convolutional "
+                              "classifier); pass head= naming an nn.Linear whose output is the model output"
+                              + (f" (here {inner[-1]!r})" if inner else ""))
         qual = next((n for n, m in model.named_modules() if m is clf), None)
         if qual is None:
             raise ConfigError(f"head: the classifier returned by {cls}.get_classifier() is not a submodule of the "
@@ -401,6 +407,38 @@ class _Capture:
 
     def remove(self) -> None:
         self._handle.remove()
+
+
+def pool_features(out: Any, name: str) -> torch.Tensor:
+    """A module's output as (n, F) features: kept as is when 2-D, averaged over the trailing (spatial) dims when
+    it has more (``(n, C, H, W)`` -> ``(n, C)``, the mean over H·W positions; ``(n, T, C)`` token outputs are
+    averaged over their last dim, so give the layer whose output is channels-first). Taken when the module
+    returns, before any later in-place operation."""
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        out = out[0]
+    if not isinstance(out, torch.Tensor) or out.dim() < 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"feature_layer={name!r}: the module's output is {shape}; expected a tensor (n, F) or "
+                          "(n, C, spatial...)")
+    # a copy either way: a later in-place op (ReLU(inplace=True)) must not change the captured values
+    return out.clone() if out.dim() == 2 else out.flatten(2).mean(dim=2)
+
+
+class _LayerCapture(_Capture):
+    """Forward hook on any module storing its output as (n, F) features (`pool_features`) while ``active``;
+    ``head`` is the model's final linear layer (used only when the layer feeds it directly)."""
+
+    def __init__(self, layer: nn.Module, name: str, head: nn.Module):
+        self.head, self.name = head, name
+        self.active = False
+        self.value: torch.Tensor | None = None
+        self.calls = 0
+        self._handle = layer.register_forward_hook(self._out_hook)
+
+    def _out_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if self.active:
+            self.calls += 1
+            self.value = pool_features(output, self.name)
 
 
 # --------------------------------------------------------------------------------------------
