@@ -98,8 +98,12 @@ def test_path_problems(tmp_path):
         cg.open(tmp_path / "file.zarr")
     with pytest.raises(cg.StoreError, match="no store"):
         cg.open(tmp_path / "nothing.zarr")
-    with pytest.raises(cg.StoreError, match="does not exist"):
-        cg.save(make_run(n=20), tmp_path / "no" / "such" / "r.zarr")
+    cg.save(make_run(n=20), tmp_path / "no" / "such" / "r.zarr")  # missing parent folders are created
+    assert cg.open(tmp_path / "no" / "such" / "r.zarr").sizes["sample"] == 20
+    (tmp_path / "blocked").write_text("x")
+    with pytest.raises(cg.StoreError, match="blocked"):  # ... but a file in the way of one is refused
+        cg.save(make_run(n=20), tmp_path / "blocked" / "r.zarr")
+    assert (tmp_path / "blocked").read_text() == "x"
     (tmp_path / "notzarr").mkdir()
     with pytest.raises(cg.StoreError, match="not a readable Zarr"):
         cg.open(tmp_path / "notzarr")
