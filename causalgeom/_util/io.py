@@ -4,6 +4,8 @@
 place, so a reader sees the old content or the new, never a torn file. `file_lock` is an advisory
 ``flock(2)`` lock on a ``.NAME.lock`` file. `load_weights_file` reads a state dict from a ``.pt``/``.pth``/``.bin``
 or ``.safetensors`` file as tensors only (never unpickling code), checking declared sizes before allocating.
+`read_toml` reads a configuration file (zoo, grid, query) with a size cap, UTF-8 decoding and a nesting limit,
+every failure raised as the caller's causalgeom error naming the file.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..errors import StoreError, StoreLockedError
+from ..errors import ConfigError, StoreError, StoreLockedError
 
 __all__ = ["atomic_write", "file_lock", "LOCK_HELD_ERRNOS", "read_safetensors_header", "load_weights_file",
-           "check_state_dict", "MAX_SAFETENSORS_HEADER", "SAFETENSORS_DTYPES", "STATE_DICT_KEYS"]
+           "check_state_dict", "MAX_SAFETENSORS_HEADER", "SAFETENSORS_DTYPES", "STATE_DICT_KEYS", "read_toml",
+           "read_toml_text", "parse_toml", "MAX_TOML_BYTES", "MAX_TOML_DEPTH"]
 
 #: errno values that mean "another process holds the lock" for a non-blocking lock. ``flock(2)`` reports
 #: EWOULDBLOCK (== EAGAIN on Linux); Python emulates ``fcntl.flock`` with ``fcntl(F_SETLK)`` where ``flock``
@@ -119,6 +122,130 @@ def file_lock(lock_path: str | os.PathLike, *, blocking: bool = False, what: str
         yield
     finally:
         os.close(fd)
+
+
+# --------------------------------------------------------------------------------------------
+# configuration files (TOML): size, encoding, syntax and nesting checked, one error type per caller
+# --------------------------------------------------------------------------------------------
+#: Largest configuration file read (zoo, grid and query files are a few KiB).
+MAX_TOML_BYTES = 4 * 2**20
+
+#: Deepest nesting of tables and arrays accepted (the top-level table is level 1; the files need at most 4).
+MAX_TOML_DEPTH = 32
+
+
+def read_toml_text(path: str | os.PathLike, *, error: type[Exception] = ConfigError, what: str = "TOML file",
+                   max_bytes: int = MAX_TOML_BYTES) -> str:
+    """The text of a configuration file: a regular file (a FIFO is refused without blocking) of at most
+    ``max_bytes`` bytes, decoded as UTF-8.
+
+    Parameters
+    ----------
+    path : path-like
+        The file.
+    error : exception class
+        Raised for every problem, with a message ``"cannot read {what} {path}: ..."``.
+    what : str
+        What the file is, for the message (``"zoo file"``, ``"grid config"``, ``"query file"``).
+    max_bytes : int
+        Size cap.
+
+    Returns
+    -------
+    str
+    """
+    import stat
+
+    path = Path(path)
+    head = f"cannot read {what} {path}"
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise error(f"{head}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as fh:
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise error(f"{head}: not a regular file")
+            if st.st_size > max_bytes:
+                raise error(f"{head}: {st.st_size} bytes, over the {_fmt_size(max_bytes)} limit for a {what}")
+            raw = fh.read(max_bytes + 1)
+        except OSError as exc:
+            raise error(f"{head}: {exc.strerror or exc}") from None
+    if len(raw) > max_bytes:  # grew since fstat
+        raise error(f"{head}: over the {_fmt_size(max_bytes)} limit for a {what}")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{head}: not UTF-8 text (byte {exc.start}: {raw[exc.start:exc.start + 4]!r})") from None
+
+
+def _nesting_depth(obj: Any, stop: int) -> int:
+    """Depth of nested dicts/lists (a scalar is 0, ``{}`` is 1), found without recursion; stops past ``stop``."""
+    deepest = 0
+    stack = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > stop:
+            break
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def parse_toml(text: str, *, where: str, error: type[Exception] = ConfigError, what: str = "TOML file"
+               ) -> dict[str, Any]:
+    """Parse TOML text with :mod:`tomllib`; syntax errors and nesting beyond `MAX_TOML_DEPTH` (arrays, inline
+    tables, dotted keys or table headers; also what would exhaust tomllib's recursion) raise ``error`` naming
+    ``what`` and ``where``.
+    """
+    import tomllib
+
+    label = f"{what} {where}"
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{label}: not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib parses nested arrays / inline tables recursively
+        raise error(f"{label}: arrays or inline tables nested too deeply to parse (at most {MAX_TOML_DEPTH} "
+                    "levels are read)") from None
+    depth = _nesting_depth(data, MAX_TOML_DEPTH)
+    if depth > MAX_TOML_DEPTH:
+        raise error(f"{label}: arrays or inline tables nested too deeply (more than {MAX_TOML_DEPTH} levels of "
+                    "tables and arrays)")
+    return data
+
+
+def read_toml(path: str | os.PathLike, *, error: type[Exception] = ConfigError, what: str = "TOML file",
+              max_bytes: int = MAX_TOML_BYTES) -> dict[str, Any]:
+    """Read a TOML configuration file: :func:`read_toml_text` then :func:`parse_toml`.
+
+    Parameters
+    ----------
+    path : path-like
+        The file.
+    error : exception class
+        The causalgeom error raised (file named) for an unreadable, oversized, non-UTF-8, invalid or too deeply
+        nested file, e.g. `ConfigError` for zoo and grid files, `QueryError` for query files.
+    what : str
+        What the file is, for the message.
+    max_bytes : int
+        Size cap (`MAX_TOML_BYTES`).
+
+    Returns
+    -------
+    dict
+        The parsed table.
+    """
+    text = read_toml_text(path, error=error, what=what, max_bytes=max_bytes)
+    return parse_toml(text, where=str(path), error=error, what=what)
 
 
 # --------------------------------------------------------------------------------------------
