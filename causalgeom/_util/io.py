@@ -15,7 +15,7 @@ import errno
 import fcntl
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -275,14 +275,17 @@ def _fmt_size(n: int) -> str:
     return str(n)  # pragma: no cover
 
 
-def read_safetensors_header(path: str | os.PathLike, *, limit: int, error: type[Exception] = StoreError
-                            ) -> dict[str, dict]:
+def read_safetensors_header(path: str | os.PathLike, *, limit: int, error: type[Exception] = StoreError,
+                            what: str = "weights file", dtypes: Mapping[str, int] = SAFETENSORS_DTYPES,
+                            dtype_note: str = "", check: Callable[[str, tuple[int, ...], str, int], int] | None = None,
+                            limit_hint: str = "") -> dict[str, dict]:
     """The tensor entries of a safetensors file's JSON header, checked against the file before any data is read.
 
     Checks: the 8-byte header length fits the file and `MAX_SAFETENSORS_HEADER`; the header is a JSON object of
-    ``{dtype: str, shape: [int >= 0...], data_offsets: [start, end]}`` entries; each dtype is one of
-    `SAFETENSORS_DTYPES`; each declared size (``prod(shape) * itemsize``, Python integers) equals ``end - start``
-    and lies inside the file; the declared sizes together stay within ``limit``.
+    ``{dtype: str, shape: [int >= 0...], data_offsets: [start, end]}`` entries; each dtype is one of ``dtypes``;
+    each declared size (``prod(shape) * itemsize``, Python integers) equals ``end - start`` and lies inside the
+    file; the declared sizes together stay within ``limit``. The one reader of safetensors headers: weights files
+    (:func:`load_weights_file`) and imported dumps (`causalgeom.dump.adapters`) both use it.
 
     Parameters
     ----------
@@ -292,6 +295,17 @@ def read_safetensors_header(path: str | os.PathLike, *, limit: int, error: type[
         Most bytes the tensors may take once read.
     error : exception class
         Raised (with the file named) for every problem.
+    what : str
+        Start of every message, before the path (``""``: the path alone).
+    dtypes : mapping of str to int
+        Accepted dtype names and their item sizes (default `SAFETENSORS_DTYPES`).
+    dtype_note : str
+        Appended after the dtype of a refused dtype (e.g. why it is refused).
+    check : callable, optional
+        ``check(key, shape, dtype, itemsize) -> nbytes``, called for each well-typed entry before the sign of the
+        shape and the offsets are checked; it may raise its own message (``error``) and returns the size in bytes.
+    limit_hint : str
+        Appended to the message of a total over ``limit`` (e.g. the option that raises it).
 
     Returns
     -------
@@ -302,26 +316,27 @@ def read_safetensors_header(path: str | os.PathLike, *, limit: int, error: type[
     import struct
 
     path = Path(path)
+    label = f"{what} {path}" if what else str(path)
     try:
         size = path.stat().st_size
         with open(path, "rb") as fh:
             head = fh.read(8)
             if len(head) != 8:
-                raise error(f"weights file {path}: not a safetensors file ({size} bytes, shorter than the 8-byte "
-                            "header length)")
+                raise error(f"{label}: not a safetensors file ({size} bytes, shorter than the 8-byte header "
+                            "length)")
             (n,) = struct.unpack("<Q", head)
             if n > min(size - 8, MAX_SAFETENSORS_HEADER):
-                raise error(f"weights file {path}: safetensors header length {n} is larger than the file "
-                            f"({size} bytes) or the 100 MiB cap allows")
+                raise error(f"{label}: safetensors header length {n} is larger than the file ({size} bytes) or the "
+                            "100 MiB cap allows")
             raw = fh.read(n)
     except OSError as exc:
-        raise error(f"weights file {path}: cannot read it ({exc.strerror or exc})") from None
+        raise error(f"{label}: cannot read it ({exc.strerror or exc})") from None
     try:
         header = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
-        raise error(f"weights file {path}: safetensors header is not valid JSON") from None
+        raise error(f"{label}: safetensors header is not valid JSON") from None
     if not isinstance(header, dict):
-        raise error(f"weights file {path}: safetensors header is a JSON {type(header).__name__}; expected an object "
+        raise error(f"{label}: safetensors header is a JSON {type(header).__name__}; expected an object "
                     "mapping tensor names to {dtype, shape, data_offsets}")
     data_size = size - 8 - n
     total = 0
@@ -331,29 +346,36 @@ def read_safetensors_header(path: str | os.PathLike, *, limit: int, error: type[
             continue
         ok = isinstance(info, dict) and isinstance(info.get("dtype"), str) and isinstance(info.get("shape"), list) \
             and isinstance(info.get("data_offsets"), list) and len(info["data_offsets"]) == 2 \
-            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
-                    for v in [*info["shape"], *info["data_offsets"]])
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in [*info["shape"], *info["data_offsets"]]) \
+            and all(v >= 0 for v in info["data_offsets"])
+        entry_error = (f"{label}: tensor {key!r}: header entry must be {{dtype: str, shape: [int >= 0...], "
+                       f"data_offsets: [start, end]}}, got {str(info)[:120]}")
         if not ok:
-            raise error(f"weights file {path}: tensor {key!r}: header entry must be {{dtype: str, shape: [int >= 0...], "
-                        f"data_offsets: [start, end]}}, got {str(info)[:120]}")
-        if info["dtype"] not in SAFETENSORS_DTYPES:
-            raise error(f"weights file {path}: tensor {key!r} has dtype {info['dtype']!r}; expected one of "
-                        f"{sorted(SAFETENSORS_DTYPES)}")
-        nbytes = SAFETENSORS_DTYPES[info["dtype"]]
-        for side in info["shape"]:
+            raise error(entry_error)
+        if info["dtype"] not in dtypes:
+            raise error(f"{label}: tensor {key!r} has dtype {info['dtype'][:40]}{dtype_note}; expected one of "
+                        f"{sorted(dtypes)}")
+        shape = tuple(info["shape"])
+        if check is not None:
+            check(key, shape, info["dtype"], dtypes[info["dtype"]])
+        if any(side < 0 for side in shape):
+            raise error(entry_error)
+        nbytes = dtypes[info["dtype"]]
+        for side in shape:
             nbytes *= side
         start, end = info["data_offsets"]
         if start > end or end > data_size:
-            raise error(f"weights file {path}: tensor {key!r} declares bytes {start}..{end}, past the end of the "
-                        f"file's {data_size} data bytes")
+            raise error(f"{label}: tensor {key!r} declares bytes {start}..{end}, past the end of the file's "
+                        f"{data_size} data bytes")
         if end - start != nbytes:
-            raise error(f"weights file {path}: tensor {key!r} declares shape {tuple(info['shape'])} of {info['dtype']} "
-                        f"({_fmt_size(nbytes)}) but its offsets hold {end - start} bytes")
+            shown = f"{nbytes} bytes" if nbytes < 2**20 else f"{nbytes} bytes, {_fmt_size(nbytes)}"
+            raise error(f"{label}: tensor {key!r} declares shape {shape} of {info['dtype']} ({shown}) but its "
+                        f"offsets hold {end - start} bytes")
         total += nbytes
         out[key] = info
     if total > limit:
-        raise error(f"weights file {path}: its tensors together take {_fmt_size(total)}, over the limit of "
-                    f"{_fmt_size(limit)}")
+        raise error(f"{label}: its tensors together take {_fmt_size(total)}, over the limit of "
+                    f"{_fmt_size(limit)}{limit_hint}")
     return out
 
 
