@@ -440,9 +440,11 @@ def load_weights_file(path: str | os.PathLike, *, limit: int, error: type[Except
     """Read a state dict (name -> ``torch.Tensor``) from a weights file without unpickling anything but tensors.
 
     The format is told by the file's first bytes, not its name (``.safetensors`` files are always read as
-    safetensors): a torch zip file (``torch.save``) is read with ``torch.load(weights_only=True, mmap=True)``, so
-    its storages are mapped, never allocated from declared sizes; a legacy (pre-1.6) torch file with
-    ``torch.load(weights_only=True)`` after its declared storage sizes are checked against the file size; a
+    safetensors): a torch zip file (``torch.save``) is read into memory with ``torch.load(weights_only=True,
+    mmap=False)`` after the sizes of its data records are checked against ``limit`` (each record is allocated at its size in the zip
+    directory, which miniz checks against the file, and torch checks it against the tensor's declared size; no
+    mapping, so a file truncated while it is read is a read error, never SIGBUS); a legacy (pre-1.6) torch file
+    with ``torch.load(weights_only=True)`` after its declared storage sizes are checked against the file size; a
     safetensors file after :func:`read_safetensors_header`. Checkpoints nesting the state dict under one of
     `STATE_DICT_KEYS` are unwrapped and a ``module.`` prefix (DataParallel) is dropped.
 
@@ -464,7 +466,7 @@ def load_weights_file(path: str | os.PathLike, *, limit: int, error: type[Except
     Returns
     -------
     dict of str to torch.Tensor
-        CPU tensors; those of torch zip files are memory-mapped views of the file.
+        CPU tensors in memory (none maps the file, so none changes or faults when the file does).
     """
     import pickle
     import zipfile
@@ -488,20 +490,42 @@ def load_weights_file(path: str | os.PathLike, *, limit: int, error: type[Except
             raise error(f"weights file {path}: neither a torch file (torch.save: zip or legacy pickle) nor a "
                         f"safetensors file (first bytes {magic[:8]!r})")
         read_safetensors_header(path, limit=limit, error=error)
-        from safetensors.torch import load_file
+        from safetensors.torch import load as load_bytes
 
+        # read into memory, not safetensors.torch.load_file: its tensors stay mapped views of the file, which
+        # end the process with SIGBUS when the file is truncated before the model has copied them
         try:
-            state: Any = load_file(str(path), device="cpu")
+            with open(path, "rb") as fh:
+                raw = fh.read(size + 1)
+        except OSError as exc:
+            raise error(f"weights file {path}: cannot read it ({exc.strerror or exc})") from None
+        if len(raw) != size:
+            raise error(f"weights file {path}: its size changed while it was read ({size} bytes, then {len(raw)})")
+        try:
+            state: Any = load_bytes(raw)
         except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
             raise error(f"weights file {path}: cannot read safetensors ({str(exc)[:200]})") from None
+        del raw
     else:
         if is_legacy:
             declared = _legacy_declared_bytes(path, error)
             if declared > size:
                 raise error(f"weights file {path}: its storages declare {_fmt_size(declared)}, more than the file's "
                             f"{_fmt_size(size)}")
+        else:  # each data record is read into memory at its size in the zip directory (miniz bounds it by the file)
+            try:
+                with zipfile.ZipFile(path) as zf:
+                    stored = sum(info.file_size for info in zf.infolist() if "/data/" in info.filename)
+            except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+                raise error(f"weights file {path}: cannot be read as a torch file ({type(exc).__name__}: "
+                            f"{str(exc)[:200]})") from None
+            if stored > limit:
+                raise error(f"weights file {path}: its tensor data take {_fmt_size(stored)}, over the limit of "
+                            f"{_fmt_size(limit)}")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+            # never mmap=True: a mapped file truncated by another program while the model copies it ends the
+            # process with SIGBUS; read into memory, a short file is a read error (RuntimeError) caught below
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
         except pickle.UnpicklingError as exc:
             lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
             # torch's message opens with advice to retry with weights_only=False; keep only the refused global
