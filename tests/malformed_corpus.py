@@ -426,7 +426,7 @@ register("train: unknown device", ConfigError, r"device: .*'tpu'")(_train(device
 register("train: unknown optimizer", ConfigError, r"optimizer: expected one of .*'adam'")(_train(optimizer="adam"))
 register("train: unknown config key", ConfigError, r"unknown key\(s\) 'epoch'")(_train_dict({"epoch": 3}))
 register("train: config that is not a table", ConfigError, r"expected a table/dict, got list")(_train_dict(["ce"]))
-register("grid: bad TOML syntax", ConfigError, r"invalid TOML")(_grid("[train\nepochs = 1\n"))
+register("grid: bad TOML syntax", ConfigError, r"grid config .*not valid TOML")(_grid("[train\nepochs = 1\n"))
 register("grid: config path is a folder", ConfigError, r"is a folder")(
     lambda i, o: __import__("causalgeom.pipeline.train").pipeline.train.run_grid(i, o, progress=False))
 register("grid: config file missing", ConfigError, r"not found")(

@@ -21,7 +21,7 @@ CASES = [
     ("demo: preset missing", ["demo", "--preset", "nope.toml", "--out", "{T}/d"], "not found"),
     ("demo: out is a file", ["demo", "--out", "{F}"], "in the way"),
     ("train: config missing", ["train", "nope.toml", "--out", "{T}/o"], "not found"),
-    ("train: config not TOML", ["train", "{R}", "--out", "{T}/o"], "invalid TOML"),
+    ("train: config not TOML", ["train", "{R}", "--out", "{T}/o"], "not valid TOML"),
     ("train: epochs out of range", ["train", "{G}", "--out", "{T}/o"], "epochs"),
     ("extract: checkpoint missing", ["extract", "nope.pt", "--no-attack"], "nothing at nope.pt"),
     ("extract: not a runs folder", ["extract", "{S}", "--no-attack", "--out", "{F}"], "no finished runs"),

@@ -10,7 +10,7 @@ import pytest
 
 import causalgeom as cg
 
-from . import malformed_inputs_22c, malformed_stores, malformed_weights  # noqa: F401
+from . import malformed_inputs_22c, malformed_stores, malformed_toml, malformed_weights  # noqa: F401
 from .malformed_corpus import CASES
 
 TRIED: list[str] = []

@@ -4,6 +4,8 @@
 place, so a reader sees the old content or the new, never a torn file. `file_lock` is an advisory
 ``flock(2)`` lock on a ``.NAME.lock`` file. `load_weights_file` reads a state dict from a ``.pt``/``.pth``/``.bin``
 or ``.safetensors`` file as tensors only (never unpickling code), checking declared sizes before allocating.
+`read_toml` reads a configuration file (zoo, grid, query) with a size cap, UTF-8 decoding and a nesting limit,
+every failure raised as the caller's causalgeom error naming the file.
 """
 
 from __future__ import annotations
@@ -13,14 +15,15 @@ import errno
 import fcntl
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..errors import StoreError, StoreLockedError
+from ..errors import ConfigError, StoreError, StoreLockedError
 
 __all__ = ["atomic_write", "file_lock", "LOCK_HELD_ERRNOS", "read_safetensors_header", "load_weights_file",
-           "check_state_dict", "MAX_SAFETENSORS_HEADER", "SAFETENSORS_DTYPES", "STATE_DICT_KEYS"]
+           "check_state_dict", "MAX_SAFETENSORS_HEADER", "SAFETENSORS_DTYPES", "STATE_DICT_KEYS", "read_toml",
+           "read_toml_text", "parse_toml", "MAX_TOML_BYTES", "MAX_TOML_DEPTH"]
 
 #: errno values that mean "another process holds the lock" for a non-blocking lock. ``flock(2)`` reports
 #: EWOULDBLOCK (== EAGAIN on Linux); Python emulates ``fcntl.flock`` with ``fcntl(F_SETLK)`` where ``flock``
@@ -122,6 +125,130 @@ def file_lock(lock_path: str | os.PathLike, *, blocking: bool = False, what: str
 
 
 # --------------------------------------------------------------------------------------------
+# configuration files (TOML): size, encoding, syntax and nesting checked, one error type per caller
+# --------------------------------------------------------------------------------------------
+#: Largest configuration file read (zoo, grid and query files are a few KiB).
+MAX_TOML_BYTES = 4 * 2**20
+
+#: Deepest nesting of tables and arrays accepted (the top-level table is level 1; the files need at most 4).
+MAX_TOML_DEPTH = 32
+
+
+def read_toml_text(path: str | os.PathLike, *, error: type[Exception] = ConfigError, what: str = "TOML file",
+                   max_bytes: int = MAX_TOML_BYTES) -> str:
+    """The text of a configuration file: a regular file (a FIFO is refused without blocking) of at most
+    ``max_bytes`` bytes, decoded as UTF-8.
+
+    Parameters
+    ----------
+    path : path-like
+        The file.
+    error : exception class
+        Raised for every problem, with a message ``"cannot read {what} {path}: ..."``.
+    what : str
+        What the file is, for the message (``"zoo file"``, ``"grid config"``, ``"query file"``).
+    max_bytes : int
+        Size cap.
+
+    Returns
+    -------
+    str
+    """
+    import stat
+
+    path = Path(path)
+    head = f"cannot read {what} {path}"
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise error(f"{head}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as fh:
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise error(f"{head}: not a regular file")
+            if st.st_size > max_bytes:
+                raise error(f"{head}: {st.st_size} bytes, over the {_fmt_size(max_bytes)} limit for a {what}")
+            raw = fh.read(max_bytes + 1)
+        except OSError as exc:
+            raise error(f"{head}: {exc.strerror or exc}") from None
+    if len(raw) > max_bytes:  # grew since fstat
+        raise error(f"{head}: over the {_fmt_size(max_bytes)} limit for a {what}")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{head}: not UTF-8 text (byte {exc.start}: {raw[exc.start:exc.start + 4]!r})") from None
+
+
+def _nesting_depth(obj: Any, stop: int) -> int:
+    """Depth of nested dicts/lists (a scalar is 0, ``{}`` is 1), found without recursion; stops past ``stop``."""
+    deepest = 0
+    stack = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > stop:
+            break
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def parse_toml(text: str, *, where: str, error: type[Exception] = ConfigError, what: str = "TOML file"
+               ) -> dict[str, Any]:
+    """Parse TOML text with :mod:`tomllib`; syntax errors and nesting beyond `MAX_TOML_DEPTH` (arrays, inline
+    tables, dotted keys or table headers; also what would exhaust tomllib's recursion) raise ``error`` naming
+    ``what`` and ``where``.
+    """
+    import tomllib
+
+    label = f"{what} {where}"
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{label}: not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib parses nested arrays / inline tables recursively
+        raise error(f"{label}: arrays or inline tables nested too deeply to parse (at most {MAX_TOML_DEPTH} "
+                    "levels are read)") from None
+    depth = _nesting_depth(data, MAX_TOML_DEPTH)
+    if depth > MAX_TOML_DEPTH:
+        raise error(f"{label}: arrays or inline tables nested too deeply (more than {MAX_TOML_DEPTH} levels of "
+                    "tables and arrays)")
+    return data
+
+
+def read_toml(path: str | os.PathLike, *, error: type[Exception] = ConfigError, what: str = "TOML file",
+              max_bytes: int = MAX_TOML_BYTES) -> dict[str, Any]:
+    """Read a TOML configuration file: :func:`read_toml_text` then :func:`parse_toml`.
+
+    Parameters
+    ----------
+    path : path-like
+        The file.
+    error : exception class
+        The causalgeom error raised (file named) for an unreadable, oversized, non-UTF-8, invalid or too deeply
+        nested file, e.g. `ConfigError` for zoo and grid files, `QueryError` for query files.
+    what : str
+        What the file is, for the message.
+    max_bytes : int
+        Size cap (`MAX_TOML_BYTES`).
+
+    Returns
+    -------
+    dict
+        The parsed table.
+    """
+    text = read_toml_text(path, error=error, what=what, max_bytes=max_bytes)
+    return parse_toml(text, where=str(path), error=error, what=what)
+
+
+# --------------------------------------------------------------------------------------------
 # weights files: tensors only, sizes checked before anything is allocated
 # --------------------------------------------------------------------------------------------
 #: Largest safetensors JSON header read (the format itself caps it at 100 MB).
@@ -148,14 +275,17 @@ def _fmt_size(n: int) -> str:
     return str(n)  # pragma: no cover
 
 
-def read_safetensors_header(path: str | os.PathLike, *, limit: int, error: type[Exception] = StoreError
-                            ) -> dict[str, dict]:
+def read_safetensors_header(path: str | os.PathLike, *, limit: int, error: type[Exception] = StoreError,
+                            what: str = "weights file", dtypes: Mapping[str, int] = SAFETENSORS_DTYPES,
+                            dtype_note: str = "", check: Callable[[str, tuple[int, ...], str, int], int] | None = None,
+                            limit_hint: str = "") -> dict[str, dict]:
     """The tensor entries of a safetensors file's JSON header, checked against the file before any data is read.
 
     Checks: the 8-byte header length fits the file and `MAX_SAFETENSORS_HEADER`; the header is a JSON object of
-    ``{dtype: str, shape: [int >= 0...], data_offsets: [start, end]}`` entries; each dtype is one of
-    `SAFETENSORS_DTYPES`; each declared size (``prod(shape) * itemsize``, Python integers) equals ``end - start``
-    and lies inside the file; the declared sizes together stay within ``limit``.
+    ``{dtype: str, shape: [int >= 0...], data_offsets: [start, end]}`` entries; each dtype is one of ``dtypes``;
+    each declared size (``prod(shape) * itemsize``, Python integers) equals ``end - start`` and lies inside the
+    file; the declared sizes together stay within ``limit``. The one reader of safetensors headers: weights files
+    (:func:`load_weights_file`) and imported dumps (`causalgeom.dump.adapters`) both use it.
 
     Parameters
     ----------
@@ -165,6 +295,17 @@ def read_safetensors_header(path: str | os.PathLike, *, limit: int, error: type[
         Most bytes the tensors may take once read.
     error : exception class
         Raised (with the file named) for every problem.
+    what : str
+        Start of every message, before the path (``""``: the path alone).
+    dtypes : mapping of str to int
+        Accepted dtype names and their item sizes (default `SAFETENSORS_DTYPES`).
+    dtype_note : str
+        Appended after the dtype of a refused dtype (e.g. why it is refused).
+    check : callable, optional
+        ``check(key, shape, dtype, itemsize) -> nbytes``, called for each well-typed entry before the sign of the
+        shape and the offsets are checked; it may raise its own message (``error``) and returns the size in bytes.
+    limit_hint : str
+        Appended to the message of a total over ``limit`` (e.g. the option that raises it).
 
     Returns
     -------
@@ -175,26 +316,27 @@ def read_safetensors_header(path: str | os.PathLike, *, limit: int, error: type[
     import struct
 
     path = Path(path)
+    label = f"{what} {path}" if what else str(path)
     try:
         size = path.stat().st_size
         with open(path, "rb") as fh:
             head = fh.read(8)
             if len(head) != 8:
-                raise error(f"weights file {path}: not a safetensors file ({size} bytes, shorter than the 8-byte "
-                            "header length)")
+                raise error(f"{label}: not a safetensors file ({size} bytes, shorter than the 8-byte header "
+                            "length)")
             (n,) = struct.unpack("<Q", head)
             if n > min(size - 8, MAX_SAFETENSORS_HEADER):
-                raise error(f"weights file {path}: safetensors header length {n} is larger than the file "
-                            f"({size} bytes) or the 100 MiB cap allows")
+                raise error(f"{label}: safetensors header length {n} is larger than the file ({size} bytes) or the "
+                            "100 MiB cap allows")
             raw = fh.read(n)
     except OSError as exc:
-        raise error(f"weights file {path}: cannot read it ({exc.strerror or exc})") from None
+        raise error(f"{label}: cannot read it ({exc.strerror or exc})") from None
     try:
         header = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
-        raise error(f"weights file {path}: safetensors header is not valid JSON") from None
+        raise error(f"{label}: safetensors header is not valid JSON") from None
     if not isinstance(header, dict):
-        raise error(f"weights file {path}: safetensors header is a JSON {type(header).__name__}; expected an object "
+        raise error(f"{label}: safetensors header is a JSON {type(header).__name__}; expected an object "
                     "mapping tensor names to {dtype, shape, data_offsets}")
     data_size = size - 8 - n
     total = 0
@@ -204,29 +346,36 @@ def read_safetensors_header(path: str | os.PathLike, *, limit: int, error: type[
             continue
         ok = isinstance(info, dict) and isinstance(info.get("dtype"), str) and isinstance(info.get("shape"), list) \
             and isinstance(info.get("data_offsets"), list) and len(info["data_offsets"]) == 2 \
-            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
-                    for v in [*info["shape"], *info["data_offsets"]])
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in [*info["shape"], *info["data_offsets"]]) \
+            and all(v >= 0 for v in info["data_offsets"])
+        entry_error = (f"{label}: tensor {key!r}: header entry must be {{dtype: str, shape: [int >= 0...], "
+                       f"data_offsets: [start, end]}}, got {str(info)[:120]}")
         if not ok:
-            raise error(f"weights file {path}: tensor {key!r}: header entry must be {{dtype: str, shape: [int >= 0...], "
-                        f"data_offsets: [start, end]}}, got {str(info)[:120]}")
-        if info["dtype"] not in SAFETENSORS_DTYPES:
-            raise error(f"weights file {path}: tensor {key!r} has dtype {info['dtype']!r}; expected one of "
-                        f"{sorted(SAFETENSORS_DTYPES)}")
-        nbytes = SAFETENSORS_DTYPES[info["dtype"]]
-        for side in info["shape"]:
+            raise error(entry_error)
+        if info["dtype"] not in dtypes:
+            raise error(f"{label}: tensor {key!r} has dtype {info['dtype'][:40]}{dtype_note}; expected one of "
+                        f"{sorted(dtypes)}")
+        shape = tuple(info["shape"])
+        if check is not None:
+            check(key, shape, info["dtype"], dtypes[info["dtype"]])
+        if any(side < 0 for side in shape):
+            raise error(entry_error)
+        nbytes = dtypes[info["dtype"]]
+        for side in shape:
             nbytes *= side
         start, end = info["data_offsets"]
         if start > end or end > data_size:
-            raise error(f"weights file {path}: tensor {key!r} declares bytes {start}..{end}, past the end of the "
-                        f"file's {data_size} data bytes")
+            raise error(f"{label}: tensor {key!r} declares bytes {start}..{end}, past the end of the file's "
+                        f"{data_size} data bytes")
         if end - start != nbytes:
-            raise error(f"weights file {path}: tensor {key!r} declares shape {tuple(info['shape'])} of {info['dtype']} "
-                        f"({_fmt_size(nbytes)}) but its offsets hold {end - start} bytes")
+            shown = f"{nbytes} bytes" if nbytes < 2**20 else f"{nbytes} bytes, {_fmt_size(nbytes)}"
+            raise error(f"{label}: tensor {key!r} declares shape {shape} of {info['dtype']} ({shown}) but its "
+                        f"offsets hold {end - start} bytes")
         total += nbytes
         out[key] = info
     if total > limit:
-        raise error(f"weights file {path}: its tensors together take {_fmt_size(total)}, over the limit of "
-                    f"{_fmt_size(limit)}")
+        raise error(f"{label}: its tensors together take {_fmt_size(total)}, over the limit of "
+                    f"{_fmt_size(limit)}{limit_hint}")
     return out
 
 
@@ -291,9 +440,11 @@ def load_weights_file(path: str | os.PathLike, *, limit: int, error: type[Except
     """Read a state dict (name -> ``torch.Tensor``) from a weights file without unpickling anything but tensors.
 
     The format is told by the file's first bytes, not its name (``.safetensors`` files are always read as
-    safetensors): a torch zip file (``torch.save``) is read with ``torch.load(weights_only=True, mmap=True)``, so
-    its storages are mapped, never allocated from declared sizes; a legacy (pre-1.6) torch file with
-    ``torch.load(weights_only=True)`` after its declared storage sizes are checked against the file size; a
+    safetensors): a torch zip file (``torch.save``) is read into memory with ``torch.load(weights_only=True,
+    mmap=False)`` after the sizes of its data records are checked against ``limit`` (each record is allocated at its size in the zip
+    directory, which miniz checks against the file, and torch checks it against the tensor's declared size; no
+    mapping, so a file truncated while it is read is a read error, never SIGBUS); a legacy (pre-1.6) torch file
+    with ``torch.load(weights_only=True)`` after its declared storage sizes are checked against the file size; a
     safetensors file after :func:`read_safetensors_header`. Checkpoints nesting the state dict under one of
     `STATE_DICT_KEYS` are unwrapped and a ``module.`` prefix (DataParallel) is dropped.
 
@@ -315,7 +466,7 @@ def load_weights_file(path: str | os.PathLike, *, limit: int, error: type[Except
     Returns
     -------
     dict of str to torch.Tensor
-        CPU tensors; those of torch zip files are memory-mapped views of the file.
+        CPU tensors in memory (none maps the file, so none changes or faults when the file does).
     """
     import pickle
     import zipfile
@@ -339,20 +490,42 @@ def load_weights_file(path: str | os.PathLike, *, limit: int, error: type[Except
             raise error(f"weights file {path}: neither a torch file (torch.save: zip or legacy pickle) nor a "
                         f"safetensors file (first bytes {magic[:8]!r})")
         read_safetensors_header(path, limit=limit, error=error)
-        from safetensors.torch import load_file
+        from safetensors.torch import load as load_bytes
 
+        # read into memory, not safetensors.torch.load_file: its tensors stay mapped views of the file, which
+        # end the process with SIGBUS when the file is truncated before the model has copied them
         try:
-            state: Any = load_file(str(path), device="cpu")
+            with open(path, "rb") as fh:
+                raw = fh.read(size + 1)
+        except OSError as exc:
+            raise error(f"weights file {path}: cannot read it ({exc.strerror or exc})") from None
+        if len(raw) != size:
+            raise error(f"weights file {path}: its size changed while it was read ({size} bytes, then {len(raw)})")
+        try:
+            state: Any = load_bytes(raw)
         except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
             raise error(f"weights file {path}: cannot read safetensors ({str(exc)[:200]})") from None
+        del raw
     else:
         if is_legacy:
             declared = _legacy_declared_bytes(path, error)
             if declared > size:
                 raise error(f"weights file {path}: its storages declare {_fmt_size(declared)}, more than the file's "
                             f"{_fmt_size(size)}")
+        else:  # each data record is read into memory at its size in the zip directory (miniz bounds it by the file)
+            try:
+                with zipfile.ZipFile(path) as zf:
+                    stored = sum(info.file_size for info in zf.infolist() if "/data/" in info.filename)
+            except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+                raise error(f"weights file {path}: cannot be read as a torch file ({type(exc).__name__}: "
+                            f"{str(exc)[:200]})") from None
+            if stored > limit:
+                raise error(f"weights file {path}: its tensor data take {_fmt_size(stored)}, over the limit of "
+                            f"{_fmt_size(limit)}")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+            # never mmap=True: a mapped file truncated by another program while the model copies it ends the
+            # process with SIGBUS; read into memory, a short file is a read error (RuntimeError) caught below
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
         except pickle.UnpicklingError as exc:
             lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
             # torch's message opens with advice to retry with weights_only=False; keep only the refused global

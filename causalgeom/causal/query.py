@@ -27,11 +27,11 @@ import json
 import math
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from .._util.io import parse_toml, read_toml_text
 from ..errors import QueryError
 
 __all__ = ["Query", "read_queries", "write_queries", "METHODS", "BOOTSTRAP_SCHEMES", "OUTCOME_MODELS", "LEVELS",
@@ -341,10 +341,7 @@ def read_queries(source: str | os.PathLike) -> list[Query]:
         path = Path(source)
         if not path.is_file():
             raise QueryError(f"query file {path} {'is a folder' if path.is_dir() else 'does not exist'}")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise QueryError(f"cannot read query file {path}: {exc}") from None
+        text = read_toml_text(path, error=QueryError, what="query file")
     return _parse(text, where)
 
 
@@ -357,13 +354,7 @@ def write_queries(queries: Iterable[Query], path: str | os.PathLike) -> Path:
 
 
 def _parse(text: str, where: str) -> list[Query]:
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise QueryError(f"{where}: not valid TOML: {exc}") from None
-    except RecursionError:  # tomllib parses nested arrays / inline tables recursively
-        raise QueryError(f"{where}: arrays or inline tables nested too deeply to parse (a query file needs at most "
-                         "one level of lists)") from None
+    data = parse_toml(text, where=where, error=QueryError, what="query file")
     if "query" in data:
         extra = sorted(set(data) - {"query"})
         if extra:

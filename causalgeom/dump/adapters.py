@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 import xarray as xr
 
+from .._util.io import SAFETENSORS_DTYPES, read_safetensors_header
 from ..errors import ConfigError, DumpImportError, SchemaError, UnsafeFileError
 from .schema import from_arrays
 
@@ -253,53 +254,15 @@ def _read_pt(path: Path, limit: int) -> dict[str, Any]:
 
 
 #: safetensors dtype names with their item sizes; any other (complex, float8, 4-bit...) is refused.
-_ST_DTYPES = {"BOOL": 1, "U8": 1, "I8": 1, "U16": 2, "I16": 2, "F16": 2, "BF16": 2, "U32": 4, "I32": 4, "F32": 4,
-              "U64": 8, "I64": 8, "F64": 8}
+_ST_DTYPES = {k: v for k, v in SAFETENSORS_DTYPES.items() if not k.startswith("F8")}
 
 
 def _read_safetensors(path: Path, limit: int) -> dict[str, np.ndarray]:
-    import json
-    import struct
-
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        if len(head) != 8:
-            raise DumpImportError(f"{path}: truncated safetensors header")
-        (n,) = struct.unpack("<Q", head)
-        size = path.stat().st_size
-        if n > min(size - 8, 100 * 2**20):
-            raise DumpImportError(f"{path}: safetensors header length {n} is larger than the file allows")
-        try:
-            header = json.loads(fh.read(n))
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            raise DumpImportError(f"{path}: safetensors header is not valid JSON") from None
-    if not isinstance(header, dict):
-        raise DumpImportError(f"{path}: safetensors header is a JSON {type(header).__name__}; expected an object "
-                              "mapping tensor names to {dtype, shape, data_offsets}")
-    total = 0
-    for key, info in header.items():
-        if key == "__metadata__":
-            continue
-        if not isinstance(info, dict) or not isinstance(info.get("dtype"), str) \
-                or not isinstance(info.get("shape"), list) or not isinstance(info.get("data_offsets"), list) \
-                or len(info["data_offsets"]) != 2 \
-                or not all(isinstance(o, int) and not isinstance(o, bool) for o in info["data_offsets"]):
-            raise DumpImportError(f"{path}: tensor {key!r}: header entry must be {{dtype: str, shape: [int...], "
-                                  f"data_offsets: [start, end]}}, got {str(info)[:120]}")
-        if info["dtype"] not in _ST_DTYPES:
-            raise DumpImportError(f"{path}: tensor {key!r} has dtype {info['dtype']}, which has no meaning in the dump "
-                                  f"schema; expected one of {sorted(_ST_DTYPES)}")
-        nbytes = _check_declared(path, key, tuple(info["shape"]), info["dtype"], _ST_DTYPES[info["dtype"]], limit)
-        start, end = info["data_offsets"]
-        if end > size - 8 - n or start > end or start < 0:
-            raise DumpImportError(f"{path}: tensor {key!r} declares bytes {start}..{end} past the end of the file")
-        if end - start != nbytes:
-            raise DumpImportError(f"{path}: tensor {key!r} declares shape {tuple(info['shape'])} of {info['dtype']} "
-                                  f"({nbytes} bytes) but its offsets hold {end - start} bytes")
-        total += nbytes
-    if total > limit:
-        raise DumpImportError(f"{path}: its tensors together take {_fmt_bytes(total)}, over the limit of "
-                              f"{_fmt_bytes(limit)} (max_bytes= / --max-bytes)")
+    header = read_safetensors_header(
+        path, limit=limit, error=DumpImportError, what="", dtypes=_ST_DTYPES,
+        dtype_note=", which has no meaning in the dump schema",
+        check=lambda key, shape, dtype, itemsize: _check_declared(path, key, shape, dtype, itemsize, limit),
+        limit_hint=" (max_bytes= / --max-bytes)")
     if any(isinstance(i, dict) and i.get("dtype") == "BF16" for i in header.values()):
         from safetensors.torch import load_file as load_torch
 

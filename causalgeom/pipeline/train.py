@@ -34,7 +34,6 @@ import os
 import re
 import sys
 import time
-import tomllib
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -47,7 +46,7 @@ from . import data as _data
 from . import models as _models
 from .._util import dask as _dask
 from .._util.checks import check_choice
-from .._util.io import atomic_write, file_lock
+from .._util.io import atomic_write, file_lock, read_toml
 from .._util.torch import autocast as _autocast
 from .._util.torch import device as _device
 from ..errors import ConfigError, StoreLockedError
@@ -990,11 +989,7 @@ def load_grid(path: str | os.PathLike) -> GridConfig:
     if not path.is_file():
         raise ConfigError(f"grid config: {str(path)!r} {'is a folder' if path.is_dir() else 'not found'} (expected "
                           "a TOML file such as pipelines/digits_default.toml)")
-    try:
-        with open(path, "rb") as fh:
-            d = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"grid config {str(path)!r}: invalid TOML: {exc}") from None
+    d = read_toml(path, error=ConfigError, what="grid config")
     return GridConfig.from_dict(d)
 
 

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import os
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any, Mapping
 
+from .._util.io import read_toml
 from ..errors import ConfigError
 
 __all__ = ["ZOO_KEYS", "ENTRY_KEYS", "LABEL_KEYS", "read_zoo", "extract_zoo", "load_entry", "missing_weights",
@@ -57,10 +57,7 @@ def read_zoo(path: str | os.PathLike) -> dict[str, Any]:
     from ..dump.schema import check_run_id
 
     path = Path(path)
-    try:
-        cfg = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"zoo file {path}: cannot read it as TOML: {exc}") from None
+    cfg = read_toml(path, error=ConfigError, what="zoo file")
     unknown = sorted(set(cfg) - set(ZOO_KEYS))
     if unknown:
         raise ConfigError(f"zoo file {path}: unknown key(s) {unknown}; expected some of {list(ZOO_KEYS)}")

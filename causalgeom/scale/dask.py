@@ -13,7 +13,7 @@ from ..dump.study import as_study
 from ..metrics import robustness
 from ..metrics.blocks import one_blas_thread
 from ..metrics.kernels import FUSED_FIELDS
-from ..metrics.table import _fused_lazy, _strings, min_flip_column, robust_column
+from ..metrics.table import _fused_lazy, _strings, headless_center, min_flip_column, robust_column
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +230,15 @@ def _lazy_moments(ds: Any, columns: Sequence[str], center: str, stacked: Any = N
     return _tree(stacked)
 
 
+def _headless_center(runs: Mapping[str, Any], columns: Sequence[str], center: str) -> str:
+    """The in-process table's rule (`causalgeom.metrics.table.headless_center`, same warning) for the cosine
+    columns: when some of ``runs`` have no ``head_weight``, every run's cosines use the mean class centers."""
+    if not any(c in ("cos_true", "cos_pred") for c in columns):
+        return center  # no cosine asked: the centers are never computed
+    without = [str(ds.attrs.get("run_id", r)) for r, ds in runs.items() if "head_weight" not in ds.variables]
+    return headless_center(center, without, stacklevel=4)
+
+
 def _graphs_here() -> Any:
     """Build the per-run graphs with dask's synchronous scheduler: the few small reads they need (the head for the
     class centers) then happen in this process instead of as a round trip to the cluster per array (about 60 ms
@@ -274,7 +283,8 @@ def run_moments(study: Any, columns: Sequence[str], *, run_ids: Sequence[str] | 
     run_ids : list of str, optional
         Default: every complete run.
     center : str
-        Class centers of the cosine columns (as in ``study_frame``).
+        Class centers of the cosine columns (as in ``study_frame``): when some runs have no head, the cosines of
+        every run use ``"mean"`` with the table's one-line warning (`causalgeom.metrics.table.headless_center`).
 
     Returns
     -------
@@ -286,8 +296,10 @@ def run_moments(study: Any, columns: Sequence[str], *, run_ids: Sequence[str] | 
     study = as_study(study)
     ids = list(study.run_ids if run_ids is None else run_ids)
     columns = list(columns)
+    runs = {r: study[r] for r in ids}
+    center = _headless_center(runs, columns, center)
     with _graphs_here():
-        lazy = [_lazy_moments(study[r], columns, center) for r in ids]
+        lazy = [_lazy_moments(runs[r], columns, center) for r in ids]
     import dask
 
     with one_blas_thread():  # in this process: one BLAS thread per dask thread (workers: Dask's pre-spawn env)
@@ -452,7 +464,7 @@ def mediate_study(study: Any, *, treatment: str, mediators: str | Sequence[str],
     estimand : {"auto", "runs"}
         Only the effect over runs (the model-conditional estimand needs the per-image rows).
     center : str
-        Class centers of the cosine columns.
+        Class centers of the cosine columns; runs without a head: as in :func:`run_moments`.
     run_ids : list of str, optional
         Only these runs.
 
@@ -522,6 +534,7 @@ def mediate_study(study: Any, *, treatment: str, mediators: str | Sequence[str],
     # the runs (one read of every chunk serves both); pass 2 (paired only): the moments about the image means
     import dask
 
+    center = _headless_center(runs, columns, center)
     with _graphs_here():
         W = [_run_columns(runs[r], columns, center) for r in kept]
         lazy = [_lazy_moments(runs[r], columns, center, stacked=w) for r, w in zip(kept, W)]
