@@ -75,6 +75,12 @@ class EngineChoice:
 
     @property
     def name(self) -> str:
+        """``"in-process"`` or ``"dask"``."""
+        return self.engine.name
+
+    @property
+    def path(self) -> str:
+        """The same as `name` (the word of ``causalgeom.scale.PathChoice``)."""
         return self.engine.name
 
     def __str__(self) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .._util.dask import active_client, client as dask_client, current_client
+from .._util import dask as _dask
 from ..causal.engine import IN_PROCESS, EngineChoice, is_study
 from ..causal.spec import MediationSpec
 from ..errors import ConfigError
@@ -208,7 +208,8 @@ class DaskEngine:
         from .dask import mediate_moments
 
         why = self.problem(spec, data)
-        with dask_client(client if client is not None else active_client() or current_client() or local_address()):
+        with _dask.client(client if client is not None else _dask.active_client() or _dask.current_client()
+                          or local_address()):
             if why is None:
                 return mediate_moments(data, spec, rng=rng, center=center)
             result = IN_PROCESS.run(spec, data, rng=rng)
@@ -247,7 +248,7 @@ def choose_engine(study_or_table: Any, spec: MediationSpec | None = None, *, cli
         return EngineChoice(IN_PROCESS, "in this process: a table")
     if client is not None:
         return EngineChoice(_Bound(client), "on the given Dask client")
-    if active_client() is not None or current_client() is not None:
+    if _dask.active_client() is not None or _dask.current_client() is not None:
         return EngineChoice(DASK_ENGINE, "on the active Dask client")
     from ..dump.study import as_study
 
