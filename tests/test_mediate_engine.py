@@ -62,7 +62,8 @@ def test_a_study_below_the_threshold_runs_in_process(small, no_env):
     assert res.engine == ref.engine == "in-process"
     np.testing.assert_allclose(res.summary()[COLS].to_numpy(float), ref.summary()[COLS].to_numpy(float),
                                rtol=1e-12, atol=0)
-    assert cg.causal.choose_engine(small.to_frame(progress=False)).engine is IN_PROCESS  # a table: always here
+    assert cg.causal.choose_engine(small.to_frame(progress=False)).name == "in-process"  # a table: always here
+    assert scale.choose_engine(small.to_frame(progress=False)).engine is IN_PROCESS
 
 
 def test_a_tiny_threshold_chooses_dask_with_a_local_cluster_as_the_cli(small, no_env):

@@ -34,7 +34,8 @@ from .simulate import simulate_mediation
 from .decompose import DecompositionResult, decompose
 from .plan import PlanResult, plan
 from .spec import MediationSpec, PARAMETER_CONSTRAINTS
-from .engine import ENGINES, EngineChoice, IN_PROCESS, choose_engine
+from .engine import ENGINES, EngineChoice, choose_engine
+from .mediation import IN_PROCESS
 
 
 __all__ = ["mediate", "MediationResult", "Query", "read_queries", "write_queries", "refute", "FewClustersWarning",

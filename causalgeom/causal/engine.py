@@ -1,8 +1,9 @@
 """Engines that answer a `MediationSpec`, and the one place that picks one for a table or a study.
 
 An engine (`Engine`) takes a spec and a table or study and returns a `MediationResult` whose ``engine`` names it.
-The causal layer holds the in-process engine (`IN_PROCESS`: the per-sample table and
-`causalgeom.causal.mediation.mediate_table`). The Dask engine lives in `causalgeom.scale` (per-run sufficient
+The causal layer holds the in-process engine (`causalgeom.causal.mediation.IN_PROCESS`: the per-sample table and
+`causalgeom.causal.mediation.mediate_table`; its ``engine`` is None in an `EngineChoice` made here, which imports
+no estimator). The Dask engine lives in `causalgeom.scale` (per-run sufficient
 statistics on a cluster), which this layer may not import: the package facade hands its chooser in
 (`causalgeom._util.handin`), and `choose_engine` asks for it. Without it (or for a table) the answer is in-process.
 """
@@ -18,7 +19,7 @@ import numpy as np
 from .._util import handin
 from .spec import MediationSpec
 
-__all__ = ["Engine", "EngineChoice", "InProcessEngine", "IN_PROCESS", "ENGINES", "choose_engine", "is_study"]
+__all__ = ["Engine", "EngineChoice", "ENGINES", "choose_engine", "is_study"]
 
 #: Names of the engines, as recorded in ``MediationResult.engine``.
 ENGINES = ("in-process", "dask")
@@ -43,31 +44,10 @@ def is_study(data: Any) -> bool:
     return isinstance(data, (Study, str, os.PathLike))
 
 
-class InProcessEngine:
-    """The estimator on the per-sample table, in this process (``study.to_frame(level=spec.level)`` first)."""
-
-    name = "in-process"
-
-    def problem(self, spec: MediationSpec, data: Any) -> str | None:
-        return None
-
-    def run(self, spec: MediationSpec, data: Any, *, rng: np.random.Generator) -> Any:
-        from .mediation import mediate_table
-
-        if is_study(data):
-            from ..dump.study import as_study
-
-            data = as_study(data).to_frame(level=spec.level or "sample", progress=False)
-        return mediate_table(data, spec, rng=rng)
-
-
-#: The in-process engine.
-IN_PROCESS = InProcessEngine()
-
-
 @dataclass(frozen=True)
 class EngineChoice:
-    """The outcome of `choose_engine`: the ``engine`` object, its ``name`` and a one-line ``reason``."""
+    """The outcome of `choose_engine`: the ``engine`` object (None: the in-process engine,
+    `causalgeom.causal.mediation.IN_PROCESS`), its ``name`` and a one-line ``reason``."""
 
     engine: Any
     reason: str
@@ -76,12 +56,12 @@ class EngineChoice:
     @property
     def name(self) -> str:
         """``"in-process"`` or ``"dask"``."""
-        return self.engine.name
+        return "in-process" if self.engine is None else self.engine.name
 
     @property
     def path(self) -> str:
         """The same as `name` (the word of ``causalgeom.scale.PathChoice``)."""
-        return self.engine.name
+        return self.name
 
     def __str__(self) -> str:
         return self.reason
@@ -91,8 +71,8 @@ def choose_engine(data: Any, spec: MediationSpec | None = None, *, client: Any =
     """The engine for ``spec`` on ``data``: in-process for a table; for a study, the handed-in
     `causalgeom.scale.choose_engine` (by size, or Dask when a client is given or active), else in-process."""
     if not is_study(data):
-        return EngineChoice(IN_PROCESS, "in this process: a table")
+        return EngineChoice(None, "in this process: a table")
     chooser = handin.provided(handin.MEDIATION_ENGINE_CHOOSER)
     if chooser is None:
-        return EngineChoice(IN_PROCESS, "in this process: no out-of-core engine was handed in (import causalgeom)")
+        return EngineChoice(None, "in this process: no out-of-core engine was handed in (import causalgeom)")
     return chooser(data, spec=spec, client=client)

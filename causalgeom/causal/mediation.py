@@ -15,16 +15,15 @@ from .estimators import LinearMediation
 from .inference import (fieller, floor_text, log_assignments, randomization_floor, randomization_pvalue, relabelings, t_interval,
                         wild_replicates)
 from .results import MediationResult, floor_interval_sentence
-from .spec import MediationSpec
+from .engine import choose_engine, is_study
+from .options import DEFAULT_INFERENCE
+from .spec import MediationSpec, resolve_inference
 
 __all__ = ["mediate", "FewClustersWarning", "RunConfoundingWarning", "DEFAULT_SLOPE", "RUN_TEST_ALPHA",
            "run_confounding", "percentile_ci", "bootstrap_pvalue", "P_VALUE_METHOD",
            "DEFAULT_INFERENCE", "OVERLAP_THRESHOLD", "build_result", "run_inference", "overlap_table",
-           "mediate_table", "estimator_text", "resolve_inference"]
+           "mediate_table", "estimator_text", "resolve_inference", "InProcessEngine", "IN_PROCESS"]
 
-#: Inference used when ``inference=`` is not given: the method whose 95% intervals reached nominal coverage with
-#: 3 runs per arm in the simulations of docs/methods_causal.md (benchmarks/bench_coverage.py).
-DEFAULT_INFERENCE = "cr2"
 #: Mediator → outcome slope used when ``slope=`` is not given (see docs/methods_causal.md, "Run-level confounding").
 DEFAULT_SLOPE = "pooled"
 #: Level of the run-level Mundlak test below which `mediate` warns that the pooled slope mixes run-level
@@ -86,14 +85,6 @@ def _as_rng(rng: Any) -> np.random.Generator:
     if rng is None or isinstance(rng, (int, np.integer)):
         return np.random.default_rng(rng)
     raise QueryError(f"rng: expected a numpy Generator, an int seed or None, got {type(rng).__name__}")
-
-
-def resolve_inference(inference: str | None, bootstrap: str | None) -> tuple[str, str]:
-    """``(inference, bootstrap)`` after defaults: an explicit ``bootstrap=`` scheme without ``inference=`` asks for
-    the bootstrap; otherwise `DEFAULT_INFERENCE`."""
-    if inference is None:
-        inference = "bootstrap" if bootstrap is not None else DEFAULT_INFERENCE
-    return inference, (bootstrap if bootstrap is not None else "cluster")
 
 
 def resolve_outcome_model(outcome_model: str, Y: np.ndarray, outcomes: list[str], notes: list[str]) -> str:
@@ -242,11 +233,33 @@ def mediate(table: Any, *, treatment: str, mediators: str | Sequence[str], outco
                       UserWarning, stacklevel=2)
     rng = _as_rng(rng)
     if not isinstance(table, pd.DataFrame):
-        from .engine import choose_engine, is_study
-
         if is_study(table):
-            return choose_engine(table, spec).engine.run(spec, table, rng=rng)
+            return (choose_engine(table, spec).engine or IN_PROCESS).run(spec, table, rng=rng)
     return mediate_table(table, spec, rng=rng)
+
+
+class InProcessEngine:
+    """The estimator on the per-sample table, in this process (``study.to_frame(level=spec.level)`` first)."""
+
+    name = "in-process"
+
+    def problem(self, spec: MediationSpec, data: Any) -> str | None:
+        return None
+
+    def run(self, spec: MediationSpec, data: Any, *, rng: np.random.Generator) -> Any:
+        if is_study(data):
+            from ..dump.study import as_study
+
+            data = as_study(data).to_frame(level=spec.level or "sample", progress=False)
+        return mediate_table(data, spec, rng=rng)
+
+
+#: The in-process engine.
+IN_PROCESS = InProcessEngine()
+
+
+#: The in-process engine.
+IN_PROCESS = InProcessEngine()
 
 
 def mediate_table(table: Any, spec: MediationSpec, *, rng: np.random.Generator) -> MediationResult:

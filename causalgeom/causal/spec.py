@@ -20,10 +20,10 @@ from typing import Any, Mapping
 
 from .._util.checks import NAME, Interval, check_params
 from ..errors import QueryError
-from .options import (BOOTSTRAP_SCHEMES, ESTIMANDS, INFERENCE, LEVELS, METHODS, OUTCOME_MODELS, PAIRED_BY, SLOPES,
+from .options import (BOOTSTRAP_SCHEMES, DEFAULT_INFERENCE, ESTIMANDS, INFERENCE, LEVELS, METHODS, OUTCOME_MODELS, PAIRED_BY, SLOPES,
                       TREATMENT_TYPES)
 
-__all__ = ["MediationSpec", "PARAMETER_CONSTRAINTS", "as_columns"]
+__all__ = ["MediationSpec", "PARAMETER_CONSTRAINTS", "as_columns", "resolve_inference"]
 
 #: Allowed values of every field of `MediationSpec` (one constraint list per name; a value passes when it meets
 #: one). The one declaration of these rules: `mediate`, `mediate_study`, `Query` and the CLI all go through it.
@@ -44,6 +44,14 @@ PARAMETER_CONSTRAINTS: dict[str, list[Any]] = {
     "estimand": [ESTIMANDS],
     "slope": [SLOPES, None],
 }
+
+
+def resolve_inference(inference: str | None, bootstrap: str | None) -> tuple[str, str]:
+    """``(inference, bootstrap)`` after defaults: an explicit ``bootstrap=`` scheme without ``inference=`` asks for
+    the bootstrap; otherwise `DEFAULT_INFERENCE`."""
+    if inference is None:
+        inference = "bootstrap" if bootstrap is not None else DEFAULT_INFERENCE
+    return inference, (bootstrap if bootstrap is not None else "cluster")
 
 
 def as_columns(value: Any, name: str) -> tuple[str, ...]:
@@ -167,9 +175,7 @@ class MediationSpec:
 
     @property
     def resolved_inference(self) -> tuple[str, str]:
-        """``(inference, bootstrap)`` after defaults (`causalgeom.causal.mediation.resolve_inference`)."""
-        from .mediation import resolve_inference
-
+        """``(inference, bootstrap)`` after defaults (`resolve_inference`)."""
         return resolve_inference(self.inference, self.bootstrap)
 
     def as_dict(self) -> Mapping[str, Any]:

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from .._util import dask as _dask
-from ..causal.engine import IN_PROCESS, EngineChoice, is_study
+from ..causal.engine import EngineChoice, is_study
+from ..causal.mediation import IN_PROCESS
 from ..causal.spec import MediationSpec
 from ..errors import ConfigError
 
