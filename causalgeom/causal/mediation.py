@@ -12,7 +12,7 @@ from ..errors import QueryError
 from .design import MIN_CLUSTERS_CONTINUOUS, MIN_CLUSTERS_PER_ARM, Design, build_design
 from .bootstrap import replicate_batches, row_strata
 from .estimators import LinearMediation
-from .inference import (fieller, floor_text, log_assignments, randomization_floor, randomization_pvalue, relabelings, t_interval,
+from .inference import (fieller, floor_words, log_assignments, randomization_floor, randomization_pvalue, relabelings, t_interval,
                         wild_replicates)
 from .results import MediationResult, floor_interval_sentence
 from .engine import choose_engine, is_study
@@ -679,7 +679,7 @@ def build_result(est: LinearMediation, design: Design, point: np.ndarray, po: np
     elif float(inf.get("log_assign", 0.0)) > 0:
         notes.append(f"the design's p-value floor (a randomization of the treatment over these {_units(design)}: "
                      f"{_count_text(inf)} assignments) is "
-                     f"{floor_text(0.0, log_count=float(inf['log_assign']))}: it limits no p-value here")
+                     f"{floor_words(0.0, log_count=float(inf['log_assign']))}: it limits no p-value here")
     if floor > 1.0 - ci_level and design.run_T is not None:
         _, arm_counts = np.unique(design.run_T, return_counts=True)
         for l, y in enumerate(design.outcomes):

@@ -226,7 +226,7 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
     normal distribution", 1948. Fisher, "The Design of Experiments", 1935 (randomization tests).
     Welch, "The generalization of Student's problem", 1947.
     """
-    from ..dump.study import as_study
+    from ...dump.study import as_study
 
     study = as_study(study)
     outcomes = (outcome,) if isinstance(outcome, str) else tuple(outcome)

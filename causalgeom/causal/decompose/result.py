@@ -112,6 +112,36 @@ class DecompositionResult:
         """Estimand, design and inference in three sentences."""
         return f"Estimand: {self.estimand}. Design: {self.design}. Inference: {self.inference}."
 
+    def _title(self) -> str:
+        what = "Function-level" if self.level == "function" else "Representation-level"
+        return (f"{what} decomposition of {self.treated} − {self.control} on {', '.join(self.outcomes)} into "
+                f"{', '.join(self.factors)}")
+
+    def to_markdown(self) -> str:
+        """The result as Markdown: title, the sentence per outcome, estimand / design / inference, summary table."""
+        from ..results import markdown_table
+
+        parts = [f"### {self._title()}", ""] + [self.text(o) for o in self.outcomes] + ["", self.describe(), "",
+                                                                                       markdown_table(self.summary())]
+        return "\n".join(parts) + "\n"
+
+    def _repr_html_(self) -> str:
+        import html
+
+        from ..results import _fmt
+
+        fmt = {c: (lambda v: _fmt(v)) for c in ("estimate", "ci_low", "ci_high", "share", "p_value", "p_floor")}
+        body = [f"<h4>{html.escape(self._title())}</h4>"]
+        body += [f"<p>{html.escape(self.text(o))}</p>" for o in self.outcomes]
+        body += [f"<p>{html.escape(self.describe())}</p>",
+                 self.summary().to_html(index=False, formatters=fmt, na_rep="")]
+        return "<div class='causalgeom-decomposition'>" + "\n".join(body) + "</div>"
+
+    def __repr__(self) -> str:
+        with pd.option_context("display.width", 120, "display.max_columns", 20):
+            return (f"<DecompositionResult {self._title()}>\n{self.describe()}\n"
+                    f"{self.summary().to_string(index=False)}")
+
     def plot(self, outcome: str | None = None, ax: Any = None) -> Any:
         """Bar chart of the total and each factor's share with its interval (one panel per outcome).
 

@@ -62,20 +62,16 @@ def split_text(total: float, estimates: dict[str, float], words: dict[str, str] 
 
 
 def floor_text(p_floor: float, ci_excludes_zero: bool, pairing: str, n_c: int, n_t: int, n_pairs: int,
-               alpha: float = 0.05) -> str:
-    """The sentence for an interval that excludes 0 while the exact test cannot reach ``alpha``; else "".
+               alpha: float = 0.05, ci_level: float = 0.95) -> str:
+    """The sentence for a total whose interval excludes 0 while the exact test cannot reach ``alpha``; else "".
 
-    The smallest two-sided p-value is ``2 / 2^n`` for n seed-matched pairs (sign flips) and ``2 / C(2m, m)``
-    for m + m runs (relabelings); the sentence says how many pairs (or runs per arm) would let it reach ``alpha``.
+    The one implementation is `causalgeom.causal.results.floor_interval_sentence` (also used by `mediate`): the
+    smallest two-sided p-value is ``2 / 2^n`` for n seed-matched pairs (sign flips) and ``2 / C(2m, m)`` for
+    m + m runs (relabelings); the sentence says how many pairs (or seeds per arm) would let it reach ``alpha``.
     """
-    if not ci_excludes_zero or not np.isfinite(p_floor) or p_floor <= alpha:
-        return ""
-    if pairing == "seed":
-        need = next(n for n in range(1, 64) if 2.0 / 2 ** n <= alpha)
-        return (f"The interval excludes 0, but with {n_pairs} seed-matched pairs the exact test cannot give p below "
-                f"{p_floor:.2g}; {need} pairs would let it reach {alpha:g}.")
-    need = next(m for m in range(1, 64) if 2.0 / math.comb(2 * m, m) <= alpha)
-    return (f"The interval excludes 0, but with {n_c} + {n_t} runs the exact test cannot give p below {p_floor:.2g}; "
-            f"{need} runs per arm would let it reach {alpha:g}.")
+    from ..results import floor_interval_sentence
 
-
+    paired = pairing == "seed"
+    return floor_interval_sentence(["the total"] if ci_excludes_zero else [], p_floor,
+                                   [n_pairs] if paired else [n_c, n_t], alpha=alpha, ci_level=ci_level,
+                                   paired=paired)

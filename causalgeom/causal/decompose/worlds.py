@@ -186,9 +186,9 @@ def _read(arr: Any, order: np.ndarray | None, a: int, b: int) -> np.ndarray:
 def _source(ds: Any, order: np.ndarray | None, mode: str, need_cos: bool, need_adv: bool, attack: str | None,
             eps: float | None) -> tuple[_Source, str | None, float | None]:
     """Open one run for the block pass (reads the labels and the head; features and logits stay lazy)."""
-    from ..metrics.blocks import run_array
-    from ..metrics.geometry import class_centers
-    from ..dump.schema import require_head
+    from ...metrics.blocks import run_array
+    from ...metrics.geometry import class_centers
+    from ...dump.schema import require_head
 
     run_id = str(ds.attrs.get("run_id"))
     labels = np.asarray(ds["label"].values).astype(np.int64)
@@ -197,7 +197,7 @@ def _source(ds: Any, order: np.ndarray | None, mode: str, need_cos: bool, need_a
     if mode == "function":
         src = _Source(run_id, ds, order, labels, run_array(ds, "logits"))
         if need_adv:
-            from ..dump.schema import has_head
+            from ...dump.schema import has_head
 
             if "adv_logits" not in ds.variables and "adv_features" in ds.variables and has_head(ds):
                 # the attacked images' logits of this run's own network: W·h_adv + b (no head is swapped)
@@ -269,7 +269,7 @@ def _select_adv(ds: Any, attack: str | None, eps: float | None, var: str = "adv_
         raise QueryError(f"outcomes {list(_ROBUST)} need '{var}' (the attacked images' "
                          f"{'features' if var == 'adv_features' else 'logits'}), which run "
                          f"{ds.attrs.get('run_id')!r} does not store; extract with {how}")
-    from ..metrics.blocks import raw
+    from ...metrics.blocks import raw
 
     attacks = [str(a) for a in ds["attack"].values]
     if attack is None:
