@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from statsmodels.stats.mediation import Mediation
 
     from causalgeom.causal import mediate, simulate_mediation
-    from causalgeom.causal._design import build_design
+    from causalgeom.causal.design import build_design
     from causalgeom.causal.bootstrap import replicate_batches
     from causalgeom.causal.estimators import LinearMediation
 

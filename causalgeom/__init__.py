@@ -18,6 +18,7 @@ from .dump.schema import SCHEMA_VERSION, from_arrays, validate
 from .dump.store import open, save, verify  # noqa: A004 - `cg.open` is the documented name
 from .dump.study import Study, open_study
 from .dump.adapters import import_dump
+from ._util import handin as _handin
 
 __version__ = "0.1.0"
 
@@ -58,6 +59,17 @@ __all__ = [
     "SCHEMA_VERSION", "from_arrays", "validate", "open", "save", "verify", "Study", "open_study",
     "import_dump", *_FACADE,
 ]
+
+
+def _scale_engine_chooser():
+    """`causalgeom.scale.choose_engine`, handed in to the causal layer (``cg.causal.mediate(study)`` chooses the
+    in-process or Dask engine by the study's size with it; docs/CONTRACTS.md, "Scale is handed in from above")."""
+    from .scale.choice import choose_engine
+
+    return choose_engine
+
+
+_handin.provide(_handin.MEDIATION_ENGINE_CHOOSER, _scale_engine_chooser)
 
 
 def __getattr__(name: str):

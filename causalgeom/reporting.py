@@ -253,7 +253,7 @@ def report(study: Study | str | os.PathLike, out: str | os.PathLike = "report.ht
     import logging
 
     from ._util.dask import active_client, client, current_client
-    from ._util.scale_choice import PATHS, choose_path
+    from .scale.choice import PATHS, choose_path
     from ._util.checks import check_choice
 
     check_choice(path, "path", ("auto",) + PATHS)

@@ -615,10 +615,10 @@ register("query: unknown regularizer level", QueryError, r"treated: value 'dropb
     _mediate(_QUERY + 'treated = "dropblock"\n'))
 register("query: unknown control level", QueryError, r"control: value 'CE' is not a level")(
     _mediate(_QUERY + 'control = "CE"\n'))
-register("query: unknown method", QueryError, r"method: unknown value 'bayes'")(_mediate(_QUERY + 'method = "bayes"\n'))
-register("query: unknown bootstrap scheme", QueryError, r"bootstrap: unknown value 'block'")(
+register("query: unknown method", QueryError, r"method: expected one of \[.*\], got 'bayes'")(_mediate(_QUERY + 'method = "bayes"\n'))
+register("query: unknown bootstrap scheme", QueryError, r"bootstrap: expected one of \[.*\], got 'block'")(
     _mediate(_QUERY + 'bootstrap = "block"\n'))
-register("query: unknown level", QueryError, r"level: unknown value 'epoch'")(_mediate(_QUERY + 'level = "epoch"\n'))
+register("query: unknown level", QueryError, r"level: expected one of \[.*\], got 'epoch'")(_mediate(_QUERY + 'level = "epoch"\n'))
 register("query: bad TOML", QueryError, r"not valid TOML")(_mediate(_QUERY + "treated = \n"))
 register("query: negative n_boot", QueryError, r"n_boot: expected an integer >= 0, got -1")(
     _mediate(_QUERY.replace("n_boot = 5", "n_boot = -1")))

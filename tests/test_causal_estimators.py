@@ -11,7 +11,7 @@ import statsmodels.api as sm
 
 from causalgeom.causal import (FewClustersWarning, bootstrap_pvalue, effect_names, mediate, percentile_ci,
                                simulate_mediation)
-from causalgeom.causal._design import build_design
+from causalgeom.causal.design import build_design
 from causalgeom.causal.bootstrap import ReplicateBatch, cluster_counts, replicate_batches
 from causalgeom.causal.estimators import LinearMediation
 

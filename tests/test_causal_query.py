@@ -76,7 +76,7 @@ def test_flat_file_and_defaults(tmp_path):
     ('[query]\ntreatment = "r"\nmediators = ["m"]\noutcomes = ["y"]\nn_bot = 3\n',
      r"unknown query key\(s\) \['n_bot'\]"),
     ('[query]\ntreatment = "r"\nmediators = ["m"]\n', "missing the required key 'outcomes'"),
-    ('[query]\ntreatment = "r"\nmediators = ["m"]\noutcomes = ["y"]\nmethod = "ml"\n', "method: unknown value 'ml'"),
+    ('[query]\ntreatment = "r"\nmediators = ["m"]\noutcomes = ["y"]\nmethod = "ml"\n', r"method: expected one of \[.*\], got 'ml'"),
     ('[query]\ntreatment = "r"\nmediators = []\noutcomes = ["y"]\n', "at least one mediator"),
     ('[query]\ntreatment = "r"\nmediators = ["m"]\noutcomes = ["y"]\nn_boot = 1.5\n', "n_boot"),
     ('[query]\ntreatment = "r"\nmediators = ["m"]\noutcomes = ["y"]\nci_level = 2\n', "ci_level"),

@@ -347,8 +347,10 @@ def test_switch_effects_of_a_single_changed_factor_equal_the_total(tmp_path):
 def test_monte_carlo_randomization_keeps_the_plus_one_correction(crossed, monkeypatch):
     import importlib
 
-    dec = importlib.import_module("causalgeom.causal.decompose")  # the module (cg.causal.decompose is the function)
-    monkeypatch.setattr(dec, "MAX_EXACT_RELABELINGS", 9)  # C(6, 3) = 20 > 9: random relabelings
+    dec = importlib.import_module("causalgeom.causal.decompose")  # the package (cg.causal.decompose is the function)
+    # the relabelings are drawn in the package's inference module, which reads the constant
+    monkeypatch.setattr(importlib.import_module("causalgeom.causal.decompose.inference"), "MAX_EXACT_RELABELINGS",
+                        9)  # C(6, 3) = 20 > 9: random relabelings
     res = dec.decompose(crossed, control="ce", treated="mixup", outcome="nll", rng=np.random.default_rng(1))
     assert "Monte Carlo, 9 relabelings" in res.inference
     summ = res.summary()

@@ -248,10 +248,11 @@ def test_split_text_follows_the_signs():
 
 
 def test_floor_text_says_how_many_seeds():
-    assert floor_text(0.25, True, "seed", 3, 3, 3) == ("The interval excludes 0, but with 3 seed-matched pairs the "
-                                                        "exact test cannot give p below 0.25; 6 pairs would let it "
-                                                        "reach 0.05.")
-    assert "4 runs per arm" in floor_text(0.1, True, "all", 3, 3, 9)
+    # one implementation with mediate's sentence (causalgeom.causal.results.floor_interval_sentence)
+    assert floor_text(0.25, True, "seed", 3, 3, 3) == (
+        "The 95% interval of the total excludes 0, but with 3 seed pairs the exact randomization test cannot give p "
+        "below 0.25 (> 0.05), so it cannot confirm it at 0.05; 6 seed pairs (3 more) would let it.")
+    assert "4 seeds per arm (1 more each)" in floor_text(0.1, True, "all", 3, 3, 9)
     assert floor_text(0.1, False, "all", 3, 3, 9) == "" and floor_text(0.03, True, "all", 4, 4, 16) == ""
 
 

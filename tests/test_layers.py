@@ -388,3 +388,60 @@ def test_analysis_modules_import_without_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           cwd=ROOT.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+# ------------------------------------------------------------------------------- private names across layers
+def private_imports(mods: dict[str, Path] | None = None) -> list[str]:
+    """``from causalgeom.X import _name`` (or a private module ``causalgeom.X._m``) where X is another layer.
+
+    The layer folder ``_util`` is not private by its name; a private name of one's own layer is fine.
+    """
+    mods = _modules() if mods is None else mods
+    bad = []
+    for mod, path in sorted(mods.items()):
+        is_pkg = path.name == "__init__.py"
+        here = layer_of(mod)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = mod.split(".") if is_pkg else mod.split(".")[:-1]
+                    target = ".".join(base[:len(base) - (node.level - 1)] + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                names = [f"{target}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for full in names:
+                if not full.startswith(PKG + "."):
+                    continue
+                owner = full
+                while owner not in mods and "." in owner:
+                    owner = owner.rsplit(".", 1)[0]
+                there = layer_of(owner)
+                if there in (here, "facade"):
+                    continue
+                parts = [p for p in full.split(".")[1:] if p != "_util"]
+                if any(p.startswith("_") and not p.startswith("__") for p in parts):
+                    bad.append(f"{mod} ({here}) imports {full} ({there})")
+    return bad
+
+
+def test_private_import_check_flags_a_private_name(tmp_path):
+    """The check itself, on a made-up package: a private name of another layer is found, its own layer's is not."""
+    (tmp_path / "causalgeom" / "scale").mkdir(parents=True)
+    (tmp_path / "causalgeom" / "causal").mkdir()
+    a = tmp_path / "causalgeom" / "scale" / "dask.py"
+    a.write_text("from ..causal.mediation import _as_rng, build_result\nfrom .._util.dask import client\n")
+    b = tmp_path / "causalgeom" / "causal" / "mediation.py"
+    b.write_text("from ._backends import _helper\n")
+    mods = {"causalgeom.scale.dask": a, "causalgeom.causal.mediation": b}
+    assert private_imports(mods) == [
+        "causalgeom.scale.dask (scale) imports causalgeom.causal.mediation._as_rng (causal)"]
+
+
+def test_no_private_name_of_another_layer_is_imported():
+    bad = private_imports()
+    assert not bad, "imports of another layer's private names (make them public there, with a docstring):\n" + \
+        "\n".join(bad)

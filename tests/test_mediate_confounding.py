@@ -11,7 +11,7 @@ import pyfixest as pf
 import pytest
 
 from causalgeom.causal import mediate, simulate_mediation
-from causalgeom.causal._design import build_design
+from causalgeom.causal.design import build_design
 from causalgeom.causal.estimators import LinearMediation
 from causalgeom.causal.mediation import RunConfoundingWarning
 from causalgeom.errors import QueryError

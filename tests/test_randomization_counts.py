@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from causalgeom.causal import mediate, simulate_mediation
-from causalgeom.causal.inference import floor_text, log_assignments, randomization_floor, relabelings
+from causalgeom.causal.inference import floor_words, log_assignments, randomization_floor, relabelings
 
 
 @pytest.mark.parametrize("run_T", [[0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 1], [0, 1, 1, 1, 1, 1, 1],
@@ -35,7 +35,7 @@ def test_large_counts_do_not_overflow():
     assert C is None and floor == 0.0
     # log C(8000, 4000) against Python's exact integer
     assert log_assignments(run_T) == pytest.approx(math.log(math.comb(8000, 4000)), rel=1e-12)
-    assert "below any printable level" in floor_text(floor, log_count=log_assignments(run_T))
+    assert "below any printable level" in floor_words(floor, log_count=log_assignments(run_T))
     # a count just above 2**53 keeps its floor, without the exact integer
     run_T = np.repeat([0.0, 1.0], 30)
     floor, C = randomization_floor(run_T)

@@ -64,7 +64,7 @@ def test_size_and_threshold(study, monkeypatch):
     assert "at or above the threshold" in at.reason
     # the measured constant by default, or the rows whose table would fill a quarter of the RAM if fewer
     assert scale.choose_path(study).threshold == min(scale.DASK_THRESHOLD_ROWS, scale.memory_rows() or 10**18)
-    import causalgeom._util.scale_choice as sc
+    import causalgeom.scale.choice as sc
 
     monkeypatch.setattr(sc, "memory_rows", lambda: rows)  # a machine whose RAM bounds the in-process table here
     mem = scale.choose_path(study)

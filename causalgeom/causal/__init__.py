@@ -12,7 +12,8 @@
     q = cg.causal.Query(treatment="regularizer", control="ce", treated="mixup", mediators=["rms"],
                         outcomes=["overconfidence"]); q.to_toml("q.toml"); cg.causal.Query.from_toml("q.toml")
 
-Modules: `query` (Query, TOML files), `estimators` (the regression estimator), `bootstrap` (resampling
+Modules: `spec` (`MediationSpec`: the question, its constraints declared once), `engine` (the in-process engine
+and the choice of engine for a table or study; the Dask engine is handed in by `causalgeom.scale`), `query` (Query, TOML files), `estimators` (the regression estimator), `bootstrap` (resampling
 weights), `mediation` (`mediate`), `results` (`MediationResult`), `simulate` (synthetic
 structural models with known effects), `decompose` (`decompose`, `DecompositionResult`: the head-based
 decomposition of a treated − control gap into head, magnitude and direction). Estimands, estimators, the bootstrap and the
@@ -21,7 +22,7 @@ sensitivity analysis are documented in ``docs/methods_causal.md``.
 
 from __future__ import annotations
 
-from ._design import MIN_CLUSTERS_CONTINUOUS, MIN_CLUSTERS_PER_ARM
+from .design import MIN_CLUSTERS_CONTINUOUS, MIN_CLUSTERS_PER_ARM
 from .estimators import RHO_GRID, effect_names
 from .mediation import DEFAULT_INFERENCE, FewClustersWarning, bootstrap_pvalue, mediate, percentile_ci
 from .inference import randomization_floor
@@ -32,10 +33,14 @@ from ._backends import REFUTERS, refute
 from .simulate import simulate_mediation
 from .decompose import DecompositionResult, decompose
 from .plan import PlanResult, plan
+from .spec import MediationSpec, PARAMETER_CONSTRAINTS
+from .engine import ENGINES, EngineChoice, choose_engine
+from .mediation import IN_PROCESS
 
 
 __all__ = ["mediate", "MediationResult", "Query", "read_queries", "write_queries", "refute", "FewClustersWarning",
            "MIN_CLUSTERS_PER_ARM", "MIN_CLUSTERS_CONTINUOUS", "RHO_GRID", "effect_names", "percentile_ci",
            "bootstrap_pvalue", "REFUTERS", "simulate_mediation", "DEFAULT_INFERENCE", "INFERENCE", "PAIRED_BY",
            "ESTIMANDS", "randomization_floor", "decompose", "DecompositionResult",
-           "plan", "PlanResult"]
+           "plan", "PlanResult", "MediationSpec", "PARAMETER_CONSTRAINTS", "ENGINES", "EngineChoice", "IN_PROCESS",
+           "choose_engine"]

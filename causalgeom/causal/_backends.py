@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import QueryError
-from ._design import Design
+from .design import Design
 
 __all__ = ["statsmodels_mediation", "dowhy_point", "refute", "REFUTERS"]
 

@@ -36,10 +36,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._util.checks import check_params
 from ..errors import QueryError
-from ._design import Design
+from .design import Design
+from .spec import PARAMETER_CONSTRAINTS
 
-__all__ = ["LinearMediation", "effect_names", "RHO_GRID"]
+__all__ = ["LinearMediation", "Layout", "effect_names", "RHO_GRID"]
 
 #: Grid of the sensitivity parameter ρ (correlation of mediator and outcome errors).
 RHO_GRID = np.round(np.arange(-0.9, 0.9001, 0.05), 2)
@@ -143,7 +145,7 @@ def _probit_pdf(x: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class _Layout:
+class Layout:
     K: int
     q: int
     L: int
@@ -224,8 +226,7 @@ class LinearMediation:
             raise QueryError("ordered=True with interaction=True is not supported; drop one of them")
         if ordered and outcome_model != "linear":
             raise QueryError("ordered=True needs outcome_model='linear' (path-specific effects of a linear model)")
-        if slope not in ("pooled", "within"):
-            raise QueryError(f"slope: unknown value {slope!r}; allowed: ['pooled', 'within']")
+        check_params({"slope": slope}, {"slope": PARAMETER_CONSTRAINTS["slope"][:1]}, error=QueryError)
         if slope == "within":
             _check_within(design, outcome_model, interaction, ordered)
         rm_x = _within_varying(design.X, design.run_codes) if slope == "within" else []
@@ -244,7 +245,7 @@ class LinearMediation:
             raise QueryError("paired=True needs a design paired by image (design.images)")
         self.mundlak_columns = self.paired and outcome_model != "linear"
         self._inv_link = _probit if outcome_model == "probit" else _expit
-        self.lay = _Layout(K, design.X.shape[1], design.Y.shape[1], interaction, self.mundlak_columns,
+        self.lay = Layout(K, design.X.shape[1], design.Y.shape[1], interaction, self.mundlak_columns,
                            K + len(rm_x) if slope == "within" else 0)
         self.names = effect_names(design.mediators, ordered)
         self.t0, self.t1 = design.t0, design.t1

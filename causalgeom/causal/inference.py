@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-__all__ = ["MAX_EXACT", "randomization_floor", "log_assignments", "floor_text", "design_floor",
+__all__ = ["MAX_EXACT", "randomization_floor", "log_assignments", "floor_words", "design_floor",
            "seeds_for_floor", "relabelings", "cr2_scores", "CR2", "delta_ratio", "fieller", "WEBB",
            "wild_replicates"]
 
@@ -66,7 +66,7 @@ def randomization_floor(run_T: np.ndarray | None) -> tuple[float, int | None]:
     floor : float
         ``2 / C`` (two arms of equal size), ``1 / C`` otherwise, from ``log C`` (`log_assignments`): exact where
         ``exp`` is representable, 0.0 where it underflows (below about 1e-308: below any printable p-value; say so
-        with `floor_text`); 0 when undefined.
+        with `floor_words`); 0 when undefined.
     n_assignments : int or None
         ``C``, the number of distinct assignments of the observed treatment values to the runs, exactly, when it
         is at most ``2**53`` (so it converts to a float exactly); None above (use `log_assignments`).
@@ -129,7 +129,7 @@ def seeds_for_floor(counts: Sequence[int], alpha: float = 0.05, *, paired: bool 
     return max_n
 
 
-def floor_text(floor: float, n_assignments: int | None = None, log_count: float | None = None) -> str:
+def floor_words(floor: float, n_assignments: int | None = None, log_count: float | None = None) -> str:
     """The design's p-value floor in words: ``"1/10 = 0.1"``-like for printable floors, or that it lies below any
     printable level (the count written as a power of ten from its logarithm)."""
     if floor > 0:

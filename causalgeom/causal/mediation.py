@@ -9,21 +9,21 @@ import numpy as np
 import pandas as pd
 
 from ..errors import QueryError
-from ._design import MIN_CLUSTERS_CONTINUOUS, MIN_CLUSTERS_PER_ARM, Design, build_design
+from .design import MIN_CLUSTERS_CONTINUOUS, MIN_CLUSTERS_PER_ARM, Design, build_design
 from .bootstrap import replicate_batches, row_strata
 from .estimators import LinearMediation
-from .inference import (fieller, floor_text, log_assignments, randomization_floor, randomization_pvalue, relabelings, t_interval,
+from .inference import (fieller, floor_words, log_assignments, randomization_floor, randomization_pvalue, relabelings, t_interval,
                         wild_replicates)
-from .options import BOOTSTRAP_SCHEMES, ESTIMANDS, INFERENCE, METHODS, OUTCOME_MODELS, PAIRED_BY, SLOPES
 from .results import MediationResult, floor_interval_sentence
+from .engine import choose_engine, is_study
+from .options import DEFAULT_INFERENCE
+from .spec import MediationSpec, resolve_inference
 
 __all__ = ["mediate", "FewClustersWarning", "RunConfoundingWarning", "DEFAULT_SLOPE", "RUN_TEST_ALPHA",
            "run_confounding", "percentile_ci", "bootstrap_pvalue", "P_VALUE_METHOD",
-           "DEFAULT_INFERENCE", "OVERLAP_THRESHOLD", "build_result", "run_inference", "overlap_table"]
+           "DEFAULT_INFERENCE", "OVERLAP_THRESHOLD", "build_result", "run_inference", "overlap_table",
+           "mediate_table", "estimator_text", "resolve_inference", "InProcessEngine", "IN_PROCESS"]
 
-#: Inference used when ``inference=`` is not given: the method whose 95% intervals reached nominal coverage with
-#: 3 runs per arm in the simulations of docs/methods_causal.md (benchmarks/bench_coverage.py).
-DEFAULT_INFERENCE = "cr2"
 #: Mediator → outcome slope used when ``slope=`` is not given (see docs/methods_causal.md, "Run-level confounding").
 DEFAULT_SLOPE = "pooled"
 #: Level of the run-level Mundlak test below which `mediate` warns that the pooled slope mixes run-level
@@ -79,34 +79,12 @@ def bootstrap_pvalue(reps: np.ndarray) -> np.ndarray:
     return np.where(B > 0, p, np.nan)
 
 
-def _check_options(method: str, bootstrap: str, outcome_model: str, n_boot: Any, ci_level: Any,
-                   inference: str = "bootstrap", paired_by: Any = None, estimand: str = "runs",
-                   slope: str = "pooled") -> None:
-    for name, value, allowed in (("slope", slope, SLOPES), ("method", method, METHODS), ("bootstrap", bootstrap, BOOTSTRAP_SCHEMES),
-                                 ("outcome_model", outcome_model, OUTCOME_MODELS), ("inference", inference, INFERENCE),
-                                 ("paired_by", paired_by, PAIRED_BY), ("estimand", estimand, ESTIMANDS)):
-        if value not in allowed:
-            raise QueryError(f"{name}: unknown value {value!r}; allowed: {list(allowed)}")
-    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
-        raise QueryError(f"n_boot: expected an integer >= 0, got {n_boot!r}")
-    if isinstance(ci_level, bool) or not isinstance(ci_level, (int, float)) or not 0 < ci_level < 1:
-        raise QueryError(f"ci_level: expected a number in (0, 1), got {ci_level!r}")
-
-
 def _as_rng(rng: Any) -> np.random.Generator:
     if isinstance(rng, np.random.Generator):
         return rng
     if rng is None or isinstance(rng, (int, np.integer)):
         return np.random.default_rng(rng)
     raise QueryError(f"rng: expected a numpy Generator, an int seed or None, got {type(rng).__name__}")
-
-
-def resolve_inference(inference: str | None, bootstrap: str | None) -> tuple[str, str]:
-    """``(inference, bootstrap)`` after defaults: an explicit ``bootstrap=`` scheme without ``inference=`` asks for
-    the bootstrap; otherwise `DEFAULT_INFERENCE`."""
-    if inference is None:
-        inference = "bootstrap" if bootstrap is not None else DEFAULT_INFERENCE
-    return inference, (bootstrap if bootstrap is not None else "cluster")
 
 
 def resolve_outcome_model(outcome_model: str, Y: np.ndarray, outcomes: list[str], notes: list[str]) -> str:
@@ -126,7 +104,7 @@ def resolve_outcome_model(outcome_model: str, Y: np.ndarray, outcomes: list[str]
     return "linear"
 
 
-def mediate(table: pd.DataFrame, *, treatment: str, mediators: str | Sequence[str], outcome: str | Sequence[str],
+def mediate(table: Any, *, treatment: str, mediators: str | Sequence[str], outcome: str | Sequence[str],
             control: Any = None, treated: Any = None, covariates: Sequence[str] = (), cluster: str | None = "run_id",
             method: str = "regression", n_boot: int | None = None, rng: np.random.Generator | int | None = None,
             bootstrap: str | None = None, ci_level: float = 0.95, outcome_model: str = "auto",
@@ -137,9 +115,13 @@ def mediate(table: pd.DataFrame, *, treatment: str, mediators: str | Sequence[st
 
     Parameters
     ----------
-    table : pandas.DataFrame, shape (n_rows, n_columns)
+    table : pandas.DataFrame, shape (n_rows, n_columns), or a causalgeom.Study or study folder
         The analysis table, e.g. ``study.to_frame(level="sample")`` (one row per sample, clustered by run) or
-        ``level="run"`` (one row per run).
+        ``level="run"`` (one row per run). A study: the engine is chosen by its size
+        (`causalgeom.causal.engine.choose_engine`, the rule of the command line): in this process on
+        ``study.to_frame(level=level)``, or out of core on Dask (`causalgeom.scale.mediate_study`) when
+        `causalgeom.scale` is handed in (the package facade does) and the study is at least
+        ``causalgeom.scale.DASK_THRESHOLD_ROWS`` rows or a Dask client is active; ``result.engine`` says which.
     treatment : str
         Treatment column: categorical (``"regularizer"``, compared as ``treated`` vs ``control``; rows with
         other levels are dropped) or numeric/continuous (``"strength"``; effects between ``control`` and
@@ -239,18 +221,74 @@ def mediate(table: pd.DataFrame, *, treatment: str, mediators: str | Sequence[st
     VanderWeele (2015), Explanation in Causal Inference. Mundlak (1978), Econometrica 46(1). Bell & McCaffrey
     (2002), Survey Methodology 28(2). Field & Welsh (2007), Bootstrapping clustered data, JRSS-B 69(3).
     """
-    inference, bootstrap = resolve_inference(inference, bootstrap)
-    if n_boot is not None and inference == "cr2" and method != "statsmodels":
+    spec = MediationSpec(treatment=treatment, mediators=mediators, outcomes=outcome, control=control,
+                         treated=treated, covariates=covariates, cluster=cluster, method=method, n_boot=n_boot,
+                         bootstrap=bootstrap, ci_level=ci_level, outcome_model=outcome_model,
+                         interaction=interaction, ordered=ordered, treatment_type=treatment_type, level=level,
+                         inference=inference, paired_by=paired_by, estimand=estimand, slope=slope)
+    if n_boot is not None and spec.resolved_inference[0] == "cr2" and method != "statsmodels":
         warnings.warn(f"n_boot= ({n_boot!r}) has no effect under inference='cr2' (the default), which resamples "
                       "nothing; pass inference='wild', inference='bootstrap' or inference='permutation' for "
                       "replicates, or leave n_boot= out",
                       UserWarning, stacklevel=2)
-    n_boot = 1000 if n_boot is None else n_boot
-    slope = DEFAULT_SLOPE if slope is None else slope
-    _check_options(method, bootstrap, outcome_model, n_boot, ci_level, inference, paired_by, estimand, slope)
+    rng = _as_rng(rng)
+    if not isinstance(table, pd.DataFrame):
+        if is_study(table):
+            return (choose_engine(table, spec).engine or IN_PROCESS).run(spec, table, rng=rng)
+    return mediate_table(table, spec, rng=rng)
+
+
+class InProcessEngine:
+    """The estimator on the per-sample table, in this process (``study.to_frame(level=spec.level)`` first)."""
+
+    name = "in-process"
+
+    def problem(self, spec: MediationSpec, data: Any) -> str | None:
+        return None
+
+    def run(self, spec: MediationSpec, data: Any, *, rng: np.random.Generator) -> Any:
+        if is_study(data):
+            from ..dump.study import as_study
+
+            data = as_study(data).to_frame(level=spec.level or "sample", progress=False)
+        return mediate_table(data, spec, rng=rng)
+
+
+#: The in-process engine.
+IN_PROCESS = InProcessEngine()
+
+
+#: The in-process engine.
+IN_PROCESS = InProcessEngine()
+
+
+def mediate_table(table: Any, spec: MediationSpec, *, rng: np.random.Generator) -> MediationResult:
+    """The in-process engine: answer ``spec`` on an analysis table (the estimation of `mediate`).
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        The analysis table.
+    spec : MediationSpec
+        The question (validated).
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    MediationResult
+        With ``engine="in-process"``.
+    """
+    (treatment, control, treated, covariates, cluster, method, ci_level, outcome_model, interaction, ordered,
+     treatment_type, level, paired_by, estimand) = (
+        spec.treatment, spec.control, spec.treated, list(spec.covariates), spec.cluster, spec.method, spec.ci_level,
+        spec.outcome_model, spec.interaction, spec.ordered, spec.treatment_type, spec.level, spec.paired_by,
+        spec.estimand)
+    mediators, outcome = list(spec.mediators), list(spec.outcomes)
+    inference, bootstrap = spec.resolved_inference
+    n_boot = 1000 if spec.n_boot is None else spec.n_boot
+    slope = DEFAULT_SLOPE if spec.slope is None else spec.slope
     if slope == "within" and method != "regression":
         raise QueryError(f"slope='within' needs method='regression' (got method={method!r})")
-    rng = _as_rng(rng)
     if level is None and isinstance(table, pd.DataFrame):
         level = table.attrs.get("level")
     if method in ("statsmodels", "dowhy") and paired_by == "sample":
@@ -289,7 +327,7 @@ def mediate(table: pd.DataFrame, *, treatment: str, mediators: str | Sequence[st
     point, po = est.point()
     inf = run_inference(est, design, point, inference=inference, bootstrap=bootstrap, n_boot=n_boot, rng=rng,
                         ci_level=ci_level, notes=notes, method=method)
-    estimator = _estimator_text(design, outcome_model, interaction, ordered, est.paired)
+    estimator = estimator_text(design, outcome_model, interaction, ordered, est.paired)
     if slope == "within":
         estimator += ("; mediator → outcome slope within runs (image + run fixed effects: the run means of the "
                       "mediators and within-run-varying covariates as regressors, Mundlak 1978)")
@@ -329,9 +367,11 @@ def mediate(table: pd.DataFrame, *, treatment: str, mediators: str | Sequence[st
         inf["text"] = inf["text"] + " of the equivalent linear models (method='regression'); DoWhy gives the points"
 
     run_test = run_confounding(est, design, ci_level=ci_level) if method == "regression" else None
-    return build_result(est, design, point, po, inf, method=method, estimator=estimator, notes=notes,
-                        ci_level=ci_level, outcome_model=outcome_model, interaction=interaction, ordered=ordered,
-                        bootstrap=bootstrap, inference=inference, overlap=overlap_table(design), run_test=run_test)
+    result = build_result(est, design, point, po, inf, method=method, estimator=estimator, notes=notes,
+                          ci_level=ci_level, outcome_model=outcome_model, interaction=interaction, ordered=ordered,
+                          bootstrap=bootstrap, inference=inference, overlap=overlap_table(design), run_test=run_test)
+    result.engine = "in-process"
+    return result
 
 
 def run_inference(est: LinearMediation, design: Design, point: np.ndarray, *, inference: str, bootstrap: str,
@@ -639,7 +679,7 @@ def build_result(est: LinearMediation, design: Design, point: np.ndarray, po: np
     elif float(inf.get("log_assign", 0.0)) > 0:
         notes.append(f"the design's p-value floor (a randomization of the treatment over these {_units(design)}: "
                      f"{_count_text(inf)} assignments) is "
-                     f"{floor_text(0.0, log_count=float(inf['log_assign']))}: it limits no p-value here")
+                     f"{floor_words(0.0, log_count=float(inf['log_assign']))}: it limits no p-value here")
     if floor > 1.0 - ci_level and design.run_T is not None:
         _, arm_counts = np.unique(design.run_T, return_counts=True)
         for l, y in enumerate(design.outcomes):
@@ -809,8 +849,10 @@ def _resampling_text(design: Design, scheme: str, B: int, level: float) -> tuple
     return unit, text
 
 
-def _estimator_text(design: Design, outcome_model: str, interaction: bool, ordered: bool,
-                    paired: bool = False) -> str:
+def estimator_text(design: Design, outcome_model: str, interaction: bool, ordered: bool,
+                   paired: bool = False) -> str:
+    """One sentence naming the regression estimator of ``design`` (models, how effects are formed, comparison,
+    covariates, image fixed effects when ``paired``): the ``estimator`` of a `MediationResult`."""
     K = design.M.shape[1]
     med = "OLS mediator model" + ("s" if K > 1 else "") + (" (causally ordered: second on first)" if ordered else
                                                            (" (parallel)" if K > 1 else ""))

@@ -6,7 +6,11 @@ Kept in a module of their own so that `mediation` and `query` both import them w
 from __future__ import annotations
 
 __all__ = ["METHODS", "BOOTSTRAP_SCHEMES", "OUTCOME_MODELS", "LEVELS", "TREATMENT_TYPES", "CENTERS", "INFERENCE",
-           "PAIRED_BY", "ESTIMANDS", "SLOPES"]
+           "PAIRED_BY", "ESTIMANDS", "SLOPES", "DEFAULT_INFERENCE"]
+
+#: Inference used when ``inference=`` is not given: the method whose 95% intervals reached nominal coverage with
+#: 3 runs per arm in the simulations of docs/methods_causal.md (benchmarks/bench_coverage.py).
+DEFAULT_INFERENCE = "cr2"
 
 #: Estimation methods accepted by `causalgeom.causal.mediate`.
 METHODS = ("regression", "statsmodels", "dowhy")

@@ -132,6 +132,13 @@ class PlanResult:
         return "\n".join(["### Seeds per arm", "", self.sentence(), "", f"Effect and SD: {self.source}.", "",
                           markdown_table(self.table)]) + "\n"
 
+    def _repr_html_(self) -> str:
+        import html
+
+        return ("<div class='causalgeom-plan'><h4>Seeds per arm</h4>"
+                f"<p>{html.escape(self.sentence())}</p><p>Effect and SD: {html.escape(str(self.source))}.</p>"
+                + self.table.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="") + "</div>")
+
     def __repr__(self) -> str:
         return f"<PlanResult>\n{self.sentence()}\n{self.table.to_string(index=False)}"
 

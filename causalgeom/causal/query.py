@@ -31,8 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from .._util.checks import Interval, check_params
 from .._util.io import parse_toml, read_toml_text
 from ..errors import QueryError
+from .spec import MediationSpec, as_columns
 
 __all__ = ["Query", "read_queries", "write_queries", "METHODS", "BOOTSTRAP_SCHEMES", "OUTCOME_MODELS", "LEVELS",
            "TREATMENT_TYPES", "CENTERS", "INFERENCE", "PAIRED_BY", "ESTIMANDS"]
@@ -41,23 +43,13 @@ from .options import (BOOTSTRAP_SCHEMES, CENTERS, ESTIMANDS, INFERENCE, LEVELS, 
                       PAIRED_BY, TREATMENT_TYPES)
 
 _Scalar = str | int | float | bool
+
+#: Constraints of the fields a `Query` adds to its `MediationSpec` (the table's options, the seed, the label).
+_QUERY_CONSTRAINTS: dict[str, list[Any]] = {
+    "level": [LEVELS], "seed": [Interval(int, 0, None), None], "center": [CENTERS], "name": [str, None],
+}
 #: Fields whose default is not None; ``false`` in a query file means None (no clusters / fresh entropy).
 _FALSE_IS_NONE = ("cluster", "seed", "paired_by")
-
-
-def _as_list(value: Any, name: str) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        value = [v.strip() for v in value.split(",")] if "," in value else [value]
-    try:
-        items = list(value)
-    except TypeError:
-        raise QueryError(f"{name}: expected a column name or a list of column names, got {value!r}") from None
-    for item in items:
-        if not isinstance(item, str) or not item:
-            raise QueryError(f"{name}: expected non-empty column names (strings), got {item!r} in {items!r}")
-    return items
 
 
 @dataclass
@@ -140,50 +132,14 @@ class Query:
     center: str = "minimal_loss"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.treatment, str) or not self.treatment:
-            raise QueryError(f"treatment: expected a column name, got {self.treatment!r}")
-        self.mediators = _as_list(self.mediators, "mediators")
-        self.outcomes = _as_list(self.outcomes, "outcomes")
-        self.covariates = _as_list(self.covariates, "covariates")
-        if not self.mediators:
-            raise QueryError("mediators: expected at least one mediator column, got none")
-        if not self.outcomes:
-            raise QueryError("outcomes: expected at least one outcome column, got none")
-        for key in ("control", "treated"):
-            v = getattr(self, key)
-            if hasattr(v, "item") and not isinstance(v, (str, bytes)):  # numpy scalar
-                v = v.item()
-                setattr(self, key, v)
-            if v is not None and not isinstance(v, (str, int, float, bool)):
-                raise QueryError(f"{key}: expected a string or a number, got {type(v).__name__} {v!r}")
-            if isinstance(v, float) and not math.isfinite(v):
-                raise QueryError(f"{key}: expected a level or a finite number, got {v!r}")
-        if self.cluster is not None and (not isinstance(self.cluster, str) or not self.cluster):
-            raise QueryError(f"cluster: expected a column name or None, got {self.cluster!r}")
-        _check_choice("level", self.level, LEVELS)
-        _check_choice("method", self.method, METHODS)
-        if self.bootstrap is not None:
-            _check_choice("bootstrap", self.bootstrap, BOOTSTRAP_SCHEMES)
-        _check_choice("outcome_model", self.outcome_model, OUTCOME_MODELS)
-        _check_choice("treatment_type", self.treatment_type, TREATMENT_TYPES)
-        if self.inference is not None:
-            _check_choice("inference", self.inference, INFERENCE)
-        _check_choice("paired_by", self.paired_by, PAIRED_BY)
-        _check_choice("estimand", self.estimand, ESTIMANDS)
-        if self.n_boot is not None and (isinstance(self.n_boot, bool) or not isinstance(self.n_boot, int)
-                                        or self.n_boot < 0):
-            raise QueryError(f"n_boot: expected an integer >= 0, got {self.n_boot!r}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
-            raise QueryError(f"seed: expected a non-negative integer or None, got {self.seed!r}")
-        if isinstance(self.ci_level, bool) or not isinstance(self.ci_level, (int, float)) \
-                or not 0 < float(self.ci_level) < 1:
-            raise QueryError(f"ci_level: expected a number in (0, 1), got {self.ci_level!r}")
+        spec = self.spec()  # the question's fields, against causalgeom.causal.spec.PARAMETER_CONSTRAINTS
+        self.mediators, self.outcomes = list(spec.mediators), list(spec.outcomes)
+        self.covariates, self.control, self.treated = list(spec.covariates), spec.control, spec.treated
+        check_params({"level": self.level, "seed": self.seed, "center": self.center, "name": self.name},
+                     _QUERY_CONSTRAINTS, error=QueryError)
         self.ci_level = float(self.ci_level)
-        for key in ("interaction", "ordered"):
-            if not isinstance(getattr(self, key), bool):
-                raise QueryError(f"{key}: expected true or false, got {getattr(self, key)!r}")
         if self.attack is not None:
-            self.attack = _as_list(self.attack, "attack")
+            self.attack = list(as_columns(self.attack, "attack"))
         if self.eps is not None:
             eps = [self.eps] if isinstance(self.eps, (int, float)) else self.eps
             try:
@@ -193,9 +149,6 @@ class Query:
             if any(isinstance(e, bool) for e in eps) or not all(math.isfinite(e) and e >= 0 for e in values):
                 raise QueryError(f"eps: expected finite numbers >= 0, got {self.eps!r}")
             self.eps = values
-        _check_choice("center", self.center, CENTERS)
-        if self.name is not None and not isinstance(self.name, str):
-            raise QueryError(f"name: expected a string, got {self.name!r}")
 
     # -- use -----------------------------------------------------------------------------------
     def mediate_kwargs(self, outcome: str | None = None) -> dict[str, Any]:
@@ -206,17 +159,31 @@ class Query:
         outcome : str, optional
             Restrict to one of `outcomes` (default: all of them).
         """
-        if outcome is not None and outcome not in self.outcomes:
-            raise QueryError(f"outcome: {outcome!r} is not one of this query's outcomes {self.outcomes}")
         import numpy as np
 
-        return dict(treatment=self.treatment, control=self.control, treated=self.treated,
-                    mediators=list(self.mediators), outcome=outcome if outcome is not None else list(self.outcomes),
-                    covariates=list(self.covariates), cluster=self.cluster, method=self.method,
-                    n_boot=self.n_boot, rng=np.random.default_rng(self.seed), bootstrap=self.bootstrap,
-                    ci_level=self.ci_level, outcome_model=self.outcome_model, interaction=self.interaction,
-                    ordered=self.ordered, treatment_type=self.treatment_type, level=self.level,
-                    inference=self.inference, paired_by=self.paired_by, estimand=self.estimand)
+        kw = self.spec(outcome).to_kwargs()
+        if outcome is not None:
+            kw["outcome"] = outcome
+        kw.pop("slope")  # not a field of a query: mediate's default
+        return dict(kw, rng=np.random.default_rng(self.seed))
+
+    def spec(self, outcome: str | None = None) -> MediationSpec:
+        """The `MediationSpec` of this query (validated; ``outcome``: restrict to one of `outcomes`).
+
+        Raises
+        ------
+        QueryError
+            A field against `causalgeom.causal.spec.PARAMETER_CONSTRAINTS`, or ``outcome`` not one of `outcomes`.
+        """
+        if outcome is not None and outcome not in self.outcomes:
+            raise QueryError(f"outcome: {outcome!r} is not one of this query's outcomes {self.outcomes}")
+        return MediationSpec(treatment=self.treatment, mediators=self.mediators,
+                             outcomes=[outcome] if outcome is not None else self.outcomes, control=self.control,
+                             treated=self.treated, covariates=self.covariates, cluster=self.cluster,
+                             method=self.method, n_boot=self.n_boot, bootstrap=self.bootstrap,
+                             ci_level=self.ci_level, outcome_model=self.outcome_model, interaction=self.interaction,
+                             ordered=self.ordered, treatment_type=self.treatment_type, level=self.level,
+                             inference=self.inference, paired_by=self.paired_by, estimand=self.estimand)
 
     def check(self, table: Any) -> None:
         """Check the query against an analysis table without estimating anything.
@@ -227,7 +194,7 @@ class Query:
             For an unknown column, a control or treated level absent from the table, too few levels, NaN
             or non-numeric columns (the same checks `mediate` makes first).
         """
-        from ._design import build_design
+        from .design import build_design
 
         kw = self.mediate_kwargs()
         args = {k: kw[k] for k in ("treatment", "mediators", "outcome", "control", "treated", "covariates", "cluster",
@@ -313,12 +280,6 @@ def _is_frame(obj: Any) -> bool:
     import pandas as pd
 
     return isinstance(obj, pd.DataFrame)
-
-
-def _check_choice(name: str, value: Any, allowed: Iterable[str]) -> None:
-    allowed = tuple(allowed)
-    if value not in allowed:
-        raise QueryError(f"{name}: unknown value {value!r}; allowed: {list(allowed)}")
 
 
 def read_queries(source: str | os.PathLike) -> list[Query]:

@@ -140,6 +140,9 @@ class MediationResult:
         ``outcome, effect, estimate, ci_low, ci_high`` with the within-run slope (empty when not available).
     confounding_warning : str
         The warning printed when the pooled slope is used and the test rejects ("" otherwise).
+    engine : {"in-process", "dask"}
+        Which engine answered: the estimator on the per-sample table in this process, or per-run sufficient
+        statistics on Dask (`causalgeom.scale.mediate_study`).
     """
 
     table: pd.DataFrame
@@ -181,6 +184,7 @@ class MediationResult:
     run_confounding: pd.DataFrame = field(default_factory=pd.DataFrame)
     within_effects: pd.DataFrame = field(default_factory=pd.DataFrame)
     confounding_warning: str = ""
+    engine: str = "in-process"
 
     # -- tables ----------------------------------------------------------------------------------------------
     def summary(self) -> pd.DataFrame:

@@ -7,7 +7,7 @@ dispatches its runs to it (one run per task). ``extract --distributed`` takes th
 device is ``cuda``, and waits for all ranks at the end. Both only wrap the command; they compute nothing.
 
 Without ``--scheduler`` (and without ``$CAUSALGEOM_SCHEDULER``), the commands that analyse a whole study
-(:data:`AUTO_COMMANDS`) choose by themselves with `causalgeom.scale.choose_path`: in this process below the
+(:data:`AUTO_COMMANDS`) choose by themselves with `causalgeom.scale.choose_engine` (the rule `causalgeom.causal.mediate` on a study uses): in this process below the
 study size measured by ``benchmarks/bench_scaling.py``, on a LocalCluster (one single-threaded worker per core)
 at or above it; one line says which and why (on stderr when it starts a cluster, else in the ``causalgeom.cli``
 log at INFO level, so that error output stays one line). ``--scheduler in-process`` forces this process,
@@ -89,7 +89,7 @@ def call(args: argparse.Namespace) -> Any:
 
 
 def auto_choice(args: argparse.Namespace) -> Any:
-    """`causalgeom.scale.choose_path` for a command of :data:`AUTO_COMMANDS` whose argument is a study folder
+    """`causalgeom.scale.choose_engine` for a command of :data:`AUTO_COMMANDS` whose argument is a study folder
     (printed on stderr, stored as ``args.path_choice``); None for other commands and for single runs / tables."""
     import logging
     import sys
@@ -103,7 +103,7 @@ def auto_choice(args: argparse.Namespace) -> Any:
         return None
     from ..dump.study import open_study
 
-    choice = scale.choose_path(open_study(target))
+    choice = scale.choose_engine(open_study(target))
     args.path_choice = choice.path
     logging.getLogger("causalgeom.cli").info("%s: %s", args.command, choice.reason)
     if choice.path == "dask":  # starting a cluster is announced; staying in this process is the quiet default

@@ -132,48 +132,24 @@ def _resolve_levels(q: Any, table: Any) -> Any:
     return q
 
 
-#: 0/1 columns of the study table: ``outcome_model="auto"`` fits a logistic model to them (rows needed).
-def _binary(column: str) -> bool:
-    return column == "correct" or column.startswith("robust[")
-
-
 def _out_of_core_problem(q: Any, study: Any, refute: bool) -> str | None:
-    """Why query ``q`` cannot be answered by `causalgeom.scale.mediate_study` from per-run moments (None: it can,
-    with the same estimator, design and random draws as `mediate` on the table)."""
-    if (q.method or "regression") != "regression":
-        return f"method={q.method!r} needs the per-sample rows"
-    if (q.level or "sample") != "sample":
-        return f"level={q.level!r} needs the run table"
-    if q.cluster != "run_id":
-        return f"cluster={q.cluster!r}: out of core, runs are the clusters"
-    if q.outcome_model in ("logistic", "probit") or (q.outcome_model in (None, "auto")
-                                                       and any(_binary(o) for o in q.outcomes)):
-        return "a logistic/probit outcome model (0/1 outcome) needs the rows"
-    if q.inference == "wild" or (q.bootstrap or "cluster") != "cluster":
-        return "the wild bootstrap and row-resampling bootstraps need the rows"
-    if q.treatment not in ("regularizer", "strength", "seed"):
-        return f"treatment {q.treatment!r} is not a run-level column"
-    if refute:
+    """Why query ``q`` cannot be answered out of core by the Dask engine (`causalgeom.scale.DASK_ENGINE.problem`,
+    the one rule; None: it can, with the same estimator, design and random draws as `mediate` on the table)."""
+    from ..scale import DASK_ENGINE
+
+    if refute and DASK_ENGINE.problem(q.spec(), study) is None:
         return "--refute needs the per-sample rows"
-    if q.estimand == "model":
-        return "estimand='model' needs the per-image rows"
-    if q.estimand in (None, "auto"):
-        runs = study.runs
-        if q.treatment in runs.columns and runs[q.treatment].value_counts(dropna=False).min() < 2:
-            return "an arm has one run, so estimand 'auto' is model-conditional and needs the per-image rows"
-    return None
+    return DASK_ENGINE.problem(_numeric_levels(q).spec(), study)
 
 
-def _moment_kwargs(q: Any) -> dict[str, Any]:
-    """`mediate_study` keywords of a query that `_out_of_core_problem` accepts."""
-    kw = q.mediate_kwargs()
-    for key in ("cluster", "method", "level", "outcome_model"):
-        kw.pop(key)
-    if q.treatment in ("strength", "seed"):  # command-line values arrive as strings
-        kw["control"] = _value(kw["control"]) if isinstance(kw["control"], str) else kw["control"]
-        kw["treated"] = _value(kw["treated"]) if isinstance(kw["treated"], str) else kw["treated"]
-    kw["center"] = q.center or "minimal_loss"
-    return kw
+def _numeric_levels(q: Any) -> Any:
+    """Command-line levels arrive as strings: numbers for the run-level numeric treatments."""
+    import dataclasses
+
+    if q.treatment in ("strength", "seed"):
+        return dataclasses.replace(q, control=_value(q.control) if isinstance(q.control, str) else q.control,
+                                   treated=_value(q.treated) if isinstance(q.treated, str) else q.treated)
+    return q
 
 
 def _mediate(args: argparse.Namespace) -> int:
@@ -234,9 +210,12 @@ def _mediate(args: argparse.Namespace) -> int:
         with warnings.catch_warnings():  # the same message is printed below as a note
             warnings.simplefilter("ignore", FewClustersWarning)
             if out_of_core[i]:
-                from ..scale import mediate_study
+                import numpy as np
 
-                res = mediate_study(study, **_moment_kwargs(q))
+                from ..scale import mediate_moments
+
+                res = mediate_moments(study, _numeric_levels(q).spec(), rng=np.random.default_rng(q.seed),
+                                      center=q.center or "minimal_loss")
             else:
                 table = get_table(q)
                 q = _resolve_levels(q, table)

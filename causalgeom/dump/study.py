@@ -20,6 +20,20 @@ ATTR_COLUMNS = ("run_id", "model", "dataset", "split", "regularizer", "strength"
                 "n_samples", "n_classes", "n_features", "has_head", "attacks", "eps", "path")
 
 
+_ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
+
+
+def _features_itemsize(path: Any) -> int:
+    """Bytes per value of a run store's ``features`` (its Zarr metadata; 4 when it cannot be read)."""
+    import json
+
+    try:
+        meta = json.loads((Path(path) / "features" / "zarr.json").read_text())
+        return _ITEMSIZE.get(str(meta.get("data_type")), 4)
+    except (OSError, ValueError, TypeError):
+        return 4
+
+
 class Study:
     """A folder of runs. Readers see only complete runs; incomplete ones are listed in `incomplete`.
 
@@ -122,6 +136,21 @@ class Study:
             raise StoreExistsError(f"study {self.path} already has a run with run_id {run_id!r}; "
                                    "give the run a unique run_id (or mode='w' to replace it)")
         return save(ds, target, mode=mode, sample_chunk=sample_chunk, compressor=compressor)
+
+    def size(self) -> tuple[int, float]:
+        """Rows (samples summed over the complete runs: the rows of ``to_frame()``) and GiB of ``features``.
+
+        Reads each run's metadata only (`runs`: sample and feature counts; the features' Zarr data type), never a
+        sample.
+        """
+        rows, nbytes = 0, 0
+        for r in self.runs.itertuples(index=False):
+            n = int(getattr(r, "n_samples", 0) or 0)
+            d = getattr(r, "n_features", 0)
+            d = 0 if d is None or d != d else int(d)  # NaN for a run without features
+            rows += n
+            nbytes += n * d * _features_itemsize(getattr(r, "path", ""))
+        return rows, nbytes / 2**30
 
     def to_frame(self, level: str = "sample", **kwargs: Any) -> pd.DataFrame:
         """The analysis table (see :func:`causalgeom.metrics.table.study_frame`)."""

@@ -23,7 +23,8 @@ from .calibration import confidence_outcomes, ece_ts_from_logits, ts_split
 from .kernels import FUSED_FIELDS, calibration_error, fused_block, width_bin_stats
 
 __all__ = ["study_frame", "run_table", "fused_run", "robust_column", "min_flip_column", "robust_acc_column",
-           "robust_key", "headless_center", "HEAD_CENTERS", "ID_COLUMNS", "SAMPLE_COLUMNS", "RUN_COLUMNS"]
+           "robust_key", "headless_center", "HEAD_CENTERS", "ID_COLUMNS", "SAMPLE_COLUMNS", "RUN_COLUMNS",
+           "fused_lazy", "attack_names"]
 
 #: Columns that identify the run of a row.
 ID_COLUMNS = ("run_id", "regularizer", "strength", "seed")
@@ -65,8 +66,8 @@ def min_flip_column(attack: str) -> str:
     return f"min_flip_eps[{attack}]"
 
 
-def _strings(values: Any) -> np.ndarray:
-    """Attack names as an object array of str (the coordinate may be numpy's StringDType after a Zarr round trip)."""
+def attack_names(values: Any) -> np.ndarray:
+    """Attack names (or any coordinate values) as an object array of str (the coordinate may be numpy's StringDType after a Zarr round trip)."""
     return np.array([str(v) for v in np.asarray(values).ravel().tolist()], dtype=object)
 
 
@@ -77,7 +78,7 @@ def _select(values: np.ndarray, wanted: Any, what: str, close: bool = False) -> 
     idx = []
     for w in wanted:
         hit = np.flatnonzero(np.isclose(values.astype(float), float(w), rtol=1e-6, atol=0) if close
-                             else _strings(values) == str(w))
+                             else attack_names(values) == str(w))
         if hit.size == 0:
             raise QueryError(f"{what}: {w!r} is not in this run (available: {values.tolist()})")
         idx.append(int(hit[0]))
@@ -148,13 +149,13 @@ def fused_run(ds: Any, center: str = "minimal_loss", *, warn_missing_head: bool 
     """
 
     require_vars(ds, ("features", "logits", "label"), "fused_run")
-    out = _fused_lazy(ds, center, warn_missing_head)
+    out = fused_lazy(ds, center, warn_missing_head)
     with one_blas_thread():
         arr = np.asarray(compute(out)[0])
     return _fused_columns(arr, int(ds.sizes["feature"]))
 
 
-def _fused_lazy(ds: Any, center: str, warn_missing_head: bool, cosines: bool = True, logits: Any = None) -> Any:
+def fused_lazy(ds: Any, center: str, warn_missing_head: bool, cosines: bool = True, logits: Any = None) -> Any:
     """The fused pass of ``ds`` as an (n_samples, len(FUSED_FIELDS)) array (lazy on dask-backed runs).
 
     ``cosines=False``: no class centers are computed (no head needed, no class-mean pass) and the cosine columns
@@ -208,12 +209,12 @@ def _run_table(ds: Any, attack: Any, eps: Any, center: str, keep_logits: bool = 
     require_vars(ds, ("features", "logits", "label"), "the analysis table")
     n = int(ds.sizes["sample"])
     z = run_array(ds, "logits")
-    lazy: dict[str, Any] = {"fused": _fused_lazy(ds, center, True, logits=z)}
+    lazy: dict[str, Any] = {"fused": fused_lazy(ds, center, True, logits=z)}
     if keep_logits:  # the same dask array as the fused pass's: its chunk reads are shared, not repeated
         lazy["logits"] = z
     a_idx = e_idx = None
     if "adv_correct" in ds.variables:
-        attacks = _strings(ds["attack"].values)
+        attacks = attack_names(ds["attack"].values)
         eps_vals = np.asarray(ds["eps"].values, dtype=float)
         a_idx = _select(attacks, attack, "attack")
         e_idx = _select(eps_vals, eps, "eps", close=True)
@@ -251,7 +252,7 @@ def _run_table(ds: Any, attack: Any, eps: Any, center: str, keep_logits: bool = 
     }
     if a_idx is not None:
         adv = np.asarray(vals["adv"].values)
-        names = _strings(lazy["adv"]["attack"].values)
+        names = attack_names(lazy["adv"]["attack"].values)
         epss = np.asarray(lazy["adv"]["eps"].values, dtype=float)
         flip = np.asarray(vals["flip"].transpose("attack", "sample").values, dtype=float)
         if not stored_flip:

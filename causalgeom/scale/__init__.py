@@ -17,8 +17,11 @@ Three engines, one module:
   a store complete, and a failed rank's shard is redone by re-running that rank alone.
 * **Dask (training).** :func:`run_grid` submits one :func:`causalgeom.pipeline.train.train_run` per task.
 
-Which of the two a whole-study analysis uses when the user does not say is decided by :func:`choose_path`
-(the study's size against :data:`DASK_THRESHOLD_ROWS`, measured by ``benchmarks/bench_scaling.py``).
+Which of the two a whole-study analysis uses when the user does not say is decided in one place,
+`causalgeom.scale.choice`: :func:`choose_engine` (a given or active client, else :func:`choose_path`: the study's size
+against :data:`DASK_THRESHOLD_ROWS`, measured by ``benchmarks/bench_scaling.py``). The command line,
+``cg.causal.mediate(study)`` (the facade hands `choose_engine` in to the causal layer) and the report use it;
+:data:`DASK_ENGINE` answers a `causalgeom.causal.MediationSpec` out of core.
 
 See ``docs/scaling_out.md`` for what runs where, ``docs/scaling.md`` for the measurements.
 """
@@ -26,12 +29,12 @@ See ``docs/scaling_out.md`` for what runs where, ``docs/scaling.md`` for the mea
 from __future__ import annotations
 
 from ..metrics.blocks import compute
-from .._util.dask import (CONNECT_TIMEOUT, SCHEDULER_ENV, active_client, client, current_client,
-                          worker_loss_translated)
+from .._util.dask import (CONNECT_TIMEOUT, SCHEDULER_ENV, WORKER_MALLOC_ENV, active_client, client, current_client,
+                          local_cluster_options, worker_loss_translated)
 from ..errors import WorkerLostError
-from .._util.scale_choice import (DASK_THRESHOLD_ROWS, IN_PROCESS_BYTES_PER_ROW, THRESHOLD_ENV, WORKER_MALLOC_ENV,
-                                  PathChoice, choose_path, dask_threshold, local_cluster_options, memory_rows)
-from .dask import SAMPLE_MOMENT_COLUMNS, RunMoments, mediate_study, run_moments
+from .choice import (DASK_ENGINE, DASK_THRESHOLD_ROWS, IN_PROCESS_BYTES_PER_ROW, PATHS, THRESHOLD_ENV, DaskEngine,
+                     PathChoice, choose_engine, choose_path, dask_threshold, local_address, memory_rows)
+from .dask import SAMPLE_MOMENT_COLUMNS, RunMoments, mediate_moments, mediate_study, run_moments
 from .grid import run_grid
 from .torchrun import RankInfo, barrier, extract, extract_study, rank_device, torchrun_env
 
@@ -39,7 +42,8 @@ __all__ = [
     "client", "compute", "current_client", "active_client", "worker_loss_translated", "WorkerLostError",
     "SCHEDULER_ENV", "CONNECT_TIMEOUT", "RankInfo", "torchrun_env", "rank_device", "barrier", "extract", "extract_study",
     "run_grid",
-    "SAMPLE_MOMENT_COLUMNS", "RunMoments", "run_moments", "mediate_study",
+    "SAMPLE_MOMENT_COLUMNS", "RunMoments", "run_moments", "mediate_study", "mediate_moments",
+    "choose_engine", "DaskEngine", "DASK_ENGINE", "PATHS", "local_address",
     "choose_path", "PathChoice", "dask_threshold", "DASK_THRESHOLD_ROWS", "IN_PROCESS_BYTES_PER_ROW", "memory_rows",
     "THRESHOLD_ENV", "WORKER_MALLOC_ENV",
     "local_cluster_options",

@@ -13,7 +13,7 @@ from ..dump.study import as_study
 from ..metrics import robustness
 from ..metrics.blocks import one_blas_thread
 from ..metrics.kernels import FUSED_FIELDS
-from ..metrics.table import _fused_lazy, _strings, headless_center, min_flip_column, robust_column
+from ..metrics.table import attack_names, fused_lazy, headless_center, min_flip_column, robust_column
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +92,14 @@ def _sample_columns(ds: Any) -> list[str]:
     """Per-sample numeric columns the study table would have for this run."""
     cols = list(SAMPLE_MOMENT_COLUMNS)
     if "adv_correct" in ds.variables:
-        attacks = _strings(ds["attack"].values)
+        attacks = attack_names(ds["attack"].values)
         eps = np.asarray(ds["eps"].values, dtype=float)
         cols += [robust_column(a, e) for a in attacks for e in eps]
         cols += [min_flip_column(a) for a in attacks]
     return cols
 
 
-#: Study-table columns taken from the fused pass (`causalgeom.metrics.table._fused_lazy`), by their formula there.
+#: Study-table columns taken from the fused pass (`causalgeom.metrics.table.fused_lazy`), by their formula there.
 _FUSED_COLUMNS = ("norm", "rms", "cos_true", "cos_pred", "confidence", "correct", "overconfidence", "nll", "brier")
 
 
@@ -132,7 +132,7 @@ def _assemble(spec: tuple[tuple[str, Any], ...], d: int, *blocks: np.ndarray) ->
 def _run_columns(ds: Any, columns: Sequence[str], center: str) -> Any:
     """The study-table columns ``columns`` of run ``ds`` as one dask array (n_samples, len(columns)) float64.
 
-    Every geometry and calibration column comes from the fused pass (`causalgeom.metrics.table._fused_lazy`:
+    Every geometry and calibration column comes from the fused pass (`causalgeom.metrics.table.fused_lazy`:
     one task per sample chunk reads that chunk of ``features``, ``logits`` and ``label`` once), and one more
     task per chunk assembles the asked columns from its block (``rms`` = norm / sqrt(d), ``overconfidence`` =
     confidence − correct, as in `causalgeom.metrics.table.run_table`), so a graph that uses several columns
@@ -174,7 +174,7 @@ def _run_columns(ds: Any, columns: Sequence[str], center: str) -> Any:
         else:
             col, derived = None, False
             if "adv_correct" in ds.variables:
-                attacks = _strings(ds["attack"].values)
+                attacks = attack_names(ds["attack"].values)
                 eps = np.asarray(ds["eps"].values, dtype=float)
                 for i, a in enumerate(attacks):
                     if name == min_flip_column(a):
@@ -198,7 +198,7 @@ def _run_columns(ds: Any, columns: Sequence[str], center: str) -> Any:
     if needs_fused:
         cosines = any(name in ("cos_true", "cos_pred") for name in columns)
         try:
-            first = lazy2d(_fused_lazy(ds, center, warn_missing_head=False, cosines=cosines))
+            first = lazy2d(fused_lazy(ds, center, warn_missing_head=False, cosines=cosines))
         except HeadMissingError:
             raise QueryError(f"columns {list(columns)}: run {ds.attrs.get('run_id')!r} has no head_weight, which "
                              f"center={center!r} needs for the cosines; use center='mean'") from None
@@ -479,14 +479,39 @@ def mediate_study(study: Any, *, treatment: str, mediators: str | Sequence[str],
     QueryError
         As ``mediate`` (unknown columns, levels, too few clusters, NaN/Inf values, ...).
     """
+    from ..causal.spec import MediationSpec
+
+    spec = MediationSpec(treatment=treatment, mediators=mediators, outcomes=outcome, control=control,
+                         treated=treated, covariates=covariates, cluster="run_id", method="regression",
+                         n_boot=n_boot, bootstrap=bootstrap, ci_level=ci_level, outcome_model="linear",
+                         interaction=interaction, ordered=ordered, treatment_type=treatment_type, level="sample",
+                         inference=inference, paired_by=paired_by, estimand=estimand)
+    return mediate_moments(study, spec, rng=rng, center=center, run_ids=run_ids)
+
+
+def mediate_moments(study: Any, spec: Any, *, rng: Any = None, center: str = "minimal_loss",
+                    run_ids: Sequence[str] | None = None) -> Any:
+    """The Dask engine's estimation: `mediate_study` for a `causalgeom.causal.MediationSpec` (the question's
+    ``cluster``, ``method``, ``level`` and ``outcome_model`` are taken as ``"run_id"``, ``"regression"``,
+    ``"sample"`` and ``"linear"``; ``engine="dask"`` on the result).
+
+    Raises
+    ------
+    QueryError
+        As `mediate_study`.
+    """
     import pandas as pd
 
-    from ..causal._design import build_design
-    from ..causal.mediation import (_as_rng, _check_options, _estimator_text, build_result, resolve_inference,
-                                   run_inference)
+    from .._util.rng import check_random_state
+    from ..causal.design import build_design
+    from ..causal.mediation import build_result, estimator_text, run_inference
 
-    inference, bootstrap = resolve_inference(inference, bootstrap)
-    _check_options("regression", bootstrap, "linear", n_boot, ci_level, inference, paired_by, estimand)
+    treatment, mediators, outcome = spec.treatment, list(spec.mediators), list(spec.outcomes)
+    control, treated, covariates = spec.control, spec.treated, list(spec.covariates)
+    n_boot = 1000 if spec.n_boot is None else spec.n_boot
+    ci_level, interaction, ordered = spec.ci_level, spec.interaction, spec.ordered
+    treatment_type, paired_by, estimand = spec.treatment_type, spec.paired_by, spec.estimand
+    inference, bootstrap = spec.resolved_inference
     if estimand == "model":
         raise QueryError("estimand='model': mediate_study supports the effect over runs only (inference over "
                          "images needs the per-image rows); use cg.causal.mediate(study.to_frame(), "
@@ -494,7 +519,7 @@ def mediate_study(study: Any, *, treatment: str, mediators: str | Sequence[str],
     if inference == "bootstrap" and bootstrap != "cluster":
         raise QueryError(f"bootstrap={bootstrap!r}: mediate_study supports bootstrap='cluster' only (the other "
                          "schemes resample rows)")
-    rng = _as_rng(rng)
+    rng = check_random_state(rng, error=QueryError)
     study = as_study(study)
     ids = list(study.run_ids if run_ids is None else run_ids)
     if not ids:
@@ -591,10 +616,12 @@ def mediate_study(study: Any, *, treatment: str, mediators: str | Sequence[str],
     notes.append("computed from per-run sufficient statistics on Dask (causalgeom.scale.mediate_study); "
                  "the overlap check, the Mundlak table and the refuters need the per-sample table (cg.causal.mediate "
                  "on study.to_frame())")
-    return build_result(est, design, point, None, inf, method="regression",
-                        estimator=_estimator_text(design, "linear", interaction, ordered, paired), notes=notes,
-                        ci_level=ci_level, outcome_model="linear", interaction=interaction, ordered=ordered,
-                        bootstrap=bootstrap, inference=inference, overlap=None, keep_design=False)
+    result = build_result(est, design, point, None, inf, method="regression",
+                          estimator=estimator_text(design, "linear", interaction, ordered, paired), notes=notes,
+                          ci_level=ci_level, outcome_model="linear", interaction=interaction, ordered=ordered,
+                          bootstrap=bootstrap, inference=inference, overlap=None, keep_design=False)
+    result.engine = "dask"
+    return result
 
 
 @functools.lru_cache(maxsize=1)
@@ -602,8 +629,8 @@ def _moment_classes() -> tuple[type, type]:
     """Build the Design / LinearMediation subclasses on first use (keeps this module's import light)."""
     from dataclasses import dataclass
 
-    from ..causal._design import Design
-    from ..causal.estimators import LinearMediation, _Layout, effect_names
+    from ..causal.design import Design
+    from ..causal.estimators import LinearMediation, Layout, effect_names
 
     @dataclass
     class MomentDesign(Design):
@@ -629,7 +656,7 @@ def _moment_classes() -> tuple[type, type]:
             self.outcome_model = "linear"
             self.interaction = interaction
             self.ordered = ordered
-            self.lay = _Layout(K, design.X.shape[1], design.Y.shape[1], interaction)
+            self.lay = Layout(K, design.X.shape[1], design.Y.shape[1], interaction)
             self.paired = False
             self.names = effect_names(design.mediators, ordered)
             self.t0, self.t1 = design.t0, design.t1

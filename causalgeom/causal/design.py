@@ -13,7 +13,9 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from .._util.checks import check_params
 from ..errors import QueryError
+from .spec import PARAMETER_CONSTRAINTS
 
 __all__ = ["Design", "build_design", "MIN_CLUSTERS_PER_ARM", "MIN_CLUSTERS_CONTINUOUS"]
 
@@ -200,9 +202,7 @@ def build_design(table: Any, *, treatment: str, mediators: Any, outcome: Any, co
                 raise QueryError(f"column {c!r} is used twice (as {seen[c]} and as {role}); each column may play "
                                  "one role")
             seen[c] = role
-    if treatment_type not in ("auto", "categorical", "continuous"):
-        raise QueryError(f"treatment_type: unknown value {treatment_type!r}; allowed: "
-                         "['auto', 'categorical', 'continuous']")
+    check_params({"treatment_type": treatment_type}, PARAMETER_CONSTRAINTS, error=QueryError)
 
     tcol = table[treatment]
     if tcol.isna().any():
@@ -413,8 +413,7 @@ def pairing(sub: pd.DataFrame, codes: np.ndarray, R: int, *, paired_by: str | No
     QueryError
         ``paired_by="sample"`` and the runs cannot be paired (the message names the problem).
     """
-    if paired_by not in ("auto", "sample", None):
-        raise QueryError(f"paired_by: unknown value {paired_by!r}; allowed: ['auto', 'sample', None]")
+    check_params({"paired_by": paired_by}, PARAMETER_CONSTRAINTS, error=QueryError)
     forced = paired_by == "sample"
     reason = None
     if paired_by is None:
