@@ -116,10 +116,10 @@ def reliability_panels(groups: dict[str, Any]) -> Any:
     import matplotlib.pyplot as plt
 
     n = len(groups)
-    cols = min(n, 4)
+    cols = min(n, 2)  # half the page wide: two panels a row
     rows_n = -(-n // cols)
     with plt.rc_context(_rc()):
-        fig, axes = plt.subplots(rows_n, cols, figsize=(2.55 * cols, 2.6 * rows_n), squeeze=False)
+        fig, axes = plt.subplots(rows_n, cols, figsize=(2.5 * min(cols, 2), 2.5 * -(-n // min(cols, 2))), squeeze=False)
         for ax in axes.ravel()[n:]:
             ax.set_axis_off()
         for ax, (name, rel) in zip(axes.ravel(), groups.items()):
@@ -140,7 +140,7 @@ def reliability_panels(groups: dict[str, Any]) -> Any:
             for x, c, top in zip(mid[keep], count[keep], hi[keep]):
                 if c >= 1:
                     ax.text(x, min(top + 0.02, 0.93), f"{int(c)}", ha="center", va="bottom", rotation=90,
-                            fontsize=_FONT_PT - 2.5)
+                            fontsize=_FONT_PT - 2)
             ax.set_title(name)
             ax.set_xlim(0, 1), ax.set_ylim(0, 1.08)
             ax.set_xlabel("confidence")
@@ -156,7 +156,7 @@ def cone_plot(curves: list[tuple[str, bool, np.ndarray, np.ndarray]]) -> Any:
     import matplotlib.pyplot as plt
 
     with plt.rc_context(_rc()):
-        fig, ax = plt.subplots(figsize=(6.4, 3.0))
+        fig, ax = plt.subplots(figsize=(5.0, 2.6))
         nobias = [(n, s, f) for n, b, s, f in curves if not b]
         for k, (name, with_bias, s, f) in enumerate([c for c in curves if c[1]]):
             ax.plot(s, f, "-", color=f"C{k}", label=f"{name} (with bias)")
@@ -168,7 +168,7 @@ def cone_plot(curves: list[tuple[str, bool, np.ndarray, np.ndarray]]) -> Any:
                 ax.plot(s, f, ":", color=f"C{k}", lw=2, label=f"{name} (no bias)")
         ax.set_xscale("log"), ax.set_xlabel("scale s of the feature"), ax.set_ylabel("prediction unchanged")
         ax.set_ylim(-0.02, 1.05)
-        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+        ax.legend(loc="lower left", frameon=True, framealpha=0.9)
         fig.tight_layout() if not fig.get_layout_engine() else None
     return fig
 
@@ -178,13 +178,14 @@ def distributions_plot(df: Any, center: str) -> Any:
     import matplotlib.pyplot as plt
 
     with plt.rc_context(_rc()):
-        fig, axes = plt.subplots(1, 2, figsize=(9.5, 2.9))
+        fig, axes = plt.subplots(2, 1, figsize=(5.0, 3.6))
         for reg, g in df.groupby("regularizer"):
             axes[0].hist(g["rms"], bins=40, histtype="step", density=True, label=str(reg))
             axes[1].hist(g["cos_true"], bins=40, histtype="step", density=True, label=str(reg))
         axes[0].set_xlabel("feature RMS (‖h‖/√d)"), axes[1].set_xlabel(f"cosine to true-class {center} center")
         axes[0].set_ylabel("density")
-        axes[1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+        axes[1].set_ylabel("density")
+        axes[0].legend(frameon=False)
         fig.tight_layout() if not fig.get_layout_engine() else None
     return fig
 

@@ -61,11 +61,25 @@ class Section:
         self.html += f"<p{f' class={cls!r}' if cls else ''}>{html.escape(text)}{extra}</p>"
         self.md += text + (f" ({link[0]})" if link else "") + "\n\n"
 
+    def open_details(self, summary: str) -> None:
+        """Start a collapsed block (the reader opens it); `close_details` ends it. The Markdown shows it all."""
+        self.html += f"<details><summary>{html.escape(summary)}</summary>"
+
+    def close_details(self) -> None:
+        self.html += "</details>"
+
     def add_heading(self, text: str, anchor: str) -> None:
         self.html += f"<h3 id='{html.escape(anchor)}'>{html.escape(text)}</h3>"
         self.md += f"### {text}\n\n"
 
-    def add_figure(self, name: str, fig: Any, caption: str) -> None:
+    def add_figure_file(self, name: str, fig: Any) -> None:
+        """A figure written to figures/NAME.png only (its numbers are in a table on the page)."""
+        self.figures[name] = figures.save(fig)[0]
+
+    def add_figure(self, name: str, fig: Any, caption: str, height: float | None = None) -> None:
+        """Embed ``fig`` (``height`` in inches, optional: resize first) and write it to figures/NAME.png."""
+        if height is not None:
+            fig.set_size_inches(fig.get_size_inches()[0], height)
         png, font_px, width = figures.save(fig)
         self.figures[name] = png
         b64 = base64.b64encode(png).decode("ascii")
@@ -81,6 +95,32 @@ def _markdown_table(df: pd.DataFrame) -> str:
     for row in df.itertuples(index=False):
         lines.append("| " + " | ".join("" if (isinstance(v, float) and np.isnan(v)) else str(v) for v in row) + " |")
     return "\n".join(lines)
+
+
+def _first_sentence(text: str) -> str:
+    head, sep, _ = text.partition(". ")
+    return head + "." if sep else text
+
+
+def _mediation_compact(summ: pd.DataFrame, q: Any) -> pd.DataFrame:
+    """Effects as rows, outcomes as columns, cells ``estimate [low, high]`` († extrapolated); the aggregate indirect
+    and per-mediator proportions only where there is one mediator (their rows are in the CSV)."""
+    effects = ["total", "direct"] + [f"indirect[{m}]" for m in q.mediators] + ["prop_mediated"]
+    if len(q.mediators) == 1:
+        effects = ["total", "direct", "indirect", "prop_mediated"]
+    rows = []
+    for eff in effects:
+        row = {"effect": eff}
+        for o, g in summ.groupby("outcome", sort=False):
+            rec = g[g.effect == eff]
+            if rec.empty:
+                continue
+            r = rec.iloc[0].to_dict()
+            note = str(r.get("note") or "")
+            row[_relabel_eps(o)] = ("not estimable" if not _finite(r["estimate"]) else _cell(r)) + \
+                (" †" if "extrapolated" in note else "")
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _slug(text: str) -> str:
@@ -164,6 +204,7 @@ def decomposition(ctx: Any) -> Section:
         rep = ctx.representation(treatment, control, treated)
         if rep is not None and not isinstance(rep, Exception):
             s.tables[f"decomposition_representation_{slug}"] = rep.summary()
+            s.open_details(f"Representation-level description ({', '.join(rep.factors)})")
             s.add_table(_compact(rep), f"Representation-level description ({', '.join(rep.factors)}; {rep.status}; "
                                        f"initialisation: {rep.initialisation}): a description of the trained "
                                        "networks, not a causal share.")
@@ -177,6 +218,7 @@ def decomposition(ctx: Any) -> Section:
                            f"accuracy vs {align['own_accuracy'].mean():.2f} own; Procrustes angle "
                            f"{align['basis_angle'].mean():.1f}°; {int(align['aligned'].sum())} of {len(align)} pairs "
                            "aligned.")
+            s.close_details()
         elif ctx.headless_reason("", ""):
             s.add_text("The representation-level description is not shown: it needs the head, which the dumps do "
                        "not store; the function-level split above needs only the logits.")
@@ -202,8 +244,9 @@ def provenance(ctx: Any) -> Section:
     if "regularizer_params" in runs:
         table["params"] = runs["regularizer_params"].map(lambda p: ", ".join(f"{k}={v}" for k, v in p.items())
                                                          if isinstance(p, dict) else str(p))
-    s.add_table(table, "Runs (one Zarr store each)" + (": " + ", ".join(f"{k} {v}" for k, v in same.items())
-                                                        if same else "") + ".")
+    s.open_details(f"Runs ({len(runs)}, one Zarr store each)" + (": " + ", ".join(f"{k} {v}" for k, v in same.items())
+                                                                 if same else ""))
+    s.add_table(table)
     first = ctx.study[runs.iloc[0]["run_id"]]
     versions = first.attrs.get("versions", {})
     if versions:
@@ -217,6 +260,7 @@ def provenance(ctx: Any) -> Section:
         s.add_table(pd.DataFrame([(r, w if w is not None else "", p or "not recorded") for r, p, w in pre],
                                  columns=["run_id", "weights", "preprocess"]),
                     "Weights (none: random initialization) and input preprocessing of each run.")
+    s.close_details()
     if incomplete := ctx.study.incomplete:
         s.add_text(f"Not included (incompletely written): {', '.join(incomplete)}.")
     return s
@@ -325,9 +369,9 @@ def interventions(ctx: Any) -> Section:
     rt = iv.rotate(ds, alphas=[-0.5, -0.25, 0.0, 0.25, 0.5, 0.75], rng=np.random.default_rng(0))
     ctx.intervention_results = {"rescale": rs, "rotate": rt, "control_run": control}
     s.add_figure("dose_rescale", iv.plot_dose_response(rs), f"Rescaling h → s·h on run {control}: "
-                 "calibration outcomes against s (95% percentile bootstrap over samples).")
+                 "calibration outcomes against s (95% percentile bootstrap over samples).", height=2.5)
     s.add_figure("dose_rotate", iv.plot_dose_response(rt), f"Rotating h toward its predicted-class center by a "
-                 f"fraction α of the angle (norm kept) on run {control}.")
+                 f"fraction α of the angle (norm kept) on run {control}.", height=2.5)
     s.tables["intervention_rescale"] = _dataset_table(rs)
     s.tables["intervention_rotate"] = _dataset_table(rt)
     for kind, res in ctx.robust.items():
@@ -356,14 +400,12 @@ def mediation(ctx: Any) -> Section:
         if err is not None:
             s.add_text(f"{label}: not estimable — {err}")
             continue
-        for w in caught:  # e.g. too few runs per arm: the caveat belongs next to the numbers
-            s.add_text(f"Caution ({w.category.__name__}): {w.message}")
+        for w in caught:  # e.g. too few runs per arm: the caveat belongs next to the numbers (first sentence)
+            s.add_text(f"Caution ({w.category.__name__}): {_first_sentence(str(w.message))}")
         summ = res.summary()
-        shown = summ.assign(outcome=summ["outcome"].map(_relabel_eps))
-        cols = [c for c in ("outcome", "effect", "estimate", "ci_low", "ci_high", "p_value", "note") if c in shown]
-        s.add_table((_rounded_table(shown) if {"ci_low", "ci_high"} <= set(shown.columns) else shown)[cols],
-                    f"{label}; mediators {', '.join(q.mediators)} ('extrapolated': the mediator's supports do not "
-                    "overlap).")
+        s.add_table(_mediation_compact(summ, q), f"{label}; mediators {', '.join(q.mediators)}. Cells: estimate "
+                    "[95% interval]; † extrapolated (the mediator's supports do not overlap); notes and p-values: "
+                    f"tables/mediation_{i}_{_slug(str(q.treated))}.csv.")
         s.tables[f"mediation_{i}_{_slug(str(q.treated))}"] = summ
         if len(res.overlap):
             ov = res.overlap.copy()
@@ -381,17 +423,13 @@ def mediation(ctx: Any) -> Section:
             s.tables[f"run_confounding_{i}_{_slug(str(q.treated))}"] = res.run_confounding
             s.add_text(f"{label}: mediator → outcome slopes pooled, within and between runs (Mundlak test over runs; "
                        f"slope used: {res.slope}): tables/run_confounding_{i}_{_slug(str(q.treated))}.csv.")
-        for note in res.notes:
-            if "cannot confirm" in note:
-                s.add_text(f"{label}: {note}")
         tot = summ.query("effect == 'total'")
         if res.p_floor > 1 - res.ci_level or bool(((tot["ci_low"] <= 0) & (tot["ci_high"] >= 0)).any()):
             try:
                 s.add_text(f"{label}: {causal.plan(res, alpha=1 - res.ci_level).sentence()}")
             except QueryError:
                 pass
-        s.add_figure(f"forest_{i}_{_slug(str(q.treated))}", res.plot(),
-                     f"Forest plot: {label} (estimates with {int(round(100 * res.ci_level))}% intervals).")
+        s.add_figure_file(f"forest_{i}_{_slug(str(q.treated))}", res.plot())  # the table above, drawn
     if not ctx.mediation_results:
         s.add_text("No mediation query could be estimated.")
     s.add_heading("Mediation vs decomposition", "agreement")
@@ -400,17 +438,19 @@ def mediation(ctx: Any) -> Section:
     s.add_text(text)
     if table is not None and len(table):
         s.tables["mediation_vs_decomposition"] = table
-        shown = table.drop(columns=["estimand"]).copy()
-        for a in ("mediation", "decomposition"):
-            vals = [round_to_interval(r[a], r[f"{a}_ci_low"], r[f"{a}_ci_high"]) for r in table.to_dict("records")]
-            for j, c in enumerate((a, f"{a}_ci_low", f"{a}_ci_high")):
-                shown[c] = [v[j] for v in vals]
+        shown = pd.DataFrame({
+            "treated": table["treated"], "outcome": table["outcome"], "path": table["mediator"] + " ↔ " + table["factor"],
+            "mediation": [_cell({"estimate": r["mediation"], "ci_low": r["mediation_ci_low"],
+                                 "ci_high": r["mediation_ci_high"]}) for r in table.to_dict("records")],
+            "decomposition (switched last)": [_cell({"estimate": r["decomposition"], "ci_low": r["decomposition_ci_low"],
+                                                     "ci_high": r["decomposition_ci_high"]})
+                                              for r in table.to_dict("records")]})
         s.add_table(shown, "Regression mediation vs the head-based decomposition on the same estimand: the "
                            "mediation's indirect effect (a total natural indirect effect, treated network) beside the "
-                           "decomposition's effect of switching the matching factor last (rms ↔ magnitude, cos_true ↔ "
-                           "direction). The decomposition computes its worlds exactly; the mediation estimates them "
-                           "from a regression model, so a difference measures that model's error (functional form, "
-                           "the proxy mediator), not confounding by itself.")
+                           "decomposition's effect of switching the matching factor last. The decomposition computes "
+                           "its worlds exactly; the mediation estimates them from a regression model, so a difference "
+                           "measures that model's error (functional form, the proxy mediator), not confounding by "
+                           "itself.")
     return s
 
 
@@ -418,18 +458,32 @@ def refuters_sensitivity(ctx: Any, refute: bool) -> Section:
     from .. import causal
 
     s = Section("refuters-sensitivity", "Refuters and sensitivity")
+    s.open_details("Sensitivity to unmeasured confounding and DoWhy refuters")
     for q, res in ctx.mediation_results:
         sens = getattr(res, "sensitivity", None)
         if sens is not None and len(sens):
-            s.add_table(pd.DataFrame(sens), f"Sensitivity to unmeasured mediator–outcome confounding "
-                                           f"({res.sensitivity_method}): {q.treated} vs {q.control}.", "{:.3g}")
+            sens = pd.DataFrame(sens)
+            s.tables[f"sensitivity_{_slug(str(q.treated))}"] = sens
+            cols = [c for c in ("outcome", "mediator", "indirect_path", "rho_at_zero_path") if c in sens.columns]
+            shown = sens[cols].assign(outcome=sens["outcome"].map(_relabel_eps)) if "outcome" in cols else sens[cols]
+            s.add_table(shown, f"Sensitivity ({res.sensitivity_method.split(':')[0]}): the error correlation ρ at which "
+                               f"each path would vanish, {q.treated} vs {q.control} (all columns: "
+                               f"tables/sensitivity_{_slug(str(q.treated))}.csv).", "{:.2g}")
     if refute and ctx.mediation_results:
         q, res = ctx.mediation_results[0]
         try:
-            s.add_table(causal.refute(res), f"DoWhy refuters (placebo treatment, random common cause, data "
-                                            f"subset) for {q.treated} vs {q.control}.", "{:.3g}")
+            ref = causal.refute(res)
         except Exception as exc:  # noqa: BLE001 - a refuter failing must not lose the report; say so
             s.add_text(f"DoWhy refuters could not be run: {type(exc).__name__}: {exc}")
+        else:
+            s.tables["refuters"] = ref
+            status = ref["status"].astype(str).str.split(":").str[0]
+            counts = pd.crosstab(ref["refuter"], status).reset_index()
+            counts.columns.name = None
+            s.add_table(counts, f"DoWhy refuters for {q.treated} vs {q.control}: how many effects each passed, failed "
+                                "or could not decide ('inconclusive': the design's smallest p-value is above α); every "
+                                "effect: tables/refuters.csv.")
+    s.close_details()
     if not ctx.mediation_results:
         s.add_text("No mediation result to refute.")
     return s
@@ -437,7 +491,7 @@ def refuters_sensitivity(ctx: Any, refute: bool) -> Section:
 
 def findings(ctx: Any) -> Section:
     s = Section("findings", "Findings in plain language")
-    for text in findings_text(ctx.paper, ctx.mediation_results, ctx.intervention_results, ctx.robust, None):
+    for text in findings_text(ctx.paper, [], ctx.intervention_results, ctx.robust, None):
         s.add_text(text)
     for note in ctx.notes:
         s.add_text(note)
@@ -500,7 +554,10 @@ h3{font-size:16px}p{margin:.4em 0}.table-wrap{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;font-size:12px;margin:.3em 0 1em}td,th{border:1px solid #ccc;padding:2px 6px}
 th{background:#f2f2f2}figure{margin:.5em 0}img{max-width:100%;height:auto}.caption,figcaption{color:#555;
 font-size:13px}nav{font-size:13px}nav a{margin-right:.8em}.verdict{font-size:16px;font-weight:600;margin:.2em 0}
-.flag{background:#f6f6f6;padding:.3em .5em}"""
+.flag{background:#f6f6f6;padding:.3em .5em}.pair{display:grid;grid-template-columns:1fr 1fr;gap:1.5em}
+.pair section{min-width:0}details{margin:.3em 0}summary{cursor:pointer;color:#036}"""
+#: Sections shown side by side (their figures are at most half the page wide), first and second of each pair.
+_PAIRED = (("reliability",), ("distributions",))
 # After load, record how many embedded figures decoded (a browser test reads it from the DOM).
 _SCRIPT = ("<script>window.addEventListener('load',function(){var i=document.images,n=0;"
            "for(var k=0;k<i.length;k++){if(i[k].complete&&i[k].naturalWidth>0)n++;}"
@@ -518,7 +575,14 @@ def write_page(out: Path, title: str, sections: list[Section]) -> None:
         for name, df in sec.tables.items():
             df.to_csv(tabdir / f"{name}.csv", index=False)
     nav = "".join(f"<a href='#{s.id}'>{html.escape(s.title.split(':')[0])}</a>" for s in sections)
-    body = "".join(f"<section id='{s.id}'><h2>{html.escape(s.title)}</h2>{s.html}</section>" for s in sections)
+    body = ""
+    for s in sections:
+        part = f"<section id='{s.id}'><h2>{html.escape(s.title)}</h2>{s.html}</section>"
+        if s.id in _PAIRED[0]:  # two narrow sections side by side
+            part = "<div class='pair'>" + part
+        elif s.id in _PAIRED[1]:
+            part += "</div>"
+        body += part
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_CSS}</style>{_SCRIPT}</head><body><h1>{html.escape(title)}</h1><nav>{nav}</nav>{body}</body></html>")
     atomic_write(out, page, fsync=False)
