@@ -369,9 +369,9 @@ def interventions(ctx: Any) -> Section:
     rt = iv.rotate(ds, alphas=[-0.5, -0.25, 0.0, 0.25, 0.5, 0.75], rng=np.random.default_rng(0))
     ctx.intervention_results = {"rescale": rs, "rotate": rt, "control_run": control}
     s.add_figure("dose_rescale", iv.plot_dose_response(rs), f"Rescaling h → s·h on run {control}: "
-                 "calibration outcomes against s (95% percentile bootstrap over samples).", height=2.5)
+                 "calibration outcomes against s (95% percentile bootstrap over samples).", height=2.2)
     s.add_figure("dose_rotate", iv.plot_dose_response(rt), f"Rotating h toward its predicted-class center by a "
-                 f"fraction α of the angle (norm kept) on run {control}.", height=2.5)
+                 f"fraction α of the angle (norm kept) on run {control}.", height=2.2)
     s.tables["intervention_rescale"] = _dataset_table(rs)
     s.tables["intervention_rotate"] = _dataset_table(rt)
     for kind, res in ctx.robust.items():
@@ -408,13 +408,14 @@ def mediation(ctx: Any) -> Section:
                     f"tables/mediation_{i}_{_slug(str(q.treated))}.csv.")
         s.tables[f"mediation_{i}_{_slug(str(q.treated))}"] = summ
         if len(res.overlap):
-            ov = res.overlap.copy()
-            for c in ov.columns:
-                if pd.api.types.is_float_dtype(ov[c]):
-                    ov[c] = ov[c].map(lambda v: f"{v:.2f}")
-            s.add_table(ov, f"{label}: overlap of each mediator across the arms (share of one arm's values inside "
-                            "the other's range).")
-            s.tables[f"overlap_{i}_{_slug(str(q.treated))}"] = res.overlap
+            ov = res.overlap
+            s.add_text(f"{label}: overlap of each mediator across the arms (share of the treated runs' values inside "
+                       "the control range / of the control runs' inside the treated range): " + "; ".join(
+                           f"{r['mediator']} {r['share_treated_in_control_range']:.2f} / "
+                           f"{r['share_control_in_treated_range']:.2f}"
+                           f"{'' if r.get('supported', True) else ' (no overlap: natural effects extrapolate)'}"
+                           for r in ov.to_dict("records")) + ".")
+            s.tables[f"overlap_{i}_{_slug(str(q.treated))}"] = ov
         else:
             s.add_text(f"{label}: no overlap check available from this mediation result.")
         if len(res.mundlak):
@@ -525,6 +526,7 @@ _DEFINITIONS = (
 
 def methods(ctx: Any) -> Section:
     s = Section("methods", "Methods: definitions, estimands and inference (said once)")
+    s.open_details("Definitions, estimands, designs and inference of every number in this report")
     for text in _DEFINITIONS:
         s.add_text(text)
     seen: set[str] = set()
@@ -544,6 +546,7 @@ def methods(ctx: Any) -> Section:
         seen.add(key)
     if ctx.mediation_results:
         s.add_text(MEDIATION_CAVEATS)
+    s.close_details()
     return s
 
 
@@ -559,9 +562,12 @@ font-size:13px}nav{font-size:13px}nav a{margin-right:.8em}.verdict{font-size:16p
 #: Sections shown side by side (their figures are at most half the page wide), first and second of each pair.
 _PAIRED = (("reliability",), ("distributions",))
 # After load, record how many embedded figures decoded (a browser test reads it from the DOM).
+# A link to the Methods appendix opens it.
 _SCRIPT = ("<script>window.addEventListener('load',function(){var i=document.images,n=0;"
            "for(var k=0;k<i.length;k++){if(i[k].complete&&i[k].naturalWidth>0)n++;}"
-           "document.body.setAttribute('data-images-loaded',n);});</script>")
+           "document.body.setAttribute('data-images-loaded',n);"
+           "document.querySelectorAll(\"a[href='#methods']\").forEach(function(a){a.addEventListener('click',"
+           "function(){var d=document.querySelector('#methods details');if(d)d.open=true;});});});</script>")
 
 
 def write_page(out: Path, title: str, sections: list[Section]) -> None:
