@@ -165,8 +165,11 @@ def summary(ctx: Any) -> Section:
         s.add_text(verdict_text(tr, c, r, ctx.levels(t, c, tr, r)), cls="verdict")
     if ok:
         s.add_figure("headline", figures.headline([(f"{tr}\nvs {c}", r) for _, c, tr, r in ok], FACTOR_WORDS_SHORT),
-                     "Change (treated − control) in ECE, signed ECE, NLL and robust accuracy, each split into the "
-                     "logit scale and shape (function-level decomposition), with 95% intervals.")
+                     "Change (treated − control) in ECE, signed ECE, NLL and "
+                     + ("robust accuracy at the stated ε" if any("robust_accuracy" in r.outcomes for *_, r in ok)
+                        else "accuracy (no attacked outputs stored)")
+                     + ", each split into the logit scale and shape (function-level decomposition), with 95% "
+                       "intervals.")
     for line in lines[1:]:
         s.add_text(line)
     flag, text = agreement(ctx.versus)
