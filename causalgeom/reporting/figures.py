@@ -135,7 +135,7 @@ def reliability_panels(groups: dict[str, Any]) -> Any:
             ax.bar(left[keep & few], acc[keep & few], width=width[keep & few], align="edge", color="0.8",
                    edgecolor="0.4", hatch="//", lw=0.5, label=f"< {rel.attrs.get('min_count', 20)} images")
             mid = left + width / 2
-            ax.errorbar(mid[keep], acc[keep], yerr=[acc[keep] - lo[keep], hi[keep] - acc[keep]], fmt="none",
+            ax.errorbar(mid[keep], acc[keep], yerr=np.clip([acc[keep] - lo[keep], hi[keep] - acc[keep]], 0, None), fmt="none",
                         ecolor="k", lw=0.8, capsize=1.5)
             for x, c, top in zip(mid[keep], count[keep], hi[keep]):
                 if c >= 1:
