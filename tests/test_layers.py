@@ -50,7 +50,7 @@ FOLDER_LAYERS = ("_util", "dump", "pipeline", "metrics", "causal", "intervention
 #: Layer of each top-level module that is not (yet) inside its layer's folder.
 MODULE_LAYER: dict[str, str] = {
     "errors": "_util",
-    "reporting": "report", "demo": "report",
+    "reporting": "report", "demo": "report",  # reporting/ is a package: its modules are layer report too
     "testing": "testing",
     "__main__": "facade",
 }

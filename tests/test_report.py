@@ -66,12 +66,15 @@ def test_every_section_and_figure_present(written):
     for sid in SECTION_IDS:
         assert f"<section id='{sid}'>" in page
     figures = re.findall(r"data-figure='([^']+)'", page)
-    for name in ("reliability", "distributions", "cone_test", "dose_rescale", "dose_rotate"):
+    for name in ("headline", "reliability", "distributions", "cone_test", "dose_rescale", "dose_rotate"):
         assert name in figures
-    assert any(f.startswith("forest_") for f in figures)
+    assert list((out.parent / "figures").glob("forest_*.png"))  # the forest plot: its numbers are a table on the page
     assert "src='http" not in page and "src=\"http" not in page  # self-contained
     for name in figures:
         assert (out.parent / "figures" / f"{name}.png").stat().st_size > 1000
+    # definitions, estimands and methods said once, in the Methods appendix the rest links to
+    assert page.count("Function-level decomposition: for every control × treated pair") == 1
+    assert page.count("Estimand: average effect over training runs") == 1 and "href='#methods'" in page
     md = out.with_suffix(".md").read_text()
     assert "## Mediation analysis" in md and "![" in md
     # the estimator, resampling unit and interval are stated
@@ -126,19 +129,32 @@ def test_report_leads_with_the_decomposition_and_names_the_estimand_first(writte
     md = out.with_suffix(".md").read_text()
     sections = re.findall(r"^## (.+)$", md, re.M)
     assert sections[0].startswith("Summary") and sections[1].startswith("Why: the function-level split")
+    assert sections[2].startswith("Study and provenance") and sections[-1].startswith("Methods")
     first_para = md.split("## Summary")[1].split("\n\n")[1]
     assert first_para.startswith("Estimand: every number below is an effect over training runs")
     summary = md.split("## Summary")[1].split("## Why")[0]
     assert "label_smoothing vs ce" in summary and "Mechanism:" in summary and "How sure:" in summary
     assert "the smallest p-value 3 + 3 runs can give" in summary  # 2 / C(6, 3) = 0.1: never a smaller p
+    assert "4 runs per arm would let it reach 0.05" in summary  # the floor reconciled with the interval
     assert "ε = 8/255" in summary  # budgets as k/255
-    assert "decomposition_label_smoothing" in re.findall(r"data-figure='([^']+)'", out.read_text())
+    assert "label_smoothing made the model" in summary and "means over runs" in summary  # the verdict
+    assert re.search(r"Mediation and decomposition (agree|disagree).*\(why\)", summary)  # the flag and its link
+    assert "<h3 id='agreement'>" in out.read_text()
+    figures = re.findall(r"data-figure='([^']+)'", out.read_text())
+    assert figures[0] == "headline"
+    why = md.split("## Why")[1].split("\n## ")[0]
+    assert "| outcome | total | scale | shape |" in why and "robust_accuracy (pgd-linf, ε=8/255)" in why
 
 
 def test_mediation_tables_state_design_estimand_and_overlap(written):
     out, _ = written
-    med = out.with_suffix(".md").read_text().split("## Mediation analysis")[1].split("## Refuters")[0]
-    assert "estimand:" in med and "design:" in med and "overlap of each mediator" in med
+    md = out.with_suffix(".md").read_text()
+    med = md.split("## Mediation analysis")[1].split("## Refuters")[0]
+    methods = md.split("## Methods")[1]
+    assert "estimand:" in methods and "design:" in methods and "inference:" in methods  # said once, in Methods
+    assert "Caveats: regression mediation assumes no unmeasured confounding" in methods
+    assert "overlap of each mediator" in med and "rms 0." in med
+    assert "| effect | overconfidence |" in med and "| indirect[rms] |" in med and "| prop_mediated |" in med
     assert "Regression mediation vs the head-based decomposition on the same estimand" in med
     assert "evidence of confounding" not in out.read_text() and "points at confounding" not in out.read_text()
     assert (out.parent / "tables" / "mediation_vs_decomposition.csv").exists()
@@ -154,7 +170,7 @@ def test_eps_labels_and_rounding_to_the_interval():
     assert round_to_interval(12.3456, 9.8, 14.8) == ("+12.3", "+9.8", "+14.8")
     assert format_ci(0.5, 0.5, 0.5) == "+0.5"  # degenerate interval: 3 significant digits, no CI
     assert format_ci(-0.0651, -0.0723, -0.0578) == "-0.0651 (95% CI -0.0723 to -0.0578)"
-    from causalgeom.reporting import _mean_pm
+    from causalgeom.reporting.text import _mean_pm
 
     paper = pd.DataFrame({"regularizer": ["ce"], "nll": [0.18781], "nll_low": [0.1388], "nll_high": [0.2368]})
     assert _mean_pm(paper)["nll"].tolist() == ["0.188 ± 0.049"]
@@ -192,3 +208,73 @@ def test_summary_names_the_model_conditional_estimand_first(tmp_path):
     assert "image bootstrap, conditional on these models" in text[1] and "p =" not in text[1]
     failed = summary_text([("regularizer", "ce", "mixup", cg.QueryError("no run has regularizer = 'mixup'"))], 2)
     assert failed[0].startswith("Estimand: none") and "mixup" in failed[0]
+
+
+def _fake_decomposition(rows, eps=None):
+    """A stand-in with the face `verdict_text` reads: summary() rows of totals, eps and attack."""
+    import types
+
+    table = pd.DataFrame([{"outcome": o, "component": "total", "estimate": e, "ci_low": lo, "ci_high": hi}
+                          for o, (e, lo, hi) in rows.items()])
+    return types.SimpleNamespace(summary=lambda: table, eps=eps, attack="pgd-linf")
+
+
+def test_verdict_words_follow_signs_and_intervals():
+    from causalgeom.reporting import verdict_text
+
+    # ECE up, signed ECE from + to −: underconfident, with both levels written
+    res = _fake_decomposition({"ece": (0.121, 0.10, 0.14), "signed_ece": (-0.173, -0.19, -0.15)})
+    text = verdict_text("label_smoothing", "ce", res, {"ece": (0.032, 0.153), "signed_ece": (0.022, -0.151)})
+    assert text.startswith("label_smoothing made the model underconfident: ECE 0.03")
+    assert "→ 0.15" in text and "signed ECE +0.02" in text and "→ −0.15" in text
+    # lower signed ECE that stays positive: less overconfident, not underconfident
+    text = verdict_text("mixup", "ce", res, {"ece": (0.2, 0.08), "signed_ece": (0.2, 0.03)})
+    assert "reduced the model's overconfidence" in text and "underconfident" not in text
+    # an interval that includes 0: no claim
+    res0 = _fake_decomposition({"ece": (0.01, -0.02, 0.04), "signed_ece": (0.01, -0.02, 0.04),
+                                "robust_accuracy": (-0.3, -0.4, -0.2)}, eps=8 / 255)
+    text = verdict_text("x", "ce", res0, {"ece": (0.05, 0.06), "signed_ece": (0.01, 0.02),
+                                          "robust_accuracy": (0.5, 0.2)})
+    assert "did not detectably change" in text and "(change not detectable)" in text
+    assert "robust accuracy at ε = 8/255 fell" in text
+    # more overconfident
+    res1 = _fake_decomposition({"signed_ece": (0.05, 0.03, 0.07)})
+    assert "made the model more overconfident" in verdict_text("y", "ce", res1, {"signed_ece": (0.02, 0.07)})
+
+
+def test_paper_table_shows_the_temperature_scaled_ece_and_the_noise_floor(written):
+    out, _ = written
+    paper = out.with_suffix(".md").read_text().split("## The paper table")[1].split("\n## ")[0]
+    metrics = re.findall(r"^\| (\S+) \|", paper, re.M)
+    i = metrics.index("ece")
+    assert metrics[i + 1:i + 3] == ["ece_ts", "ece_floor"]  # next to ECE
+    full = pd.read_csv(out.parent / "tables" / "paper_table.csv")
+    assert {"ece_ts", "ece_floor", "aurc"} <= set(full.columns)
+
+
+def test_reliability_figure_shows_counts_intervals_and_few_bins(study):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.text import Text
+
+    from causalgeom.metrics.calibration import reliability
+    from causalgeom.reporting import figures
+
+    rel = reliability(study["ce-s0"], n_bins=15).compute()
+    fig = figures.reliability_panels({"ce": rel})
+    ax = fig.axes[0]
+    counts = sorted(int(t.get_text()) for t in ax.findobj(Text) if t.get_text().isdigit() and t.axes is ax
+                    and t not in ax.get_xticklabels() + ax.get_yticklabels())
+    assert counts == sorted(int(c) for c in rel["count"].values if c > 0)  # every non-empty bin's count is drawn
+    few = int(rel["few"].sum())
+    hatched = [p for p in ax.patches if p.get_hatch() == "//"]
+    assert len(hatched) == few and few > 0  # 150 images in 15 bins: some bins have < 20
+    # one error bar per non-empty bin, spanning its Wilson interval
+    bars = [c for c in ax.collections if c.__class__.__name__ == "LineCollection"]
+    segs = np.concatenate([np.asarray(b.get_segments()) for b in bars])
+    keep = rel["count"].values > 0
+    lo, hi = rel["acc_low"].values[keep], rel["acc_high"].values[keep]
+    spans = sorted(zip(segs[:, 0, 1].round(9), segs[:, 1, 1].round(9)))
+    assert spans == sorted(zip(lo.round(9), hi.round(9)))
+    assert figures.save(fig)[1] >= figures.MIN_FONT_PX

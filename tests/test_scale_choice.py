@@ -142,19 +142,21 @@ def test_queries_that_need_the_rows_stay_on_the_table(study, tmp_path, clusters,
     assert "from the per-sample table built on the Dask workers (a logistic/probit outcome model" in err
 
 
-def test_report_applies_the_same_rule(study, tmp_path, clusters, monkeypatch, caplog):
-    with pytest.raises(ConfigError, match="path: expected one of \\['auto', 'in-process', 'dask'\\], got 'gpu'"):
-        cg.report(study, out=tmp_path / "x.html", path="gpu")
+def test_report_receives_its_client_and_starts_none(study, tmp_path, clusters, monkeypatch):
+    """The report never starts a cluster (no size rule inside it); the CLI applies the rule and hands the client in."""
+    with pytest.raises(ConfigError, match="client: expected a dask.distributed.Client or None, got str"):
+        cg.report(study, out=tmp_path / "x.html", client="local")
     calls = []
     monkeypatch.setattr("causalgeom.reporting._report", lambda *a: calls.append(a) or tmp_path / "r.html")
-    with caplog.at_level(logging.INFO, logger="causalgeom.reporting"):
-        cg.report(study, out=tmp_path / "r.html")
-    assert clusters == [] and "below the threshold" in caplog.text
-    monkeypatch.setenv(scale.THRESHOLD_ENV, "0")
+    monkeypatch.setenv(scale.THRESHOLD_ENV, "0")  # above the threshold: still no cluster from the report itself
     cg.report(study, out=tmp_path / "r.html")
-    assert len(clusters) == 1 and clusters[0].startswith("local:")
-    cg.report(study, out=tmp_path / "r.html", path="in-process")  # explicit wins
-    assert len(clusters) == 1 and len(calls) == 3
+    assert clusters == [] and len(calls) == 1
+    handed, sentinel = [], object()
+    monkeypatch.setattr(scale, "active_client", lambda: sentinel)  # the client the CLI's block opened
+    monkeypatch.setattr("causalgeom.reporting.report", lambda *a, **kw: handed.append(kw["client"]) or tmp_path / "r.html")
+    assert main(["report", str(study.path), "--out", str(tmp_path / "r.html"), "--no-progress"]) == 0
+    assert len(clusters) == 1 and clusters[0].startswith("local:")  # the CLI's size rule opened it, via scale
+    assert handed == [sentinel]  # the report gets the CLI's client
 
 
 @pytest.mark.slow

@@ -25,10 +25,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from .. import scale
     from ..reporting import report
 
+    # cli._scale.call already chose where to run (--scheduler, $CAUSALGEOM_SCHEDULER or the study's size) and, for
+    # Dask, opened the client through causalgeom.scale: hand it to the report (None: this process)
     path = report(args.study, out=args.out, query=args.query, interventions=not args.no_interventions,
-                  refute=not args.no_refute, progress=not args.no_progress,
-                  path=getattr(args, "path_choice", None) or "auto")  # the size rule already ran in cli._scale
+                  refute=not args.no_refute, progress=not args.no_progress, client=scale.active_client())
     print(f"report: {path.resolve()}")
     return 0
