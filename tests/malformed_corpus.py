@@ -620,9 +620,9 @@ register("query: unknown bootstrap scheme", QueryError, r"bootstrap: expected on
     _mediate(_QUERY + 'bootstrap = "block"\n'))
 register("query: unknown level", QueryError, r"level: expected one of \[.*\], got 'epoch'")(_mediate(_QUERY + 'level = "epoch"\n'))
 register("query: bad TOML", QueryError, r"not valid TOML")(_mediate(_QUERY + "treated = \n"))
-register("query: negative n_boot", QueryError, r"n_boot: expected an integer >= 0, got -1")(
+register("query: negative n_boot", QueryError, r"n_boot: expected an integer >= 0 or None, got -1")(
     _mediate(_QUERY.replace("n_boot = 5", "n_boot = -1")))
-register("query: fractional n_boot", QueryError, r"n_boot: expected an integer >= 0, got 2.5")(
+register("query: fractional n_boot", QueryError, r"n_boot: expected an integer >= 0 or None, got 2.5")(
     _mediate(_QUERY.replace("n_boot = 5", "n_boot = 2.5")))
 register("query: unknown key", QueryError, r"unknown query key\(s\) \['mediator'\]")(
     _mediate(_QUERY + 'mediator = "rms"\n'))
@@ -630,9 +630,9 @@ register("query: missing treatment", QueryError, r"missing the required key 'tre
     _mediate(_QUERY.replace('treatment = "regularizer"\n', "")))
 register("query: confidence level above 1", QueryError, r"ci_level: expected a number in \(0, 1\), got 1.5")(
     _mediate(_QUERY + "ci_level = 1.5\n"))
-register("query: mediators that are not names", QueryError, r"mediators: expected non-empty column names")(
+register("query: mediators that are not names", QueryError, r"mediators: expected column names \(non-empty strings\), got 1")(
     _mediate(_QUERY.replace('["rms"]', "[1, 2]")))
-register("query: negative seed", QueryError, r"seed: expected a non-negative integer")(_mediate(_QUERY + "seed = -1\n"))
+register("query: negative seed", QueryError, r"seed: expected an integer >= 0 or None, got -1")(_mediate(_QUERY + "seed = -1\n"))
 register("query: extra top-level key", QueryError, r"unexpected top-level key\(s\) \['note'\]")(
     _mediate('note = "x"\n' + _QUERY))
 register("query: file that is a folder", QueryError, r"is a folder")(_mediate("", folder=True))

@@ -99,12 +99,13 @@ def test_mediate_study_reads_each_chunk_once_per_pass(study, monkeypatch, paired
                                rtol=1e-8, atol=1e-10)
 
 
-def test_missing_head_is_a_query_error(tmp_path):
+def test_missing_head_falls_back_to_mean_centers(tmp_path):
     st = cg.open_study(tmp_path / "study", create=True)
     ds = make_run(n=50, d=4, k=3, seed=0, run_id="nohead", regularizer="ce", strength=0.0)
     cg.save(ds.drop_vars(["head_weight", "head_bias"]), st.run_path("nohead"), sample_chunk=25)
-    with pytest.raises(QueryError, match="'nohead' has no head_weight, which center='minimal_loss' needs"):
-        distributed.run_moments(st, ["cos_true"])
+    with pytest.warns(UserWarning, match="no head_weight"):  # the in-process table's rule (headless_center)
+        fallback = distributed.run_moments(st, ["cos_true"])["nohead"]
+    np.testing.assert_array_equal(fallback.mean, distributed.run_moments(st, ["cos_true"], center="mean")["nohead"].mean)
     mom = distributed.run_moments(st, ["norm"], center="mean")["nohead"]  # mean centers need no head
     no_cos = distributed.run_moments(st, ["norm"])["nohead"]  # no cosine asked: no centers, no head needed
     np.testing.assert_array_equal(no_cos.mean, mom.mean)  # the same norms, the same sums: exact
