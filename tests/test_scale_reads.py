@@ -14,7 +14,6 @@ import pytest
 
 import causalgeom as cg
 from causalgeom import distributed, table
-from causalgeom.errors import QueryError
 
 from ._reads import ReadCounter
 from causalgeom.testing import make_run
