@@ -112,6 +112,7 @@ class ChunkReader:
         #: Applied by `read_decoded` (bfloat16 bit patterns -> float32); None: the stored values as they are.
         self.decode: Any = None
         self._pool: list[np.ndarray] = []
+        self._pool_max = _POOL
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:  # picklable for Dask workers: the buffers stay behind
@@ -121,7 +122,9 @@ class ChunkReader:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._pool, self._lock = [], threading.Lock()
+        # On a Dask worker (a reader arrives pickled) no pool: buffers kept beyond their task are memory the worker
+        # cannot spill, and under a memory limit they can hold it above the pause threshold, where it runs nothing.
+        self._pool, self._pool_max, self._lock = [], 0, threading.Lock()
 
     def _buffer(self, size: int) -> np.ndarray:
         """A buffer of ``size`` bytes: one of the pool's that nothing refers to any more (no chunk returned from it
@@ -133,7 +136,7 @@ class ChunkReader:
                 if buf.size == size and sys.getrefcount(buf) == 3:
                     return buf
             buf = np.empty(size, dtype=np.uint8)
-            if len(self._pool) < _POOL:
+            if len(self._pool) < self._pool_max:
                 self._pool.append(buf)
             return buf
 
