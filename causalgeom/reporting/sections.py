@@ -215,7 +215,7 @@ def decomposition(ctx: Any) -> Section:
         rep = ctx.representation(treatment, control, treated)
         if rep is not None and not isinstance(rep, Exception):
             s.tables[f"decomposition_representation_{slug}"] = rep.summary()
-            s.open_details(f"Representation-level description ({', '.join(rep.factors)})")
+            s.open_details(f"{treated} vs {control}: representation-level description ({', '.join(rep.factors)})")
             s.add_table(_compact(rep), f"Representation-level description ({', '.join(rep.factors)}; {rep.status}; "
                                        f"initialisation: {rep.initialisation}): a description of the trained "
                                        "networks, not a causal share.")
