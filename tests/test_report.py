@@ -135,7 +135,7 @@ def test_report_leads_with_the_decomposition_and_names_the_estimand_first(writte
     summary = md.split("## Summary")[1].split("## Why")[0]
     assert "label_smoothing vs ce" in summary and "Mechanism:" in summary and "How sure:" in summary
     assert "the smallest p-value 3 + 3 runs can give" in summary  # 2 / C(6, 3) = 0.1: never a smaller p
-    assert "4 runs per arm would let it reach 0.05" in summary  # the floor reconciled with the interval
+    assert "4 seeds per arm (1 more each) would let it" in summary  # the floor reconciled with the interval
     assert "ε = 8/255" in summary  # budgets as k/255
     assert "label_smoothing made the model" in summary and "means over runs" in summary  # the verdict
     assert re.search(r"Mediation and decomposition (agree|disagree).*\(why\)", summary)  # the flag and its link
