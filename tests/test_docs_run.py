@@ -114,11 +114,17 @@ def _inputs(root: Path) -> None:
     import torch
     from PIL import Image
 
-    cg.testing.make_study(root / "demo_out" / "study", n_runs=6, n=80, d=6, k=3, paired=True)
-    for i, s in enumerate(range(13, 16)):  # a second treated arm scoring the same images
-        labels = np.random.default_rng(0).integers(0, 3, 80)
-        cg.open_study(root / "demo_out" / "study").add(cg.testing.make_run(
-            n=80, d=6, k=3, seed=s, run_id=f"mx-s{s}", scale=0.8, labels=labels, regularizer="mixup", strength=1.0))  # ids ce-s10.., ls-s13..: a second treated arm
+    # demo_out/study as `causalgeom demo` leaves it: every arm trained with seeds 0, 1, 2, all scoring the same
+    # images, and same-seed runs sharing an initialisation, recorded (as `causalgeom train` does) in init_digest
+    study = cg.open_study(root / "demo_out" / "study", create=True)
+    labels = np.random.default_rng(0).integers(0, 3, 80)
+    for arm, (reg, tag, strength, scale) in enumerate((("ce", "ce", 0.0, 1.0), ("label_smoothing", "ls", 0.1, 0.7),
+                                                       ("mixup", "mx", 1.0, 0.8))):
+        for s in range(3):
+            run = cg.testing.make_run(n=80, d=6, k=3, seed=10 * arm + s, run_id=f"{tag}-s{s}", scale=scale,
+                                      labels=labels, regularizer=reg, strength=strength, init_digest=f"init-{s}")
+            run.attrs["seed"] = s  # the training seed (the synthetic numbers differ per arm)
+            study.add(run)
     rng = np.random.default_rng(0)
     W = rng.normal(size=(3, 6)).astype("float32")
     for i, name in enumerate(("dump", "a", "b", "c")):

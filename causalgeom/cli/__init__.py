@@ -116,6 +116,8 @@ def cli_words(text: str, command: argparse.ArgumentParser | None) -> str:
 
     ``labels_key=`` / ``the labels_key= argument`` -> ``--labels-key``, ``method='regression'`` -> ``--method
     regression``, ``mode='w'`` -> ``--overwrite``; only for keywords that are options of ``command`` (others stay).
+    For a command that also reads a query file (``--query``), a bare keyword names the query key too:
+    ``n_boot=`` -> ``--n-boot / query key n_boot``.
     """
     import re
 
@@ -131,11 +133,16 @@ def cli_words(text: str, command: argparse.ArgumentParser | None) -> str:
             text = re.sub(rf"(pass |use |or |with |\(|\b){re.escape(keyword)}(?![\w'\"])", lambda m: m.group(1) + flag,
                           text)
 
+    # a command that reads a query file (--query) takes most settings from it too: a bare keyword names both
+    queries = "--query" in flags.values()
+
     def value(m: "re.Match[str]") -> str:
         flag = flags.get(m.group(1))
         if flag is None:
             return m.group(0)
-        return f"{flag} {m.group(3)}" if m.group(3) is not None else flag
+        if m.group(3) is not None:
+            return f"{flag} {m.group(3)}"
+        return f"{flag} / query key {m.group(1)}" if queries and m.group(1) not in ("query", "out") else flag
 
     text = re.sub(r"(?<![\w.-])([a-z_][a-z0-9_]*)=(['\"]([^'\"]*)['\"])?(?: argument)?(?![\w(])", value, text)
     text = re.sub(r" \(e\.g\. table\.\w+\([^()]*\)\)", "", text)  # pandas advice has no command-line form

@@ -14,6 +14,10 @@ _EPILOG = """examples:
       --factors head,magnitude,cosine --out decomposition.csv
   causalgeom decompose study --treated mixup --outcome robust_accuracy --eps 0.0314   (needs extract --save-adv)
 
+head,magnitude,... swap heads between same-seed runs: the demo's runs are trained by causalgeom train, which
+records init_digest, so their shared initialisation is verified; for other runs add --pairs seed to state it,
+or keep the default scale,shape (any two models).
+
 With >= 2 runs per arm the estimand is the average effect over training runs (t-intervals over runs,
 randomization p-values, never below the design's floor); with 1 run per arm it is model-conditional
 (these models, bootstrap over test images). Definitions: docs/methods_causal.md.

@@ -194,7 +194,7 @@ def _intervene(args: argparse.Namespace) -> int:
             mediation = causal.mediate(table, treatment=match_by[0], control=args.control, treated=args.treated,
                                        mediators=["rms", f"cos_{toward[:4]}"],
                                        outcome=["overconfidence", "nll", "brier", "correct"], cluster="run_id",
-                                       n_boot=args.n_boot, rng=rng, ci_level=args.ci)
+                                       rng=rng, ci_level=args.ci)  # CR2: no replicates
             save(iv.share_vs_mediation(results, mediation).set_index(["what", "outcome"]), "vs_mediation",
                  "interventional share vs proportion mediated (same study):")
     print("wrote " + ", ".join(str(w) for w in written), file=sys.stderr)

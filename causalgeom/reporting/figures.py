@@ -137,15 +137,15 @@ def reliability_panels(groups: dict[str, Any]) -> Any:
             mid = left + width / 2
             ax.errorbar(mid[keep], acc[keep], yerr=np.clip([acc[keep] - lo[keep], hi[keep] - acc[keep]], 0, None), fmt="none",
                         ecolor="k", lw=0.8, capsize=1.5)
-            for x, c, top in zip(mid[keep], count[keep], hi[keep]):
+            for x, c in zip(mid[keep], count[keep]):  # counts in a strip above the bars, clear of bars and bars' CIs
                 if c >= 1:
-                    ax.text(x, min(top + 0.02, 0.93), f"{int(c)}", ha="center", va="bottom", rotation=90,
-                            fontsize=_FONT_PT - 2)
+                    ax.text(x, 1.03, f"{int(c)}", ha="center", va="bottom", rotation=90, fontsize=_FONT_PT - 2)
+            ax.axhline(1.0, color="0.6", lw=0.5)
             ax.set_title(name)
-            ax.set_xlim(0, 1), ax.set_ylim(0, 1.08)
+            ax.set_xlim(0, 1), ax.set_ylim(0, 1.3), ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
             ax.set_xlabel("confidence")
-        axes[0][0].set_ylabel("accuracy")
-        axes[0][0].legend(loc="upper left", frameon=False)
+        for row in axes:
+            row[0].set_ylabel("accuracy")  # no legend: the caption says what grey, hatched and the counts mean
         fig.tight_layout() if not fig.get_layout_engine() else None
     return fig
 

@@ -23,7 +23,7 @@ from ..errors import QueryError
 from . import figures
 from .text import (FACTOR_WORDS_SHORT, MEDIATION_CAVEATS, _finite, _mean_pm,
                    _relabel_eps, _rounded_table, agreement, eps_label, findings_text, round_to_interval, summary_text,
-                   verdict_text)
+                   verdict_text, floor_line)
 
 __all__ = ["Section", "SECTION_IDS", "BUILDERS", "write_page"]
 
@@ -170,8 +170,14 @@ def summary(ctx: Any) -> Section:
                         else "accuracy (no attacked outputs stored)")
                      + ", each split into the logit scale and shape (function-level decomposition), with 95% "
                        "intervals.")
-    for line in lines[1:]:
-        s.add_text(line)
+    floors = {floor_line(r) for *_, r in ok}
+    if len(floors) == 1 and next(iter(floors)):
+        s.add_text(f"How sure (every comparison): {next(iter(floors))}", cls="sure")
+    if lines[1:]:
+        s.open_details("Mechanism and how sure, per comparison (intervals, randomization p-values, design floor)")
+        for line in lines[1:]:
+            s.add_text(line)
+        s.close_details()
     flag, text = agreement(ctx.versus)
     if flag is not None:
         s.add_text(("✔ " if flag else "⚠ ") + text, cls="flag", link=("why", "#agreement"))
@@ -194,8 +200,10 @@ def decomposition(ctx: Any) -> Section:
         slug = _slug(str(treated))
         s.tables[f"decomposition_{slug}"] = res.summary()
         s.tables[f"decomposition_switch_{slug}"] = res.switch_effects
+        s.open_details(f"{treated} vs {control}: scale and shape shares of every outcome (table)")
         s.add_table(_compact(res), f"{label}: function-level split (switch-first/last effects: "
                                    f"tables/decomposition_switch_{slug}.csv).")
+        s.close_details()
         if res.temperature is not None and len(res.temperature):
             t = res.temperature
             s.tables[f"decomposition_temperature_{slug}"] = t
@@ -207,7 +215,7 @@ def decomposition(ctx: Any) -> Section:
         rep = ctx.representation(treatment, control, treated)
         if rep is not None and not isinstance(rep, Exception):
             s.tables[f"decomposition_representation_{slug}"] = rep.summary()
-            s.open_details(f"Representation-level description ({', '.join(rep.factors)})")
+            s.open_details(f"{treated} vs {control}: representation-level description ({', '.join(rep.factors)})")
             s.add_table(_compact(rep), f"Representation-level description ({', '.join(rep.factors)}; {rep.status}; "
                                        f"initialisation: {rep.initialisation}): a description of the trained "
                                        "networks, not a causal share.")
@@ -383,7 +391,7 @@ def interventions(ctx: Any) -> Section:
                      f"Inside the model (head ∘ T ∘ backbone, run {res.attrs.get('run_id')}, "
                      f"{res.attrs.get('n_samples')} test images): robust accuracy under PGD against "
                      f"{'the feature scale s' if dim == 'scale' else 'the rotation fraction α'}, one line per ε "
-                     "(95% percentile bootstrap over samples).")
+                     "(95% percentile bootstrap over samples).", height=2.4)
         s.tables[f"robust_{kind}"] = res["robust_accuracy"].to_dataframe().reset_index()
     return s
 
@@ -403,6 +411,8 @@ def mediation(ctx: Any) -> Section:
         if err is not None:
             s.add_text(f"{label}: not estimable — {err}")
             continue
+        s.open_details(f"{q.treated} vs {q.control}: effects through {', '.join(q.mediators)} (table, overlap, "
+                       f"run-level confounding{'; ' + str(len(caught)) + ' caution(s)' if caught else ''})")
         for w in caught:  # e.g. too few runs per arm: the caveat belongs next to the numbers (first sentence)
             s.add_text(f"Caution ({w.category.__name__}): {_first_sentence(str(w.message))}")
         summ = res.summary()
@@ -433,6 +443,7 @@ def mediation(ctx: Any) -> Section:
                 s.add_text(f"{label}: {causal.plan(res, alpha=1 - res.ci_level).sentence()}")
             except QueryError:
                 pass
+        s.close_details()
         s.add_figure_file(f"forest_{i}_{_slug(str(q.treated))}", res.plot())  # the table above, drawn
     if not ctx.mediation_results:
         s.add_text("No mediation query could be estimated.")

@@ -12,7 +12,7 @@ import pandas as pd
 
 from .._util.eps import eps_label, parse_eps_label
 
-__all__ = ["eps_label", "round_to_interval", "format_ci", "summary_text", "verdict_text", "how_sure_line",
+__all__ = ["eps_label", "round_to_interval", "format_ci", "summary_text", "verdict_text", "how_sure_line", "floor_line",
            "findings_text", "mediation_vs_decomposition", "agreement", "OUTCOME_WORDS"]
 
 OUTCOME_WORDS = {"signed_ece": "signed ECE", "ece": "ECE", "nll": "NLL", "accuracy": "accuracy",
@@ -150,8 +150,6 @@ def _outcome_name(outcome: str, res: Any) -> str:
 
 def how_sure_line(res: Any) -> str:
     """One line that reconciles the intervals with the design's floor (`floor_text`), for the headline outcomes."""
-    from ..causal.decompose import floor_text
-
     summ = res.summary()
     totals = {r["outcome"]: r for r in summ[summ.component == "total"].to_dict("records")}
     shown = [o for o in ("ece", "signed_ece", "nll", "robust_accuracy") if o in totals] or list(totals)[:1]
@@ -166,10 +164,23 @@ def how_sure_line(res: Any) -> str:
     key = excl[0] if excl else shown[0]
     tot = totals[key]
     text = "How sure: " + "; ".join(parts) + f" — for {_outcome_name(key, res)}, {_how_sure(res, tot)}."
+    extra = floor_line(res)
+    return text + (" " + extra if extra else "")
+
+
+def floor_line(res: Any) -> str:
+    """The sentence that reconciles the headline total's interval with the design's floor (`floor_text`; ``""``
+    when the floor does not bind): the report's visible "how sure" line."""
+    from ..causal.decompose import floor_text
+
+    summ = res.summary()
+    totals = {r["outcome"]: r for r in summ[summ.component == "total"].to_dict("records")}
+    shown = [o for o in ("ece", "signed_ece", "nll", "robust_accuracy") if o in totals] or list(totals)[:1]
+    excl = [o for o in shown if _excludes_zero(totals[o])]
+    tot = totals[excl[0] if excl else shown[0]]
     n_pairs = res.per_pair.groupby(["control_run", "treated_run"]).ngroups
     floor = float(tot["p_floor"]) if _finite(tot.get("p_floor")) else float("nan")
-    extra = floor_text(floor, _excludes_zero(tot), res.pairing, len(res.control_runs), len(res.treated_runs), n_pairs)
-    return text + (" " + extra if extra else "")
+    return floor_text(floor, _excludes_zero(tot), res.pairing, len(res.control_runs), len(res.treated_runs), n_pairs)
 
 
 def _fmt_level(v: float, d: int) -> str:
@@ -203,7 +214,7 @@ def verdict_text(treated: Any, control: Any, res: Any, levels: dict[str, tuple[f
     def dec(o: str) -> int:
         r = tot.get(o)
         d = _decimals(r["ci_low"], r["ci_high"]) if r is not None else None
-        return 3 if d is None else max(2, min(d, 4))
+        return 3 if d is None else max(2, min(d, 3))  # at most 3 decimals: one precision across comparisons
 
     s = tot.get("signed_ece")
     sc, st = levels.get("signed_ece", (math.nan, math.nan))
