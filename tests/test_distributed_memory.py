@@ -55,7 +55,12 @@ def test_metric_on_dump_larger_than_worker_memory(large_run):
     with dask.config.set(scheduler="threads"):
         ref_centers = geometry.class_centers(ds, kind="mean")
         ref_norm = float(geometry.magnitude(ds)["norm"].mean())
-    with distributed.client(n_workers=2, threads_per_worker=1, memory_limit=LIMIT) as c:
+    # The limit is what the test measures (peak RSS below it), not a policy to enforce: with Dask's pause (80% of the
+    # limit) a worker whose imports alone take ~200 MiB can sit above 320 MiB of unmanaged memory and run nothing
+    # more, and the computation waits forever instead of failing. So no pause, no terminate: a worker that grew past
+    # the limit fails the assertion below.
+    with dask.config.set({"distributed.worker.memory.pause": False, "distributed.worker.memory.terminate": False}), \
+            distributed.client(n_workers=2, threads_per_worker=1, memory_limit=LIMIT) as c:
         workers = set(c.scheduler_info()["workers"])
         centers = geometry.class_centers(cg.open(large_run, verify=False), kind="mean")
         norm = float(geometry.magnitude(cg.open(large_run, verify=False))["norm"].mean())
