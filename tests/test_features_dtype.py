@@ -265,7 +265,7 @@ def test_save_round_trips_half_stores_and_writes_decoded_ones_back_in_their_prec
 
 def test_float16_refusal_threshold_is_where_torch_rounds_to_inf():
     """65519 rounds to float16's largest value 65504 (kept, error < u); |h| >= 65520 rounds to inf (refused)."""
-    from causalgeom.pipeline.extract import _encode_features
+    from causalgeom.pipeline.extract.writer import _encode_features
 
     kept = _encode_features(torch.tensor([[65519.0, -65519.0, 1.0]]), "float16", "r", 0)
     assert kept.dtype == torch.float16 and kept.float().tolist() == [[65504.0, -65504.0, 1.0]]

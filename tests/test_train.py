@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from causalgeom import train
 from causalgeom.cli import main
 from causalgeom.errors import ConfigError
+from causalgeom.pipeline import data as data_mod
 from causalgeom.pipeline.train import GridConfig, SoftTargets, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -160,7 +161,7 @@ def test_tiny_run_trains_and_writes_its_folder(tmp_path):
     model, config = train.load_checkpoint(run_dir)
     assert not model.training and next(model.parameters()).device.type == "cpu"
     assert config["model_spec"]["num_classes"] == 10
-    calib = train.evaluate(model, train._data.load_dataset("digits", "calib"))
+    calib = train.evaluate(model, data_mod.load_dataset("digits", "calib"))
     assert calib["accuracy"] == pytest.approx(float(rows[-1]["calib_acc"]))
 
 
@@ -220,10 +221,10 @@ def test_train_on_fake_cifar_with_augmentation(tmp_path):
 
 def test_flip_crop_returns_shifted_or_flipped_crops():
     x = torch.arange(2 * 1 * 5 * 5, dtype=torch.float32).view(2, 1, 5, 5) + 1
-    out = train._flip_crop(x, torch.Generator().manual_seed(0), pad=0)
+    out = train.loop._flip_crop(x, torch.Generator().manual_seed(0), pad=0)
     for i in range(2):
         assert torch.equal(out[i], x[i]) or torch.equal(out[i], x[i].flip(2))
-    out = train._flip_crop(x, torch.Generator().manual_seed(1), pad=2)
+    out = train.loop._flip_crop(x, torch.Generator().manual_seed(1), pad=2)
     assert out.shape == x.shape and set(out.unique().tolist()) <= set(x.unique().tolist()) | {0.0}
 
 
