@@ -268,22 +268,24 @@ def _paired_study(tmp_path, n_runs=4, n=160, k=4, d=6):
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
+def paired_study(tmp_path_factory):
+    """Runs that score the same images with a known class geometry (not `make_study`: the treated features are
+    halved and the heads share a base)."""
     return _paired_study(tmp_path_factory.mktemp("outcomes"))
 
 
 @pytest.fixture(scope="module")
-def run_level(study):
-    return study.to_frame(level="run", progress=False)
+def run_level(paired_study):
+    return paired_study.to_frame(level="run", progress=False)
 
 
-def test_run_table_run_metrics_and_direct_functions_agree(study, run_level):
+def test_run_table_run_metrics_and_direct_functions_agree(paired_study, run_level):
     table = run_level
     for name in cal.EXTRA_OUTCOMES:
         assert name in table.columns
-    frame = cg.summary.run_frame(study, progress=False)
-    for rid in study.run_ids:
-        ds = study[rid]
+    frame = cg.summary.run_frame(paired_study, progress=False)
+    for rid in paired_study.run_ids:
+        ds = paired_study[rid]
         row = table.set_index("run_id").loc[rid]
         rm = frame.set_index("run_id").loc[rid]
         ts = cal.ece_ts(ds)
@@ -300,7 +302,7 @@ def test_run_table_run_metrics_and_direct_functions_agree(study, run_level):
         assert {name, f"{name}_low", f"{name}_high"} <= set(paper.columns)
 
 
-def test_mediate_accepts_the_new_outcomes(study, run_level):
+def test_mediate_accepts_the_new_outcomes(paired_study, run_level):
     table = run_level
     res = cg.causal.mediate(table, treatment="regularizer", control="ce", treated="label_smoothing",
                             mediators=["rms"], outcome=list(cal.EXTRA_OUTCOMES), cluster="run_id")
@@ -311,11 +313,11 @@ def test_mediate_accepts_the_new_outcomes(study, run_level):
     assert total == pytest.approx(by_arm["label_smoothing"] - by_arm["ce"], abs=1e-10)
 
 
-def test_decompose_accepts_the_new_outcomes(study, run_level):
+def test_decompose_accepts_the_new_outcomes(paired_study, run_level):
     outs = list(cal.EXTRA_OUTCOMES)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        res = cg.causal.decompose(study, control="ce", treated="label_smoothing", outcome=outs,
+        res = cg.causal.decompose(paired_study, control="ce", treated="label_smoothing", outcome=outs,
                                   factors=("magnitude", "head_norm", "orientation"), n_boot=20, rng=0)
     tab = res.table.set_index(["outcome", "component"])
     table = run_level.set_index("run_id")
@@ -341,8 +343,8 @@ def test_decompose_model_bootstrap_runs_for_new_outcomes(tmp_path):
     assert np.isfinite(tot[["estimate", "ci_low", "ci_high"]].to_numpy()).all() and len(tot) == 2
 
 
-def test_unknown_outcome_is_refused(study):
+def test_unknown_outcome_is_refused(paired_study):
     with pytest.raises(QueryError, match="ece_ts"):  # the message lists the allowed outcomes
-        cg.causal.decompose(study, control="ce", treated="label_smoothing", outcome="ece_tss")
+        cg.causal.decompose(paired_study, control="ce", treated="label_smoothing", outcome="ece_tss")
     with pytest.raises(ConfigError, match="outcome"):
         cal.run_outcome("nope", {})

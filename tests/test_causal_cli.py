@@ -10,18 +10,6 @@ from causalgeom.causal import Query, read_queries, simulate_mediation
 from causalgeom.cli import main
 
 
-@pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    from causalgeom.testing import make_run
-
-    st = cg.open_study(tmp_path_factory.mktemp("cli") / "study", create=True)
-    for i in range(4):
-        ls = i % 2 == 1
-        st.add(make_run(n=80, d=6, k=3, seed=i, run_id=f"r{i}", scale=1.0 - 0.3 * ls,
-                        regularizer="label_smoothing" if ls else "ce", strength=0.1 if ls else 0.0))
-    return st
-
-
 def test_mediate_study_from_options(study, capsys):
     rc = main(["mediate", str(study.path), "--treatment", "regularizer", "--control", "ce", "--treated",
                "label_smoothing", "--mediators", "rms,cos_true", "--outcome", "overconfidence", "--n-boot", "50",

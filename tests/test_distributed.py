@@ -50,7 +50,7 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
+def chunked_study(tmp_path_factory):
     """4 runs (2 ce, 2 label smoothing with smaller features), several chunks each."""
     root = tmp_path_factory.mktemp("study")
     s = cg.open_study(root / "study", create=True)
@@ -70,19 +70,19 @@ def ran_on(client) -> "dask.distributed.get_task_stream":
 
 # ------------------------------------------------------------------------------------------- metrics
 @pytest.mark.slow
-def test_metrics_and_study_table_equal_in_process(cluster, study):
+def test_metrics_and_study_table_equal_in_process(cluster, chunked_study):
     with in_process():
-        ref_runs = summary.run_frame(study, progress=False)
-        ref_table = table.study_frame(study, progress=False)
-        ref_run_level = table.study_frame(study, level="run", progress=False, run_ids=["r0", "r1"])
-        ref_ece = float(cg.calibration.ece(study["r0"]))
-        ref_centers = cg.geometry.class_centers(study["r1"], kind="mean")
+        ref_runs = summary.run_frame(chunked_study, progress=False)
+        ref_table = table.study_frame(chunked_study, progress=False)
+        ref_run_level = table.study_frame(chunked_study, level="run", progress=False, run_ids=["r0", "r1"])
+        ref_ece = float(cg.calibration.ece(chunked_study["r0"]))
+        ref_centers = cg.geometry.class_centers(chunked_study["r1"], kind="mean")
     with ran_on(cluster) as ts:
-        runs = summary.run_frame(study, progress=False)
-        tab = table.study_frame(study, progress=False)
-        run_level = table.study_frame(study, level="run", progress=False, run_ids=["r0", "r1"])
-        ece = float(cg.calibration.ece(study["r0"]))
-        centers = cg.geometry.class_centers(study["r1"], kind="mean")
+        runs = summary.run_frame(chunked_study, progress=False)
+        tab = table.study_frame(chunked_study, progress=False)
+        run_level = table.study_frame(chunked_study, level="run", progress=False, run_ids=["r0", "r1"])
+        ece = float(cg.calibration.ece(chunked_study["r0"]))
+        centers = cg.geometry.class_centers(chunked_study["r1"], kind="mean")
     assert len(ts.data) > 100  # the chunks were processed by the workers
     assert {t["worker"] for t in ts.data} == set(cluster.scheduler_info()["workers"])
     pd.testing.assert_frame_equal(runs, ref_runs, check_exact=False, rtol=1e-12)
@@ -95,17 +95,17 @@ def test_metrics_and_study_table_equal_in_process(cluster, study):
 
 
 @pytest.mark.slow
-def test_interventions_equal_in_process(cluster, study):
-    ds = study["r2"]
+def test_interventions_equal_in_process(cluster, chunked_study):
+    ds = chunked_study["r2"]
     kw = dict(n_boot=50, rng=np.random.default_rng(3))
     with in_process():
         ref_scale = interventions.rescale(ds, scales=[0.5, 1.0, 2.0], **kw)
         ref_rot = interventions.rotate(ds, alphas=[0.0, 0.5], n_boot=50, rng=np.random.default_rng(3))
-        ref_match = interventions.match(study["r0"], study["r1"], what="magnitude", n_boot=20, rng=1)
+        ref_match = interventions.match(chunked_study["r0"], chunked_study["r1"], what="magnitude", n_boot=20, rng=1)
     with ran_on(cluster) as ts:
         scale = interventions.rescale(ds, scales=[0.5, 1.0, 2.0], n_boot=50, rng=np.random.default_rng(3))
         rot = interventions.rotate(ds, alphas=[0.0, 0.5], n_boot=50, rng=np.random.default_rng(3))
-        matched = interventions.match(study["r0"], study["r1"], what="magnitude", n_boot=20, rng=1)
+        matched = interventions.match(chunked_study["r0"], chunked_study["r1"], what="magnitude", n_boot=20, rng=1)
     assert len(ts.data) > 10
     xr.testing.assert_allclose(scale, ref_scale, rtol=1e-12)
     xr.testing.assert_allclose(rot, ref_rot, rtol=1e-12)
@@ -120,15 +120,15 @@ def test_interventions_equal_in_process(cluster, study):
          interaction=True),
     dict(treatment="strength", mediators=["rms", "cos_true"], outcome="brier", ordered=True),
 ], ids=["two-mediators", "covariate-interaction", "continuous-ordered"])
-def test_mediate_study_equals_mediate_on_the_table(cluster, study, kw):
+def test_mediate_study_equals_mediate_on_the_table(cluster, chunked_study, kw):
     # unpaired and linear on both sides: mediate_study has no image pairing and no logistic model out of core
     kw = dict(kw, paired_by=None, rng=7, n_boot=300)
-    frame = study.to_frame(progress=False)
+    frame = chunked_study.to_frame(progress=False)
     for inference in ("bootstrap", "cr2"):
         with in_process():
             ref = cg.causal.mediate(frame, outcome_model="linear", inference=inference, **kw)
         with ran_on(cluster) as ts:
-            res = distributed.mediate_study(study, inference=inference, **kw)
+            res = distributed.mediate_study(chunked_study, inference=inference, **kw)
         assert len(ts.data) >= 4 * 4  # one task per chunk and run, at least
         a, b = ref.summary(), res.summary()
         # same estimator, different summation order (per-run moments vs rows): floating-point tolerance
@@ -145,12 +145,12 @@ def test_mediate_study_equals_mediate_on_the_table(cluster, study, kw):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("interaction", [False, True], ids=["additive", "interaction"])
-def test_mediate_study_paired_by_image_equals_mediate(cluster, study, interaction):
+def test_mediate_study_paired_by_image_equals_mediate(cluster, chunked_study, interaction):
     kw = dict(treatment="regularizer", mediators=["rms", "cos_true"], outcome="overconfidence", rng=3, n_boot=200,
               interaction=interaction)
     with in_process():
-        ref = cg.causal.mediate(study.to_frame(progress=False), inference="bootstrap", **kw)
-    res = distributed.mediate_study(study, inference="bootstrap", **kw)
+        ref = cg.causal.mediate(chunked_study.to_frame(progress=False), inference="bootstrap", **kw)
+    res = distributed.mediate_study(chunked_study, inference="bootstrap", **kw)
     assert ref.design.startswith("paired by image") and res.design == ref.design
     a, b = ref.summary(), res.summary()
     # per-run moments about the image means vs demeaned rows: floating-point summation order only
@@ -158,35 +158,37 @@ def test_mediate_study_paired_by_image_equals_mediate(cluster, study, interactio
                                   atol=1e-9)
     np.testing.assert_allclose(res.replicates, ref.replicates, rtol=1e-7, atol=1e-10)
     assert res.estimator == ref.estimator
-    cr = distributed.mediate_study(study, **kw).summary()  # default CR2 from the same per-run Gram matrices
+    cr = distributed.mediate_study(chunked_study, **kw).summary()  # default CR2 from the same per-run Gram matrices
     with in_process():
-        cref = cg.causal.mediate(study.to_frame(progress=False), **kw).summary()
+        cref = cg.causal.mediate(chunked_study.to_frame(progress=False), **kw).summary()
     pd.testing.assert_frame_equal(cref.drop(columns="note"), cr.drop(columns="note"), check_exact=False, rtol=1e-6,
                                   atol=1e-9)
 
 
-def test_mediate_study_pairing_errors(cluster, study):
-    res = distributed.mediate_study(study, treatment="regularizer", mediators="rms", outcome="nll", n_boot=0,
+def test_mediate_study_pairing_errors(cluster, chunked_study):
+    res = distributed.mediate_study(chunked_study, treatment="regularizer", mediators="rms", outcome="nll", n_boot=0,
                                     paired_by=None)
     assert res.design == "unpaired: paired_by=None"
     with pytest.raises(QueryError, match="estimand='model': mediate_study supports the effect over runs only"):
-        distributed.mediate_study(study, treatment="regularizer", mediators="rms", outcome="nll", estimand="model")
+        distributed.mediate_study(chunked_study, treatment="regularizer", mediators="rms", outcome="nll",
+                                  estimand="model")
 
 
-def test_mediate_study_errors_like_mediate(cluster, study):
+def test_mediate_study_errors_like_mediate(cluster, chunked_study):
     with pytest.raises(QueryError, match="column\\(s\\) not in the table: mediators 'nope'"):
-        distributed.mediate_study(study, treatment="regularizer", mediators="nope", outcome="nll")
+        distributed.mediate_study(chunked_study, treatment="regularizer", mediators="nope", outcome="nll")
     with pytest.raises(QueryError, match="treated: value 'mixup' is not a level"):
-        distributed.mediate_study(study, treatment="regularizer", treated="mixup", mediators="rms", outcome="nll")
+        distributed.mediate_study(chunked_study, treatment="regularizer", treated="mixup", mediators="rms",
+                                  outcome="nll")
     with pytest.raises(QueryError, match="min_flip_eps\\[pgd-linf\\]': .* not finite"):
-        distributed.mediate_study(study, treatment="regularizer", mediators="min_flip_eps[pgd-linf]",
+        distributed.mediate_study(chunked_study, treatment="regularizer", mediators="min_flip_eps[pgd-linf]",
                                   outcome="nll", n_boot=10)
 
 
-def test_run_moments_match_numpy(cluster, study):
-    mom = distributed.run_moments(study, ["norm", "nll", "correct"], run_ids=["r3"])["r3"]
+def test_run_moments_match_numpy(cluster, chunked_study):
+    mom = distributed.run_moments(chunked_study, ["norm", "nll", "correct"], run_ids=["r3"])["r3"]
     with in_process():
-        t = table.run_table(study["r3"])
+        t = table.run_table(chunked_study["r3"])
     x = t[["norm", "nll", "correct"]].to_numpy(float)
     assert mom.n == len(t)
     np.testing.assert_allclose(mom.mean, x.mean(0), rtol=1e-12)
@@ -225,14 +227,15 @@ def test_run_grid_validates_before_dispatching(cluster, tmp_path):
 
 # ------------------------------------------------------------------------------------------- CLI
 @pytest.mark.slow
-def test_cli_scheduler_option(cluster, study, tmp_path, capsys, monkeypatch):
+def test_cli_scheduler_option(cluster, chunked_study, tmp_path, capsys, monkeypatch):
     address = cluster.scheduler.address
     with in_process():
-        assert main(["metrics", str(study.path), "--no-progress", "--no-parquet", "--out", str(tmp_path / "a")]) == 0
+        assert main(["metrics", str(chunked_study.path), "--no-progress", "--no-parquet",
+                     "--out", str(tmp_path / "a")]) == 0
     with ran_on(cluster) as ts:
-        assert main(["metrics", str(study.path), "--no-progress", "--no-parquet", "--out", str(tmp_path / "b"),
+        assert main(["metrics", str(chunked_study.path), "--no-progress", "--no-parquet", "--out", str(tmp_path / "b"),
                      "--scheduler", address]) == 0
-        assert main(["validate", str(study.path), "--scheduler", address]) == 0
+        assert main(["validate", str(chunked_study.path), "--scheduler", address]) == 0
     assert len(ts.data) > 50
     for name in ("study.run_metrics.csv", "study.paper_table.csv"):
         pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "b" / name), pd.read_csv(tmp_path / "a" / name))
@@ -245,10 +248,10 @@ def test_cli_scheduler_option(cluster, study, tmp_path, capsys, monkeypatch):
     assert [t for t in ts.data if "causalgeom-train-ce-s0" in t["key"]]
     assert train.run_status(tmp_path / "runs" / "runs" / "ce-s0") == "done"
     capsys.readouterr()
-    assert main(["metrics", str(study.path), "--scheduler", "local:0"]) == 2
+    assert main(["metrics", str(chunked_study.path), "--scheduler", "local:0"]) == 2
     assert "'local:N' with N >= 1" in capsys.readouterr().err
     monkeypatch.setattr(distributed, "CONNECT_TIMEOUT", "1s")
-    assert main(["metrics", str(study.path), "--scheduler", "tcp://127.0.0.1:9"]) == 2
+    assert main(["metrics", str(chunked_study.path), "--scheduler", "tcp://127.0.0.1:9"]) == 2
     assert "cannot reach the Dask scheduler" in capsys.readouterr().err
 
 

@@ -56,7 +56,8 @@ def test_fused_block_matches_outside_references():
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
+def five_chunk_study(tmp_path_factory):
+    """Two runs, each variable stored in 5 chunks (the read counts below depend on it)."""
     st = cg.open_study(tmp_path_factory.mktemp("fused") / "study", create=True)
     for i in range(2):
         ds = make_run(n=300, d=8, k=4, seed=i, run_id=f"r{i}", regularizer="ce", strength=0.0)
@@ -65,11 +66,12 @@ def study(tmp_path_factory):
 
 
 @pytest.mark.parametrize("level", ["sample", "run"])
-def test_to_frame_reads_each_chunk_of_features_and_logits_once(study, monkeypatch, level):
-    for rid in study.run_ids:  # the first open of a small store verifies its checksums (reads files); not counted
-        study[rid]
+def test_to_frame_reads_each_chunk_of_features_and_logits_once(five_chunk_study, monkeypatch, level):
+    # the first open of a small store verifies its checksums (reads files); not counted
+    for rid in five_chunk_study.run_ids:
+        five_chunk_study[rid]
     reads = ReadCounter(monkeypatch)
-    frame = study.to_frame(level=level, progress=False)
+    frame = five_chunk_study.to_frame(level=level, progress=False)
     assert len(frame) == (600 if level == "sample" else 2)
     for var in ("features", "logits"):
         got = reads.chunks(var)
@@ -91,19 +93,19 @@ def test_compressed_store_reads_each_chunk_once_through_zarr(tmp_path, monkeypat
         assert len(got) == 5 and set(got.values()) == {1}, got
 
 
-def test_mean_centers_take_one_more_pass(study, monkeypatch):
-    for rid in study.run_ids:
-        study[rid]
+def test_mean_centers_take_one_more_pass(five_chunk_study, monkeypatch):
+    for rid in five_chunk_study.run_ids:
+        five_chunk_study[rid]
     reads = ReadCounter(monkeypatch)
-    study.to_frame(level="sample", progress=False, center="mean")
+    five_chunk_study.to_frame(level="sample", progress=False, center="mean")
     got = reads.chunks("features")
     assert len(got) == 10 and set(got.values()) == {2}  # class means first, then the fused pass
     assert reads.direct == 2 * 5 * (2 + 1 + 2)  # both passes read the files directly (features, logits, label)
     assert set(reads.chunks("logits").values()) == {1}
 
 
-def test_fused_run_equals_metric_functions_and_run_level_ece(study):
-    ds = study["r1"]
+def test_fused_run_equals_metric_functions_and_run_level_ece(five_chunk_study):
+    ds = five_chunk_study["r1"]
     cols = fused_run(ds)
     mag, cos = geometry.magnitude(ds).compute(), geometry.cosine_to_center(ds).compute()
     cal = calibration.per_sample(ds).compute()
@@ -112,23 +114,23 @@ def test_fused_run_equals_metric_functions_and_run_level_ece(study):
                  (cols["cos_pred"], cos.cos_pred), (cols["confidence"], cal.confidence), (cols["nll"], cal.nll),
                  (cols["brier"], cal.brier)):
         np.testing.assert_allclose(a, b.values, rtol=1e-12)
-    runs = study.to_frame(level="run", progress=False)
+    runs = five_chunk_study.to_frame(level="run", progress=False)
     row = runs[runs.run_id == "r1"].iloc[0]
     # bin sums over all samples at once vs per chunk: 1e-12
     assert row.ece == pytest.approx(float(calibration.ece(ds)), rel=1e-12, abs=1e-15)
     assert row.signed_ece == pytest.approx(float(calibration.signed_ece(ds)), rel=1e-12, abs=1e-15)
 
 
-def test_fused_run_in_memory_equals_dask(study):
-    ds = study["r0"]
+def test_fused_run_in_memory_equals_dask(five_chunk_study):
+    ds = five_chunk_study["r0"]
     lazy = fused_run(ds)
     mem = fused_run(ds.load())
     for k in lazy:
         np.testing.assert_allclose(mem[k], lazy[k], rtol=1e-12)  # same blocks or one block: summation order
 
 
-def test_fused_run_errors(study):
-    ds = study["r0"]
+def test_fused_run_errors(five_chunk_study):
+    ds = five_chunk_study["r0"]
     with pytest.raises(cg.ConfigError, match="kind"):
         fused_run(ds, center="median")
     headless = ds.drop_vars([v for v in ("head_weight", "head_bias") if v in ds.variables])

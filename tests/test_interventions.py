@@ -401,7 +401,8 @@ def test_robust_dose_response_through_sweep(net_data):
 # studies, plots, comparison with mediation, CLI
 # ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
+def shared_head_study(tmp_path_factory):
+    """Two ce runs and two label-smoothing runs that reuse their control's head with its features times 0.5."""
     st = cg.open_study(tmp_path_factory.mktemp("iv") / "study", create=True)
     for seed in (0, 1):
         base = make_run(n=300, d=8, k=3, seed=seed, run_id=f"ce-s{seed}", strength=0.0)
@@ -413,39 +414,39 @@ def study(tmp_path_factory):
     return st
 
 
-def test_rescale_and_rotate_study_aggregate_over_runs(study):
-    res = iv.rescale_study(study, [0.5, 1.0], n_boot=50, rng=0)
+def test_rescale_and_rotate_study_aggregate_over_runs(shared_head_study):
+    res = iv.rescale_study(shared_head_study, [0.5, 1.0], n_boot=50, rng=0)
     assert res["accuracy"].dims == ("group", "scale")
     assert list(res["group"].values) == ["ce/0", "label_smoothing/0.1"]
     per_run = res["ece_per_run"]
     ce = per_run.sel(run=[r for r, g in zip(res["run"].values, res["run_group"].values) if g == "ce/0"])
     np.testing.assert_allclose(res["ece"].sel(group="ce/0"), ce.mean("run"))
-    single = iv.rescale(study["ce-s0"], [0.5, 1.0], n_boot=0)
+    single = iv.rescale(shared_head_study["ce-s0"], [0.5, 1.0], n_boot=0)
     np.testing.assert_allclose(per_run.sel(run="ce-s0"), single["ece"])
     assert np.all(res["ece_ci_low"] <= res["ece"] + 1e-12)
-    rot = iv.rotate_study(study, [0.0, 0.5], center="mean", by="regularizer", n_boot=0)
+    rot = iv.rotate_study(shared_head_study, [0.0, 0.5], center="mean", by="regularizer", n_boot=0)
     assert list(rot["group"].values) == ["ce", "label_smoothing"]
-    tr = iv.rescale_study(study, target_rms="label_smoothing/0.1", n_boot=0)
+    tr = iv.rescale_study(shared_head_study, target_rms="label_smoothing/0.1", n_boot=0)
     assert tr["accuracy"].dims == ("group", "target_rms")
 
 
-def test_match_study_and_share_vs_mediation(study, tmp_path):
-    share = iv.match_study(study, "ce", "label_smoothing", "magnitude", n_boot=50, rng=0)
+def test_match_study_and_share_vs_mediation(shared_head_study, tmp_path):
+    share = iv.match_study(shared_head_study, "ce", "label_smoothing", "magnitude", n_boot=50, rng=0)
     per_run = share.attrs["per_run"].groupby("arm")[list(iv.OUTCOMES)].mean()
     expected = (per_run.loc["matched"] - per_run.loc["control"]) / (per_run.loc["treated"] - per_run.loc["control"])
     np.testing.assert_allclose(share["share"], expected[list(iv.OUTCOMES)], rtol=1e-12)
     assert share.attrs["control_runs"] == ["ce-s0", "ce-s1"]
     # one run per arm: the same numbers as `match` on the two runs (closed form: share 1)
     small = cg.open_study(tmp_path / "small", create=True)
-    small.add(study["ce-s0"])
-    small.add(study["ls-s0"])
+    small.add(shared_head_study["ce-s0"])
+    small.add(shared_head_study["ls-s0"])
     one = iv.match_study(small, "ce", "label_smoothing", "magnitude", n_boot=0)
-    direct = iv.match(study["ce-s0"], study["ls-s0"], "magnitude", n_boot=0)
+    direct = iv.match(shared_head_study["ce-s0"], shared_head_study["ls-s0"], "magnitude", n_boot=0)
     np.testing.assert_allclose(one["share"], direct["share"], rtol=1e-12)
     gap = direct["gap"].abs() > 1e-9
     np.testing.assert_allclose(one.loc[gap, "share"], 1.0, atol=1e-6)
     assert np.isnan(one["share_ci_low"]).all()  # one run per arm: no interval over runs
-    cosine = iv.match_study(study, "ce", "label_smoothing", "cosine", center="mean", n_boot=0)
+    cosine = iv.match_study(shared_head_study, "ce", "label_smoothing", "cosine", center="mean", n_boot=0)
     summary = pd.DataFrame({
         "outcome": ["overconfidence"] * 4 + ["nll"],
         "effect": ["total", "prop_mediated", "prop_mediated[rms]", "prop_mediated[cos_true]", "prop_mediated[rms]"],
@@ -463,9 +464,9 @@ def test_match_study_and_share_vs_mediation(study, tmp_path):
         iv.share_vs_mediation(share, summary, outcome="brier")
 
 
-def test_share_vs_real_mediation_result(study):
-    share = iv.match_study(study, "ce", "label_smoothing", "magnitude", n_boot=0)
-    table = study.to_frame(level="sample", progress=False)
+def test_share_vs_real_mediation_result(shared_head_study):
+    share = iv.match_study(shared_head_study, "ce", "label_smoothing", "magnitude", n_boot=0)
+    table = shared_head_study.to_frame(level="sample", progress=False)
     with pytest.warns(Warning):  # two runs per arm: the cluster bootstrap warns about few clusters
         med = cg.causal.mediate(table, treatment="regularizer", control="ce", treated="label_smoothing",
                                 mediators="rms", outcome="overconfidence", n_boot=20, rng=0, inference="bootstrap")
@@ -477,21 +478,21 @@ def test_share_vs_real_mediation_result(study):
     assert np.isfinite(prop.estimate) or "not estimable" in prop.note
 
 
-def test_plot_dose_response(run, study):
+def test_plot_dose_response(run, shared_head_study):
     import matplotlib.figure
 
     fig = iv.plot_dose_response(iv.rescale(run, [0.5, 1.0, 2.0], n_boot=20, rng=0))
     assert isinstance(fig, matplotlib.figure.Figure) and len(fig.axes) == len(iv.OUTCOMES)
-    fig = iv.plot_dose_response(iv.rescale_study(study, [0.5, 1.0], n_boot=0), ["ece", "nll"])
+    fig = iv.plot_dose_response(iv.rescale_study(shared_head_study, [0.5, 1.0], n_boot=0), ["ece", "nll"])
     assert len(fig.axes) == 2 and fig.axes[0].get_legend() is not None
     with pytest.raises(ConfigError, match="outcomes: unknown"):
         iv.plot_dose_response(iv.rescale(run, [1.0], n_boot=0), "robust_accuracy")
 
 
-def test_cli_intervene(study, tmp_path, capsys):
+def test_cli_intervene(shared_head_study, tmp_path, capsys):
     from causalgeom.cli import main
 
-    rc = main(["intervene", str(study.path), "--rescale", "0.5,1", "--rotate", "-0.5,0", "--center", "mean",
+    rc = main(["intervene", str(shared_head_study.path), "--rescale", "0.5,1", "--rotate", "-0.5,0", "--center", "mean",
                "--control", "ce", "--treated", "label_smoothing", "--match", "magnitude", "--n-boot", "20",
                "--temperature", "--out", str(tmp_path)])
     assert rc == 0
@@ -501,8 +502,8 @@ def test_cli_intervene(study, tmp_path, capsys):
         assert (tmp_path / f"study.intervene_{stem}.csv").exists(), stem
     match = pd.read_csv(tmp_path / "study.intervene_match.csv")
     assert {"what", "outcome", "share"} <= set(match.columns)
-    rc = main(["intervene", str(study.path), "--run", "ce-s0", "--rescale", "0.5,1", "--n-boot", "10", "--out",
-               str(tmp_path), "--plot"])
+    rc = main(["intervene", str(shared_head_study.path), "--run", "ce-s0", "--rescale", "0.5,1", "--n-boot", "10",
+               "--out", str(tmp_path), "--plot"])
     assert rc == 0 and (tmp_path / "study.ce-s0.intervene_rescale.png").exists()
-    assert main(["intervene", str(study.path), "--rotate", "2"]) == 2
+    assert main(["intervene", str(shared_head_study.path), "--rotate", "2"]) == 2
     assert "alphas: expected values <= 1" in capsys.readouterr().err

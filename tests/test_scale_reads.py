@@ -24,7 +24,8 @@ N, CHUNK = 300, 64  # ceil(300 / 64) = 5 sample chunks per run
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
+def chunked_study(tmp_path_factory):
+    """4 runs stored in `CHUNK`-sample chunks, checksums verified (the read counts below depend on both)."""
     st = cg.open_study(tmp_path_factory.mktemp("reads") / "study", create=True)
     for i in range(4):
         reg = "ce" if i % 2 == 0 else "label_smoothing"
@@ -45,14 +46,14 @@ def _per_chunk(reads: ReadCounter, var: str) -> set[int]:
 COLS = ["norm", "rms", "cos_true", "cos_pred", "confidence", "correct", "overconfidence", "nll", "brier"]
 
 
-def test_run_moments_reads_each_chunk_once_and_matches_the_table(study, monkeypatch):
+def test_run_moments_reads_each_chunk_once_and_matches_the_table(chunked_study, monkeypatch):
     reads = ReadCounter(monkeypatch)
     with dask.config.set(scheduler="threads"):
-        mom = distributed.run_moments(study, COLS)
+        mom = distributed.run_moments(chunked_study, COLS)
     assert _per_chunk(reads, "features") == {1}
     assert _per_chunk(reads, "logits") == {1}
-    for rid in study.run_ids:
-        x = table.run_table(study[rid])[COLS].to_numpy(float)
+    for rid in chunked_study.run_ids:
+        x = table.run_table(chunked_study[rid])[COLS].to_numpy(float)
         m = mom[rid]
         assert m.n == N and not m.nonfinite.any()
         # chunked pairwise (Chan et al.) vs one-shot sums of the same float64 values: summation order only
@@ -60,19 +61,19 @@ def test_run_moments_reads_each_chunk_once_and_matches_the_table(study, monkeypa
         np.testing.assert_allclose(m.comoment, (x - x.mean(0)).T @ (x - x.mean(0)), rtol=1e-9, atol=1e-12)
 
 
-def test_derived_min_flip_takes_the_fused_correctness_without_a_second_read_of_the_logits(study, monkeypatch):
-    ds0 = study[study.run_ids[0]]
+def test_derived_min_flip_takes_the_fused_correctness_without_a_second_read_of_the_logits(chunked_study, monkeypatch):
+    ds0 = chunked_study[chunked_study.run_ids[0]]
     assert "adv_correct" in ds0.variables and "min_flip_eps" not in ds0.variables  # derived, not stored
     flip = [c for c in table.run_table(ds0).columns if c.startswith("min_flip_eps[")]
     cols = ["norm", "correct"] + flip + [c for c in table.run_table(ds0).columns if c.startswith("robust[")][:1]
     reads = ReadCounter(monkeypatch)
     with dask.config.set(scheduler="threads"):
-        mom = distributed.run_moments(study, cols)
+        mom = distributed.run_moments(chunked_study, cols)
     assert _per_chunk(reads, "features") == {1}
     assert _per_chunk(reads, "logits") == {1}
     monkeypatch.undo()
-    for rid in study.run_ids:
-        x = table.run_table(study[rid])[cols].to_numpy(float)
+    for rid in chunked_study.run_ids:
+        x = table.run_table(chunked_study[rid])[cols].to_numpy(float)
         finite = np.isfinite(x)  # inf = no swept eps flips the sample; run_moments counts it and sums it as 0
         np.testing.assert_array_equal(mom[rid].nonfinite, (~finite).sum(0))
         # min_flip_eps is the same float32 value either way (robustness.flip_given_clean); sums: order only
@@ -80,18 +81,18 @@ def test_derived_min_flip_takes_the_fused_correctness_without_a_second_read_of_t
 
 
 @pytest.mark.parametrize("paired_by, passes", [(None, 1), ("sample", 2)])
-def test_mediate_study_reads_each_chunk_once_per_pass(study, monkeypatch, paired_by, passes):
+def test_mediate_study_reads_each_chunk_once_per_pass(chunked_study, monkeypatch, paired_by, passes):
     kw = dict(treatment="regularizer", mediators=["rms", "cos_true"], outcome=["overconfidence", "nll"], n_boot=0,
               rng=0, paired_by=paired_by)
     reads = ReadCounter(monkeypatch)
     with dask.config.set(scheduler="threads"):
-        res = distributed.mediate_study(study, **kw)
+        res = distributed.mediate_study(chunked_study, **kw)
     # unpaired: one pass; paired: the runs' moments share the image-mean pass, then the demeaned moments
     assert _per_chunk(reads, "features") == {passes}
     assert _per_chunk(reads, "logits") == {passes}
     monkeypatch.undo()
     with dask.config.set(scheduler="threads"):
-        ref = cg.causal.mediate(study.to_frame(progress=False), **kw)
+        ref = cg.causal.mediate(chunked_study.to_frame(progress=False), **kw)
     assert res.design == ref.design
     # per-run moments vs the rows' regression: floating-point summation order only
     np.testing.assert_allclose(res.summary()["estimate"].to_numpy(), ref.summary()["estimate"].to_numpy(),

@@ -16,7 +16,8 @@ from causalgeom.testing import make_run
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
+def unbalanced_study(tmp_path_factory):
+    """3 ce runs and 2 label-smoothing runs in a folder named ``st`` (the tables count runs per arm)."""
     root = tmp_path_factory.mktemp("study") / "st"
     st = cg.open_study(root, create=True)
     for reg, strength in (("ce", 0.0), ("label_smoothing", 0.1)):
@@ -59,9 +60,9 @@ def test_run_metrics_without_head_or_attacks():
     assert row["cos_true"] == mean["cos_true"] and -1 <= row["cos_true"] <= 1  # the same computation
 
 
-def test_paper_table_t_interval(study):
-    frame = run_frame(study, progress=False)
-    assert len(frame) == 5 and set(frame["run_id"]) == set(study.run_ids)
+def test_paper_table_t_interval(unbalanced_study):
+    frame = run_frame(unbalanced_study, progress=False)
+    assert len(frame) == 5 and set(frame["run_id"]) == set(unbalanced_study.run_ids)
     table = paper_table(frame, ci=0.9)
     assert list(table["regularizer"]) == ["ce", "label_smoothing"]
     assert list(table["n_runs"]) == [3, 2]
@@ -71,7 +72,7 @@ def test_paper_table_t_interval(study):
         assert row["ece"] == pytest.approx(x.mean())
         assert row["ece_low"] == pytest.approx(lo) and row["ece_high"] == pytest.approx(hi)
     assert "seed" not in table.columns and "robust_acc[pgd-linf@1/255]_low" in table.columns
-    from_study = paper_table(study, ci=0.9)
+    from_study = paper_table(unbalanced_study, ci=0.9)
     pd.testing.assert_frame_equal(from_study, table)
     one = paper_table(frame[frame["run_id"] == "ce-s0"])
     assert one["n_runs"].iloc[0] == 1 and np.isnan(one["ece_low"].iloc[0])
@@ -83,22 +84,22 @@ def test_paper_table_t_interval(study):
         paper_table([1, 2])
 
 
-def test_cli_metrics_study_and_run(study, tmp_path, capsys):
+def test_cli_metrics_study_and_run(unbalanced_study, tmp_path, capsys):
     out = tmp_path / "tables"
-    assert main(["metrics", str(study.path), "--out", str(out), "--no-progress", "--ci", "0.9"]) == 0
+    assert main(["metrics", str(unbalanced_study.path), "--out", str(out), "--no-progress", "--ci", "0.9"]) == 0
     printed = capsys.readouterr().out
     assert "label_smoothing" in printed and "±" in printed
     table = pd.read_csv(out / "st.paper_table.csv")
     assert list(table["n_runs"]) == [3, 2]
     assert pd.read_parquet(out / "st.run_metrics.parquet").shape[0] == 5
-    assert main(["metrics", str(study.run_path("ce-s0")), "--out", str(out), "--no-parquet"]) == 0
+    assert main(["metrics", str(unbalanced_study.run_path("ce-s0")), "--out", str(out), "--no-parquet"]) == 0
     assert '"run_id": "ce-s0"' in capsys.readouterr().out
     assert pd.read_csv(out / "ce-s0.metrics.csv")["run_id"].iloc[0] == "ce-s0"
     assert main(["metrics", str(tmp_path / "nowhere")]) == 2
     assert "no study folder" in capsys.readouterr().err
 
 
-def test_cli_metrics_default_output_next_to_study(study, capsys):
-    assert main(["metrics", str(study.path), "--no-progress", "--no-parquet"]) == 0
-    assert (study.path.parent / "st.paper_table.csv").exists()
-    assert (study.path.parent / "st.run_metrics.csv").exists()
+def test_cli_metrics_default_output_next_to_study(unbalanced_study, capsys):
+    assert main(["metrics", str(unbalanced_study.path), "--no-progress", "--no-parquet"]) == 0
+    assert (unbalanced_study.path.parent / "st.paper_table.csv").exists()
+    assert (unbalanced_study.path.parent / "st.run_metrics.csv").exists()
