@@ -17,8 +17,8 @@ from causalgeom._util.io import load_weights_file
 from causalgeom.cli import main
 from causalgeom.errors import ConfigError
 
-from .malformed_weights import (TIMM_SPEC, code_pickle, hf_cache_file, legacy_bomb, raw_pickle, stride0_pt,
-                                torchvision_cache_file)
+from ..malformed_weights import (TIMM_SPEC, code_pickle, hf_cache_file, legacy_bomb, raw_pickle, stride0_pt,
+                                 torchvision_cache_file)
 
 
 def _resnet18(seed: int = 0) -> torch.nn.Module:

@@ -11,6 +11,8 @@ import pytest
 import causalgeom as cg
 from causalgeom.causal.decompose import _hoeffding_t, decompose, floor_text, split_text
 
+from tests._helpers import REPO_ROOT
+
 K, D, N = 5, 8, 120
 
 
@@ -218,9 +220,8 @@ def test_u_statistic_variance_is_unbiased_and_covers():
 @pytest.mark.slow
 def test_all_pairs_and_seed_pair_intervals_cover():
     import importlib.util
-    import pathlib
 
-    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_coverage.py"
+    path = REPO_ROOT / "benchmarks" / "bench_coverage.py"
     spec = importlib.util.spec_from_file_location("bench_coverage", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -33,7 +33,9 @@ from causalgeom.pipeline.attacks import PGD
 from causalgeom.errors import IncompleteStoreError, StoreLockedError
 from causalgeom.pipeline.extract import PROGRESS_DIR
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests._helpers import REPO_ROOT
+
+ROOT = REPO_ROOT
 RELEASE_TIMEOUT = 120  # seconds a blocked child waits for the parent at most
 
 # ------------------------------------------------------------------------------------------------ shared setup
@@ -116,7 +118,7 @@ def train_run_blocking(out, holding, release):
 def _child(code: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    prologue = "import sys, torch\ntorch.set_num_threads(1)\nfrom tests.test_crash_resume import *\n"
+    prologue = "import sys, torch\ntorch.set_num_threads(1)\nfrom tests.pipeline.test_crash_resume import *\n"
     return subprocess.Popen([sys.executable, "-c", prologue + textwrap.dedent(code)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -13,7 +13,7 @@ import pytest
 import causalgeom as cg
 from causalgeom.scale import mediate_study, run_moments
 from tests._numerics import F32_ATOL, F32_RTOL
-from tests.test_headless import _headless_study, _mean_center_cosines
+from tests.metrics.test_headless import _headless_study, _mean_center_cosines
 
 pytestmark = pytest.mark.filterwarnings("ignore::causalgeom.causal.FewClustersWarning")
 

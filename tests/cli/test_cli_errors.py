@@ -79,7 +79,7 @@ def files(tmp_path_factory):
     (root / "empty.csv").write_text("")
     (root / "bin.csv").write_bytes(b"\xff\xfe\x00\x01")
     (root / "grid.toml").write_text('dataset = "digits"\nseeds = [0]\n[train]\nepochs = 0\n[[regularizers]]\nname = "ce"\n')
-    from .malformed_corpus import _checkpoint
+    from ..malformed_corpus import _checkpoint
 
     (root / "ck").mkdir()
     (root / "store.zarr").write_text("x")

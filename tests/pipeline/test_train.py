@@ -20,7 +20,9 @@ from causalgeom.errors import ConfigError
 from causalgeom.pipeline import data as data_mod
 from causalgeom.pipeline.train import GridConfig, SoftTargets, TrainConfig
 
-REPO = Path(__file__).resolve().parents[1]
+from tests._helpers import REPO_ROOT
+
+REPO = REPO_ROOT
 
 #: A tiny digits run: 64 training images, 3 epochs (well under a second).
 TINY = dict(dataset="digits", model="small_cnn", epochs=3, batch_size=32, lr=0.05, max_train_samples=64)

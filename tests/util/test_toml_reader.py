@@ -8,7 +8,7 @@ import pytest
 from causalgeom._util.io import MAX_TOML_DEPTH, parse_toml, read_toml
 from causalgeom.errors import ConfigError, QueryError
 
-from .malformed_toml import KINDS, _text, dotted_key, nested_array, nested_table
+from ..malformed_toml import KINDS, _text, dotted_key, nested_array, nested_table
 
 
 def _depth(obj) -> int:
@@ -51,7 +51,7 @@ def _argv(kind, i, o, path):
         return ["extract", "--zoo", str(path), "--data", f"imagefolder:{i}", "--out", str(o / "s"), "--no-progress"]
     if kind == "grid":
         return ["train", str(path), "--out", str(o / "runs"), "--no-progress"]
-    from .malformed_corpus import _TABLE
+    from ..malformed_corpus import _TABLE
 
     (i / "table.csv").write_text(_TABLE)
     return ["mediate", str(i / "table.csv"), "--query", str(path), "--out", str(o / "m"), "--no-progress"]

@@ -12,6 +12,7 @@ import torch
 from causalgeom import data, zoo
 from causalgeom.errors import ConfigError
 
+from tests._helpers import REPO_ROOT
 from .test_data import write_fake_cifar
 
 CLASSES = ("n01440764", "n01443537", "n01484850")  # ImageNet-1k wnids 0, 1, 2
@@ -106,7 +107,7 @@ def test_cifar_eval_data(tmp_path):
 
 # ------------------------------------------------------------------------------------------------------ zoo files
 def test_zoo_files_in_pipelines_parse():
-    pipelines = Path(__file__).resolve().parents[1] / "pipelines"
+    pipelines = REPO_ROOT / "pipelines"
     z = zoo.read_zoo(pipelines / "zoo_resnet50_imagenet.toml")
     assert z["control"] == "tv_in1k"
     assert [m["id"] for m in z["models"]] == ["tv_in1k", "tv_v2", "tv2_in1k", "a1_in1k", "a2_in1k", "a3_in1k"]

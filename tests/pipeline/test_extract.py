@@ -15,6 +15,7 @@ import xarray as xr
 from torch import nn
 
 import causalgeom as cg
+from tests._helpers import REPO_ROOT
 from tests._numerics import F32_ATOL, F32_RTOL, assert_decisions_agree
 from causalgeom.pipeline.attacks import FGSM, PGD
 from causalgeom.errors import ConfigError, IncompleteStoreError, SchemaError, StoreExistsError
@@ -216,7 +217,7 @@ def test_interrupted_extraction_resumes_and_equals_uninterrupted(tmp_path):
 
 KILL_SCRIPT = """
 import sys, time
-from tests.test_extract import ATTACKS, EPS, Items, Net, make_data
+from tests.pipeline.test_extract import ATTACKS, EPS, Items, Net, make_data
 import causalgeom as cg
 
 class Stalls(Items):
@@ -239,9 +240,8 @@ def test_sigkilled_extraction_resumes(tmp_path):
     import signal
     import subprocess
     import time
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = REPO_ROOT
     script = tmp_path / "kill_me.py"
     script.write_text(KILL_SCRIPT)
     target, flag = tmp_path / "r.zarr", tmp_path / "stalled"

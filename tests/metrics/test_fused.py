@@ -17,7 +17,7 @@ from causalgeom import calibration, geometry
 from causalgeom.metrics.kernels import FUSED_FIELDS, fused_block
 from causalgeom.metrics.table import fused_run
 
-from ._reads import ReadCounter
+from .._reads import ReadCounter
 from causalgeom.testing import make_run
 
 

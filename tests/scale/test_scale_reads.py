@@ -15,7 +15,7 @@ import pytest
 import causalgeom as cg
 from causalgeom import distributed, table
 
-from ._reads import ReadCounter
+from .._reads import ReadCounter
 from causalgeom.testing import make_run
 
 pytestmark = pytest.mark.filterwarnings("ignore::causalgeom.causal.FewClustersWarning")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests._helpers import REPO_ROOT
+
+ROOT = REPO_ROOT
 
 
 @pytest.mark.slow

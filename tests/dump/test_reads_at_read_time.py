@@ -31,8 +31,7 @@ from causalgeom.dump.chunks import ChunkReader, reader_for
 from causalgeom.dump.store import COMPLETE_ATTR, check_store, has_manifest, required_chunk_keys
 from causalgeom.errors import IncompleteStoreError, StoreError
 from causalgeom.metrics import table
-
-from .conftest import make_run
+from causalgeom.testing import make_run
 
 
 def _store(tmp_path, n=300, chunk=100, name="r", **kw) -> Path:
@@ -191,7 +190,7 @@ def test_pre_manifest_store_whole_is_accepted_with_identical_data(tmp_path):
 @pytest.mark.parametrize("kind", ["float16", "bfloat16"])
 def test_save_of_opened_half_precision_run_validates(tmp_path, kind):
     """Issue example: `cg.save(cg.open("bf16.zarr"), "copy.zarr")` succeeded, then `validate copy.zarr` failed."""
-    from .test_extract import Net, make_data
+    from ..pipeline.test_extract import Net, make_data
 
     x, y = make_data(96)
     src = cg.extract(Net(), (x, y), tmp_path / f"{kind}.zarr", progress=False, sample_chunk=32, features_dtype=kind)
