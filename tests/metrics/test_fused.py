@@ -2,7 +2,7 @@
 
 References: cosines against scikit-learn's ``cosine_similarity``, NLL against scipy's ``log_softmax``, the
 Brier score and the logit margin in closed form, ECE against `calibration.ece` (itself checked against
-torchmetrics in tests/test_calibration.py).
+torchmetrics in tests/metrics/test_calibration.py).
 """
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ def test_bad_arguments(kwargs, match):
 
 # ------------------------------------------------------------------------------------------- public checkpoints
 # Weights are random-init state dicts written where a user's warm cache has them; `models.load` reads them as tensors
-# only (tests/test_weights_safety.py) and hands them to torchvision's model / timm's pretrained_cfg state-dict path.
+# only (tests/pipeline/test_weights_safety.py) and hands them to torchvision's model / timm's pretrained_cfg state-dict path.
 def _tv_cache(tmp_path, monkeypatch, arch="resnet18", weights="IMAGENET1K_V1", seed=0):
     import torchvision
 

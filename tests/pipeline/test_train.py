@@ -242,7 +242,7 @@ def test_default_preset_file_matches_embedded_preset():
 def test_example_pipelines_parse():
     grids = [p for p in sorted((REPO / "pipelines").glob("*.toml")) if not p.name.startswith("zoo_")]
     assert len(grids) >= 3
-    for path in grids:  # training grids (zoo_*.toml list checkpoints: tests/test_zoo.py reads them)
+    for path in grids:  # training grids (zoo_*.toml list checkpoints: tests/pipeline/test_zoo.py reads them)
         configs = train.load_grid(path).expand(check_data=False)
         assert configs and len({c.run_id for c in configs}) == len(configs), path
 

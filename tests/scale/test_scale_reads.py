@@ -1,6 +1,6 @@
 """The out-of-core analysis (`run_moments`, `mediate_study`) reads each chunk of a run's features once per pass.
 
-Reads are counted on the Zarr LocalStore (as for ``Study.to_frame`` in tests/test_fused.py); the computation runs
+Reads are counted on the Zarr LocalStore (as for ``Study.to_frame`` in tests/metrics/test_fused.py); the computation runs
 in this process (dask's threaded scheduler), where the counter sees every read. The values are checked against the
 in-memory study table (`causalgeom.metrics.table.run_table`, itself checked against outside references in test_fused).
 """
