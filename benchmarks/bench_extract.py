@@ -17,7 +17,7 @@ Both loops run in the same process, interleaved, best of ``--repeats``; the prin
 ours / baseline throughput.
 
 Write share (issue 18): during the extractions the benchmark wraps the writer thread's methods
-(``causalgeom.pipeline.extract._Writer``: ``_handle``, ``_open``, ``put``, ``close``) and ``zarr.Array.__setitem__`` (only calls
+(``causalgeom.pipeline.extract.writer._Writer``: ``_handle``, ``_open``, ``put``, ``close``) and ``zarr.Array.__setitem__`` (only calls
 from the writer thread, outside store creation) with timers; the library itself is unchanged. Printed for the best
 repeat: the time inside the Zarr writes of the sample chunks (encode, CRC32C, file writes) and the writer thread's
 whole busy time (also creating the store, assembling chunk buffers, the finite check and the progress markers), each as a share of the extraction's wall time; and how long the compute
@@ -105,7 +105,7 @@ class WriterTimer:
 
     def _install(self) -> None:
         import zarr
-        from causalgeom.pipeline import extract as _ex
+        from causalgeom.pipeline.extract import writer as _ex
 
         writer = _ex._Writer
         timed_open = self._timed(writer._open, "create")

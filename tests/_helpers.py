@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 #: How the `study` fixture stores its runs: ``in-memory``, each run in one chunk (read whole, as a run that fits
 #: in memory is); ``on-disk``, each run in several 32-sample chunks (read chunk by chunk, the out-of-core
 #: path); ``compressed``, the same chunks Zstandard-compressed (a codec in the read path).
@@ -10,3 +12,6 @@ STUDY_STORAGE = {
     "on-disk": {"sample_chunk": 32},
     "compressed": {"sample_chunk": 32, "compressor": "zstd"},
 }
+
+#: The repository root (tests sit one or two folders below it: use this instead of counting ``parents``).
+REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Chunk-read counting shared by the read-count tests (tests/test_fused.py, tests/test_scale_reads.py)."""
+"""Chunk-read counting shared by the read-count tests (tests/metrics/test_fused.py, tests/scale/test_scale_reads.py)."""
 
 from __future__ import annotations
 

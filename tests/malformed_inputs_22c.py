@@ -15,8 +15,8 @@ from pathlib import Path
 from causalgeom.errors import CausalGeomError, ConfigError, QueryError
 
 from .malformed_corpus import _QUERY, _mediate, register
-from .test_image_folders import bomb_png, write_images
-from .test_scheduler_deadline import http_400, loopback_server, silent
+from .pipeline.test_image_folders import bomb_png, write_images
+from .scale.test_scheduler_deadline import http_400, loopback_server, silent
 
 
 # -- image folders, through training (`out` is the training output folder) ---------------------------------------

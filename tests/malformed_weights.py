@@ -1,4 +1,4 @@
-"""Malformed weights files (issue 22) for the malformed-input corpus, and the builders tests/test_weights_safety.py
+"""Malformed weights files (issue 22) for the malformed-input corpus, and the builders tests/pipeline/test_weights_safety.py
 shares: code pickles, forged safetensors headers, stride-0 views, integer keys, state dicts that fit no model.
 
 Every case hands the file to :func:`causalgeom.pipeline.models.load` through one of the four places weights come from (a

@@ -445,3 +445,20 @@ def test_no_private_name_of_another_layer_is_imported():
     bad = private_imports()
     assert not bad, "imports of another layer's private names (make them public there, with a docstring):\n" + \
         "\n".join(bad)
+
+
+#: Test files that cross layers and so sit at the top of tests/ (every other test file sits in its layer's folder).
+CROSS_LAYER_TESTS = {"test_layers", "test_docs", "test_docs_run", "test_malformed", "test_properties", "test_demo",
+                     "test_facade", "test_module_size", "test_report", "test_report_screen"}
+#: The test folders: one per layer of the package (``util`` for ``_util``).
+TEST_FOLDERS = {"util", "dump", "metrics", "causal", "interventions", "reporting", "pipeline", "scale", "cli"}
+
+
+def test_test_files_are_laid_out_by_layer():
+    """Tests live in a folder per layer (a package each); only the cross-layer ones sit at the top of tests/."""
+    tests = Path(__file__).resolve().parent
+    assert {p.stem for p in tests.glob("test_*.py")} <= CROSS_LAYER_TESTS
+    folders = {p.parent.name for p in tests.glob("*/test_*.py")}
+    assert folders <= TEST_FOLDERS, folders - TEST_FOLDERS
+    assert all((tests / f / "__init__.py").is_file() for f in folders)
+    assert {p.parent.name for p in tests.glob("*/*/test_*.py")} == set()  # one level deep

@@ -1,3 +1,4 @@
+# Over 600 lines on purpose: one concern (attacks, spec parsing, the eps sweep) sharing projection and loss helpers.
 """Adversarial attacks in pixel space [0, 1] and the ε sweep that records per-sample outcomes.
 
 Definitions, presets and the monotone-ε rule are documented in ``docs/attacks.md``.

@@ -1,3 +1,4 @@
+# Over 600 lines on purpose: one concern (datasets with fixed splits); short loaders sharing name and split checks.
 """Datasets with fixed train / calibration / test splits: embedded digits, CIFAR-10/100, ImageFolder.
 
 Every dataset yields ``(x, y)`` with ``x`` a float32 tensor of shape ``(C, H, W)`` in pixel space

@@ -1,3 +1,4 @@
+# Over 600 lines on purpose: one concern (build, wrap, load classifiers) with the head hooks the loaders check.
 """Classifiers that take pixel-space input in [0, 1] and end in an ``nn.Linear`` head.
 
 Every model returned by :func:`build_model` is a :class:`NormalizedClassifier`: its first module
