@@ -77,10 +77,10 @@ def test_python_blocks_run(path, tmp_path, monkeypatch):
 #: Examples that cannot run in a test, with the reason.
 HELP_SKIPS = {
     "causalgeom demo": "trains the 20-run demo grid (minutes); tests/test_demo.py runs it (slow)",
-    "causalgeom train ": "trains the full digits grid (minutes); tests/test_train.py trains small grids",
-    "causalgeom extract runs_out": "needs finished training runs (causalgeom train, minutes); tests/test_extract.py",
+    "causalgeom train ": "trains the full digits grid (minutes); tests/pipeline/test_train.py trains small grids",
+    "causalgeom extract runs_out": "needs finished training runs (causalgeom train, minutes); tests/pipeline/test_extract.py",
     "causalgeom decompose study --treated mixup --outcome robust_accuracy":
-        "needs adversarial features (extract --save-adv on trained models); tests/test_decompose.py",
+        "needs adversarial features (extract --save-adv on trained models); tests/causal/test_decompose.py",
 }
 
 
