@@ -47,7 +47,7 @@ def test_demo_pipeline_end_to_end_and_resume(tmp_path, capsys):
     study = cg.open_study(out / "study")
     assert sorted(study.runs.regularizer) == ["ce", "ce", "label_smoothing", "label_smoothing"]
     assert "adv_correct" in study["ce-s0"] and "adv_features" in study["ce-s0"]  # the decomposition's robust outcome
-    assert "data-figure='decomposition_label_smoothing'" in page
+    assert "data-figure='headline'" in page  # the first screen's figure: every comparison's split
     summary = page.split("<section id='summary'>")[1].split("</section>")[0]
     assert "Estimand: every number below is an effect over training runs" in summary and "robust accuracy" in summary
     logged = capsys.readouterr().out

@@ -101,7 +101,9 @@ def extract_run(out, **data_kw):
 
 def train_run_blocking(out, holding, release):
     """train_run with its second calibration pass held until ``release`` exists (the run lock is held then)."""
-    evaluate = train.evaluate
+    from causalgeom.pipeline.train import loop  # train_run looks `evaluate` up in its own module
+
+    evaluate = loop.evaluate
     calls = []
 
     def held(*args, **kwargs):
@@ -110,7 +112,7 @@ def train_run_blocking(out, holding, release):
             _hold(holding, release)
         return evaluate(*args, **kwargs)
 
-    train.evaluate = held
+    loop.evaluate = held
     return train.train_run(train.TrainConfig(**TRAIN), out, progress=False)
 
 
