@@ -23,7 +23,7 @@ from ..errors import ConfigError, StoreError, StoreLockedError
 
 __all__ = ["atomic_write", "file_lock", "LOCK_HELD_ERRNOS", "read_safetensors_header", "load_weights_file",
            "check_state_dict", "MAX_SAFETENSORS_HEADER", "SAFETENSORS_DTYPES", "STATE_DICT_KEYS", "read_toml",
-           "read_toml_text", "parse_toml", "MAX_TOML_BYTES", "MAX_TOML_DEPTH"]
+           "read_toml_text", "parse_toml", "MAX_TOML_BYTES", "MAX_TOML_DEPTH", "format_bytes"]
 
 #: errno values that mean "another process holds the lock" for a non-blocking lock. ``flock(2)`` reports
 #: EWOULDBLOCK (== EAGAIN on Linux); Python emulates ``fcntl.flock`` with ``fcntl(F_SETLK)`` where ``flock``
@@ -169,12 +169,12 @@ def read_toml_text(path: str | os.PathLike, *, error: type[Exception] = ConfigEr
             if not stat.S_ISREG(st.st_mode):
                 raise error(f"{head}: not a regular file")
             if st.st_size > max_bytes:
-                raise error(f"{head}: {st.st_size} bytes, over the {_fmt_size(max_bytes)} limit for a {what}")
+                raise error(f"{head}: {st.st_size} bytes, over the {format_bytes(max_bytes)} limit for a {what}")
             raw = fh.read(max_bytes + 1)
         except OSError as exc:
             raise error(f"{head}: {exc.strerror or exc}") from None
     if len(raw) > max_bytes:  # grew since fstat
-        raise error(f"{head}: over the {_fmt_size(max_bytes)} limit for a {what}")
+        raise error(f"{head}: over the {format_bytes(max_bytes)} limit for a {what}")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -267,7 +267,8 @@ _LEGACY_ITEMSIZE = {"DoubleStorage": 8, "FloatStorage": 4, "HalfStorage": 2, "BF
 STATE_DICT_KEYS = ("state_dict", "model", "state_dict_ema")
 
 
-def _fmt_size(n: int) -> str:
+def format_bytes(n: int) -> str:
+    """``n`` bytes in the largest binary unit below it (``"512 B"``, ``"1.50 GiB"``), for messages."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if n < 1024 or unit == "PiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
@@ -368,14 +369,14 @@ def read_safetensors_header(path: str | os.PathLike, *, limit: int, error: type[
             raise error(f"{label}: tensor {key!r} declares bytes {start}..{end}, past the end of the file's "
                         f"{data_size} data bytes")
         if end - start != nbytes:
-            shown = f"{nbytes} bytes" if nbytes < 2**20 else f"{nbytes} bytes, {_fmt_size(nbytes)}"
+            shown = f"{nbytes} bytes" if nbytes < 2**20 else f"{nbytes} bytes, {format_bytes(nbytes)}"
             raise error(f"{label}: tensor {key!r} declares shape {shape} of {info['dtype']} ({shown}) but its "
                         f"offsets hold {end - start} bytes")
         total += nbytes
         out[key] = info
     if total > limit:
-        raise error(f"{label}: its tensors together take {_fmt_size(total)}, over the limit of "
-                    f"{_fmt_size(limit)}{limit_hint}")
+        raise error(f"{label}: its tensors together take {format_bytes(total)}, over the limit of "
+                    f"{format_bytes(limit)}{limit_hint}")
     return out
 
 
@@ -510,8 +511,8 @@ def load_weights_file(path: str | os.PathLike, *, limit: int, error: type[Except
         if is_legacy:
             declared = _legacy_declared_bytes(path, error)
             if declared > size:
-                raise error(f"weights file {path}: its storages declare {_fmt_size(declared)}, more than the file's "
-                            f"{_fmt_size(size)}")
+                raise error(f"weights file {path}: its storages declare {format_bytes(declared)}, more than the file's "
+                            f"{format_bytes(size)}")
         else:  # each data record is read into memory at its size in the zip directory (miniz bounds it by the file)
             try:
                 with zipfile.ZipFile(path) as zf:
@@ -520,8 +521,8 @@ def load_weights_file(path: str | os.PathLike, *, limit: int, error: type[Except
                 raise error(f"weights file {path}: cannot be read as a torch file ({type(exc).__name__}: "
                             f"{str(exc)[:200]})") from None
             if stored > limit:
-                raise error(f"weights file {path}: its tensor data take {_fmt_size(stored)}, over the limit of "
-                            f"{_fmt_size(limit)}")
+                raise error(f"weights file {path}: its tensor data take {format_bytes(stored)}, over the limit of "
+                            f"{format_bytes(limit)}")
         try:
             # never mmap=True: a mapped file truncated by another program while the model copies it ends the
             # process with SIGBUS; read into memory, a short file is a read error (RuntimeError) caught below
@@ -578,10 +579,10 @@ def check_state_dict(state: Any, path: str | os.PathLike, *, limit: int, error: 
             extent = int(t.storage_offset()) + 1 + sum((int(s) - 1) * int(st) for s, st in zip(t.shape, t.stride()))
             if extent * itemsize > held or need > held:
                 raise error(f"weights file {path}: tensor {key!r} declares shape {tuple(t.shape)} (stride "
-                            f"{tuple(t.stride())}), {_fmt_size(need)} once materialised, but its storage holds "
-                            f"{_fmt_size(held)}; expanded (stride-0) or overlapping views are refused")
+                            f"{tuple(t.stride())}), {format_bytes(need)} once materialised, but its storage holds "
+                            f"{format_bytes(held)}; expanded (stride-0) or overlapping views are refused")
         total += need
     if total > limit:
-        raise error(f"weights file {path}: its tensors together take {_fmt_size(total)}, over the limit of "
-                    f"{_fmt_size(limit)}")
+        raise error(f"weights file {path}: its tensors together take {format_bytes(total)}, over the limit of "
+                    f"{format_bytes(limit)}")
     return {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 import xarray as xr
 
-from .._util.io import SAFETENSORS_DTYPES, read_safetensors_header
+from .._util.io import SAFETENSORS_DTYPES, format_bytes, read_safetensors_header
 from ..errors import ConfigError, DumpImportError, SchemaError, UnsafeFileError
 from .schema import from_arrays
 
@@ -39,14 +39,6 @@ def default_max_bytes() -> int:
         return int(psutil.virtual_memory().available // 2)
     except Exception:  # noqa: BLE001 - no psutil or no /proc: a fixed 8 GiB
         return 8 * 2**30
-
-
-def _fmt_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if n < 1024 or unit == "PiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return str(n)  # pragma: no cover
 
 
 def _limit(max_bytes: int | None) -> int:
@@ -79,7 +71,7 @@ def _check_declared(path: Path, member: str, shape: tuple[int, ...], dtype: np.d
         nbytes *= int(side)
     if nbytes > limit:
         raise DumpImportError(f"{path}: array {member!r} declares shape {tuple(int(s) for s in shape)} of {dtype}, "
-                              f"{_fmt_bytes(nbytes)} in memory, over the limit of {_fmt_bytes(limit)} "
+                              f"{format_bytes(nbytes)} in memory, over the limit of {format_bytes(limit)} "
                               "(max_bytes= / --max-bytes to raise it)")
     return nbytes
 
@@ -148,8 +140,8 @@ def _read_npz(path: Path, limit: int) -> dict[str, np.ndarray]:
                                       f"({nbytes} bytes) but holds {info.file_size - header} bytes of data")
             total += nbytes
         if total > min(limit, MAX_HEADER_BYTES):
-            raise DumpImportError(f"{path}: its arrays together take {_fmt_bytes(total)}, over the limit of "
-                                  f"{_fmt_bytes(min(limit, MAX_HEADER_BYTES))} (max_bytes= / --max-bytes)")
+            raise DumpImportError(f"{path}: its arrays together take {format_bytes(total)}, over the limit of "
+                                  f"{format_bytes(min(limit, MAX_HEADER_BYTES))} (max_bytes= / --max-bytes)")
         for info in members:
             try:
                 with zf.open(info) as fh:
@@ -230,8 +222,8 @@ def _read_pt(path: Path, limit: int) -> dict[str, Any]:
             if "mmap" not in str(exc) and "zip" not in str(exc).lower():
                 raise
             if path.stat().st_size > limit:
-                raise DumpImportError(f"{path}: a legacy (non-zip) torch file of {_fmt_bytes(path.stat().st_size)}, "
-                                      f"over the limit of {_fmt_bytes(limit)}") from None
+                raise DumpImportError(f"{path}: a legacy (non-zip) torch file of {format_bytes(path.stat().st_size)}, "
+                                      f"over the limit of {format_bytes(limit)}") from None
             obj = _torch_load(path, mmap=False)  # legacy format: storages take at most the file's size
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, TypeError, KeyError, IndexError,
             AttributeError) as exc:
@@ -294,8 +286,8 @@ def _check_xarray_sizes(ds: xr.Dataset, where: str, limit: int) -> None:
         kind = var.dtype.kind if name != "attack" else None
         total += _check_declared(Path(where), name, tuple(var.shape), var.dtype, var.dtype.itemsize, limit, kind)
     if total > limit:
-        raise DumpImportError(f"{where}: its variables together take {_fmt_bytes(total)}, over the limit of "
-                              f"{_fmt_bytes(limit)} (max_bytes= / --max-bytes)")
+        raise DumpImportError(f"{where}: its variables together take {format_bytes(total)}, over the limit of "
+                              f"{format_bytes(limit)} (max_bytes= / --max-bytes)")
 
 
 def _from_xarray(ds: xr.Dataset, attrs: Mapping[str, Any] | None, where: str = "xarray dump") -> xr.Dataset:
