@@ -18,6 +18,7 @@ Modules: `context` (what sections share, computed once), `sections` (the section
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -95,6 +96,14 @@ def report(study: Study | str | os.PathLike, out: str | os.PathLike = "report.ht
     study = as_study(study)
     if len(study) == 0:
         raise QueryError(f"study {study.path} has no complete runs to report on")
+    if client is None:
+        from .._util.dask import active_client, current_client
+        from ..causal import choose_engine  # the one size rule (causalgeom.scale's, handed in through the facade)
+
+        if active_client() is None and current_client() is None and (choice := choose_engine(study)).name == "dask":
+            logging.getLogger(__name__).warning(
+                "report: %s, but no client was given: running in this process (pass client=, or use "
+                "`causalgeom report`, which opens one by the same rule)", choice.reason)
     with (use_client(client) if client is not None else contextlib.nullcontext()):
         return _report(study, out, query, interventions, refute, progress, robust)
 

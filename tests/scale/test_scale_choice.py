@@ -143,15 +143,18 @@ def test_queries_that_need_the_rows_stay_on_the_table(sized_study, tmp_path, clu
     assert "from the per-sample table built on the Dask workers (a logistic/probit outcome model" in err
 
 
-def test_report_receives_its_client_and_starts_none(sized_study, tmp_path, clusters, monkeypatch):
-    """The report never starts a cluster (no size rule inside it); the CLI applies the rule and hands the client in."""
+def test_report_receives_its_client_and_starts_none(sized_study, tmp_path, clusters, monkeypatch, caplog):
+    """The report never starts a cluster; above the size rule (`causal.choose_engine`, the one rule) it says so and runs
+    in this process; the CLI applies the same rule and hands the client in."""
     with pytest.raises(ConfigError, match="client: expected a dask.distributed.Client or None, got str"):
         cg.report(sized_study, out=tmp_path / "x.html", client="local")
     calls = []
     monkeypatch.setattr("causalgeom.reporting._report", lambda *a: calls.append(a) or tmp_path / "r.html")
     monkeypatch.setenv(scale.THRESHOLD_ENV, "0")  # above the threshold: still no cluster from the report itself
-    cg.report(sized_study, out=tmp_path / "r.html")
+    with caplog.at_level(logging.WARNING, logger="causalgeom.reporting"):
+        cg.report(sized_study, out=tmp_path / "r.html")
     assert clusters == [] and len(calls) == 1
+    assert "no client was given: running in this process" in caplog.text  # the same size rule, said, not acted on
     handed, sentinel = [], object()
     monkeypatch.setattr(scale, "active_client", lambda: sentinel)  # the client the CLI's block opened
     monkeypatch.setattr("causalgeom.reporting.report", lambda *a, **kw: handed.append(kw["client"]) or tmp_path / "r.html")
