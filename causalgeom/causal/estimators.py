@@ -1,3 +1,4 @@
+# Over 600 lines on purpose: one concern (the regression mediation estimator): mediator and outcome models with their closed-form effect algebra.
 """The ``"regression"`` mediation estimator: linear mediator models, a linear or logistic outcome model.
 
 Notation (``docs/methods_causal.md`` has the derivations). Treatment ``T``, mediators ``M_1..M_K``, covariates

@@ -1,3 +1,4 @@
+# Over 600 lines on purpose: one concern (`mediate` and its result object): the question's checks, the design, the engines' dispatch and the result's faces.
 """`mediate`: natural direct and indirect effects of a treatment through mediators, with cluster-bootstrap CIs."""
 
 from __future__ import annotations

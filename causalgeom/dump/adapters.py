@@ -1,3 +1,4 @@
+# Over 600 lines on purpose: one concern (reading third-party dumps safely): each format's reader with the size checks it needs before any allocation.
 """Third-party dumps: `import_dump` reads ``.npz``, ``.pt``/``.pth``, ``.safetensors`` and xarray/netCDF files.
 
 No file is ever unpickled: ``.npz`` is read with ``allow_pickle=False`` and ``.pt`` with

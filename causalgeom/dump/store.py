@@ -1,3 +1,4 @@
+# Over 600 lines on purpose: one concern (one run's storage): atomic save, lazy open, locks, completion marks and manifests must agree byte for byte.
 """Zarr (format 3) storage of one run: atomic `save`, lazy `open`, completion marks, locks, checksums.
 
 Every chunk is written with a CRC32C checksum (``zarr.codecs.Crc32cCodec``), so a corrupted

@@ -1,3 +1,4 @@
+# Over 600 lines on purpose: one concern (post hoc do() on stored features): rescale, rotate and their study-level sweeps share the world construction.
 """Post hoc interventions on a dump (features + head, no model; numpy only): set the magnitude or the direction.
 
 `rescale` (``h -> s h``), `rotate` (move ``h`` toward / away from a class center by a fraction of the angle,

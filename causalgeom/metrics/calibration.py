@@ -1,3 +1,4 @@
+# Over 600 lines on purpose: one concern (calibration of a run's logits): every calibration metric, on datasets and on arrays, shares one set of kernels.
 """Calibration metrics of a run's logits: ECE (binned, signed, classwise), NLL, Brier, temperature, bootstrap CIs.
 
 Every metric is computed from sufficient statistics that are sums over samples (counts, sums of

@@ -1,3 +1,4 @@
+# Over 600 lines on purpose: one concern (representation geometry of a run): magnitudes, centers, cosines and cones share the lazy per-chunk kernels.
 """Representation geometry of a run: feature magnitude, class centers, cosines, cones, gradients, neural collapse.
 
 The quantities behind the cone argument of Park, Kim & Lee (arXiv 2410.03999): in the

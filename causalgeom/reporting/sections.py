@@ -1,3 +1,4 @@
+# Over 600 lines on purpose: one concern (the report's sections and the page); each section is short, splitting them apart would scatter one page.
 """The report's sections (each built from a `Context`) and the page that holds them.
 
 Order: the summary (the first screen: one verdict per comparison, the headline figure, how sure, whether mediation and

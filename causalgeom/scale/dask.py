@@ -1,3 +1,4 @@
+# Over 600 lines on purpose: one concern (analyses from per-run sufficient statistics on a cluster): run_moments and the mediation on them share the moment layout.
 """Dask analysis from per-run sufficient statistics (`run_moments`, `mediate_study`)."""
 
 from __future__ import annotations

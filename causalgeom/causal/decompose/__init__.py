@@ -1,3 +1,4 @@
+# Over 600 lines on purpose: `decompose` is one pass over blocks of images whose accumulators share state; worlds, inference and text live beside it.
 """Decomposition of a treated − control gap by swapping parts of paired runs between them (Shapley split).
 
 Two levels. The **function-level** split (the default, ``factors=("scale", "shape")``) uses only the logits:
