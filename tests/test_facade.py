@@ -77,6 +77,7 @@ def test_as_study_takes_a_study_or_a_path_and_refuses_the_rest(study, tmp_path):
         as_study(tmp_path / "missing")
 
 
+@pytest.mark.slow
 def test_functions_taking_a_study_accept_its_path(study):
     """The report's run table and the post hoc study interventions give the same answer for a path."""
     import pandas as pd

@@ -239,6 +239,7 @@ def test_no_old_module_path_anywhere():
     assert not bad, "old module paths (use the new path, or the facade name cg.X):\n" + "\n".join(bad)
 
 
+@pytest.mark.slow
 def test_no_causalgeom_finder_on_the_import_path():
     """Importing the package adds nothing to ``sys.meta_path``: every module has one importable path."""
     # setuptools' editable install puts its own finder (module ``__editable___causalgeom_*``) on the path: that one

@@ -60,6 +60,7 @@ def written(study, tmp_path_factory):
     return out, qfile
 
 
+@pytest.mark.slow
 def test_every_section_and_figure_present(written):
     out, _ = written
     page = out.read_text()
@@ -82,6 +83,7 @@ def test_every_section_and_figure_present(written):
     assert "signed ECE" in page
 
 
+@pytest.mark.slow
 def test_query_file_reproduces_the_same_mediation_table(study, written):
     _, qfile = written
     q = cg.causal.read_queries(qfile)[0]
@@ -91,6 +93,7 @@ def test_query_file_reproduces_the_same_mediation_table(study, written):
     assert a.equals(b)
 
 
+@pytest.mark.slow
 def test_unknown_column_or_regularizer_in_query(study, tmp_path):
     bad = tmp_path / "bad.toml"
     cg.causal.Query(treatment="regularizer", control="ce", treated="dropout_magic", mediators=["rms"],
@@ -104,6 +107,7 @@ def test_unknown_column_or_regularizer_in_query(study, tmp_path):
     assert not (tmp_path / "r.html").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 def test_renders_in_headless_chromium(written, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -124,6 +128,7 @@ def test_renders_in_headless_chromium(written, tmp_path):
     assert int(loaded.group(1)) == n_figures  # every embedded figure decoded in the browser
 
 
+@pytest.mark.slow
 def test_report_leads_with_the_decomposition_and_names_the_estimand_first(written):
     out, _ = written
     md = out.with_suffix(".md").read_text()
@@ -146,6 +151,7 @@ def test_report_leads_with_the_decomposition_and_names_the_estimand_first(writte
     assert "| outcome | total | scale | shape |" in why and "robust_accuracy (pgd-linf, ε=8/255)" in why
 
 
+@pytest.mark.slow
 def test_mediation_tables_state_design_estimand_and_overlap(written):
     out, _ = written
     md = out.with_suffix(".md").read_text()
@@ -242,6 +248,7 @@ def test_verdict_words_follow_signs_and_intervals():
     assert "made the model more overconfident" in verdict_text("y", "ce", res1, {"signed_ece": (0.02, 0.07)})
 
 
+@pytest.mark.slow
 def test_paper_table_shows_the_temperature_scaled_ece_and_the_noise_floor(written):
     out, _ = written
     paper = out.with_suffix(".md").read_text().split("## The paper table")[1].split("\n## ")[0]

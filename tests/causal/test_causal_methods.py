@@ -50,6 +50,7 @@ def test_methods_agree_for_continuous_treatment():
                        atol=0.03)
 
 
+@pytest.mark.slow
 def test_statsmodels_logistic_and_interaction_close_to_regression(df):
     t = df[df.run_id.isin(df.run_id.unique()[[0, 1, 2, 6, 7, 8]])]
     t = t.assign(yb=(t.y > t.y.median()).astype(int))

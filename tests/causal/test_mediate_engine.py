@@ -55,6 +55,7 @@ def test_spec_declares_and_checks_the_constraints_once():
         Query(treatment="regularizer", mediators=["rms"], outcomes=["nll"], inference="jackknife")
 
 
+@pytest.mark.slow
 def test_a_study_below_the_threshold_runs_in_process(small, no_env):
     no_env.setenv(scale.THRESHOLD_ENV, "1e12")
     res = mediate(small, rng=0, **KW)
@@ -66,6 +67,7 @@ def test_a_study_below_the_threshold_runs_in_process(small, no_env):
     assert scale.choose_engine(small.to_frame(progress=False)).engine is IN_PROCESS
 
 
+@pytest.mark.slow
 def test_a_tiny_threshold_chooses_dask_with_a_local_cluster_as_the_cli(small, no_env):
     """Above the threshold, Python starts the same LocalCluster as the CLI (recorded here, not started)."""
     started: list[str] = []
@@ -90,6 +92,7 @@ def test_a_tiny_threshold_chooses_dask_with_a_local_cluster_as_the_cli(small, no
     assert wild.engine == "in-process" and any("built on the Dask cluster" in n for n in wild.notes)
 
 
+@pytest.mark.slow
 def test_dask_engine_on_a_real_local_cluster_client(small, no_env):
     """A tiny threshold and a LocalCluster client: the Dask engine answers on it, as the in-process one does."""
     from dask.distributed import Client, LocalCluster

@@ -27,6 +27,7 @@ def test_mediate_study_from_options(study, capsys):
     assert q.mediators == ["rms", "cos_true"] and q.bootstrap == "naive" and q.n_boot == 50
 
 
+@pytest.mark.slow
 def test_mediate_from_query_file_with_override(study, tmp_path, capsys):
     qs = tmp_path / "q.toml"
     Query(treatment="strength", control=0.0, treated=0.1, mediators=["rms"], outcomes=["nll"], level="run",

@@ -489,6 +489,7 @@ def test_plot_dose_response(run, shared_head_study):
         iv.plot_dose_response(iv.rescale(run, [1.0], n_boot=0), "robust_accuracy")
 
 
+@pytest.mark.slow
 def test_cli_intervene(shared_head_study, tmp_path, capsys):
     from causalgeom.cli import main
 

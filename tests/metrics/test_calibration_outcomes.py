@@ -279,6 +279,7 @@ def run_level(paired_study):
     return paired_study.to_frame(level="run", progress=False)
 
 
+@pytest.mark.slow
 def test_run_table_run_metrics_and_direct_functions_agree(paired_study, run_level):
     table = run_level
     for name in cal.EXTRA_OUTCOMES:

@@ -68,6 +68,7 @@ def test_mixed_study_uses_one_center_kind(tmp_path):
     np.testing.assert_allclose(t.loc[t.run_id == "r0", "cos_true"].to_numpy(), ref, rtol=F32_RTOL, atol=F32_ATOL)
 
 
+@pytest.mark.slow
 def test_cli_metrics_prints_no_nan_column(tmp_path, capsys):
     st = _headless_study(tmp_path)
     capsys.readouterr()

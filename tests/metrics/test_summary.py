@@ -60,6 +60,7 @@ def test_run_metrics_without_head_or_attacks():
     assert row["cos_true"] == mean["cos_true"] and -1 <= row["cos_true"] <= 1  # the same computation
 
 
+@pytest.mark.slow
 def test_paper_table_t_interval(unbalanced_study):
     frame = run_frame(unbalanced_study, progress=False)
     assert len(frame) == 5 and set(frame["run_id"]) == set(unbalanced_study.run_ids)
@@ -84,6 +85,7 @@ def test_paper_table_t_interval(unbalanced_study):
         paper_table([1, 2])
 
 
+@pytest.mark.slow
 def test_cli_metrics_study_and_run(unbalanced_study, tmp_path, capsys):
     out = tmp_path / "tables"
     assert main(["metrics", str(unbalanced_study.path), "--out", str(out), "--no-progress", "--ci", "0.9"]) == 0

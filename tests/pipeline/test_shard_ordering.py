@@ -65,6 +65,7 @@ def singles(tmp_path_factory):
 
 # n samples in chunks of 10 over `world` ranks: (10, 3) one chunk for three ranks, (20, 3) two chunks,
 # (30, 2) three chunks for two ranks (rank 0 gets two).
+@pytest.mark.slow
 @pytest.mark.parametrize("n,world", [(10, 3), (20, 3), (30, 2)])
 def test_every_order_of_whole_calls_ends_clean(tmp_path, singles, n, world):
     for i, order in enumerate(itertools.permutations(range(world))):

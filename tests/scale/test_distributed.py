@@ -165,6 +165,7 @@ def test_mediate_study_paired_by_image_equals_mediate(cluster, chunked_study, in
                                   atol=1e-9)
 
 
+@pytest.mark.slow
 def test_mediate_study_pairing_errors(cluster, chunked_study):
     res = distributed.mediate_study(chunked_study, treatment="regularizer", mediators="rms", outcome="nll", n_boot=0,
                                     paired_by=None)
@@ -174,6 +175,7 @@ def test_mediate_study_pairing_errors(cluster, chunked_study):
                                   estimand="model")
 
 
+@pytest.mark.slow
 def test_mediate_study_errors_like_mediate(cluster, chunked_study):
     with pytest.raises(QueryError, match="column\\(s\\) not in the table: mediators 'nope'"):
         distributed.mediate_study(chunked_study, treatment="regularizer", mediators="nope", outcome="nll")

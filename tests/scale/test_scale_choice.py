@@ -122,6 +122,7 @@ def test_cli_above_the_threshold_goes_out_of_core_with_the_same_results(sized_st
     assert list(big["effect"]) == list(ref["effect"])
 
 
+@pytest.mark.slow
 def test_explicit_scheduler_wins(sized_study, tmp_path, clusters, monkeypatch, capsys):
     monkeypatch.setenv(scale.THRESHOLD_ENV, "0")  # the size rule would choose Dask
     _, err = _summary(sized_study, tmp_path, "forced-in", ["--scheduler", "in-process"], capsys)

@@ -83,6 +83,7 @@ def short_deadline(monkeypatch):
     monkeypatch.setattr(cg_dask, "CONNECT_DEADLINE", f"{DEADLINE_S}s")
 
 
+@pytest.mark.slow
 def test_server_that_accepts_and_never_answers_fails_after_the_deadline(short_deadline):
     with loopback_server(silent) as address:
         start = time.monotonic()
@@ -106,6 +107,7 @@ def test_http_answer_is_a_config_error_naming_the_address(short_deadline):
     assert cg_dask.current_client() is None
 
 
+@pytest.mark.slow
 def test_refused_connection_still_reports_unreachable(monkeypatch):
     monkeypatch.setattr(cg_dask, "CONNECT_TIMEOUT", "1s")
     with socket.socket() as s:  # a port that was free a moment ago: nothing listens there

@@ -32,6 +32,7 @@ def _state() -> dict:
     return {"fc.weight": torch.randn(256, 1024, generator=g), "fc.bias": torch.randn(256, generator=g)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_tensors_outlive_a_truncated_file(fmt, tmp_path):
     """Load, truncate the file to 0 bytes, then touch every value: in a child process, so that a SIGBUS (the
