@@ -23,8 +23,10 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from .._util.dask import client as use_client, is_dask_client
+from ..causal import choose_engine
 from ..dump.study import Study, as_study
-from ..errors import QueryError
+from ..errors import ConfigError, QueryError
 from .context import DECOMPOSE_OUTCOMES, Context, default_queries
 from .sections import SECTION_IDS, Section, write_page
 from .text import (eps_label, findings_text, format_ci, how_sure_line, mediation_vs_decomposition,
@@ -87,23 +89,17 @@ def report(study: Study | str | os.PathLike, out: str | os.PathLike = "report.ht
     QueryError
         The study has no complete run, or a query names an unknown column or level.
     """
-    from .._util.dask import client as use_client
-    from .._util.dask import is_dask_client
-    from ..errors import ConfigError
-
     if client is not None and not is_dask_client(client):
         raise ConfigError(f"client: expected a dask.distributed.Client or None, got {type(client).__name__}")
     study = as_study(study)
     if len(study) == 0:
         raise QueryError(f"study {study.path} has no complete runs to report on")
-    if client is None:
-        from .._util.dask import active_client, current_client
-        from ..causal import choose_engine  # the one size rule (causalgeom.scale's, handed in through the facade)
-
-        if active_client() is None and current_client() is None and (choice := choose_engine(study)).name == "dask":
-            logging.getLogger(__name__).warning(
-                "report: %s, but no client was given: running in this process (pass client=, or use "
-                "`causalgeom report`, which opens one by the same rule)", choice.reason)
+    # the one size rule (causalgeom.scale's, handed in through the facade); ``size`` is set only when the study's
+    # size decided (not an active client)
+    if client is None and (choice := choose_engine(study)).size is not None and choice.name == "dask":
+        logging.getLogger(__name__).warning(
+            "report: %s, but no client was given: running in this process (pass client=, or use "
+            "`causalgeom report`, which opens one by the same rule)", choice.reason)
     with (use_client(client) if client is not None else contextlib.nullcontext()):
         return _report(study, out, query, interventions, refute, progress, robust)
 

@@ -23,7 +23,7 @@ from .._util.io import atomic_write
 from ..errors import QueryError
 from . import figures
 from .text import (FACTOR_WORDS_SHORT, MEDIATION_CAVEATS, _finite, _mean_pm,
-                   _relabel_eps, _rounded_table, agreement, eps_label, findings_text, round_to_interval, summary_text,
+                   _relabel_eps, agreement, eps_label, findings_text, round_to_interval, summary_text,
                    verdict_text, floor_line)
 
 __all__ = ["Section", "SECTION_IDS", "BUILDERS", "write_page"]

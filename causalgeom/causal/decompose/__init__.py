@@ -43,9 +43,9 @@ import pandas as pd
 from ..._util.eps import eps_label
 from ..._util.rng import check_random_state
 from ...metrics.calibration import EXTRA_OUTCOMES as _EXTRA, ece_ts_from_logits as _ece_ts_from_logits, \
-    run_outcome as _extra_outcome, TS_SPLIT_RULE as _TS_SPLIT_RULE, ts_split as _ts_split
+    TS_SPLIT_RULE as _TS_SPLIT_RULE, ts_split as _ts_split
 from ...metrics.kernels import bin_index as _bin_index, calibration_error as _calibration_error, \
-    sample_stats_block as _sample_stats_block, width_bin_stats as _width_bin_stats
+    width_bin_stats as _width_bin_stats
 from ...errors import QueryError
 from .worlds import (DECOMPOSE_OUTCOMES, ESTIMANDS, FACTORS, FUNCTION_FACTORS, MAX_BASIS_ANGLE, MAX_EXACT_RELABELINGS, PAIRINGS, PER_IMAGE_OUTCOMES, TEMPERATURE_MAX_IMAGES, _ROBUST, _Source, _align, _block, _chunk_bounds, _components, _ece_of, _image_values, _multinomial_block, _run_outcome, _sample_ids, _source, _warn_logits, _world_stats, shapley_values)
 from .inference import (_hoeffding_t, _paired_t, _pairing, _randomization_row, _relabelings, _sign_flips)
@@ -350,7 +350,6 @@ def decompose(study: Any, treatment: str = "regularizer", control: Any = "ce", t
                            block_rows)
     for a, b in bounds:
         blocks = [_block(src, a, b, mode, need_adv) for src in sources]
-        lab = labels[a:b]
         f_sel = fit_pos[(fit_pos >= a) & (fit_pos < b)] - a
         e_sel = eval_pos[(eval_pos >= a) & (eval_pos < b)] - a
         for i, blk in enumerate(blocks):

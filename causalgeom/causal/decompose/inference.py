@@ -3,7 +3,7 @@
 from __future__ import annotations
 import itertools
 import math
-from typing import Any, Sequence
+from typing import Any
 import numpy as np
 import pandas as pd
 from ...errors import QueryError

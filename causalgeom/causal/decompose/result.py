@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 import numpy as np
 import pandas as pd
 from ...errors import QueryError

@@ -1,9 +1,7 @@
 """Sentences of a decomposition: the split of a gap into its factors (`split_text`), the p-value floor."""
 
 from __future__ import annotations
-import math
-from typing import Any, Sequence
-import numpy as np
+from typing import Any
 
 def _fmt_num(x: float) -> str:
     return f"{abs(x):.2g}"

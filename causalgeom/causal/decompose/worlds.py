@@ -4,12 +4,11 @@ a world, and the Shapley split of a gap (`shapley_values`)."""
 from __future__ import annotations
 import math
 import warnings
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any
 import numpy as np
-from ...metrics.calibration import EXTRA_OUTCOMES as _EXTRA, ece_ts_from_logits as _ece_ts_from_logits, \
-    run_outcome as _extra_outcome, TS_SPLIT_RULE as _TS_SPLIT_RULE, ts_split as _ts_split
-from ...metrics.kernels import bin_index as _bin_index, calibration_error as _calibration_error, \
+from ...metrics.calibration import EXTRA_OUTCOMES as _EXTRA, run_outcome as _extra_outcome
+from ...metrics.kernels import calibration_error as _calibration_error, \
     sample_stats_block as _sample_stats_block, width_bin_stats as _width_bin_stats
 from ...errors import QueryError
 
